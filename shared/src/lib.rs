@@ -1,0 +1,17 @@
+//! The pieces every tailsrv binary shares, each written once:
+//!
+//! - [`header`]: the one-line request a client sends to tailsrv, and how it is read off a socket.
+//! - [`watch`]: the file watcher (inotify) that tells everyone when the followed file grows,
+//!   appears, shrinks or goes away.
+//! - [`sendfile`]: moving file bytes to a socket with `sendfile(2)`, driven by readiness.
+//! - [`net`]: listening sockets (big backlog, dual-stack) and per-connection socket options.
+//! - [`logging`]: femme / journald set-up from `-v`/`-q`/`RUST_LOG`.
+//!
+//! Everything here is runtime-agnostic: it uses async-io's reactor directly, so the binaries
+//! decide which executor (async-std today) runs the futures.
+
+pub mod header;
+pub mod logging;
+pub mod net;
+pub mod sendfile;
+pub mod watch;

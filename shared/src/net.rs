@@ -1,0 +1,63 @@
+//! Sockets: listeners that survive accept storms, and per-connection options.
+//!
+//! std's `TcpListener::bind` listens with a backlog of 128. When thousands of clients connect
+//! at once the kernel's queue overflows and the extra SYNs are dropped, which clients only
+//! notice after a 1 s retransmit timeout (upstream tailsrv takes seconds to accept 1,000
+//! clients for that reason). We ask for a large backlog; the kernel caps it at
+//! `net.core.somaxconn` (4096 by default on current kernels).
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use async_io::Async;
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+
+/// Requested listen backlog; the kernel silently caps it at `net.core.somaxconn`.
+pub const BACKLOG: i32 = 65_535;
+
+/// Binds a non-blocking listener with a large backlog and logs `listening on ADDR` with the
+/// real address (scripts and tests read that line to learn a `-p 0` port).
+pub fn listen(addr: SocketAddr) -> io::Result<Async<TcpListener>> {
+    let ctx = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what} {addr}: {e}"));
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|e| ctx("creating socket for", e))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(|e| ctx("SO_REUSEADDR on", e))?;
+    if addr.is_ipv6() {
+        // `::` should take IPv4 clients too, whatever the system default says.
+        let _ = socket.set_only_v6(false);
+    }
+    socket.bind(&addr.into()).map_err(|e| ctx("binding", e))?;
+    socket.listen(BACKLOG).map_err(|e| ctx("listening on", e))?;
+    let listener: TcpListener = socket.into();
+    let listener = Async::new(listener).map_err(|e| ctx("registering", e))?;
+    let local = listener.get_ref().local_addr()?;
+    log::info!(addr:% = local; "listening on {local}");
+    Ok(listener)
+}
+
+/// Options for an accepted connection: no Nagle delay for small appends, and TCP keepalive
+/// so a peer that vanished without a FIN (power loss, cable pulled) is noticed eventually
+/// even while the file is quiet.
+pub fn tune(stream: &TcpStream) {
+    let sock = SockRef::from(stream);
+    let _ = sock.set_tcp_nodelay(true);
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(6);
+    let _ = sock.set_tcp_keepalive(&keepalive);
+}
+
+/// Whether an accept error means we ran out of file descriptors (and should back off).
+pub fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(code) if code == rustix::io::Errno::MFILE.raw_os_error()
+            || code == rustix::io::Errno::NFILE.raw_os_error()
+            || code == rustix::io::Errno::NOBUFS.raw_os_error()
+            || code == rustix::io::Errno::NOMEM.raw_os_error()
+    )
+}

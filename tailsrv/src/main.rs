@@ -1,0 +1,69 @@
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// tail -f as a TCP server: streams an append-only file to every client, from the byte
+/// offset it asks for, and keeps following the file as it grows.
+///
+/// Protocol: the client sends one line, `N` (from byte N; waits until the file is that long)
+/// or `-N` (the last N bytes; `-0` is the current end), then only reads. Try
+/// `echo 0 | nc localhost PORT`.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// TCP port to listen on (0 picks a free one; the `listening on` log line names it).
+    #[arg(short, long)]
+    port: u16,
+
+    /// Address to bind: an IPv4 or IPv6 address (`::` takes both families).
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: IpAddr,
+
+    /// When the file is moved or deleted, keep serving what it holds (and what is still
+    /// appended to it) instead of exiting.
+    #[arg(long)]
+    linger_after_file_is_gone: bool,
+
+    /// Seconds a client has to send its complete header line.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    header_timeout: f64,
+
+    /// Most clients served at once; a client over the limit is told `error: too many clients`.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    max_clients: usize,
+
+    #[command(flatten)]
+    log: shared::logging::LogArgs,
+
+    /// The file to serve. It need not exist yet.
+    path: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    args.log.init();
+    let header_timeout = match Duration::try_from_secs_f64(args.header_timeout) {
+        Ok(d) if !d.is_zero() => d,
+        _ => {
+            log::error!("--header-timeout must be a positive number of seconds");
+            return ExitCode::from(2);
+        }
+    };
+    let config = tailsrv::Config {
+        path: args.path,
+        addr: SocketAddr::new(args.bind, args.port),
+        linger: args.linger_after_file_is_gone,
+        header_timeout,
+        max_clients: args.max_clients,
+    };
+    match tailsrv::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The server's own life: bind, accept, stop.
+//!
+//! Three things run side by side until the first of them ends: the accept loop, the file
+//! watcher (which ends when the file is moved or deleted, unless we linger), and the signal
+//! handler. Returning from [`run`] ends the process, which closes every client socket.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_io::{Async, Timer};
+use async_signal::{Signal, Signals};
+use futures_lite::{future, StreamExt};
+use shared::watch::{self, FileWatch, OnGone};
+use shared::{logging, net};
+
+use crate::client;
+
+/// Everything `tailsrv` is told on its command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file to serve.
+    pub path: PathBuf,
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// Keep serving after the file is moved or deleted.
+    pub linger: bool,
+    /// How long a client has to send its header line.
+    pub header_timeout: Duration,
+    /// Most clients at once.
+    pub max_clients: usize,
+}
+
+/// Runs the server until SIGINT/SIGTERM, or until the file is gone (without `linger`).
+pub fn run(config: Config) -> io::Result<()> {
+    async_std::task::block_on(serve(config))
+}
+
+/// The server as a future, for callers that bring their own executor.
+pub async fn serve(config: Config) -> io::Result<()> {
+    // Signals first: a SIGTERM that arrives right after we announce the port must stop us
+    // cleanly, not kill us.
+    let mut signals = Signals::new([Signal::Term, Signal::Int])?;
+    let (file, watcher) = watch::watch(&config.path)?;
+    let listener = net::listen(config.addr)?;
+    logging::notify_ready();
+
+    let on_gone = if config.linger {
+        OnGone::Linger
+    } else {
+        OnGone::Stop
+    };
+    let follow = async {
+        let gone = watcher.run(on_gone).await?;
+        log::info!(path:% = config.path.display(); "file was {gone}, shutting down");
+        Ok(())
+    };
+    let stop = async {
+        if let Some(Ok(sig)) = signals.next().await {
+            log::info!("received {sig:?}, shutting down");
+        }
+        Ok(())
+    };
+    let accept = accept_loop(&listener, &file, &config);
+    future::or(accept, future::or(follow, stop)).await
+}
+
+/// Accepts clients forever, handing each to its own task.
+async fn accept_loop(
+    listener: &Async<std::net::TcpListener>,
+    file: &FileWatch,
+    config: &Config,
+) -> io::Result<()> {
+    let active = Arc::new(AtomicUsize::new(0));
+    let mut backoff: Option<Duration> = None;
+    loop {
+        // Accept the plain std socket: it is registered with the reactor inside the client's
+        // task, so a failure there is that client's problem, not the accept loop's.
+        match listener.read_with(|l| l.accept()).await {
+            Ok((stream, peer)) => {
+                if backoff.take().is_some() {
+                    log::info!("file descriptors available again, accepting");
+                }
+                if active.load(Ordering::Relaxed) >= config.max_clients {
+                    log::debug!(client:% = peer; "refused: too many clients");
+                    async_std::task::spawn(client::refuse_raw(stream, "too many clients"));
+                    continue;
+                }
+                let slot = Slot::take(&active);
+                let file = file.clone();
+                let timeout = config.header_timeout;
+                async_std::task::spawn(async move {
+                    client::serve(stream, peer, file, timeout).await;
+                    drop(slot);
+                });
+            }
+            Err(e) if net::is_fd_exhaustion(&e) => {
+                // The pending connections wait in the backlog; retry when fds may be free.
+                let delay = backoff.map_or(Duration::from_millis(10), |d| {
+                    (d * 2).min(Duration::from_secs(1))
+                });
+                if backoff.is_none() {
+                    log::warn!(clients = active.load(Ordering::Relaxed); "cannot accept: {e}; backing off");
+                }
+                backoff = Some(delay);
+                Timer::after(delay).await;
+            }
+            // ECONNABORTED and friends: that one connection failed, not the listener.
+            Err(e) => log::debug!("accept failed: {e}"),
+        }
+    }
+}
+
+/// One client counted against `--max-clients`, released when the client's task ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(active: &Arc<AtomicUsize>) -> Slot {
+        active.fetch_add(1, Ordering::Relaxed);
+        Slot(active.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
