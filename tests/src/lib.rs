@@ -1,1 +1,203 @@
-//! Helpers for the end-to-end tests.
+//! The harness for the end-to-end tests: start the real binaries, learn their port from the
+//! `listening on ADDR` log line, talk to them over real sockets, stop them by pid.
+//!
+//! The binaries are the ones cargo built next to the test executable (`target/<profile>/`);
+//! the README's test command builds them first (`cargo build --workspace`).
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Generous bound for anything a busy 2-core CI machine should do "at once".
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Path of a workspace binary built by cargo for the same profile as this test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test-binary> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace` first (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// Everything a child process has logged so far, with a way to wait for a line.
+#[derive(Clone, Default)]
+pub struct Log {
+    inner: Arc<(Mutex<String>, Condvar)>,
+}
+
+impl Log {
+    fn push(&self, line: &str) {
+        let (text, cv) = &*self.inner;
+        let mut text = text.lock().unwrap();
+        text.push_str(line);
+        text.push('\n');
+        cv.notify_all();
+    }
+
+    /// The whole log so far.
+    pub fn text(&self) -> String {
+        self.inner.0.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`; returns the log text from the match on.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let (text, cv) = &*self.inner;
+        let deadline = Instant::now() + timeout;
+        let mut guard = text.lock().unwrap();
+        loop {
+            if let Some(i) = guard.find(needle) {
+                return Some(guard[i..].to_owned());
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            guard = cv.wait_timeout(guard, left).unwrap().0;
+        }
+    }
+}
+
+/// A running binary of ours. Killed (by pid) when dropped.
+pub struct Proc {
+    child: Child,
+    /// Its stdout and stderr, line by line (femme logs to stdout).
+    pub log: Log,
+    /// The address from its `listening on` line, if it printed one.
+    pub addr: Option<SocketAddr>,
+}
+
+impl Proc {
+    /// Starts `name` with `args` and waits for its `listening on ADDR` line.
+    pub fn start<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S]) -> Proc {
+        let mut p = Proc::spawn(name, args);
+        let Some(rest) = p.log.wait_for("listening on ", PATIENCE) else {
+            panic!("{name} did not report its address; log:\n{}", p.log.text());
+        };
+        let addr: String = rest["listening on ".len()..]
+            .chars()
+            .take_while(|c| !c.is_whitespace() && *c != '"' && *c != '\u{1b}')
+            .collect();
+        p.addr = Some(addr.parse().unwrap_or_else(|e| panic!("bad address {addr:?}: {e}")));
+        p
+    }
+
+    /// Starts `name` with `args` without waiting for anything.
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S]) -> Proc {
+        let mut child = Command::new(bin(name))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let log = Log::default();
+        for out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    match line {
+                        Ok(l) => log.push(&l),
+                        Err(_) => break,
+                    }
+                }
+            });
+        }
+        Proc {
+            child,
+            log,
+            addr: None,
+        }
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.expect("process did not print a listening address")
+    }
+
+    /// Connects a client to it.
+    pub fn connect(&self) -> TcpStream {
+        TcpStream::connect(self.addr()).expect("connect")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `sig` to this process (and only this one).
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A scratch directory removed at the end of the test.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("tailsrv-test-")
+        .tempdir()
+        .expect("tempdir")
+}
+
+/// Reads exactly `n` bytes from `s`, failing the test after [`PATIENCE`].
+pub fn read_exact(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = vec![0u8; n];
+    s.read_exact(&mut buf)
+        .unwrap_or_else(|e| panic!("reading {n} bytes: {e}"));
+    buf
+}
+
+/// Reads until the peer closes (or [`PATIENCE`] runs out, which fails the test).
+pub fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)
+        .unwrap_or_else(|e| panic!("reading to end: {e}"));
+    buf
+}
+
+/// Waits until `cond` holds, polling every few milliseconds; false after `timeout`.
+/// For outside state that has no event to wait on (a process's fd count, a file's length).
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
