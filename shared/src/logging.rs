@@ -75,7 +75,7 @@ fn parse_rust_log(value: &str) -> Option<LevelFilter> {
 /// `systemd` feature).
 pub fn notify_ready() {
     #[cfg(feature = "systemd")]
-    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         log::debug!("sd_notify failed: {e}");
     }
 }

@@ -219,6 +219,7 @@ impl Watcher {
     /// Reads inotify events until the file is gone (with [`OnGone::Stop`]) or an error occurs.
     pub async fn run(mut self, on_gone: OnGone) -> io::Result<Gone> {
         let mut buf = [0u8; 4096];
+        let mut announced = false;
         loop {
             let batch = self.next_batch(&mut buf).await?;
             if batch.appeared && self.shared.file().is_none() {
@@ -234,6 +235,13 @@ impl Watcher {
             if let Some(gone) = self.shared.gone() {
                 if on_gone == OnGone::Stop {
                     return Ok(gone);
+                }
+                if !announced {
+                    announced = true;
+                    log::info!(
+                        path:% = self.shared.path().display();
+                        "file was {gone}; still following its inode"
+                    );
                 }
             }
         }

@@ -76,21 +76,64 @@ impl Proc {
     /// Starts `name` with `args` and waits for its `listening on ADDR` line.
     pub fn start<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S]) -> Proc {
         let mut p = Proc::spawn(name, args);
-        let Some(rest) = p.log.wait_for("listening on ", PATIENCE) else {
-            panic!("{name} did not report its address; log:\n{}", p.log.text());
+        p.addr = Some(p.wait_listening(name));
+        p
+    }
+
+    fn wait_listening(&self, name: &str) -> SocketAddr {
+        let Some(rest) = self.log.wait_for("listening on ", PATIENCE) else {
+            panic!(
+                "{name} did not report its address; log:\n{}",
+                self.log.text()
+            );
         };
         let addr: String = rest["listening on ".len()..]
             .chars()
             .take_while(|c| !c.is_whitespace() && *c != '"' && *c != '\u{1b}')
             .collect();
-        p.addr = Some(addr.parse().unwrap_or_else(|e| panic!("bad address {addr:?}: {e}")));
-        p
+        addr.parse()
+            .unwrap_or_else(|e| panic!("bad address {addr:?}: {e}"))
+    }
+
+    /// Number of file descriptors the process has open.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     /// Starts `name` with `args` without waiting for anything.
     pub fn spawn<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S]) -> Proc {
-        let mut child = Command::new(bin(name))
-            .args(args)
+        Proc::spawn_cmd(name, Command::new(bin(name)).args(args))
+    }
+
+    /// Like [`Proc::start`], with the child's open-file limit set to `nofile`.
+    pub fn start_with_fd_limit<S: AsRef<std::ffi::OsStr>>(
+        name: &str,
+        args: &[S],
+        nofile: u64,
+    ) -> Proc {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(bin(name));
+        cmd.args(args);
+        // SAFETY: setrlimit is async-signal-safe and touches only the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                let limit = rustix::process::Rlimit {
+                    current: Some(nofile),
+                    maximum: Some(nofile),
+                };
+                rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)?;
+                Ok(())
+            });
+        }
+        let mut p = Proc::spawn_cmd(name, &mut cmd);
+        p.addr = Some(p.wait_listening(name));
+        p
+    }
+
+    fn spawn_cmd(name: &str, cmd: &mut Command) -> Proc {
+        let mut child = cmd
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -121,7 +164,8 @@ impl Proc {
 
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr.expect("process did not print a listening address")
+        self.addr
+            .expect("process did not print a listening address")
     }
 
     /// Connects a client to it.
@@ -159,6 +203,20 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Raises this process's open-file limit to its hard limit (tests with many clients).
+pub fn raise_fd_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        },
+    );
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
 /// A scratch directory removed at the end of the test.
@@ -200,4 +258,28 @@ pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// `n` deterministic pseudo-random bytes (xorshift64*), so a misplaced byte is noticed.
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
+/// Appends `data` to the file at `path` (opened, written, closed: as a logging writer would).
+pub fn append(path: &Path, data: &[u8]) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    f.write_all(data).unwrap();
 }
