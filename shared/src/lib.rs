@@ -6,10 +6,12 @@
 //! - [`sendfile`]: moving file bytes to a socket with `sendfile(2)`, driven by readiness.
 //! - [`net`]: listening sockets (big backlog, dual-stack) and per-connection socket options.
 //! - [`logging`]: femme / journald set-up from `-v`/`-q`/`RUST_LOG`.
+//! - [`framing`]: message boundaries (newline, nul, u32be, varint) found incrementally in a byte stream.
 //!
 //! Everything here is runtime-agnostic: it uses async-io's reactor directly, so the binaries
 //! decide which executor (async-std today) runs the futures.
 
+pub mod framing;
 pub mod header;
 pub mod logging;
 pub mod net;
