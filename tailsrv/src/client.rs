@@ -3,14 +3,14 @@
 //! 1. [`serve`]: register the socket, read the header (bounded in size and time).
 //! 2. [`follow`]: wait for the file to exist, resolve the start offset, then loop: wait until
 //!    the file is longer than what was sent, `sendfile` the difference.
-//! 3. While waiting, [`until_hangup`] also watches the socket, so a client that leaves while
-//!    the file is quiet is released at once rather than at the next write.
+//! 3. Meanwhile [`hangup`] watches the socket, so a client that leaves while the file is quiet
+//!    is released at once rather than at the next write.
 //!
 //! A client costs one task and one socket; no buffer holds file data.
 
-use std::future::Future;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use async_io::{Async, Timer};
@@ -64,55 +64,69 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, file: FileWatch, header_
         }
     };
     log::debug!(client:% = peer, start:? = start; "client connected");
-    let (end, offset) = follow(&sock, &file, start).await;
-    log::debug!(client:% = peer, offset = offset; "client done: {end}");
+    let offset = AtomicU64::new(0);
+    let end = follow(&sock, &file, start, &offset).await;
+    log::debug!(client:% = peer, offset = offset.load(Relaxed); "client done: {end}");
 }
 
-/// Streams the file from `start` until the client leaves. Returns why, and the offset reached.
-async fn follow(sock: &Async<TcpStream>, watch: &FileWatch, start: Start) -> (End, u64) {
+/// Streams the file from `start` until the client leaves; `pos` tracks the offset reached.
+///
+/// The hang-up watch runs beside the loop for the client's whole life rather than around
+/// each wait: its readability interest then stays armed in epoll, so waking a follower for
+/// new data costs one `sendfile` and no re-registration.
+async fn follow(sock: &Async<TcpStream>, watch: &FileWatch, start: Start, pos: &AtomicU64) -> End {
+    future::or(stream(sock, watch, start, pos), hangup(sock)).await
+}
+
+/// The sending half of [`follow`]: wait for the file to grow past `pos`, send, repeat.
+async fn stream(sock: &Async<TcpStream>, watch: &FileWatch, start: Start, pos: &AtomicU64) -> End {
     // The start offset is relative to the file the client will get, so wait for it to exist.
-    if let Err(end) = until_hangup(sock, watch.wait_until(|w| w.file().is_some())).await {
-        return (end, 0);
-    }
+    watch.wait_until(|w| w.file().is_some()).await;
     let Some(file) = watch.file() else {
         unreachable!("wait_until returned before the file was open")
     };
     // Epoch before length: if a truncation lands in between we notice it on the first wait.
     let epoch = watch.epoch();
-    let mut pos = start.resolve(watch.len());
+    let mut offset = start.resolve(watch.len());
     loop {
-        if let Err(end) = until_hangup(sock, watch.wait_for_growth(pos, epoch)).await {
-            return (end, pos);
-        }
+        pos.store(offset, Relaxed);
+        watch.wait_for_growth(offset, epoch).await;
         if watch.epoch() != epoch {
-            return (End::Truncated, pos);
+            return End::Truncated;
         }
-        match send_range(sock, file, &mut pos, watch.len()).await {
+        let sent = send_range(sock, file, &mut offset, watch.len()).await;
+        pos.store(offset, Relaxed);
+        match sent {
             Ok(true) => {}
-            Ok(false) => return (End::Truncated, pos),
-            Err(e) => return (End::Socket(e), pos),
+            Ok(false) => return End::Truncated,
+            Err(e) => return End::Socket(e),
         }
     }
 }
 
-/// Runs `wait` unless the client hangs up first.
+/// Completes when the client hangs up.
 ///
 /// The protocol has nothing for the client to say after its header, so readability means the
-/// client is gone (EOF or reset) or is sending bytes we ignore. Note that a half-close (FIN)
-/// counts as leaving: it is indistinguishable from a close until we next write.
-async fn until_hangup<T>(sock: &Async<TcpStream>, wait: impl Future<Output = T>) -> Result<T, End> {
-    let hangup = async {
-        let mut scratch = [0u8; 64];
-        loop {
-            match sock.read_with(|s| (&*s).read(&mut scratch)).await {
-                Ok(0) => return End::HungUp,
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return End::HungUp,
-            }
+/// client is gone (EOF or reset) or is sending bytes we ignore. A half-close (FIN) counts as
+/// leaving: from our side it cannot be told apart from a close until we next write, and a
+/// follower of a quiet file may not be written to for hours.
+async fn hangup(sock: &Async<TcpStream>) -> End {
+    let mut scratch = [0u8; 64];
+    loop {
+        if sock.readable().await.is_err() {
+            return End::HungUp;
         }
-    };
-    future::or(async { Ok(wait.await) }, async { Err(hangup.await) }).await
+        match (&*sock.get_ref()).read(&mut scratch) {
+            Ok(0) => return End::HungUp,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => return End::HungUp,
+        }
+    }
 }
 
 /// Sends `error: <reason>` and closes gracefully.
