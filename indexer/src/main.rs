@@ -1,1 +1,76 @@
-fn main() {}
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use shared::framing::{Framing, DEFAULT_MAX_MESSAGE};
+
+/// Keeps a message-number to byte-offset index of a log that tailsrv serves, and answers
+/// lookups on its own port.
+///
+/// Protocol: one request per line, one answer per line (a number or `error: <reason>`):
+/// `offset-of N` (where message N starts; N = count gives where the next one will),
+/// `count` (complete messages), `message-at B` (the message containing byte B). Try
+/// `echo count | nc localhost PORT`.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// TCP port to listen on (0 picks a free one; the `listening on` log line names it).
+    #[arg(short, long)]
+    port: u16,
+
+    /// Address to bind: an IPv4 or IPv6 address (`::` takes both families).
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: IpAddr,
+
+    /// How messages are delimited: `\n`, a zero byte, a 4-byte big-endian length prefix, or
+    /// a protobuf-style varint length prefix.
+    #[arg(long, value_enum, default_value_t = Framing::Newline)]
+    framing: Framing,
+
+    /// The index file [default: FILE.idx beside the log].
+    #[arg(long, value_name = "PATH")]
+    index: Option<PathBuf>,
+
+    /// Longest message a length prefix may announce; a longer one is taken as corruption and
+    /// stops indexing there.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_MESSAGE)]
+    max_message: u64,
+
+    /// One index entry (12 bytes) every this many messages: larger makes the index smaller
+    /// and lookups scan further.
+    #[arg(long, value_name = "K", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    stride: u32,
+
+    #[command(flatten)]
+    log: shared::logging::LogArgs,
+
+    /// The log file to index. It need not exist yet.
+    path: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    args.log.init();
+    let index_path = args.index.unwrap_or_else(|| {
+        let mut p = args.path.clone().into_os_string();
+        p.push(".idx");
+        PathBuf::from(p)
+    });
+    let config = indexer::Config {
+        path: args.path,
+        index_path,
+        addr: SocketAddr::new(args.bind, args.port),
+        framing: args.framing,
+        max_message: args.max_message,
+        stride: args.stride,
+    };
+    match indexer::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! The in-memory index and the three lookups the query protocol offers.
+//!
+//! The scanner task ([`crate::scanner`]) is the only writer; every query connection reads.
+//! What queries need is small and kept under one lock: the start offset of every K-th
+//! message, the count of complete messages, where the next message starts, and the framing
+//! error indexing stopped at, if any. A lookup copies what it needs under the lock and then
+//! reads at most K-1 messages of the log with `pread` (outside the lock) to get from the
+//! nearest entry to the exact message. Answers are only ever given for complete messages the
+//! scanner has already seen, and a lookup that raced with a rebuild is refused rather than
+//! answered from a file that changed under it.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::RwLock;
+
+use shared::framing::{Framing, FramingError, Splitter};
+use shared::watch::FileWatch;
+
+/// What the scanner has established about the log.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    /// Bumped by every (re)build, so a lookup can tell that the index changed under it.
+    pub generation: u64,
+    /// `starts[j]` is the offset where message `j*K` starts; `starts[0] == 0`.
+    pub starts: Vec<u64>,
+    /// Complete messages.
+    pub count: u64,
+    /// Where message `count` starts (the end of the last complete message).
+    pub end: u64,
+    /// Why indexing stopped at `end`, if it did.
+    pub error: Option<FramingError>,
+    /// Whether the log exists and the index has been loaded.
+    pub ready: bool,
+}
+
+/// The index shared by the scanner and the query connections.
+pub struct Index {
+    pub framing: Framing,
+    pub stride: u64,
+    pub max_message: u64,
+    watch: FileWatch,
+    state: RwLock<State>,
+}
+
+/// A query answer: a number, or the reason there is none (sent as `error: <reason>`).
+pub type Answer = Result<u64, String>;
+
+impl Index {
+    pub fn new(framing: Framing, stride: u64, max_message: u64, watch: FileWatch) -> Self {
+        Index {
+            framing,
+            stride,
+            max_message,
+            watch,
+            state: RwLock::new(State::default()),
+        }
+    }
+
+    /// Runs `f` on the state under the write lock (the scanner's only way in).
+    pub fn update<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        let guard = self.state.read().unwrap_or_else(|p| p.into_inner());
+        f(&guard)
+    }
+
+    /// A copy of the current state (tests and logs).
+    pub fn snapshot(&self) -> State {
+        self.read(State::clone)
+    }
+
+    /// `count`: complete messages.
+    pub fn count(&self) -> Answer {
+        self.read(|s| {
+            not_ready(s)?;
+            if let Some(e) = &s.error {
+                return Err(stopped(s, e));
+            }
+            Ok(s.count)
+        })
+    }
+
+    /// `offset-of N`: where message `n` starts; `n == count` is where the next one will.
+    pub fn offset_of(&self, n: u64) -> Answer {
+        let (generation, from, skip, end) = self.read(|s| {
+            not_ready(s)?;
+            if n > s.count || (n == s.count && s.error.is_some()) {
+                return Err(match &s.error {
+                    Some(e) => stopped(s, e),
+                    None => format!(
+                        "message {n} does not exist yet (there are {} complete messages)",
+                        s.count
+                    ),
+                });
+            }
+            if n == s.count {
+                return Ok((s.generation, s.end, 0, s.end));
+            }
+            let j = (n / self.stride) as usize;
+            Ok((s.generation, s.starts[j], n - j as u64 * self.stride, s.end))
+        })?;
+        if skip == 0 {
+            return Ok(from);
+        }
+        // The start of message n is the end of the `skip`-th message after `from`.
+        let mut seen = 0;
+        let mut found = None;
+        self.scan(from, end, |e| {
+            seen += 1;
+            if seen == skip {
+                found = Some(e);
+            }
+            found.is_some()
+        })?;
+        self.confirm(generation, found)
+    }
+
+    /// `message-at B`: the number of the message that contains byte `b`.
+    pub fn message_at(&self, b: u64) -> Answer {
+        let (generation, from, first, end) = self.read(|s| {
+            not_ready(s)?;
+            if b >= s.end {
+                return Err(match &s.error {
+                    Some(e) => stopped(s, e),
+                    None => format!(
+                        "byte {b} is not in a complete message yet (complete messages end at byte {})",
+                        s.end
+                    ),
+                });
+            }
+            let j = s.starts.partition_point(|&o| o <= b) - 1;
+            Ok((s.generation, s.starts[j], j as u64 * self.stride, s.end))
+        })?;
+        let mut number = first;
+        let mut found = None;
+        self.scan(from, end, |e| {
+            if e > b {
+                found = Some(number);
+            }
+            number += 1;
+            found.is_some()
+        })?;
+        self.confirm(generation, found)
+    }
+
+    /// Reads messages from `from` (a boundary) up to `end` (a boundary), calling `on_end`
+    /// with each end offset until it returns true.
+    fn scan(&self, from: u64, end: u64, on_end: impl FnMut(u64) -> bool) -> Result<(), String> {
+        let Some(file) = self.watch.file() else {
+            return Err("the log file is not open".into());
+        };
+        scan(file, self.framing, self.max_message, from, end, on_end).map_err(|e| {
+            log::warn!(offset = from; "lookup failed: {e}");
+            format!("reading the log failed at byte {from}: {e}")
+        })
+    }
+
+    /// An answer found by scanning, if the index was not rebuilt meanwhile.
+    fn confirm(&self, generation: u64, found: Option<u64>) -> Answer {
+        let now = self.read(|s| s.generation);
+        match found {
+            Some(x) if now == generation => Ok(x),
+            _ if now != generation => Err("the index is being rebuilt; ask again".into()),
+            _ => Err("the log no longer matches the index; it will be rebuilt".into()),
+        }
+    }
+}
+
+fn not_ready(s: &State) -> Result<(), String> {
+    if s.ready {
+        Ok(())
+    } else {
+        Err("the log file does not exist yet".into())
+    }
+}
+
+fn stopped(s: &State, e: &FramingError) -> String {
+    format!(
+        "indexing stopped at byte {} after {} complete messages: {e}",
+        s.end, s.count
+    )
+}
+
+/// Splits the log from `from` (a message boundary) up to `end` with `pread`, calling
+/// `on_end` with every message end until it returns true or `end` is reached.
+///
+/// Payloads of length-prefixed messages are skipped without reading them. A framing error or
+/// a file shorter than `end` is an error: the caller said those bytes hold whole messages.
+pub fn scan(
+    file: &File,
+    framing: Framing,
+    max_message: u64,
+    from: u64,
+    end: u64,
+    mut on_end: impl FnMut(u64) -> bool,
+) -> io::Result<()> {
+    let mut splitter = Splitter::at(framing, max_message, from);
+    let mut buf = vec![0u8; 16 << 10];
+    let mut done = false;
+    while !done && splitter.offset() < end {
+        let pos = splitter.offset();
+        let skip = splitter.payload_remaining().min(end - pos);
+        if skip > buf.len() as u64 {
+            splitter.skip_payload(skip, |e| done = on_end(e));
+            continue;
+        }
+        let want = (end - pos).min(buf.len() as u64) as usize;
+        let n = read_at(file, &mut buf[..want], pos)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the log ends at byte {pos}, before the indexed end {end}"),
+            ));
+        }
+        splitter
+            .feed(&buf[..n], |e| {
+                if !done {
+                    done = on_end(e);
+                }
+            })
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if buf.len() < (1 << 20) {
+            let bigger = buf.len() * 2;
+            buf.resize(bigger, 0);
+        }
+    }
+    Ok(())
+}
+
+/// `pread` that retries on EINTR.
+pub fn read_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    loop {
+        match file.read_at(buf, pos) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}

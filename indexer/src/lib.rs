@@ -1,0 +1,21 @@
+//! tailsrv-indexer: a sidecar that maps message numbers to byte offsets in a tailsrv log.
+//!
+//! tailsrv only knows bytes; consumers think in messages. The indexer tails the same file,
+//! keeps a persistent index of where every K-th message starts, and answers `offset-of N`,
+//! `count` and `message-at B` on its own port, so a client asks the indexer for an offset
+//! and then streams from tailsrv. Neither process needs the other.
+//!
+//! - [`server`]: binding, the accept loop, shutdown on signals and when the log goes away.
+//! - [`scanner`]: follows the log ([`shared::watch`]), splits it ([`shared::framing`]) and
+//!   keeps the index current, resuming from the index file after a restart.
+//! - [`index`]: the in-memory index shared with queries, and the lookups.
+//! - [`store`]: the crash-safe index file format.
+//! - [`query`]: the line protocol and one connection's life.
+
+pub mod index;
+pub mod query;
+pub mod scanner;
+pub mod server;
+pub mod store;
+
+pub use server::{run, Config};

@@ -1,0 +1,241 @@
+//! The scanner: follows the log, splits it into messages and keeps the index (in memory and
+//! on disk) up to date. One task, the only writer of both.
+//!
+//! Life of the scanner:
+//! 1. wait for the log to exist ([`shared::watch`] watches its directory meanwhile);
+//! 2. load the index file ([`crate::store`]); reuse it only if it is ours, for this framing,
+//!    stride and limit, for this inode, and its entries still match the log: the log must be
+//!    at least as long as the index says, and a sample of strides (the first, the last and a
+//!    few between) is re-split and must end exactly where the index says. Otherwise rebuild,
+//!    saying why in the log;
+//! 3. resume from the last entry, so a restart rescans at most K-1 messages plus what was
+//!    appended while we were down;
+//! 4. loop: read everything new with `pread` in 1 MiB chunks, split it, publish the new count
+//!    and entries, append the entries to the file; then sleep until the watcher says the log
+//!    grew (no polling). A truncation (the watcher's epoch changes, or the log got shorter
+//!    than what we read) rebuilds from scratch. A framing error stops indexing where it
+//!    happened, is logged and published for queries, and waits for a truncation.
+//!
+//! The cold build is the same loop: with newline framing the per-chunk work is memchr and a
+//! counter per message, so it runs at memory speed like `wc -l`.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use shared::framing::Splitter;
+use shared::watch::FileWatch;
+
+use crate::index::{self, Index};
+use crate::store::{Opened, Params, Store};
+
+/// Bytes read per `pread` when catching up.
+const CHUNK: usize = 1 << 20;
+
+/// Strides re-split on start-up to check that the index still describes the log.
+const SPOT_CHECKS: usize = 8;
+
+/// Runs the scanner until an I/O error on the log or the index file.
+pub async fn run(index: Arc<Index>, watch: FileWatch, index_path: &Path) -> io::Result<()> {
+    watch.wait_until(|w| w.file().is_some()).await;
+    let Some(file) = watch.file() else {
+        unreachable!("wait_until returned before the file was open")
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| ctx(&watch, "stat", e))?;
+    let params = Params {
+        framing: index.framing,
+        stride: index.stride as u32,
+        max_message: index.max_message,
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+    let mut rebuild: Option<String> = None;
+    loop {
+        // Epoch before anything is read: a truncation from here on is noticed.
+        let epoch = watch.epoch();
+        let (store, entries) = match rebuild.take() {
+            Some(why) => {
+                log::warn!(index:% = index_path.display(); "rebuilding the index from the start: {why}");
+                (Store::create(index_path, params)?, Vec::new())
+            }
+            None => load(&index, file, index_path, params)?,
+        };
+        let why = follow(&index, &watch, file, store, entries, epoch).await?;
+        rebuild = Some(why);
+    }
+}
+
+/// Opens the index file and decides whether its entries can be trusted.
+fn load(
+    index: &Index,
+    file: &File,
+    index_path: &Path,
+    params: Params,
+) -> io::Result<(Store, Vec<u64>)> {
+    let shown = index_path.display();
+    match Store::open(index_path, params)? {
+        Opened::Created(store) => {
+            log::info!(index:% = shown; "no index yet, building it from the start");
+            Ok((store, Vec::new()))
+        }
+        Opened::Rebuilt(store, why) => {
+            log::warn!(index:% = shown; "rebuilding the index from the start: {why}");
+            Ok((store, Vec::new()))
+        }
+        Opened::Resumed(store, entries) => match verify(index, file, &entries) {
+            Ok(()) => {
+                let offset = entries.last().copied().unwrap_or(0);
+                let messages = entries.len() as u64 * index.stride;
+                log::info!(
+                    index:% = shown, offset = offset, messages = messages;
+                    "resuming from the index at byte {offset} (message {messages})"
+                );
+                Ok((store, entries))
+            }
+            Err(why) => {
+                log::warn!(index:% = shown; "rebuilding the index from the start: it does not match the log: {why}");
+                Ok((Store::create(index_path, params)?, Vec::new()))
+            }
+        },
+    }
+}
+
+/// Checks that the log is still the file `entries` describe (see the module docs).
+fn verify(index: &Index, file: &File, entries: &[u64]) -> Result<(), String> {
+    let Some(&last) = entries.last() else {
+        return Ok(());
+    };
+    let len = file
+        .metadata()
+        .map_err(|e| format!("stat failed: {e}"))?
+        .len();
+    if len < last {
+        return Err(format!(
+            "the log is {len} bytes, shorter than the indexed {last}"
+        ));
+    }
+    let n = entries.len();
+    let mut picks: Vec<usize> = (0..SPOT_CHECKS).map(|i| i * n / SPOT_CHECKS).collect();
+    picks.push(n - 1);
+    picks.dedup();
+    for i in picks {
+        let from = if i == 0 { 0 } else { entries[i - 1] };
+        let to = entries[i];
+        let mut ends = 0u64;
+        let mut last_end = from;
+        index::scan(file, index.framing, index.max_message, from, to, |e| {
+            ends += 1;
+            last_end = e;
+            false
+        })
+        .map_err(|e| format!("re-splitting bytes {from}..{to}: {e}"))?;
+        if ends != index.stride || last_end != to {
+            return Err(format!(
+                "bytes {from}..{to} hold {ends} messages ending at {last_end}, the index says {} ending at {to}",
+                index.stride
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Publishes `entries` and keeps indexing the log until it must be rebuilt; returns why.
+async fn follow(
+    index: &Index,
+    watch: &FileWatch,
+    file: &File,
+    mut store: Store,
+    entries: Vec<u64>,
+    epoch: u64,
+) -> io::Result<String> {
+    let stride = index.stride;
+    let resume = entries.last().copied().unwrap_or(0);
+    let mut count = entries.len() as u64 * stride;
+    index.update(|s| {
+        s.generation += 1;
+        s.starts = std::iter::once(0).chain(entries).collect();
+        s.count = count;
+        s.end = resume;
+        s.error = None;
+        s.ready = true;
+    });
+    let mut splitter = Splitter::at(index.framing, index.max_message, resume);
+    // Counts down to the next message whose start gets an entry.
+    let mut until_entry = stride;
+    let mut new_starts: Vec<u64> = Vec::new();
+    let mut buf = vec![0u8; CHUNK];
+    let started = Instant::now();
+    let mut caught_up = false;
+    loop {
+        let truncated = || "the log was truncated".to_string();
+        if watch.epoch() != epoch {
+            return Ok(truncated());
+        }
+        let len = watch.len();
+        if len < splitter.offset() {
+            return Ok(truncated());
+        }
+        while splitter.offset() < len {
+            let pos = splitter.offset();
+            let mut on_end = |e: u64| {
+                count += 1;
+                until_entry -= 1;
+                if until_entry == 0 {
+                    new_starts.push(e);
+                    until_entry = stride;
+                }
+            };
+            let skip = splitter.payload_remaining().min(len - pos);
+            let fed = if skip >= CHUNK as u64 {
+                // A long payload: no need to read it, only its end matters.
+                splitter.skip_payload(skip, &mut on_end);
+                Ok(())
+            } else {
+                let want = (len - pos).min(CHUNK as u64) as usize;
+                let n = index::read_at(file, &mut buf[..want], pos)
+                    .map_err(|e| ctx(watch, &format!("reading at byte {pos} of"), e))?;
+                if n == 0 {
+                    return Ok(truncated());
+                }
+                splitter.feed(&buf[..n], &mut on_end)
+            };
+            let end = splitter.boundary();
+            index.update(|s| {
+                s.starts.extend_from_slice(&new_starts);
+                s.count = count;
+                s.end = end;
+                s.error = fed.as_ref().err().cloned();
+            });
+            store.append(&new_starts)?;
+            new_starts.clear();
+            if let Err(e) = fed {
+                log::error!(
+                    path:% = watch.path().display(), offset = end, messages = count;
+                    "indexing stopped: {e}"
+                );
+                watch.wait_until(|w| w.epoch() != epoch).await;
+                return Ok(truncated());
+            }
+            // A cold build of a big log must not starve the accept loop and queries.
+            futures_lite::future::yield_now().await;
+        }
+        if !caught_up {
+            caught_up = true;
+            log::info!(
+                messages = count, offset = splitter.boundary(), entries = store.persisted(),
+                seconds = started.elapsed().as_secs_f64();
+                "index is up to date, following the log"
+            );
+        }
+        watch.wait_for_growth(splitter.offset(), epoch).await;
+    }
+}
+
+fn ctx(watch: &FileWatch, what: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", watch.path().display()))
+}
