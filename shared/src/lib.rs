@@ -7,10 +7,13 @@
 //! - [`net`]: listening sockets (big backlog, dual-stack) and per-connection socket options.
 //! - [`logging`]: femme / journald set-up from `-v`/`-q`/`RUST_LOG`.
 //! - [`framing`]: message boundaries (newline, nul, u32be, varint) found incrementally in a byte stream.
+//! - [`consumer`]: resumable consumers (blocking I/O): reconnect and fail over at the exact
+//!   byte, whole messages, checkpoints in a state file; the logic of `tscat` and `tsmirror`.
 //!
 //! Everything here is runtime-agnostic: it uses async-io's reactor directly, so the binaries
 //! decide which executor (async-std today) runs the futures.
 
+pub mod consumer;
 pub mod framing;
 pub mod header;
 pub mod logging;

@@ -1,0 +1,86 @@
+//! Resumable consumers of a tailsrv stream: the careful reconnect loop every user would
+//! otherwise write, written once (blocking std I/O: a consumer follows one stream).
+//!
+//! - [`follow`]: the connection: connect (keepalive on), send the start offset, read, and on
+//!   any failure reconnect with capped exponential backoff at the exact byte reached, failing
+//!   over along a list of servers.
+//! - [`messages`]: whole messages only, cut with [`crate::framing::Splitter`].
+//! - [`state`]: the position saved to a small state file, atomically and durably.
+//! - [`indexer`]: asking a tailsrv-indexer where message N starts.
+//! - [`stderr_log`]: a tiny logger for programs whose stdout is data.
+//! - [`cat`]: `tscat`, the stream to stdout with checkpoints; [`mirror`]: `tsmirror`, the
+//!   stream appended to a replica file.
+//!
+//! Exactness rests on one fact: tailsrv sends the file's bytes from the offset asked for, in
+//! order, and nothing else. So the absolute position of the next byte is the start offset plus
+//! the bytes received, and reconnecting with that number neither skips nor repeats a byte.
+//! The one case where the start offset is not known is a relative start (`-N`, `-0`): the
+//! server resolves it and does not say to what. [`resolve`] turns relative starts into
+//! absolute ones when an indexer is at hand; without one the stream is followed, but a lost
+//! connection cannot be resumed exactly and is reported as such rather than guessed at.
+
+pub mod cat;
+pub mod follow;
+pub mod indexer;
+pub mod messages;
+pub mod mirror;
+pub mod state;
+pub mod stderr_log;
+
+use crate::header::Start;
+
+/// Where a consumer wants to begin, as the user said it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// From this byte offset.
+    Byte(u64),
+    /// The last N bytes of the file.
+    Last(u64),
+    /// From the current end of the file.
+    End,
+    /// From message N (0-based), located by an indexer.
+    Message(u64),
+}
+
+impl StartAt {
+    /// Whether the server, not the consumer, decides where this start lands.
+    pub fn is_relative(self) -> bool {
+        matches!(self, StartAt::Last(_) | StartAt::End)
+    }
+}
+
+/// Turns a start into the header to send and, when it can be known, the absolute offset.
+///
+/// - `Byte(n)` is absolute.
+/// - `Message(n)` asks the indexer `offset-of n`.
+/// - `End` with an indexer: `offset-of COUNT`, the end of the last complete message.
+/// - `Last(n)` with an indexer: the start of the message holding byte `end - n`, so at least
+///   `n` bytes and a message boundary.
+/// - `Last`/`End` without an indexer stay relative (`-n`, `-0`): the server resolves them.
+pub fn resolve(start: StartAt, indexer: Option<&str>) -> Result<Start, indexer::Error> {
+    match (start, indexer) {
+        (StartAt::Byte(n), _) => Ok(Start::Byte(n)),
+        (StartAt::Message(n), Some(ix)) => indexer::offset_of(ix, n).map(Start::Byte),
+        (StartAt::Message(_), None) => Err(indexer::Error::NoIndexer),
+        (StartAt::End, Some(ix)) => indexer::end(ix).map(Start::Byte),
+        (StartAt::Last(n), Some(ix)) => {
+            let end = indexer::end(ix)?;
+            if n >= end {
+                return Ok(Start::Byte(0));
+            }
+            let m = indexer::message_at(ix, end - n)?;
+            indexer::offset_of(ix, m).map(Start::Byte)
+        }
+        (StartAt::End, None) => Ok(Start::FromEnd(0)),
+        (StartAt::Last(n), None) => Ok(Start::FromEnd(n)),
+    }
+}
+
+/// Parses a comma-separated list of `HOST:PORT` servers (blanks around names allowed).
+pub fn parse_servers(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
