@@ -1,24 +1,31 @@
-//! The file watcher: one inotify instance that follows one file and tells every interested
-//! task when it changes.
+//! The file watcher: one inotify instance that follows any number of files and tells every
+//! interested task when one of them changes.
 //!
 //! Why this shape: thousands of clients wait on the same file. Polling it would cost CPU per
-//! client per tick, so instead a single [`Watcher`] task reads inotify events, re-`fstat`s the
-//! file once per batch of events, publishes the new length in an atomic, and wakes every
-//! waiting task once through an [`event_listener::Event`]. A quiet file costs nothing.
+//! client per tick, so instead a single [`Watcher`] task reads inotify events, re-`fstat`s each
+//! file that had events once per batch, publishes its new length in an atomic, and wakes every
+//! task waiting on that file once through an [`event_listener::Event`]. A quiet file costs
+//! nothing.
 //!
-//! The lifecycle handled here is the one both tailsrv and the indexer need:
-//! - absent at start: watch the parent directory for the name to appear (no polling), then
-//!   switch to watching the file itself;
+//! One inotify instance serves every file (the kernel allows only 128 instances per user by
+//! default), with one watch per followed file, shared by all of its followers through
+//! [`FileWatch`] clones and removed when the last clone is dropped.
+//!
+//! The lifecycle handled here is the one every binary needs:
+//! - absent: watch the parent directory for the name to appear (no polling), then switch to
+//!   watching the file itself;
 //! - growth: `IN_MODIFY` → new length, waiters woken;
-//! - truncation: the length went down → [`FileWatch::epoch`] is bumped so followers can tell
-//!   that the bytes they already have may no longer be the file's;
-//! - moved (`IN_MOVE_SELF`) or deleted (link count 0, seen through `IN_ATTRIB`, because we
-//!   hold the file open so `IN_DELETE_SELF` would never come) → [`Gone`].
+//! - truncation: the length went down → [`FileWatch::epoch`] is bumped so readers can tell
+//!   that bytes they already have may no longer be the file's;
+//! - moved (`IN_MOVE_SELF`) or deleted (link count 0, seen through `IN_ATTRIB`: we hold the
+//!   file open, so `IN_DELETE_SELF` would never come) → [`FileWatch::gone`].
 //!
-//! The file is opened once and that inode is followed for good: after a rename or unlink the
+//! A file is opened once and that inode is followed for good: after a rename or unlink the
 //! open descriptor still reads the same bytes, which is what `--linger-after-file-is-gone`
-//! serves.
+//! serves. Following the same path again after it is gone starts over with whatever is at
+//! the path then.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::File;
@@ -26,14 +33,14 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use async_io::Async;
 use event_listener::Event;
-use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 
-/// Why the followed file is no longer at its path.
+/// Why a followed file is no longer at its path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gone {
     Moved,
@@ -49,16 +56,16 @@ impl fmt::Display for Gone {
     }
 }
 
-/// What the watcher does once the file is gone from its path.
+/// What [`Watcher::run`] does once a followed file is gone from its path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnGone {
-    /// [`Watcher::run`] returns, so the caller can shut down.
+    /// Return, so a single-file server can shut down.
     Stop,
     /// Keep following the (renamed or unlinked) inode; `run` only returns on error.
     Linger,
 }
 
-/// A cheap, clonable view of the followed file, shared by every task that reads it.
+/// A cheap, clonable view of one followed file, shared by every task that reads it.
 #[derive(Clone)]
 pub struct FileWatch {
     inner: Arc<Inner>,
@@ -66,11 +73,23 @@ pub struct FileWatch {
 
 struct Inner {
     path: PathBuf,
+    name: OsString,
     file: OnceLock<File>,
     len: AtomicU64,
     epoch: AtomicU64,
     gone: AtomicU8,
     changed: Event,
+    /// The inotify watch on the file, or on its directory while it is absent.
+    wd: Mutex<Option<(WatchDescriptor, Target)>>,
+    registry: Arc<Registry>,
+    /// Whether leaving the path has been logged.
+    announced: AtomicBool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Target {
+    File,
+    Dir,
 }
 
 const PRESENT: u8 = 0;
@@ -78,12 +97,12 @@ const MOVED: u8 = 1;
 const DELETED: u8 = 2;
 
 impl FileWatch {
-    /// The path as given on the command line.
+    /// The path this file was followed by.
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
 
-    /// The open file, once it exists. Always the same inode for the life of the process.
+    /// The open file, once it exists. Always the same inode for the life of this watch.
     pub fn file(&self) -> Option<&File> {
         self.inner.file.get()
     }
@@ -104,7 +123,7 @@ impl FileWatch {
         self.inner.epoch.load(Ordering::Acquire)
     }
 
-    /// Whether the file has left its path (we may still be serving its inode).
+    /// Whether the file has left its path (its inode may still be served).
     pub fn gone(&self) -> Option<Gone> {
         match self.inner.gone.load(Ordering::Acquire) {
             MOVED => Some(Gone::Moved),
@@ -137,140 +156,113 @@ impl FileWatch {
     fn notify(&self) {
         self.inner.changed.notify(usize::MAX);
     }
+
+    fn set_gone(&self, gone: Gone) -> bool {
+        let code = match gone {
+            Gone::Moved => MOVED,
+            Gone::Deleted => DELETED,
+        };
+        self.inner
+            .gone
+            .compare_exchange(PRESENT, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
 }
 
-/// The task that reads inotify events and updates a [`FileWatch`].
+/// Shared between the [`Watcher`] and every [`Follower`] and [`FileWatch`]: which wd serves
+/// which files. Rule: never drop an `Arc<Inner>` while holding `table` (its `Drop` takes it).
+struct Registry {
+    watches: Mutex<Watches>,
+    table: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    /// wd → the files it serves (one inode can be followed by several paths, and one
+    /// directory watch serves every absent file in that directory).
+    by_wd: HashMap<WatchDescriptor, Vec<Weak<Inner>>>,
+    /// path → its live watch, so followers of one path share one watch.
+    by_path: HashMap<PathBuf, Weak<Inner>>,
+}
+
+/// Drives the followed files' [`FileWatch`]es: owns the inotify descriptor. Exactly one task
+/// runs it ([`Watcher::run`]); any task follows files through a [`Follower`].
 pub struct Watcher {
     inotify: Async<Inotify>,
-    shared: FileWatch,
-    name: OsString,
-    file_wd: Option<WatchDescriptor>,
-    dir_wd: Option<WatchDescriptor>,
+    follower: Follower,
 }
 
-/// Starts following `path`: opens it if it exists, otherwise watches its directory for it.
-///
-/// Fails if inotify cannot be set up (e.g. the kernel's watch limit) or the parent directory
-/// does not exist. Drive the returned [`Watcher`] with [`Watcher::run`].
+/// A handle to follow files with, from any task.
+#[derive(Clone)]
+pub struct Follower {
+    registry: Arc<Registry>,
+}
+
+/// Starts following one file: the single-file form of [`Watcher::new`] + [`Follower::follow`].
 pub fn watch(path: &Path) -> io::Result<(FileWatch, Watcher)> {
-    let ctx = |what: &str, e: io::Error| {
-        io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} does not name a file", path.display()),
-            )
-        })?
-        .to_owned();
-    let inotify = Inotify::init().map_err(|e| ctx("inotify_init for", e))?;
-    let inotify = Async::new(inotify).map_err(|e| ctx("registering inotify for", e))?;
-    let shared = FileWatch {
-        inner: Arc::new(Inner {
-            path: path.to_owned(),
-            file: OnceLock::new(),
-            len: AtomicU64::new(0),
-            epoch: AtomicU64::new(0),
-            gone: AtomicU8::new(PRESENT),
-            changed: Event::new(),
-        }),
-    };
-    let mut watcher = Watcher {
-        inotify,
-        shared: shared.clone(),
-        name,
-        file_wd: None,
-        dir_wd: None,
-    };
-    // Watch the directory before trying to open, so a file created in between is not missed.
-    if !watcher.try_open()? {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let wd = watcher
-            .inotify
-            .get_ref()
-            .watches()
-            .add(
-                dir,
-                WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::ONLYDIR,
-            )
-            .map_err(|e| ctx("watching the directory of", e))?;
-        watcher.dir_wd = Some(wd);
-        if !watcher.try_open()? {
-            log::info!(path:% = path.display(); "file does not exist yet, waiting for it");
-        }
-    }
-    Ok((shared, watcher))
-}
-
-/// What one batch of inotify events told us.
-#[derive(Default)]
-struct Batch {
-    changed: bool,
-    moved: bool,
-    appeared: bool,
+    let watcher = Watcher::new()?;
+    let file = watcher.follower().follow(path)?;
+    Ok((file, watcher))
 }
 
 impl Watcher {
-    /// Reads inotify events until the file is gone (with [`OnGone::Stop`]) or an error occurs.
+    /// Creates the inotify instance.
+    pub fn new() -> io::Result<Watcher> {
+        let inotify =
+            Inotify::init().map_err(|e| io::Error::new(e.kind(), format!("inotify_init: {e}")))?;
+        let watches = inotify.watches();
+        Ok(Watcher {
+            inotify: Async::new(inotify)?,
+            follower: Follower {
+                registry: Arc::new(Registry {
+                    watches: Mutex::new(watches),
+                    table: Mutex::new(Table::default()),
+                }),
+            },
+        })
+    }
+
+    /// A handle for following files.
+    pub fn follower(&self) -> Follower {
+        self.follower.clone()
+    }
+
+    /// Reads inotify events and updates the followed files, until a file is gone (with
+    /// [`OnGone::Stop`]; returns why) or reading inotify fails.
     pub async fn run(mut self, on_gone: OnGone) -> io::Result<Gone> {
-        let mut buf = [0u8; 4096];
-        let mut announced = false;
+        let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let batch = self.next_batch(&mut buf).await?;
-            if batch.appeared && self.shared.file().is_none() {
-                self.try_open()?;
-            }
-            if batch.moved && self.shared.gone().is_none() {
-                self.shared.inner.gone.store(MOVED, Ordering::Release);
-            }
-            if batch.changed || batch.moved {
-                self.refresh();
-            }
-            self.shared.notify();
-            if let Some(gone) = self.shared.gone() {
-                if on_gone == OnGone::Stop {
-                    return Ok(gone);
+            let touched = self.next_batch(&mut buf).await?;
+            for (file, appeared) in touched {
+                if appeared && file.file().is_none() {
+                    if let Err(e) = self.follower.try_open(&file) {
+                        log::warn!(path:% = file.path().display(); "{e}");
+                    }
                 }
-                if !announced {
-                    announced = true;
-                    log::info!(
-                        path:% = self.shared.path().display();
-                        "file was {gone}; still following its inode"
-                    );
+                self.follower.refresh(&file);
+                file.notify();
+                if let Some(gone) = file.gone() {
+                    if on_gone == OnGone::Stop {
+                        return Ok(gone);
+                    }
                 }
             }
         }
     }
 
-    /// Waits for inotify to be readable and folds everything it has into one [`Batch`].
-    async fn next_batch(&mut self, buf: &mut [u8]) -> io::Result<Batch> {
+    /// Waits for inotify to be readable; returns the files that had events, each with whether
+    /// its name appeared in its directory.
+    async fn next_batch(&mut self, buf: &mut [u8]) -> io::Result<Vec<(FileWatch, bool)>> {
         loop {
-            // SAFETY: reading events does not close or replace the inotify descriptor, which is
-            // all `Async::get_mut` asks us not to do.
+            // SAFETY: reading events neither closes nor replaces the inotify descriptor, which
+            // is all `Async::get_mut` asks us not to do.
             let inotify = unsafe { self.inotify.get_mut() };
             match inotify.read_events(buf) {
                 Ok(events) => {
-                    let mut batch = Batch::default();
-                    for ev in events {
-                        if ev.mask.contains(EventMask::Q_OVERFLOW) {
-                            // Events were dropped: assume anything may have happened.
-                            batch.changed = true;
-                            batch.appeared = true;
-                        } else if Some(&ev.wd) == self.file_wd.as_ref() {
-                            batch.changed = true;
-                            batch.moved |= ev.mask.contains(EventMask::MOVE_SELF);
-                        } else if Some(&ev.wd) == self.dir_wd.as_ref()
-                            && ev.name == Some(self.name.as_os_str())
-                        {
-                            batch.appeared = true;
-                        }
-                    }
-                    return Ok(batch);
+                    let events: Vec<(WatchDescriptor, EventMask, Option<OsString>)> = events
+                        .map(|e| (e.wd, e.mask, e.name.map(|n| n.to_owned())))
+                        .collect();
+                    return Ok(self.follower.dispatch(events));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.inotify.readable().await?;
@@ -279,21 +271,178 @@ impl Watcher {
                 Err(e) => {
                     return Err(io::Error::new(
                         e.kind(),
-                        format!(
-                            "reading inotify events for {}: {e}",
-                            self.shared.path().display()
-                        ),
+                        format!("reading inotify events: {e}"),
                     ))
                 }
             }
         }
     }
+}
+
+impl Follower {
+    /// Follows `path`: opens it if it exists, otherwise watches its directory for it.
+    ///
+    /// Followers of one path share one watch, which is removed when the last [`FileWatch`]
+    /// clone is dropped. Fails with context if the parent directory does not exist, the path
+    /// is not a regular file, or the kernel's watch limit (`fs.inotify.max_user_watches`) is
+    /// reached.
+    pub fn follow(&self, path: &Path) -> io::Result<FileWatch> {
+        let name = path
+            .file_name()
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{} does not name a file", path.display()),
+                )
+            })?
+            .to_owned();
+        // Declared before the lock guard so that it is dropped after it (see `Registry`).
+        let existing;
+        let file = {
+            let mut table = self.registry.table.lock().unwrap();
+            existing = table.by_path.get(path).and_then(Weak::upgrade);
+            if let Some(inner) = &existing {
+                if inner.gone.load(Ordering::Acquire) == PRESENT {
+                    return Ok(FileWatch {
+                        inner: inner.clone(),
+                    });
+                }
+            }
+            let file = FileWatch {
+                inner: Arc::new(Inner {
+                    path: path.to_owned(),
+                    name,
+                    file: OnceLock::new(),
+                    len: AtomicU64::new(0),
+                    epoch: AtomicU64::new(0),
+                    gone: AtomicU8::new(PRESENT),
+                    changed: Event::new(),
+                    wd: Mutex::new(None),
+                    registry: self.registry.clone(),
+                    announced: AtomicBool::new(false),
+                }),
+            };
+            table
+                .by_path
+                .insert(path.to_owned(), Arc::downgrade(&file.inner));
+            file
+        };
+        // Watch the directory before trying to open, so a file created in between is not missed.
+        if !self.try_open(&file)? {
+            let dir = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            let mask = WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::ONLYDIR;
+            self.add_watch(&file, dir, mask, Target::Dir)?;
+            if !self.try_open(&file)? {
+                log::info!(path:% = path.display(); "file does not exist yet, waiting for it");
+            }
+        }
+        Ok(file)
+    }
+
+    /// Number of inotify watches in use (for tests and diagnostics).
+    pub fn watch_count(&self) -> usize {
+        self.registry.table.lock().unwrap().by_wd.len()
+    }
+
+    /// Maps a batch of inotify events to the files they concern.
+    fn dispatch(
+        &self,
+        events: Vec<(WatchDescriptor, EventMask, Option<OsString>)>,
+    ) -> Vec<(FileWatch, bool)> {
+        // Upgrade under the lock, decide after it: an upgraded Arc may be the last one.
+        let mut candidates: Vec<(Arc<Inner>, EventMask, Option<OsString>, bool)> = Vec::new();
+        {
+            let table = self.registry.table.lock().unwrap();
+            for (wd, mask, name) in events {
+                if mask.contains(EventMask::Q_OVERFLOW) {
+                    // Events were dropped: assume anything may have happened to anyone.
+                    for inner in table.by_wd.values().flatten().filter_map(Weak::upgrade) {
+                        candidates.push((inner, mask, None, true));
+                    }
+                } else if let Some(entries) = table.by_wd.get(&wd) {
+                    for inner in entries.iter().filter_map(Weak::upgrade) {
+                        candidates.push((inner, mask, name.clone(), false));
+                    }
+                }
+            }
+        }
+        let mut touched: Vec<(FileWatch, bool)> = Vec::new();
+        for (inner, mask, name, overflow) in candidates {
+            let target = inner.wd.lock().unwrap().as_ref().map(|(_, t)| *t);
+            let appeared = match target {
+                _ if overflow => true,
+                Some(Target::Dir) if name.as_deref() == Some(inner.name.as_os_str()) => true,
+                Some(Target::Dir) => continue,
+                _ => false,
+            };
+            let file = FileWatch { inner };
+            if mask.contains(EventMask::MOVE_SELF) && target == Some(Target::File) {
+                file.set_gone(Gone::Moved);
+            }
+            match touched
+                .iter_mut()
+                .find(|(f, _)| Arc::ptr_eq(&f.inner, &file.inner))
+            {
+                Some(entry) => entry.1 |= appeared,
+                None => touched.push((file, appeared)),
+            }
+        }
+        touched
+    }
+
+    /// Adds a watch for `file` on `target` and records it as the file's one watch, releasing
+    /// the one it had before.
+    fn add_watch(
+        &self,
+        file: &FileWatch,
+        target: impl AsRef<Path>,
+        mask: WatchMask,
+        kind: Target,
+    ) -> io::Result<()> {
+        let what = match kind {
+            Target::File => "watching",
+            Target::Dir => "watching the directory of",
+        };
+        // IN_MASK_ADD: another path may already watch this inode with a different mask.
+        let wd = self
+            .registry
+            .watches
+            .lock()
+            .unwrap()
+            .add(target, mask | WatchMask::MASK_ADD)
+            .map_err(|e| {
+                let hint = if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
+                    " (inotify watch limit reached: raise fs.inotify.max_user_watches)"
+                } else {
+                    ""
+                };
+                io::Error::new(
+                    e.kind(),
+                    format!("{what} {}: {e}{hint}", file.path().display()),
+                )
+            })?;
+        let mut table = self.registry.table.lock().unwrap();
+        table
+            .by_wd
+            .entry(wd.clone())
+            .or_default()
+            .push(Arc::downgrade(&file.inner));
+        let old = file.inner.wd.lock().unwrap().replace((wd, kind));
+        if let Some((old_wd, _)) = old {
+            self.registry
+                .release(&mut table, &old_wd, Arc::as_ptr(&file.inner));
+        }
+        Ok(())
+    }
 
     /// Opens the file if it exists and switches from watching the directory to watching it.
     /// Returns whether the file is open now.
-    fn try_open(&mut self) -> io::Result<bool> {
-        let path = self.shared.path().to_owned();
-        let file = match File::open(&path) {
+    fn try_open(&self, file: &FileWatch) -> io::Result<bool> {
+        let path = file.path();
+        let opened = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => {
@@ -303,7 +452,7 @@ impl Watcher {
                 ))
             }
         };
-        match file.metadata() {
+        match opened.metadata() {
             Ok(m) if m.is_file() => {}
             Ok(_) => {
                 return Err(io::Error::new(
@@ -320,32 +469,24 @@ impl Watcher {
         }
         // Watch the inode we opened, not whatever the path names by now: /proc/self/fd/N is a
         // link to exactly that inode.
-        let by_fd = format!("/proc/self/fd/{}", file.as_raw_fd());
+        let by_fd = format!("/proc/self/fd/{}", opened.as_raw_fd());
         let mask =
             WatchMask::MODIFY | WatchMask::ATTRIB | WatchMask::MOVE_SELF | WatchMask::DELETE_SELF;
-        let mut watches = self.inotify.get_ref().watches();
-        let wd = watches
-            .add(&by_fd, mask)
-            .map_err(|e| io::Error::new(e.kind(), format!("watching {}: {e}", path.display())))?;
-        self.file_wd = Some(wd);
-        if let Some(dir_wd) = self.dir_wd.take() {
-            // Best effort: a leftover directory watch only costs spurious wake-ups.
-            let _ = watches.remove(dir_wd);
-        }
-        let _ = self.shared.inner.file.set(file);
+        self.add_watch(file, by_fd, mask, Target::File)?;
+        let _ = file.inner.file.set(opened);
         log::info!(path:% = path.display(); "following file");
-        self.refresh();
-        self.shared.notify();
+        self.refresh(file);
+        file.notify();
         Ok(true)
     }
 
     /// Re-reads length and link count of the open file and publishes what changed.
-    fn refresh(&self) {
-        let Some(file) = self.shared.file() else {
+    fn refresh(&self, file: &FileWatch) {
+        let Some(f) = file.file() else {
             return;
         };
-        let inner = &self.shared.inner;
-        let meta = match file.metadata() {
+        let inner = &file.inner;
+        let meta = match f.metadata() {
             Ok(m) => m,
             Err(e) => {
                 log::warn!(path:% = inner.path.display(); "fstat failed: {e}");
@@ -364,8 +505,39 @@ impl Watcher {
             );
         }
         inner.len.store(new_len, Ordering::Release);
-        if meta.nlink() == 0 && self.shared.gone().is_none() {
-            inner.gone.store(DELETED, Ordering::Release);
+        if meta.nlink() == 0 {
+            file.set_gone(Gone::Deleted);
         }
+        if let Some(gone) = file.gone() {
+            if !inner.announced.swap(true, Ordering::AcqRel) {
+                log::info!(path:% = inner.path.display(); "file was {gone}");
+            }
+        }
+    }
+}
+
+impl Registry {
+    /// Drops `inner`'s claim on `wd` (and dead claims), removing the watch when none remain.
+    fn release(&self, table: &mut Table, wd: &WatchDescriptor, inner: *const Inner) {
+        let Some(entries) = table.by_wd.get_mut(wd) else {
+            return;
+        };
+        entries.retain(|w| w.strong_count() > 0 && w.as_ptr() != inner);
+        if entries.is_empty() {
+            table.by_wd.remove(wd);
+            // Best effort: the kernel already dropped the watch if its inode was deleted.
+            let _ = self.watches.lock().unwrap().remove(wd.clone());
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let registry = self.registry.clone();
+        let mut table = registry.table.lock().unwrap();
+        if let Some((wd, _)) = self.wd.get_mut().unwrap().take() {
+            registry.release(&mut table, &wd, self as *const Inner);
+        }
+        table.by_path.retain(|_, w| w.strong_count() > 0);
     }
 }
