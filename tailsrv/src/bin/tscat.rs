@@ -1,0 +1,169 @@
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use shared::consumer::{self, cat, follow::Retry, StartAt};
+use shared::framing::{Framing, DEFAULT_MAX_MESSAGE};
+
+const AFTER_HELP: &str = "\
+Checkpoints (--state): the position is saved after the output accepted it, every 256 KiB or \
+1 s of output and whenever the stream pauses. A clean stop (SIGINT, SIGTERM, output closed) \
+saves the exact position: nothing is lost or repeated. After kill -9 or a crash, at most the \
+output since the last checkpoint is repeated: under 320 KiB (256 KiB plus one 64 KiB read; \
+with a framing and messages over 64 KiB, plus one message). Nothing is ever skipped.
+
+Exit status: 0 stopped by SIGINT/SIGTERM or output closed; 1 no server reachable (after \
+retries, or at once with --no-retry) or the stream was lost and cannot be resumed; 2 bad \
+command line; 3 state file corrupt, unwritable or in use; 4 indexer unreachable or it \
+refused the request; 5 malformed message in the stream (with --framing); 6 writing the \
+output failed.";
+
+/// Follow a tailsrv stream and print it to stdout, surviving restarts of the server and of
+/// tscat itself without gaps or duplicates.
+///
+/// Connects to the first server that answers, asks for the stream from the chosen start, and
+/// on any failure reconnects (capped exponential backoff) at the exact byte reached, failing
+/// over along the server list. With --framing only whole messages are printed. Logs go to
+/// stderr; stdout is data.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about, after_long_help = AFTER_HELP)]
+struct Args {
+    /// Start at byte N (the default is 0, the start of the file).
+    #[arg(long, value_name = "N", group = "start")]
+    from_byte: Option<u64>,
+
+    /// Start with the last N bytes. tailsrv resolves this and does not report the offset, so
+    /// without --indexer the stream cannot be resumed after a lost connection, and --state
+    /// and --framing need --indexer (which turns it into a message boundary).
+    #[arg(long, value_name = "N", group = "start")]
+    last: Option<u64>,
+
+    /// Start at the current end of the file (same caveats as --last).
+    #[arg(long, group = "start")]
+    from_end: bool,
+
+    /// Start at message N (0-based), located by asking --indexer.
+    #[arg(long, value_name = "N", group = "start", requires = "indexer")]
+    from_message: Option<u64>,
+
+    /// A tailsrv-indexer of the same file, for --from-message (and to resolve --last and
+    /// --from-end to absolute message boundaries).
+    #[arg(long, value_name = "HOST:PORT")]
+    indexer: Option<String>,
+
+    /// Print whole messages only, cut with this framing.
+    #[arg(long, value_enum)]
+    framing: Option<Framing>,
+
+    /// With --framing: a length prefix over this many bytes is a malformed stream.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_MESSAGE)]
+    max_message: u64,
+
+    /// Save the position in FILE and resume from it when it exists (then the start flags only
+    /// apply to the first run).
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
+
+    /// More servers of the same file (replicas), comma-separated, tried in order.
+    #[arg(long, value_name = "HOST:PORT,...")]
+    servers: Option<String>,
+
+    /// Do not reconnect: fail as soon as no server answers or the connection is lost.
+    #[arg(long)]
+    no_retry: bool,
+
+    /// Give up after this many seconds without a working server ("inf": never).
+    #[arg(long, value_name = "SECS", default_value_t = 300.0, conflicts_with = "no_retry")]
+    give_up_after: f64,
+
+    #[command(flatten)]
+    log: shared::logging::LogArgs,
+
+    /// The tailsrv to follow (put first in the server list).
+    server: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(&args.log);
+    match run(args) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(args: Args) -> Result<cat::Stopped, cat::Error> {
+    let usage = |s: &str| cat::Error::Usage(s.to_owned());
+    let mut servers: Vec<String> = args.server.into_iter().collect();
+    servers.extend(args.servers.as_deref().map(consumer::parse_servers).unwrap_or_default());
+    if servers.is_empty() {
+        return Err(usage("no server given: tscat HOST:PORT or --servers HOST:PORT,..."));
+    }
+    let retry = if args.no_retry {
+        Retry::Never
+    } else if args.give_up_after == f64::INFINITY {
+        Retry::Forever
+    } else {
+        Retry::GiveUpAfter(
+            Duration::try_from_secs_f64(args.give_up_after)
+                .map_err(|_| usage("--give-up-after must be a number of seconds or inf"))?,
+        )
+    };
+    let start = match (args.from_byte, args.last, args.from_end, args.from_message) {
+        (_, Some(n), _, _) => StartAt::Last(n),
+        (_, _, true, _) => StartAt::End,
+        (_, _, _, Some(n)) => StartAt::Message(n),
+        (n, _, _, _) => StartAt::Byte(n.unwrap_or(0)),
+    };
+    let config = cat::Config {
+        servers,
+        start,
+        indexer: args.indexer,
+        framing: args.framing,
+        max_message: args.max_message,
+        state: args.state,
+        retry,
+    };
+
+    // Raised by the first SIGINT/SIGTERM, which the loop notices within a read tick; a
+    // second one exits at once (for a run stuck writing to a stalled pipe).
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let registered = signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, stop.clone())
+            .and_then(|_| signal_hook::flag::register(sig, stop.clone()));
+        if let Err(e) = registered {
+            return Err(cat::Error::Output(e));
+        }
+    }
+
+    // Unbuffered stdout: a write that returned is with the reader, so it may be checkpointed.
+    let mut out = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .map_err(cat::Error::Output)?;
+    cat::run(&config, &mut out, stop)
+}
+
+/// Logs to stderr (stdout is data), warnings only unless asked (-v, RUST_LOG).
+fn init_logging(log: &shared::logging::LogArgs) {
+    #[cfg(feature = "systemd")]
+    if log.journald {
+        log.init();
+        return;
+    }
+    let asked = log.verbose > 0 || log.quiet > 0 || std::env::var_os("RUST_LOG").is_some();
+    let level = if asked {
+        log.level()
+    } else {
+        log::LevelFilter::Warn
+    };
+    consumer::stderr_log::init("tscat", level);
+}

@@ -1,0 +1,336 @@
+//! The consumers end to end: `tscat` and `tsmirror` against real tailsrv (and
+//! tailsrv-indexer) processes on 127.0.0.1, killed and restarted under them.
+//!
+//! Ground truth is always the test's own copy of what it appended; message offsets are
+//! computed by the test's own encoders (newline, nul, u32be, varint written here, not by
+//! the code under test). tscat's stdout is captured raw, byte for byte.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+use tests::*;
+
+/// What tscat may repeat after `kill -9` (its --help and the README state this bound):
+/// 256 KiB of checkpoint interval plus one 64 KiB read.
+const KILL_REPEAT_BOUND: usize = (256 + 64) << 10;
+
+/// Starts tailsrv on `path` at `port` (0: a free one).
+fn tailsrv(path: &Path, port: u16) -> Proc {
+    let args: Vec<String> = vec![
+        "-p".into(),
+        port.to_string(),
+        "--bind".into(),
+        "127.0.0.1".into(),
+        path.display().to_string(),
+    ];
+    Proc::start("tailsrv", &args)
+}
+
+/// Starts tailsrv-indexer on `path` with `framing`, its index in `dir`.
+fn indexer(path: &Path, framing: &str, dir: &Path) -> Proc {
+    let index = dir.join(format!("{framing}.idx"));
+    let args: Vec<String> = vec![
+        "-p".into(),
+        "0".into(),
+        "--bind".into(),
+        "127.0.0.1".into(),
+        "--framing".into(),
+        framing.into(),
+        "--index".into(),
+        index.display().to_string(),
+        path.display().to_string(),
+    ];
+    Proc::start("tailsrv-indexer", &args)
+}
+
+/// Asks an indexer one question (test-side client, to wait for it to catch up).
+fn ask_indexer(ix: &Proc, request: &str) -> String {
+    let mut s = ix.connect();
+    s.write_all(format!("{request}\n").as_bytes()).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while s.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        answer.push(byte[0]);
+    }
+    String::from_utf8(answer).unwrap()
+}
+
+/// Bytes a child writes to one pipe, collected by a thread, with a way to wait on them.
+#[derive(Clone, Default)]
+struct Capture(Arc<(Mutex<(Vec<u8>, bool)>, Condvar)>);
+
+impl Capture {
+    fn of(mut pipe: impl Read + Send + 'static) -> Capture {
+        let c = Capture::default();
+        let sink = c.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = pipe.read(&mut buf).unwrap_or(0);
+                let (lock, cv) = &*sink.0;
+                let mut g = lock.lock().unwrap();
+                if n == 0 {
+                    g.1 = true;
+                } else {
+                    g.0.extend_from_slice(&buf[..n]);
+                }
+                cv.notify_all();
+                if n == 0 {
+                    return;
+                }
+            }
+        });
+        c
+    }
+
+    /// Waits until `cond(bytes, closed)` holds; false after [`PATIENCE`].
+    fn wait(&self, cond: impl Fn(&[u8], bool) -> bool) -> bool {
+        let (lock, cv) = &*self.0;
+        let deadline = Instant::now() + PATIENCE;
+        let mut g = lock.lock().unwrap();
+        while !cond(&g.0, g.1) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            g = cv.wait_timeout(g, left).unwrap().0;
+        }
+        true
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        self.0 .0.lock().unwrap().0.clone()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes()).into_owned()
+    }
+}
+
+/// A running consumer binary (tscat, tsmirror), stdout captured raw, stderr as text.
+/// Killed by pid when dropped.
+struct Consumer {
+    child: Child,
+    out: Capture,
+    err: Capture,
+}
+
+impl Consumer {
+    fn start(name: &str, args: &[String]) -> Consumer {
+        let (child, stdout, err) = spawn(name, args);
+        Consumer {
+            child,
+            out: Capture::of(stdout),
+            err,
+        }
+    }
+
+    /// Waits until the output satisfies `cond`; fails the test with context after [`PATIENCE`].
+    fn wait_until(&self, what: &str, cond: impl Fn(&[u8]) -> bool) {
+        if !self.out.wait(|o, _| cond(o)) {
+            panic!(
+                "timed out waiting for {what}; {} bytes of output; stderr:\n{}",
+                self.out.bytes().len(),
+                self.err.text()
+            );
+        }
+    }
+
+    fn wait_len(&self, n: usize) {
+        self.wait_until(&format!("{n} bytes"), |o| o.len() >= n);
+    }
+
+    /// Waits until stderr contains `needle` `times` times.
+    fn wait_stderr(&self, needle: &str, times: usize) {
+        let found = self.err.wait(|e, _| {
+            String::from_utf8_lossy(e).matches(needle).count() >= times
+        });
+        assert!(found, "no {needle:?} x{times} in stderr:\n{}", self.err.text());
+    }
+
+    fn output(&self) -> Vec<u8> {
+        self.out.bytes()
+    }
+
+    fn signal(&self, sig: Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+
+    /// Waits for the exit and the end of both pipes: status, whole stdout, whole stderr.
+    fn finish(mut self) -> (ExitStatus, Vec<u8>, String) {
+        let status = wait_exit(&mut self.child);
+        assert!(self.out.wait(|_, closed| closed), "stdout never closed");
+        assert!(self.err.wait(|_, closed| closed), "stderr never closed");
+        (status, self.out.bytes(), self.err.text())
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawns a binary with stdout piped (returned unread) and stderr captured.
+fn spawn(name: &str, args: &[String]) -> (Child, ChildStdout, Capture) {
+    let mut child = Command::new(bin(name))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    let stdout = child.stdout.take().unwrap();
+    let err = Capture::of(child.stderr.take().unwrap());
+    (child, stdout, err)
+}
+
+fn wait_exit(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "process did not exit in time");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs tscat until it exits by itself: status, stdout, stderr.
+fn tscat_once(args: &[String]) -> (ExitStatus, Vec<u8>, String) {
+    Consumer::start("tscat", args).finish()
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// A port nothing listens on (bound, then released).
+fn dead_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Text lines that carry their own number, so a line says where it sits in the file.
+struct Lines {
+    data: Vec<u8>,
+    /// Offset where line i starts.
+    starts: Vec<usize>,
+}
+
+impl Lines {
+    fn new() -> Lines {
+        Lines {
+            data: Vec::new(),
+            starts: Vec::new(),
+        }
+    }
+
+    /// Appends `n` more lines (of varying length) to the test's copy; returns their bytes.
+    fn more(&mut self, n: usize) -> Vec<u8> {
+        let from = self.data.len();
+        for _ in 0..n {
+            let i = self.starts.len();
+            self.starts.push(self.data.len());
+            let pad = "x".repeat(i * 7 % 90);
+            self.data.extend_from_slice(format!("line {i:09} {pad}\n").as_bytes());
+        }
+        self.data[from..].to_vec()
+    }
+
+    /// The offset of the line `bytes` starts with (which must be a whole line's start).
+    fn offset_of_first(&self, bytes: &[u8]) -> usize {
+        let n: usize = std::str::from_utf8(&bytes[5..14]).unwrap().parse().unwrap();
+        self.starts[n]
+    }
+}
+
+/// Appends lines from a thread until told to stop (bounded in count), keeping the test's copy.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Lines>>,
+}
+
+impl Writer {
+    fn start(path: PathBuf, mut lines: Lines) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            // Bounded: at most 20,000 appends (~60 MB), whatever the test does.
+            for _ in 0..20_000 {
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                let chunk = lines.more(40);
+                append(&path, &chunk);
+                // Pacing, not synchronisation: keeps the stream flowing for a while.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            lines
+        });
+        Writer {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn finish(mut self) -> Lines {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn server_killed_and_restarted_mid_stream_output_is_exact() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    let mut all = random_bytes(300_000, 1);
+    append(&path, &all);
+    let srv = tailsrv(&path, 0);
+    let port = srv.addr().port();
+    let cat = Consumer::start("tscat", &args(&["--from-byte", "0", &srv.addr().to_string()]));
+    cat.wait_len(all.len());
+
+    let more = random_bytes(200_000, 2);
+    append(&path, &more);
+    all.extend_from_slice(&more);
+    drop(srv); // SIGKILL, possibly mid-send
+    let more = random_bytes(150_000, 3);
+    append(&path, &more);
+    all.extend_from_slice(&more);
+    let srv = tailsrv(&path, port);
+    cat.wait_len(all.len());
+
+    // And again, with the server gone a little longer (a few backoff rounds).
+    drop(srv);
+    let more = random_bytes(50_000, 4);
+    append(&path, &more);
+    all.extend_from_slice(&more);
+    // Let tscat fail a few rounds first (backoff), then bring the server back.
+    cat.wait_stderr("cannot connect", 3);
+    let _srv = tailsrv(&path, port);
+    cat.wait_len(all.len());
+
+    cat.signal(Signal::TERM);
+    let (status, out, err) = cat.finish();
+    assert!(status.success(), "{status:?}: {err}");
+    assert_eq!(out.len(), all.len(), "{err}");
+    assert!(out == all, "output differs from the file");
+    assert!(err.contains("reconnecting"), "{err}");
+}
