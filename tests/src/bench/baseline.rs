@@ -1,0 +1,188 @@
+//! The baselines that run inside the bench: the simplest servers that could possibly work.
+//!
+//! - [`SendfileServer`]: std's `TcpListener` (backlog 128), a thread per client, blocking
+//!   `sendfile` from the requested offset to the end of the file, then close. This is the
+//!   throughput ceiling for one connection and the classic design tailsrv must beat on
+//!   connection storms and idle cost.
+//! - [`Responder`]: a thread per connection that answers every request line with a number,
+//!   buffering the answers of one read into one write (as pipelining wants). The floor any
+//!   query server's per-request overhead is compared with.
+//!
+//! Both are stopped by [`Drop`]: the accept loop is woken by a connection to itself, client
+//! sockets are shut down so their threads' blocking calls return, and every thread is joined.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crate::run::Result;
+
+/// Small stacks: these threads only sit in one syscall.
+const STACK: usize = 64 << 10;
+
+/// What a client thread does with its connection.
+type Serve = Arc<dyn Fn(&mut TcpStream) -> io::Result<()> + Send + Sync>;
+
+/// A blocking, thread-per-connection server on 127.0.0.1.
+struct ThreadServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+    /// Every client thread and a handle on its socket, to shut it down and join it.
+    clients: Arc<Mutex<Vec<(TcpStream, JoinHandle<()>)>>>,
+}
+
+impl ThreadServer {
+    fn start(serve: Serve) -> Result<ThreadServer> {
+        // std's listener: backlog 128, as a naive server gets.
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("binding: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients: Arc<Mutex<Vec<(TcpStream, JoinHandle<()>)>>> = Arc::default();
+        let accept = {
+            let (stop, clients) = (stop.clone(), clients.clone());
+            std::thread::spawn(move || {
+                let mut accepted = 0u64;
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(mut sock) = conn else { continue };
+                    let Ok(handle) = sock.try_clone() else {
+                        continue;
+                    };
+                    let serve = serve.clone();
+                    let spawned = std::thread::Builder::new().stack_size(STACK).spawn(move || {
+                        let _ = sock.set_nodelay(true);
+                        let _ = serve(&mut sock);
+                        // The registry's clone keeps the fd open: end the connection here.
+                        let _ = sock.shutdown(Shutdown::Both);
+                    });
+                    let Ok(t) = spawned else { continue };
+                    let mut clients = clients.lock().unwrap();
+                    clients.push((handle, t));
+                    accepted += 1;
+                    if accepted % 256 == 0 {
+                        // Close the registry's fds of clients that are gone.
+                        clients.retain(|(_, t)| !t.is_finished());
+                    }
+                }
+            })
+        };
+        Ok(ThreadServer {
+            addr,
+            stop,
+            accept: Some(accept),
+            clients,
+        })
+    }
+}
+
+impl Drop for ThreadServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the blocking accept so it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+        let clients = std::mem::take(&mut *self.clients.lock().unwrap());
+        for (sock, _) in &clients {
+            let _ = sock.shutdown(Shutdown::Both);
+        }
+        for (_, t) in clients {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The blocking sendfile baseline: `N\n` or `-N\n`, then the file from there to its end.
+pub struct SendfileServer(ThreadServer);
+
+impl SendfileServer {
+    pub fn start(path: &Path) -> Result<SendfileServer> {
+        let file =
+            Arc::new(File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?);
+        let serve: Serve = Arc::new(move |sock: &mut TcpStream| {
+            let line = read_line(sock)?;
+            let len = file.metadata()?.len();
+            let mut offset = match line.strip_prefix('-') {
+                Some(n) => len.saturating_sub(n.parse().map_err(io::Error::other)?),
+                None => line.parse().map_err(io::Error::other)?,
+            };
+            while offset < len {
+                let count = (len - offset) as usize;
+                let n = rustix::fs::sendfile(&*sock, &*file, Some(&mut offset), count)?;
+                if n == 0 {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        ThreadServer::start(serve).map(SendfileServer)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.0.addr
+    }
+}
+
+/// The trivial query baseline: every request line gets its last word back as the answer.
+pub struct Responder(ThreadServer);
+
+impl Responder {
+    pub fn start() -> Result<Responder> {
+        let serve: Serve = Arc::new(|sock: &mut TcpStream| {
+            let mut buf = vec![0u8; 64 << 10];
+            let mut have = 0;
+            let mut out = Vec::with_capacity(64 << 10);
+            loop {
+                let n = sock.read(&mut buf[have..])?;
+                if n == 0 {
+                    return Ok(());
+                }
+                have += n;
+                let mut start = 0;
+                while let Some(nl) = buf[start..have].iter().position(|&b| b == b'\n') {
+                    let line = &buf[start..start + nl];
+                    let word = line.rsplit(|&b| b == b' ').next().unwrap_or(b"0");
+                    out.extend_from_slice(word);
+                    out.push(b'\n');
+                    start += nl + 1;
+                }
+                buf.copy_within(start..have, 0);
+                have -= start;
+                if have == buf.len() {
+                    return Err(io::Error::other("request line too long"));
+                }
+                sock.write_all(&out)?;
+                out.clear();
+            }
+        });
+        ThreadServer::start(serve).map(Responder)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.0.addr
+    }
+}
+
+/// Reads one header line (at most 64 bytes), byte by byte: the client sends nothing after it.
+fn read_line(sock: &mut TcpStream) -> io::Result<String> {
+    let mut line = Vec::with_capacity(64);
+    let mut byte = [0u8];
+    while line.len() < 64 {
+        if sock.read(&mut byte)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if byte[0] == b'\n' {
+            return String::from_utf8(line).map_err(io::Error::other);
+        }
+        line.push(byte[0]);
+    }
+    Err(io::Error::other("header too long"))
+}

@@ -1,0 +1,135 @@
+//! The bench's plan: resolve the flags into sizes, prepare the machine (open-file limit, the
+//! data file), run each chosen section, print the table.
+//!
+//! A section that fails prints an `error:` row and the run goes on: one broken section should
+//! not hide the others' numbers. Everything a section starts is stopped by its own guards.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::data::DataFile;
+use crate::report::{Row, Table};
+use crate::Args;
+
+pub type Result<T> = std::result::Result<T, String>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    Fanout,
+    Latency,
+    Idle,
+    Storm,
+    Indexer,
+    Slow,
+}
+
+/// The flags with the `--quick` defaults filled in.
+pub struct Plan {
+    pub file_bytes: u64,
+    pub fanout_clients: Vec<usize>,
+    pub followers: Vec<usize>,
+    pub rate: u32,
+    pub latency_secs: f64,
+    pub idle_followers: usize,
+    pub idle_secs: f64,
+    pub storm_clients: usize,
+    pub query_secs: f64,
+    pub depth: usize,
+    pub reps: usize,
+    pub client_threads: usize,
+    /// The open-file limit this process (and every server it starts) runs with.
+    pub nofile: u64,
+    pub dir: PathBuf,
+}
+
+impl Plan {
+    /// Most connections one side may hold with `nofile` descriptors, leaving room for the
+    /// listener, the file, the epoll fds and the runtime's own.
+    pub fn max_conns(&self) -> usize {
+        self.nofile.saturating_sub(64) as usize
+    }
+
+    /// `n` capped by the open-file limit, with a note for the table when it had to be.
+    pub fn cap(&self, n: usize, table: &mut Table) -> usize {
+        let max = self.max_conns();
+        if n > max {
+            table.note(format!(
+                "open-file limit {} caps {n} connections to {max}: raise the hard limit \
+                 (`ulimit -Hn`, /etc/security/limits.conf) to measure {n}",
+                self.nofile
+            ));
+            max
+        } else {
+            n
+        }
+    }
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let quick = args.quick;
+    // Raised before any server starts: children inherit it.
+    let nofile = tests::raise_fd_limit();
+    let scratch = tempfile::Builder::new()
+        .prefix("tailsrv-bench-")
+        .tempdir_in(args.dir.clone().unwrap_or_else(std::env::temp_dir))
+        .map_err(|e| format!("creating scratch dir: {e}"))?;
+    let plan = Plan {
+        file_bytes: args.file_mib.unwrap_or(if quick { 128 } else { 1024 }) << 20,
+        fanout_clients: args.fanout_clients.clone(),
+        followers: args.followers.clone(),
+        rate: args.rate.max(1),
+        latency_secs: args.latency_secs.unwrap_or(if quick { 2.0 } else { 10.0 }),
+        idle_followers: args.idle_followers,
+        idle_secs: args.idle_secs.unwrap_or(if quick { 2.0 } else { 5.0 }),
+        storm_clients: args.storm_clients,
+        query_secs: args.query_secs.unwrap_or(if quick { 1.0 } else { 3.0 }),
+        depth: args.depth.max(1),
+        reps: args.reps.unwrap_or(if quick { 1 } else { 3 }).max(1),
+        client_threads: args.client_threads.max(1),
+        nofile,
+        dir: scratch.path().to_owned(),
+    };
+    let mut table = Table::default();
+    table.note(format!(
+        "open-file limit {nofile} (raised to the hard limit; servers inherit it)"
+    ));
+
+    let needs_data = args
+        .sections
+        .iter()
+        .any(|s| matches!(s, Section::Fanout | Section::Indexer | Section::Slow));
+    let data = if needs_data {
+        eprintln!(
+            "bench: writing {} MiB of log lines to {}",
+            plan.file_bytes >> 20,
+            plan.dir.display()
+        );
+        Some(DataFile::create(&plan.dir.join("data.log"), plan.file_bytes)?)
+    } else {
+        None
+    };
+
+    for &section in &args.sections {
+        eprintln!("bench: section {section:?}");
+        let data = data.as_ref();
+        let result = match section {
+            Section::Fanout => crate::fanout::fanout(&plan, data.expect("data"), &mut table),
+            Section::Latency => crate::latency::latency(&plan, &mut table),
+            Section::Idle => crate::latency::idle(&plan, &mut table),
+            Section::Storm => crate::storm::storm(&plan, &mut table),
+            Section::Indexer => crate::indexer::indexer(&plan, data.expect("data"), &mut table),
+            Section::Slow => crate::fanout::slow(&plan, data.expect("data"), &mut table),
+        };
+        if let Err(e) = result {
+            eprintln!("bench: section {section:?} failed: {e}");
+            table.push(Row::new(&format!("{section:?}").to_lowercase(), "error").value(e));
+        }
+    }
+    table.print();
+    Ok(())
+}
+
+/// Seconds as a `Duration`, for the float flags.
+pub fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.001))
+}
