@@ -334,3 +334,157 @@ fn server_killed_and_restarted_mid_stream_output_is_exact() {
     assert!(out == all, "output differs from the file");
     assert!(err.contains("reconnecting"), "{err}");
 }
+
+#[test]
+fn state_file_kill9_repeats_within_bound_sigterm_repeats_nothing() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    let state = dir.path().join("state");
+    let mut lines = Lines::new();
+    append(&path, &lines.more(2_000));
+    let srv = tailsrv(&path, 0);
+    let writer = Writer::start(path.clone(), lines);
+    let cat_args = args(&[
+        "--state",
+        state.to_str().unwrap(),
+        "--framing",
+        "newline",
+        &srv.addr().to_string(),
+    ]);
+
+    // Run 1 dies by kill -9 mid-stream.
+    let cat = Consumer::start("tscat", &cat_args);
+    cat.wait_len(600_000);
+    cat.signal(Signal::KILL);
+    let (_, out1, _) = cat.finish();
+
+    // Run 2 resumes from the last checkpoint, then stops cleanly on SIGTERM mid-stream.
+    let cat = Consumer::start("tscat", &cat_args);
+    cat.wait_len(600_000);
+    cat.signal(Signal::TERM);
+    let (status, out2, err2) = cat.finish();
+    assert!(status.success(), "{status:?}: {err2}");
+
+    // Run 3 must continue exactly where run 2 stopped, to the end.
+    let cat = Consumer::start("tscat", &cat_args);
+    cat.wait_len(100_000);
+    let lines = writer.finish();
+    let file = std::fs::read(&path).unwrap();
+    assert_eq!(file, lines.data, "the test's copy is the file");
+    let start2 = lines.offset_of_first(&out2);
+    let start3 = start2 + out2.len();
+    cat.wait_len(file.len() - start3);
+    cat.signal(Signal::TERM);
+    let (status, out3, err3) = cat.finish();
+    assert!(status.success(), "{status:?}: {err3}");
+
+    // Run 1: a prefix of the file. Run 2: from a line start at or before where run 1 got
+    // to, repeating at most the stated bound, never skipping.
+    assert!(file.starts_with(&out1), "run 1 is not a prefix of the file");
+    assert!(start2 <= out1.len(), "run 2 skipped bytes: resumed at {start2}, run 1 wrote {}", out1.len());
+    assert!(
+        out1.len() - start2 <= KILL_REPEAT_BOUND,
+        "run 2 repeated {} bytes, over the bound",
+        out1.len() - start2
+    );
+    assert!(out2 == file[start2..start3], "run 2 is not the file from {start2}");
+    // Run 3 after a clean stop: exactly the rest, nothing lost or repeated.
+    assert_eq!(out3.len(), file.len() - start3, "run 3 length");
+    assert!(out3 == file[start3..], "run 3 is not the file from {start3}");
+    let saved = std::fs::read_to_string(&state).unwrap();
+    assert_eq!(saved, format!("tailsrv-consumer-state 1\noffset {}\n", file.len()));
+}
+
+#[test]
+fn fails_over_to_a_tsmirror_replica_without_gap_or_duplicate() {
+    let dir = tempdir();
+    let primary_file = dir.path().join("primary");
+    let replica_file = dir.path().join("replica");
+    let mut all = random_bytes(250_000, 10);
+    append(&primary_file, &all);
+    let primary = tailsrv(&primary_file, 0);
+    let mirror = Consumer::start(
+        "tsmirror",
+        &args(&[&primary.addr().to_string(), replica_file.to_str().unwrap()]),
+    );
+    let replica = tailsrv(&replica_file, 0);
+    let len = |p: &Path| std::fs::metadata(p).map(|m| m.len() as usize).unwrap_or(0);
+    assert!(eventually(PATIENCE, || len(&replica_file) == all.len()));
+
+    let servers = format!("{},{}", primary.addr(), replica.addr());
+    let cat = Consumer::start("tscat", &args(&["--servers", &servers]));
+    cat.wait_len(all.len());
+
+    // The mirror stops; the primary moves ahead of the replica, and tscat with it.
+    mirror.signal(Signal::TERM);
+    let (status, _, err) = mirror.finish();
+    assert!(status.success(), "tsmirror: {status:?} {err}");
+    let ahead = random_bytes(70_000, 11);
+    append(&primary_file, &ahead);
+    all.extend_from_slice(&ahead);
+    cat.wait_len(all.len());
+
+    // The primary dies. tscat fails over to the replica, which is behind: it must wait there
+    // (not skip, not repeat) until the replica catches up and grows.
+    drop(primary);
+    cat.wait_stderr("reconnected", 1);
+    let mut replica_data = std::fs::read(&replica_file).unwrap();
+    replica_data.extend_from_slice(&ahead);
+    append(&replica_file, &ahead);
+    let fresh = random_bytes(90_000, 12);
+    append(&replica_file, &fresh);
+    all.extend_from_slice(&fresh);
+    replica_data.extend_from_slice(&fresh);
+    assert!(replica_data == all);
+    cat.wait_len(all.len());
+    cat.signal(Signal::TERM);
+    let (status, out, err) = cat.finish();
+    assert!(status.success(), "{status:?}: {err}");
+    assert_eq!(out.len(), all.len(), "{err}");
+    assert!(out == all, "output differs from the stream");
+}
+
+#[test]
+fn tsmirror_interrupted_many_times_stays_byte_identical() {
+    let dir = tempdir();
+    let source = dir.path().join("source");
+    let replica = dir.path().join("replica");
+    let mut lines = Lines::new();
+    append(&source, &lines.more(1_000));
+    let srv = tailsrv(&source, 0);
+    let writer = Writer::start(source.clone(), lines);
+    let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let mirror_args = args(&[&srv.addr().to_string(), replica.to_str().unwrap()]);
+
+    for round in 0..10 {
+        let before = len(&replica);
+        let mirror = Consumer::start("tsmirror", &mirror_args);
+        assert!(
+            eventually(PATIENCE, || len(&replica) > before + 50_000),
+            "round {round}: the replica does not grow"
+        );
+        if round == 3 {
+            // A second mirror of the same file is refused, and changes nothing.
+            // tsmirror logs (femme) on stdout.
+            let (status, out, _) = Consumer::start("tsmirror", &mirror_args).finish();
+            let out = String::from_utf8_lossy(&out);
+            assert_eq!(status.code(), Some(3), "{out}");
+            assert!(out.contains("locked"), "{out}");
+        }
+        if round % 2 == 0 {
+            mirror.signal(Signal::KILL);
+            mirror.finish();
+        } else {
+            mirror.signal(Signal::TERM);
+            let (status, out, _) = mirror.finish();
+            let out = String::from_utf8_lossy(&out);
+            assert!(status.success(), "round {round}: {status:?} {out}");
+        }
+    }
+    let lines = writer.finish();
+    let _mirror = Consumer::start("tsmirror", &mirror_args);
+    assert!(eventually(PATIENCE, || len(&replica) >= lines.data.len() as u64));
+    let copy = std::fs::read(&replica).unwrap();
+    assert_eq!(copy.len(), lines.data.len());
+    assert!(copy == lines.data, "replica differs from the source");
+}

@@ -220,6 +220,14 @@ impl Follower {
         }
     }
 
+    /// The position for log lines.
+    fn at(&self) -> String {
+        match self.next {
+            Start::Byte(b) => (b + self.received).to_string(),
+            Start::FromEnd(n) => format!("-{n}+{}", self.received),
+        }
+    }
+
     /// The server currently (or last) in use.
     pub fn server(&self) -> &str {
         &self.cfg.servers[self.current]
@@ -334,7 +342,8 @@ impl Follower {
                 reason,
             });
         }
-        log::warn!(server = server.as_str(), offset:? = self.position(); "{reason}; reconnecting");
+        let at = self.at();
+        log::warn!(server = server.as_str(), offset = at.as_str(); "{reason}; reconnecting");
         self.current = (self.current + 1) % self.cfg.servers.len();
         self.failed += 1;
         Ok(())
@@ -379,7 +388,14 @@ impl Follower {
             let server = &self.cfg.servers[i];
             match self.open(server) {
                 Ok(stream) => {
-                    log::info!(server = server.as_str(), offset:? = self.position(), start:? = self.next; "connected");
+                    // A recovery is as worth seeing as the failure that preceded it.
+                    let level = if self.failed > 0 {
+                        log::Level::Warn
+                    } else {
+                        log::Level::Info
+                    };
+                    let at = self.at();
+                    log::log!(level, server = server.as_str(), offset = at.as_str(); "{}", if self.failed > 0 { "reconnected" } else { "connected" });
                     return Ok(Some(Conn {
                         stream,
                         server: i,
