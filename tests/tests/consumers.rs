@@ -488,3 +488,158 @@ fn tsmirror_interrupted_many_times_stays_byte_identical() {
     assert_eq!(copy.len(), lines.data.len());
     assert!(copy == lines.data, "replica differs from the source");
 }
+
+/// The test's own encoders, one per framing (independent of shared::framing).
+fn encode(framing: &str, payload: &[u8]) -> Vec<u8> {
+    match framing {
+        "newline" => [payload, b"\n"].concat(),
+        "nul" => [payload, b"\0"].concat(),
+        "u32be" => [&(payload.len() as u32).to_be_bytes()[..], payload].concat(),
+        "varint" => {
+            let mut out = Vec::new();
+            let mut n = payload.len() as u64;
+            loop {
+                let low = (n & 0x7f) as u8;
+                n >>= 7;
+                if n == 0 {
+                    out.push(low);
+                    break;
+                }
+                out.push(low | 0x80);
+            }
+            out.extend_from_slice(payload);
+            out
+        }
+        _ => unreachable!(),
+    }
+}
+
+/// Message `i`'s payload for `framing`: sizes from 0 to over 64 KiB, without the delimiter.
+fn payload(framing: &str, i: usize) -> Vec<u8> {
+    let len = match i % 50 {
+        0 => 0,
+        17 => 70_000,
+        k => (k * 37 + i) % 400,
+    };
+    let mut p = random_bytes(len, i as u64 + 1000);
+    let avoid = match framing {
+        "newline" => Some(b'\n'),
+        "nul" => Some(0),
+        _ => None,
+    };
+    if let Some(d) = avoid {
+        for b in &mut p {
+            if *b == d {
+                *b = b'.';
+            }
+        }
+    }
+    p
+}
+
+/// Encodes `n` messages; returns the bytes and each message's start offset (plus the end).
+fn messages(framing: &str, from: usize, n: usize) -> (Vec<u8>, Vec<usize>) {
+    let mut data = Vec::new();
+    let mut starts = Vec::new();
+    for i in from..from + n {
+        starts.push(data.len());
+        data.extend_from_slice(&encode(framing, &payload(framing, i)));
+    }
+    starts.push(data.len());
+    (data, starts)
+}
+
+#[test]
+fn from_message_lands_exactly_on_message_n_for_every_framing() {
+    for framing in ["newline", "nul", "u32be", "varint"] {
+        let dir = tempdir();
+        let path = dir.path().join("log");
+        let count = 120;
+        let (mut data, starts) = messages(framing, 0, count);
+        append(&path, &data);
+        let ix = indexer(&path, framing, dir.path());
+        let srv = tailsrv(&path, 0);
+        assert!(
+            eventually(PATIENCE, || ask_indexer(&ix, "count") == count.to_string()),
+            "{framing}: indexer never counted {count}"
+        );
+        let common = |extra: &[&str]| {
+            let mut a = args(extra);
+            a.extend(args(&["--indexer", &ix.addr().to_string(), "--framing", framing]));
+            a.push(srv.addr().to_string());
+            a
+        };
+        let mut cats = Vec::new();
+        for n in [0, 1, 17, 18, 99, count - 1, count] {
+            let cat = Consumer::start("tscat", &common(&["--from-message", &n.to_string()]));
+            cats.push((format!("--from-message {n}"), starts[n], cat));
+        }
+        // Relative starts resolved by the indexer to message boundaries.
+        cats.push(("--from-end".into(), data.len(), Consumer::start("tscat", &common(&["--from-end"]))));
+        let last = 1_000;
+        let cut = data.len() - last;
+        let holder = starts.iter().rposition(|&s| s <= cut).unwrap();
+        cats.push((
+            format!("--last {last}"),
+            starts[holder],
+            Consumer::start("tscat", &common(&["--last", &last.to_string()])),
+        ));
+        for (what, from, cat) in &cats {
+            cat.wait_len(data.len() - from);
+            assert!(cat.output() == data[*from..], "{framing} {what}");
+        }
+        // Everyone follows: two more messages, the first appended in two pieces.
+        let (more, _) = messages(framing, count, 2);
+        append(&path, &more[..3]);
+        append(&path, &more[3..]);
+        data.extend_from_slice(&more);
+        for (what, from, cat) in cats {
+            cat.wait_len(data.len() - from);
+            cat.signal(Signal::TERM);
+            let (status, out, err) = cat.finish();
+            assert!(status.success(), "{framing} {what}: {status:?} {err}");
+            assert!(out == data[from..], "{framing} {what}: {} bytes, expected {}", out.len(), data.len() - from);
+        }
+    }
+}
+
+#[test]
+fn whole_messages_only_across_a_stop() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    let state = dir.path().join("state");
+    // Varint framing, a stop while the file ends inside a length prefix.
+    let (data, starts) = messages("varint", 0, 20);
+    let big = 17; // the 70,000-byte message: a 3-byte prefix
+    append(&path, &data[..starts[big] + 1]);
+    let srv = tailsrv(&path, 0);
+    let cat_args = args(&[
+        "--framing",
+        "varint",
+        "--state",
+        state.to_str().unwrap(),
+        &srv.addr().to_string(),
+    ]);
+    let cat = Consumer::start("tscat", &cat_args);
+    cat.wait_len(starts[big]);
+    // The checkpoint reaches the last complete message (and no further) once tscat is idle.
+    let expect_state = |n: usize| format!("tailsrv-consumer-state 1\noffset {n}\n");
+    assert!(eventually(PATIENCE, || std::fs::read_to_string(&state).ok()
+        == Some(expect_state(starts[big]))));
+    // Half the big message, then stop: it must not come out.
+    append(&path, &data[starts[big] + 1..starts[big] + 40_000]);
+    cat.signal(Signal::TERM);
+    let (status, out, err) = cat.finish();
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(out == data[..starts[big]], "output is not whole messages");
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), expect_state(starts[big]));
+
+    append(&path, &data[starts[big] + 40_000..]);
+    let cat = Consumer::start("tscat", &cat_args);
+    cat.wait_len(data.len() - starts[big]);
+    cat.signal(Signal::INT);
+    let (status, out, err) = cat.finish();
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(out == data[starts[big]..], "resumed output differs");
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), expect_state(data.len()));
+}
