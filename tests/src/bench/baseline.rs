@@ -27,13 +27,15 @@ const STACK: usize = 64 << 10;
 /// What a client thread does with its connection.
 type Serve = Arc<dyn Fn(&mut TcpStream) -> io::Result<()> + Send + Sync>;
 
+/// Every client thread and a handle on its socket, to shut it down and join it.
+type Registry = Arc<Mutex<Vec<(TcpStream, JoinHandle<()>)>>>;
+
 /// A blocking, thread-per-connection server on 127.0.0.1.
 struct ThreadServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
-    /// Every client thread and a handle on its socket, to shut it down and join it.
-    clients: Arc<Mutex<Vec<(TcpStream, JoinHandle<()>)>>>,
+    clients: Registry,
 }
 
 impl ThreadServer {
@@ -42,11 +44,11 @@ impl ThreadServer {
         let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("binding: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let stop = Arc::new(AtomicBool::new(false));
-        let clients: Arc<Mutex<Vec<(TcpStream, JoinHandle<()>)>>> = Arc::default();
+        let clients: Registry = Arc::default();
         let accept = {
             let (stop, clients) = (stop.clone(), clients.clone());
             std::thread::spawn(move || {
-                let mut accepted = 0u64;
+                let mut since_reap = 0u32;
                 for conn in listener.incoming() {
                     if stop.load(Ordering::Relaxed) {
                         break;
@@ -56,17 +58,20 @@ impl ThreadServer {
                         continue;
                     };
                     let serve = serve.clone();
-                    let spawned = std::thread::Builder::new().stack_size(STACK).spawn(move || {
-                        let _ = sock.set_nodelay(true);
-                        let _ = serve(&mut sock);
-                        // The registry's clone keeps the fd open: end the connection here.
-                        let _ = sock.shutdown(Shutdown::Both);
-                    });
+                    let spawned = std::thread::Builder::new()
+                        .stack_size(STACK)
+                        .spawn(move || {
+                            let _ = sock.set_nodelay(true);
+                            let _ = serve(&mut sock);
+                            // The registry's clone keeps the fd open: end the connection here.
+                            let _ = sock.shutdown(Shutdown::Both);
+                        });
                     let Ok(t) = spawned else { continue };
                     let mut clients = clients.lock().unwrap();
                     clients.push((handle, t));
-                    accepted += 1;
-                    if accepted % 256 == 0 {
+                    since_reap += 1;
+                    if since_reap == 256 {
+                        since_reap = 0;
                         // Close the registry's fds of clients that are gone.
                         clients.retain(|(_, t)| !t.is_finished());
                     }

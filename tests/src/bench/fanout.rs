@@ -100,7 +100,11 @@ fn bulk_read(addr: SocketAddr, n: usize, each: u64, threads: usize) -> Result<f6
     });
     let parts = fleet.join();
     fleet::check(&parts, &format!("{n} readers of {addr}"))?;
-    let end = parts.iter().map(|p| p.handler.last_done).max().unwrap_or(start);
+    let end = parts
+        .iter()
+        .map(|p| p.handler.last_done)
+        .max()
+        .unwrap_or(start);
     Ok(end.duration_since(start).as_secs_f64())
 }
 
@@ -118,7 +122,10 @@ impl Handler for Bulk {
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("server closed after {} of {} bytes", self.got[id], self.each),
+                format!(
+                    "server closed after {} of {} bytes",
+                    self.got[id], self.each
+                ),
             ));
         }
         self.got[id] += n as u64;

@@ -280,9 +280,9 @@ impl<H: Handler> Driver<'_, H> {
                     return true;
                 }
                 self.handler.connected(id);
-                let level = self
-                    .poller
-                    .modify_with_mode(&sock, Event::readable(key), PollMode::Level);
+                let level =
+                    self.poller
+                        .modify_with_mode(&sock, Event::readable(key), PollMode::Level);
                 self.conns[key] = Conn::Open(sock);
                 if let Err(e) = level {
                     self.fail(format!("epoll modify: {e}"));

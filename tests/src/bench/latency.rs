@@ -41,7 +41,14 @@ pub fn latency(plan: &Plan, table: &mut Table) -> Result<()> {
         let tailsrv = start_tailsrv(&path)?;
         let origin = Instant::now();
         let deadline = origin + ATTACH_LIMIT + secs(plan.latency_secs) + GRACE;
-        let (fleet, attached) = followers(tailsrv.addr, n, plan.client_threads, deadline, origin, total);
+        let (fleet, attached) = followers(
+            tailsrv.addr,
+            n,
+            plan.client_threads,
+            deadline,
+            origin,
+            total,
+        );
         let mut log = Appender::open(&path)?;
         if let Err(e) = attach(&mut log, &attached, n) {
             fleet.stop();
@@ -108,8 +115,14 @@ pub fn idle(plan: &Plan, table: &mut Table) -> Result<()> {
         attach(&mut log, &warm_attached, 1)?;
         let before = tailsrv.stats()?;
         let deadline = Instant::now() + ATTACH_LIMIT + secs(plan.idle_secs) + GRACE;
-        let (fleet, attached) =
-            followers(tailsrv.addr, n, plan.client_threads, deadline, origin, u64::MAX);
+        let (fleet, attached) = followers(
+            tailsrv.addr,
+            n,
+            plan.client_threads,
+            deadline,
+            origin,
+            u64::MAX,
+        );
         let measured: Result<(ProcStats, ProcStats)> = (|| {
             attach(&mut log, &attached, n)?;
             let quiet = tailsrv.stats()?;
@@ -155,14 +168,11 @@ pub fn idle(plan: &Plan, table: &mut Table) -> Result<()> {
             .value(after.fds.to_string())
             .baseline(format!("{} with 1", before.fds)),
     );
-    table.push(
-        Row::new("idle", "CPU while quiet")
-            .value(format!(
-                "{:.2} % of a core over {:.0} s",
-                after.cpu_percent_since(&quiet),
-                after.at.duration_since(quiet.at).as_secs_f64()
-            )),
-    );
+    table.push(Row::new("idle", "CPU while quiet").value(format!(
+        "{:.2} % of a core over {:.0} s",
+        after.cpu_percent_since(&quiet),
+        after.at.duration_since(quiet.at).as_secs_f64()
+    )));
     Ok(())
 }
 
@@ -298,9 +308,11 @@ impl Handler for Follower {
             let Some(fields) = line.strip_prefix(b"m ") else {
                 continue;
             };
-            let mut words = fields
-                .split(|&b| b == b' ')
-                .map(|w| std::str::from_utf8(w).ok().and_then(|w| w.parse::<u64>().ok()));
+            let mut words = fields.split(|&b| b == b' ').map(|w| {
+                std::str::from_utf8(w)
+                    .ok()
+                    .and_then(|w| w.parse::<u64>().ok())
+            });
             let (Some(Some(seq)), Some(Some(stamp))) = (words.next(), words.next()) else {
                 return Err(io::Error::other(format!(
                     "garbled line {:?}",

@@ -104,7 +104,10 @@ pub fn run(args: &Args) -> Result<()> {
             plan.file_bytes >> 20,
             plan.dir.display()
         );
-        Some(DataFile::create(&plan.dir.join("data.log"), plan.file_bytes)?)
+        Some(DataFile::create(
+            &plan.dir.join("data.log"),
+            plan.file_bytes,
+        )?)
     } else {
         None
     };

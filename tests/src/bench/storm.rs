@@ -24,7 +24,9 @@ pub fn storm(plan: &Plan, table: &mut Table) -> Result<()> {
     std::fs::write(&path, tests::random_bytes(4096, 7))
         .map_err(|e| format!("writing {}: {e}", path.display()))?;
     // The in-process baseline holds both ends of every connection (and a handle on each).
-    let n = plan.cap(plan.storm_clients.max(1), table).min(plan.max_conns() / 3);
+    let n = plan
+        .cap(plan.storm_clients.max(1), table)
+        .min(plan.max_conns() / 3);
     let tailsrv = Server::start(
         "tailsrv",
         &[

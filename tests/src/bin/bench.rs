@@ -42,7 +42,11 @@ pub struct Args {
     quick: bool,
 
     /// Sections to run, comma-separated: fanout,latency,idle,storm,indexer,slow.
-    #[arg(long, value_delimiter = ',', default_value = "fanout,latency,idle,storm,indexer,slow")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "fanout,latency,idle,storm,indexer,slow"
+    )]
     sections: Vec<run::Section>,
 
     /// Size of the data file in MiB (real data, written once, reused by every section).
