@@ -643,3 +643,222 @@ fn whole_messages_only_across_a_stop() {
     assert!(out == data[starts[big]..], "resumed output differs");
     assert_eq!(std::fs::read_to_string(&state).unwrap(), expect_state(data.len()));
 }
+
+// --- error paths ------------------------------------------------------------------------------
+
+#[test]
+fn unreachable_servers_fail_clearly() {
+    let dead = format!("127.0.0.1:{}", dead_port());
+    let (status, out, err) = tscat_once(&args(&["--no-retry", &dead]));
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(out.is_empty());
+    assert!(err.contains("no server reachable") && err.contains(&dead), "{err}");
+
+    let other = format!("127.0.0.1:{}", dead_port());
+    let list = format!("{dead},{other}");
+    let (status, _, err) = tscat_once(&args(&["--give-up-after", "1", "--servers", &list]));
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("gave up after 1.0s"), "{err}");
+    assert!(err.contains(&dead) && err.contains(&other), "{err}");
+    assert!(err.matches("cannot connect").count() >= 4, "retried with backoff: {err}");
+}
+
+#[test]
+fn indexer_errors_fail_clearly() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    append(&path, b"a\nb\nc\n");
+    let ix = indexer(&path, "newline", dir.path());
+    let srv = tailsrv(&path, 0);
+    assert!(eventually(PATIENCE, || ask_indexer(&ix, "count") == "3"));
+    let (status, out, err) = tscat_once(&args(&[
+        "--from-message",
+        "10",
+        "--indexer",
+        &ix.addr().to_string(),
+        &srv.addr().to_string(),
+    ]));
+    assert_eq!(status.code(), Some(4), "{err}");
+    assert!(out.is_empty());
+    assert!(err.contains("refused \"offset-of 10\""), "{err}");
+
+    let dead = format!("127.0.0.1:{}", dead_port());
+    let (status, _, err) = tscat_once(&args(&[
+        "--from-message",
+        "1",
+        "--indexer",
+        &dead,
+        &srv.addr().to_string(),
+    ]));
+    assert_eq!(status.code(), Some(4), "{err}");
+    assert!(err.contains(&format!("indexer {dead}")), "{err}");
+}
+
+#[test]
+fn state_file_errors_fail_clearly() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    append(&path, b"hello\n");
+    let srv = tailsrv(&path, 0);
+    let state = dir.path().join("state");
+    let garbage = b"tailsrv-consumer-state 1\noffset twelve\n";
+    std::fs::write(&state, garbage).unwrap();
+    let cat_args = args(&["--state", state.to_str().unwrap(), &srv.addr().to_string()]);
+    let (status, out, err) = tscat_once(&cat_args);
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(out.is_empty());
+    assert!(err.contains("corrupt") && err.contains(state.to_str().unwrap()), "{err}");
+    assert_eq!(std::fs::read(&state).unwrap(), garbage, "a corrupt state file is left alone");
+
+    // Two consumers on one state file: the second is refused.
+    std::fs::remove_file(&state).unwrap();
+    let first = Consumer::start("tscat", &cat_args);
+    first.wait_len(6);
+    let (status, _, err) = tscat_once(&cat_args);
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(err.contains("in use"), "{err}");
+}
+
+#[test]
+fn option_combinations_that_cannot_work_are_refused() {
+    let dir = tempdir();
+    let state = dir.path().join("state");
+    let state = state.to_str().unwrap();
+    let srv = "127.0.0.1:9"; // never contacted
+    for (case, needle) in [
+        (vec!["--from-end", "--state", state, srv], "--state needs an absolute start"),
+        (vec!["--last", "10", "--framing", "u32be", srv], "needs --indexer"),
+        (vec!["--from-message", "3", srv], "--indexer"),
+        (vec!["--from-byte", "1", "--last", "3", srv], "cannot be used with"),
+        (vec!["--from-byte", "1"], "no server given"),
+    ] {
+        let (status, out, err) = tscat_once(&args(&case));
+        assert_eq!(status.code(), Some(2), "{case:?}: {err}");
+        assert!(out.is_empty());
+        assert!(err.contains(needle), "{case:?}: {err}");
+    }
+    assert!(!Path::new(state).exists(), "a refused run writes no state");
+}
+
+#[test]
+fn malformed_message_stops_after_the_last_good_one() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    let good = encode("u32be", b"fine");
+    append(&path, &good);
+    append(&path, &[0xff, 0xff, 0xff, 0xff, 1, 2, 3]);
+    let srv = tailsrv(&path, 0);
+    let (status, out, err) = tscat_once(&args(&[
+        "--framing",
+        "u32be",
+        "--max-message",
+        "1000",
+        &srv.addr().to_string(),
+    ]));
+    assert_eq!(status.code(), Some(5), "{err}");
+    assert_eq!(out, good);
+    assert!(err.contains("malformed") && err.contains("at byte 8"), "{err}");
+}
+
+#[test]
+fn refusal_lines_are_never_output_and_are_retried() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    let data = random_bytes(5_000, 20);
+    append(&path, &data);
+    let mut args_srv: Vec<String> = args(&["-p", "0", "--bind", "127.0.0.1", "--max-clients", "1"]);
+    args_srv.push(path.display().to_string());
+    let srv = Proc::start("tailsrv", &args_srv);
+    // Take the only slot (it is ours once bytes flow).
+    let mut holder = srv.connect();
+    holder.write_all(b"0\n").unwrap();
+    read_exact(&mut holder, 10);
+
+    let (status, out, err) = tscat_once(&args(&["--no-retry", &srv.addr().to_string()]));
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(out.is_empty(), "the refusal reached stdout: {out:?}");
+    assert!(err.contains("too many clients"), "{err}");
+
+    let cat = Consumer::start("tscat", &args(&[&srv.addr().to_string()]));
+    cat.wait_stderr("too many clients", 1);
+    drop(holder);
+    cat.wait_len(data.len());
+    cat.signal(Signal::TERM);
+    let (status, out, err) = cat.finish();
+    assert!(status.success(), "{err}");
+    assert!(out == data, "output differs from the file");
+}
+
+#[test]
+fn data_that_looks_like_a_refusal_is_still_data() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    let mut data = b"error: this line is data\n".to_vec();
+    append(&path, &data);
+    let srv = tailsrv(&path, 0);
+    let cat = Consumer::start("tscat", &args(&[&srv.addr().to_string()]));
+    // Held for a short grace (it could be a refusal), then released.
+    cat.wait_len(data.len());
+    append(&path, b"more\n");
+    data.extend_from_slice(b"more\n");
+    cat.wait_len(data.len());
+    // Same when more data follows at once.
+    let cat2 = Consumer::start("tscat", &args(&[&srv.addr().to_string()]));
+    cat2.wait_len(data.len());
+    for c in [cat, cat2] {
+        c.signal(Signal::TERM);
+        let (status, out, err) = c.finish();
+        assert!(status.success(), "{err}");
+        assert_eq!(out, data);
+    }
+}
+
+#[test]
+fn a_relative_start_that_loses_its_server_says_it_cannot_resume() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    append(&path, b"old\n");
+    let srv = tailsrv(&path, 0);
+    // --last 4: the server resolves it (we know it did once "old\n" arrives).
+    let cat = Consumer::start("tscat", &args(&["--last", "4", &srv.addr().to_string()]));
+    cat.wait_len(4);
+    append(&path, b"new\n");
+    cat.wait_len(8);
+    drop(srv);
+    let (status, out, err) = cat.finish();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert_eq!(out, b"old\nnew\n");
+    assert!(err.contains("cannot be resumed exactly"), "{err}");
+}
+
+#[test]
+fn closed_output_is_a_clean_stop_with_an_exact_checkpoint() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    let state = dir.path().join("state");
+    let data = random_bytes(2_000_000, 30);
+    append(&path, &data);
+    let srv = tailsrv(&path, 0);
+    let (mut child, mut stdout, err) = spawn(
+        "tscat",
+        &args(&["--state", state.to_str().unwrap(), &srv.addr().to_string()]),
+    );
+    let mut got = vec![0u8; 100_000];
+    stdout.read_exact(&mut got).unwrap();
+    assert!(got == data[..100_000]);
+    drop(stdout); // the reader goes away while tscat is blocked writing
+    let status = wait_exit(&mut child);
+    assert!(err.wait(|_, closed| closed));
+    assert!(status.success(), "{status:?}: {}", err.text());
+    assert!(err.text().is_empty(), "{}", err.text());
+    let saved = std::fs::read_to_string(&state).unwrap();
+    let offset: usize = saved
+        .strip_prefix("tailsrv-consumer-state 1\noffset ")
+        .and_then(|s| s.strip_suffix('\n'))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad state {saved:?}"));
+    // Everything we read was accepted by the pipe before it closed; what sat in the pipe
+    // buffer was accepted too, so the position is at least what we read, and never past
+    // what was sent.
+    assert!(offset >= 100_000 && offset < data.len(), "offset {offset}");
+}
