@@ -5,6 +5,9 @@
 //! last N bytes, `-0` streams from the current end. Everything after the newline is ignored,
 //! and there is no in-band control: to seek, a client reconnects.
 //!
+//! In directory mode the line names a file instead: `list`, or `stream PATH [from byte N|-N]`
+//! (see [`parse_dir`]).
+//!
 //! Reading the line is bounded in size and in time, so a client that sends garbage, or
 //! nothing, costs a few bytes and is told why it is being dropped.
 
@@ -17,6 +20,12 @@ use async_io::{Async, Timer};
 
 /// Longest header line we accept, newline included.
 pub const MAX_HEADER_LEN: usize = 64;
+
+/// Longest path a directory-mode request may name, in bytes (Linux's PATH_MAX).
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// Longest directory-mode request line: `stream `, a path, ` from byte -N`, newline.
+pub const MAX_DIR_HEADER_LEN: usize = MAX_PATH_LEN + 64;
 
 /// Where a client wants its stream to start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +53,10 @@ pub enum HeaderError {
     NotAnInteger(String),
     /// An integer, but not one that fits a file offset.
     OutOfRange(String),
-    /// No newline within [`MAX_HEADER_LEN`] bytes.
-    TooLong,
+    /// No newline within this many bytes.
+    TooLong(usize),
+    /// Directory mode: not `list` or `stream PATH [from byte N]`.
+    UnknownCommand(String),
     /// The client did not finish its line in time.
     Timeout(Duration),
     /// The client hung up before finishing its line.
@@ -61,12 +72,14 @@ impl fmt::Display for HeaderError {
                 write!(f, "header is not an integer byte offset (N or -N): {s:?}")
             }
             HeaderError::OutOfRange(s) => write!(f, "offset out of range: {s:?}"),
-            HeaderError::TooLong => {
-                write!(
-                    f,
-                    "header longer than {MAX_HEADER_LEN} bytes without a newline"
-                )
+            HeaderError::TooLong(max) => {
+                write!(f, "header longer than {max} bytes without a newline")
             }
+            HeaderError::UnknownCommand(s) => write!(
+                f,
+                "unknown request {s:?}: this server serves a directory; send `list` or \
+                 `stream PATH [from byte N|-N]`"
+            ),
             HeaderError::Timeout(d) => write!(f, "no complete header within {}s", d.as_secs_f64()),
             HeaderError::Closed => write!(f, "connection closed before the header was complete"),
             HeaderError::Io(e) => write!(f, "reading header: {e}"),
@@ -96,6 +109,38 @@ pub fn parse(line: &[u8]) -> Result<Start, HeaderError> {
         Start::FromEnd(n)
     } else {
         Start::Byte(n)
+    })
+}
+
+/// A directory-mode request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirRequest {
+    /// `list`: the servable paths, one per line.
+    List,
+    /// `stream PATH [from byte N|-N]`: follow one file; without `from byte`, from its end.
+    Stream { path: Vec<u8>, start: Start },
+}
+
+/// Parses a directory-mode request line. The path is returned as sent (it may contain
+/// spaces); whether it may be served is for [`crate::tree`] to decide.
+pub fn parse_dir(line: &[u8]) -> Result<DirRequest, HeaderError> {
+    let text = line.strip_suffix(b"\r").unwrap_or(line);
+    let unknown = || HeaderError::UnknownCommand(String::from_utf8_lossy(text).into_owned());
+    if text.trim_ascii() == b"list" {
+        return Ok(DirRequest::List);
+    }
+    let rest = text.strip_prefix(b"stream ").ok_or_else(unknown)?;
+    const FROM: &[u8] = b" from byte ";
+    let (path, start) = match memchr::memmem::rfind(rest, FROM) {
+        Some(i) => (&rest[..i], parse(&rest[i + FROM.len()..])?),
+        None => (rest, Start::FromEnd(0)),
+    };
+    if path.is_empty() {
+        return Err(unknown());
+    }
+    Ok(DirRequest::Stream {
+        path: path.to_vec(),
+        start,
     })
 }
 
@@ -131,7 +176,7 @@ pub async fn read_line(
             }
             filled += n;
             if filled == max {
-                return Err(HeaderError::TooLong);
+                return Err(HeaderError::TooLong(max));
             }
         }
     };
@@ -146,6 +191,15 @@ pub async fn read_line(
 pub async fn read_header(sock: &Async<TcpStream>, timeout: Duration) -> Result<Start, HeaderError> {
     let line = read_line(sock, MAX_HEADER_LEN, timeout).await?;
     parse(&line)
+}
+
+/// Reads and parses a directory-mode request.
+pub async fn read_dir_request(
+    sock: &Async<TcpStream>,
+    timeout: Duration,
+) -> Result<DirRequest, HeaderError> {
+    let line = read_line(sock, MAX_DIR_HEADER_LEN, timeout).await?;
+    parse_dir(&line)
 }
 
 #[cfg(test)]
@@ -185,6 +239,44 @@ mod tests {
         assert!(matches!(
             parse(b"18446744073709551616"),
             Err(HeaderError::OutOfRange(_))
+        ));
+    }
+
+    #[test]
+    fn dir_requests() {
+        assert_eq!(parse_dir(b"list").unwrap(), DirRequest::List);
+        assert_eq!(parse_dir(b"list\r").unwrap(), DirRequest::List);
+        let stream = |p: &[u8], start| DirRequest::Stream {
+            path: p.to_vec(),
+            start,
+        };
+        assert_eq!(
+            parse_dir(b"stream a/b.log").unwrap(),
+            stream(b"a/b.log", Start::FromEnd(0))
+        );
+        assert_eq!(
+            parse_dir(b"stream nginx/access.log from byte -200").unwrap(),
+            stream(b"nginx/access.log", Start::FromEnd(200))
+        );
+        assert_eq!(
+            parse_dir(b"stream with space.log from byte 7\r").unwrap(),
+            stream(b"with space.log", Start::Byte(7))
+        );
+        assert!(matches!(
+            parse_dir(b"0"),
+            Err(HeaderError::UnknownCommand(_))
+        ));
+        assert!(matches!(
+            parse_dir(b"stream "),
+            Err(HeaderError::UnknownCommand(_))
+        ));
+        assert!(matches!(
+            parse_dir(b"lis"),
+            Err(HeaderError::UnknownCommand(_))
+        ));
+        assert!(matches!(
+            parse_dir(b"stream x from byte y"),
+            Err(HeaderError::NotAnInteger(_))
         ));
     }
 

@@ -1,8 +1,10 @@
 //! The pieces every tailsrv binary shares, each written once:
 //!
 //! - [`header`]: the one-line request a client sends to tailsrv, and how it is read off a socket.
-//! - [`watch`]: the file watcher (inotify) that tells everyone when the followed file grows,
-//!   appears, shrinks or goes away.
+//! - [`watch`]: the file watcher (one inotify instance) that tells everyone when a followed
+//!   file grows, appears, shrinks or goes away.
+//! - [`tree`]: directory mode's rule of which paths may be served (inside the root, not
+//!   ignored, regular files), and the listing.
 //! - [`sendfile`]: moving file bytes to a socket with `sendfile(2)`, driven by readiness.
 //! - [`net`]: listening sockets (big backlog, dual-stack) and per-connection socket options.
 //! - [`logging`]: femme / journald set-up from `-v`/`-q`/`RUST_LOG`.
@@ -19,4 +21,5 @@ pub mod header;
 pub mod logging;
 pub mod net;
 pub mod sendfile;
+pub mod tree;
 pub mod watch;

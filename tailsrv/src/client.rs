@@ -1,6 +1,8 @@
 //! The life of one client, one function per step:
 //!
-//! 1. [`serve`]: register the socket, read the header (bounded in size and time).
+//! 1. [`serve`]: register the socket, read the request (bounded in size and time).
+//!    Single-file mode: an offset. Directory mode ([`serve_dir`]): `list`, or which file
+//!    to stream from where, checked against [`Tree`]'s rule before anything is sent.
 //! 2. [`follow`]: wait for the file to exist, resolve the start offset, then loop: wait until
 //!    the file is longer than what was sent, `sendfile` the difference.
 //! 3. Meanwhile [`hangup`] watches the socket, so a client that leaves while the file is quiet
@@ -8,20 +10,29 @@
 //!
 //! A client costs one task and one socket; no buffer holds file data.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_io::{Async, Timer};
-use futures_lite::future;
-use shared::header::{self, HeaderError, Start};
+use futures_lite::{future, AsyncWriteExt};
+use shared::header::{self, DirRequest, HeaderError, Start};
 use shared::net;
 use shared::sendfile::send_range;
-use shared::watch::FileWatch;
+use shared::tree::Tree;
+use shared::watch::{FileWatch, Follower};
 
 /// How long a refused client gets to read its error line before we close.
 const REFUSAL_LINGER: Duration = Duration::from_secs(2);
+
+/// What the server serves: one file, or the files of a directory.
+#[derive(Clone)]
+pub enum Served {
+    File(FileWatch),
+    Dir { tree: Arc<Tree>, follower: Follower },
+}
 
 /// Why a client's stream ended.
 #[derive(Debug)]
@@ -30,6 +41,8 @@ enum End {
     HungUp,
     /// The file shrank under the client: the bytes it has may no longer be the file's.
     Truncated,
+    /// Directory mode: the file was moved or deleted, and everything it held was sent.
+    Gone,
     /// Writing to the client failed.
     Socket(io::Error),
 }
@@ -39,13 +52,14 @@ impl std::fmt::Display for End {
         match self {
             End::HungUp => f.write_str("client hung up"),
             End::Truncated => f.write_str("file was truncated"),
+            End::Gone => f.write_str("file was moved or deleted"),
             End::Socket(e) => write!(f, "write failed: {e}"),
         }
     }
 }
 
 /// Serves one accepted connection until it ends.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, file: FileWatch, header_timeout: Duration) {
+pub async fn serve(stream: TcpStream, peer: SocketAddr, served: Served, header_timeout: Duration) {
     net::tune(&stream);
     let sock = match Async::new(stream) {
         Ok(s) => s,
@@ -54,32 +68,112 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, file: FileWatch, header_
             return;
         }
     };
-    let start = match header::read_header(&sock, header_timeout).await {
-        Ok(start) => start,
-        Err(HeaderError::Closed) => return,
-        Err(e) => {
-            log::debug!(client:% = peer; "refused: {e}");
-            refuse(&sock, &e.to_string()).await;
-            return;
+    match served {
+        Served::File(file) => {
+            let start = match header::read_header(&sock, header_timeout).await {
+                Ok(start) => start,
+                Err(e) => return refuse_header(&sock, peer, e).await,
+            };
+            log::debug!(client:% = peer, start:? = start; "client connected");
+            let offset = AtomicU64::new(0);
+            let end = follow(&sock, &file, start, false, &offset).await;
+            log::debug!(client:% = peer, offset = offset.load(Relaxed); "client done: {end}");
         }
-    };
-    log::debug!(client:% = peer, start:? = start; "client connected");
-    let offset = AtomicU64::new(0);
-    let end = follow(&sock, &file, start, &offset).await;
-    log::debug!(client:% = peer, offset = offset.load(Relaxed); "client done: {end}");
+        Served::Dir { tree, follower } => {
+            serve_dir(&sock, peer, &tree, &follower, header_timeout).await
+        }
+    }
 }
 
-/// Streams the file from `start` until the client leaves; `pos` tracks the offset reached.
+/// Directory mode: `list`, or `stream PATH [from byte N]`.
+async fn serve_dir(
+    sock: &Async<TcpStream>,
+    peer: SocketAddr,
+    tree: &Arc<Tree>,
+    follower: &Follower,
+    header_timeout: Duration,
+) {
+    let (requested, start) = match header::read_dir_request(sock, header_timeout).await {
+        Ok(DirRequest::List) => {
+            if let Err(e) = send_listing(sock, tree).await {
+                log::debug!(client:% = peer; "listing failed: {e}");
+            }
+            return;
+        }
+        Ok(DirRequest::Stream { path, start }) => (path, start),
+        Err(e) => return refuse_header(sock, peer, e).await,
+    };
+    let shown = String::from_utf8_lossy(&requested).into_owned();
+    let real = match tree.resolve(&requested) {
+        Ok(real) => real,
+        Err(refusal) => {
+            log::debug!(client:% = peer, path = shown; "refused: {refusal}");
+            return refuse(sock, &format!("{shown:?}: {refusal}")).await;
+        }
+    };
+    let file = match follower.follow(&real) {
+        Ok(f) => f,
+        Err(e) => {
+            // Which of our paths failed is for the log; the client learns why.
+            log::warn!(client:% = peer, path = shown; "cannot follow: {e}");
+            let why = if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
+                "the server is following too many files (inotify watch limit)".to_owned()
+            } else {
+                e.kind().to_string()
+            };
+            return refuse(sock, &format!("{shown:?}: cannot follow: {why}")).await;
+        }
+    };
+    // The file may not exist yet; once it does, check what was really opened.
+    let exists = async {
+        file.wait_until(|w| w.file().is_some()).await;
+        Some(())
+    };
+    let left = async {
+        hangup(sock).await;
+        None
+    };
+    if future::or(exists, left).await.is_none() {
+        return;
+    }
+    if let Some(Err(refusal)) = file.file().map(|f| tree.check_opened(f)) {
+        log::warn!(client:% = peer, path = shown; "refused after open: {refusal}");
+        return refuse(sock, &format!("{shown:?}: {refusal}")).await;
+    }
+    log::debug!(client:% = peer, path = shown, start:? = start; "client connected");
+    let offset = AtomicU64::new(0);
+    let end = follow(sock, &file, start, true, &offset).await;
+    log::debug!(client:% = peer, path = shown, offset = offset.load(Relaxed); "client done: {end}");
+}
+
+/// Streams the file from `start` until the client leaves (or, with `until_gone`, until the
+/// file is gone and fully sent); `pos` tracks the offset reached.
 ///
 /// The hang-up watch runs beside the loop for the client's whole life rather than around
 /// each wait: its readability interest then stays armed in epoll, so waking a follower for
 /// new data costs one `sendfile` and no re-registration.
-async fn follow(sock: &Async<TcpStream>, watch: &FileWatch, start: Start, pos: &AtomicU64) -> End {
-    future::or(stream(sock, watch, start, pos), hangup(sock)).await
+async fn follow(
+    sock: &Async<TcpStream>,
+    watch: &FileWatch,
+    start: Start,
+    until_gone: bool,
+    pos: &AtomicU64,
+) -> End {
+    let hung_up = async {
+        hangup(sock).await;
+        End::HungUp
+    };
+    future::or(stream(sock, watch, start, until_gone, pos), hung_up).await
 }
 
 /// The sending half of [`follow`]: wait for the file to grow past `pos`, send, repeat.
-async fn stream(sock: &Async<TcpStream>, watch: &FileWatch, start: Start, pos: &AtomicU64) -> End {
+async fn stream(
+    sock: &Async<TcpStream>,
+    watch: &FileWatch,
+    start: Start,
+    until_gone: bool,
+    pos: &AtomicU64,
+) -> End {
     // The start offset is relative to the file the client will get, so wait for it to exist.
     watch.wait_until(|w| w.file().is_some()).await;
     let Some(file) = watch.file() else {
@@ -90,13 +184,20 @@ async fn stream(sock: &Async<TcpStream>, watch: &FileWatch, start: Start, pos: &
     let mut offset = start.resolve(watch.len());
     loop {
         pos.store(offset, Relaxed);
-        watch.wait_for_growth(offset, epoch).await;
+        watch
+            .wait_until(|w| {
+                w.len() > offset || w.epoch() != epoch || (until_gone && w.gone().is_some())
+            })
+            .await;
         if watch.epoch() != epoch {
             return End::Truncated;
         }
+        // Gone is checked before the length is read, so the last bytes are still sent.
+        let gone = until_gone && watch.gone().is_some();
         let sent = send_range(sock, file, &mut offset, watch.len()).await;
         pos.store(offset, Relaxed);
         match sent {
+            Ok(true) if gone => return End::Gone,
             Ok(true) => {}
             Ok(false) => return End::Truncated,
             Err(e) => return End::Socket(e),
@@ -106,43 +207,84 @@ async fn stream(sock: &Async<TcpStream>, watch: &FileWatch, start: Start, pos: &
 
 /// Completes when the client hangs up.
 ///
-/// The protocol has nothing for the client to say after its header, so readability means the
-/// client is gone (EOF or reset) or is sending bytes we ignore. A half-close (FIN) counts as
-/// leaving: from our side it cannot be told apart from a close until we next write, and a
+/// The protocol has nothing for the client to say after its request, so readability means
+/// the client is gone (EOF or reset) or is sending bytes we ignore. A half-close (FIN) counts
+/// as leaving: from our side it cannot be told apart from a close until we next write, and a
 /// follower of a quiet file may not be written to for hours.
-async fn hangup(sock: &Async<TcpStream>) -> End {
+async fn hangup(sock: &Async<TcpStream>) {
     let mut scratch = [0u8; 64];
     loop {
         if sock.readable().await.is_err() {
-            return End::HungUp;
+            return;
         }
         match (&*sock.get_ref()).read(&mut scratch) {
-            Ok(0) => return End::HungUp,
+            Ok(0) => return,
             Ok(_) => {}
             Err(e)
                 if matches!(
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                 ) => {}
-            Err(_) => return End::HungUp,
+            Err(_) => return,
         }
     }
 }
 
+/// Directory mode's `list`: the servable paths, one per line, then the connection closes.
+///
+/// The walk is blocking file-system work, so it runs on the blocking pool and hands the
+/// listing over in chunks; a client that reads slowly holds the walk back instead of making
+/// us buffer a 100,000-file listing.
+async fn send_listing(sock: &Async<TcpStream>, tree: &Arc<Tree>) -> io::Result<()> {
+    const CHUNK: usize = 64 * 1024;
+    let (tx, rx) = async_std::channel::bounded::<Vec<u8>>(4);
+    let tree = tree.clone();
+    let walk = async_std::task::spawn_blocking(move || {
+        let mut buf = Vec::with_capacity(CHUNK);
+        let hung_up = || io::Error::from(io::ErrorKind::BrokenPipe);
+        tree.list(|path| {
+            buf.extend_from_slice(path.as_bytes());
+            buf.push(b'\n');
+            if buf.len() >= CHUNK {
+                let full = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK));
+                future::block_on(tx.send(full)).map_err(|_| hung_up())?;
+            }
+            Ok(())
+        })?;
+        future::block_on(tx.send(buf)).map_err(|_| hung_up())
+    });
+    let mut writer = sock;
+    while let Ok(chunk) = rx.recv().await {
+        writer.write_all(&chunk).await?;
+    }
+    walk.await?;
+    finish(sock, b"").await;
+    Ok(())
+}
+
+/// Answers a request that could not be read or parsed (a client that hung up gets nothing).
+async fn refuse_header(sock: &Async<TcpStream>, peer: SocketAddr, e: HeaderError) {
+    if matches!(e, HeaderError::Closed) {
+        return;
+    }
+    log::debug!(client:% = peer; "refused: {e}");
+    refuse(sock, &e.to_string()).await
+}
+
 /// Sends `error: <reason>` and closes gracefully.
+async fn refuse(sock: &Async<TcpStream>, reason: &str) {
+    finish(sock, format!("error: {reason}\n").as_bytes()).await
+}
+
+/// Sends `last`, then closes gracefully.
 ///
 /// Graceful matters: closing a socket with unread input makes the kernel send a reset, which
-/// can destroy the error line before the client reads it. So we send the line and a FIN, then
-/// drain the client's input until it closes (or a short linger runs out).
-async fn refuse(sock: &Async<TcpStream>, reason: &str) {
-    let line = format!("error: {reason}\n");
+/// can destroy what we sent before the client reads it. So we send, then a FIN, then drain
+/// the client's input until it closes (or a short linger runs out).
+async fn finish(sock: &Async<TcpStream>, last: &[u8]) {
     let send = async {
-        let mut sent = 0;
-        while sent < line.len() {
-            sent += sock
-                .write_with(|s| (&*s).write(&line.as_bytes()[sent..]))
-                .await?;
-        }
+        let mut writer = sock;
+        writer.write_all(last).await?;
         sock.get_ref().shutdown(Shutdown::Write)?;
         let mut scratch = [0u8; 512];
         while sock.read_with(|s| (&*s).read(&mut scratch)).await? > 0 {}

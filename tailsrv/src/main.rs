@@ -11,6 +11,10 @@ use clap::Parser;
 /// Protocol: the client sends one line, `N` (from byte N; waits until the file is that long)
 /// or `-N` (the last N bytes; `-0` is the current end), then only reads. Try
 /// `echo 0 | nc localhost PORT`.
+///
+/// Given a directory, tailsrv serves every regular file under it that no `.ignore` file
+/// excludes. The line is then `list` (the servable paths, one per line), `stream PATH`
+/// (follow PATH from its end) or `stream PATH from byte N` / `from byte -N`.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {
@@ -38,7 +42,7 @@ struct Args {
     #[command(flatten)]
     log: shared::logging::LogArgs,
 
-    /// The file to serve. It need not exist yet.
+    /// The file to serve (it need not exist yet), or a directory whose files are served.
     path: PathBuf,
 }
 

@@ -1,8 +1,9 @@
 //! The server's own life: bind, accept, stop.
 //!
 //! Three things run side by side until the first of them ends: the accept loop, the file
-//! watcher (which ends when the file is moved or deleted, unless we linger), and the signal
-//! handler. Returning from [`run`] ends the process, which closes every client socket.
+//! watcher (which ends when a single served file is moved or deleted, unless we linger), and
+//! the signal handler. Returning from [`run`] ends the process, which closes every client
+//! socket.
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,15 +15,16 @@ use std::time::Duration;
 use async_io::{Async, Timer};
 use async_signal::{Signal, Signals};
 use futures_lite::{future, StreamExt};
-use shared::watch::{self, FileWatch, OnGone};
+use shared::tree::Tree;
+use shared::watch::{OnGone, Watcher};
 use shared::{logging, net};
 
-use crate::client;
+use crate::client::{self, Served};
 
 /// Everything `tailsrv` is told on its command line.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The file to serve.
+    /// The file to serve, or a directory whose files are served.
     pub path: PathBuf,
     /// Where to listen.
     pub addr: SocketAddr,
@@ -34,7 +36,8 @@ pub struct Config {
     pub max_clients: usize,
 }
 
-/// Runs the server until SIGINT/SIGTERM, or until the file is gone (without `linger`).
+/// Runs the server until SIGINT/SIGTERM, or until the file is gone (single-file mode without
+/// `linger`).
 pub fn run(config: Config) -> io::Result<()> {
     async_std::task::block_on(serve(config))
 }
@@ -44,14 +47,26 @@ pub async fn serve(config: Config) -> io::Result<()> {
     // Signals first: a SIGTERM that arrives right after we announce the port must stop us
     // cleanly, not kill us.
     let mut signals = Signals::new([Signal::Term, Signal::Int])?;
-    let (file, watcher) = watch::watch(&config.path)?;
+    let watcher = Watcher::new()?;
+    // A directory is served as a tree of files; anything else (even a path that does not
+    // exist yet) as a single file.
+    let served = if config.path.is_dir() {
+        let tree = Tree::new(&config.path)?;
+        log::info!(dir:% = tree.root().display(); "serving the files of a directory");
+        Served::Dir {
+            tree: Arc::new(tree),
+            follower: watcher.follower(),
+        }
+    } else {
+        Served::File(watcher.follower().follow(&config.path)?)
+    };
     let listener = net::listen(config.addr)?;
     logging::notify_ready();
 
-    let on_gone = if config.linger {
-        OnGone::Linger
-    } else {
-        OnGone::Stop
+    // In directory mode a file that goes away only ends its own followers.
+    let on_gone = match served {
+        Served::File(_) if !config.linger => OnGone::Stop,
+        _ => OnGone::Linger,
     };
     let follow = async {
         let gone = watcher.run(on_gone).await?;
@@ -64,14 +79,14 @@ pub async fn serve(config: Config) -> io::Result<()> {
         }
         Ok(())
     };
-    let accept = accept_loop(&listener, &file, &config);
+    let accept = accept_loop(&listener, &served, &config);
     future::or(accept, future::or(follow, stop)).await
 }
 
 /// Accepts clients forever, handing each to its own task.
 async fn accept_loop(
     listener: &Async<std::net::TcpListener>,
-    file: &FileWatch,
+    served: &Served,
     config: &Config,
 ) -> io::Result<()> {
     let active = Arc::new(AtomicUsize::new(0));
@@ -90,10 +105,10 @@ async fn accept_loop(
                     continue;
                 }
                 let slot = Slot::take(&active);
-                let file = file.clone();
+                let served = served.clone();
                 let timeout = config.header_timeout;
                 async_std::task::spawn(async move {
-                    client::serve(stream, peer, file, timeout).await;
+                    client::serve(stream, peer, served, timeout).await;
                     drop(slot);
                 });
             }

@@ -318,10 +318,7 @@ fn linger_keeps_serving_a_deleted_file() {
     let mut c = client(&srv, "0");
     assert_eq!(read_exact(&mut c, 7), b"before\n");
     std::fs::remove_file(&path).unwrap();
-    assert!(srv
-        .log
-        .wait_for("file was deleted", PATIENCE)
-        .is_some());
+    assert!(srv.log.wait_for("file was deleted", PATIENCE).is_some());
     writer.write_all(b"after\n").unwrap();
     assert_eq!(read_exact(&mut c, 6), b"after\n");
     // New clients still get everything the inode holds.
@@ -340,10 +337,7 @@ fn linger_keeps_serving_a_moved_file() {
     let mut c = client(&srv, "0");
     assert_eq!(read_exact(&mut c, 4), b"one\n");
     std::fs::rename(&path, dir.path().join("log.1")).unwrap();
-    assert!(srv
-        .log
-        .wait_for("file was moved", PATIENCE)
-        .is_some());
+    assert!(srv.log.wait_for("file was moved", PATIENCE).is_some());
     writer.write_all(b"two\n").unwrap();
     assert_eq!(read_exact(&mut c, 4), b"two\n");
     assert!(srv.wait_exit(Duration::ZERO).is_none(), "server exited");

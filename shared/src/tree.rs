@@ -1,0 +1,306 @@
+//! Directory mode's one rule, in one place: which paths under a root may be served.
+//!
+//! A path is served only if it names a regular, readable file that is inside the root after
+//! every symlink is resolved, and that no `.ignore` file excludes (gitignore syntax, nested,
+//! as git reads them). The `.ignore` files themselves are configuration, not content, and are
+//! not served either. Everything else is refused with a reason, before any byte is sent.
+//!
+//! The rule is checked three times, because the file system can change in between:
+//! [`Tree::resolve`] checks the requested path as text and as it is on disk now,
+//! [`Tree::check_opened`] checks the file actually opened (through `/proc/self/fd`, so a
+//! symlink swapped in after the first check is caught), and [`Tree::list`] shows only what
+//! `resolve` would accept (regular files reached without following symlinks).
+//!
+//! `.ignore` files are read with the `ignore` crate, the same code ripgrep uses, so its
+//! walker and our single-path check agree on what is ignored.
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Component, Path, PathBuf};
+
+use ignore::gitignore::Gitignore;
+use ignore::{Match, WalkBuilder};
+
+use crate::header::MAX_PATH_LEN;
+
+/// The name of the files that say what not to serve.
+const IGNORE_FILE: &str = ".ignore";
+
+/// Why a path is not served. The `Display` text is sent to the client after `error: `.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Empty,
+    TooLong,
+    NotUtf8,
+    ControlCharacter,
+    Absolute,
+    ParentComponent,
+    NotNormalized,
+    Ignored,
+    OutsideRoot,
+    NotARegularFile(&'static str),
+    NotReadable(String),
+    NoParentDirectory,
+    DanglingSymlink,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Empty => f.write_str("empty path"),
+            Refusal::TooLong => write!(f, "path longer than {MAX_PATH_LEN} bytes"),
+            Refusal::NotUtf8 => f.write_str("path is not UTF-8"),
+            Refusal::ControlCharacter => f.write_str("path contains a control character"),
+            Refusal::Absolute => f.write_str(
+                "absolute paths are not served; name a path relative to the served directory",
+            ),
+            Refusal::ParentComponent => f.write_str("`..` is not allowed in paths"),
+            Refusal::NotNormalized => f.write_str("path has an empty or `.` component"),
+            Refusal::Ignored => f.write_str("path is excluded by an .ignore file"),
+            Refusal::OutsideRoot => f.write_str("path leads outside the served directory"),
+            Refusal::NotARegularFile(kind) => write!(f, "not a regular file: {kind}"),
+            Refusal::NotReadable(e) => write!(f, "not readable: {e}"),
+            Refusal::NoParentDirectory => f.write_str("no such directory"),
+            Refusal::DanglingSymlink => f.write_str("path is a symlink to nothing"),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// A served directory.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    root: PathBuf,
+}
+
+impl Tree {
+    /// Serves `root`, which must be a directory. Symlinks in `root` itself are resolved once,
+    /// here: the rule is about the real directory.
+    pub fn new(root: &Path) -> io::Result<Tree> {
+        let ctx = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", root.display()));
+        let root = std::fs::canonicalize(root).map_err(ctx)?;
+        if !std::fs::metadata(&root).map_err(ctx)?.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a directory", root.display()),
+            ));
+        }
+        Ok(Tree { root })
+    }
+
+    /// The real path of the served directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Decides whether `requested` (as the client sent it) may be served; returns the real
+    /// path to follow. A file that does not exist yet is accepted if its directory does and
+    /// the path would be servable: the caller waits for it, then calls [`Tree::check_opened`].
+    pub fn resolve(&self, requested: &[u8]) -> Result<PathBuf, Refusal> {
+        let rel = check_text(requested)?;
+        if self.is_ignored(rel) {
+            return Err(Refusal::Ignored);
+        }
+        let full = self.root.join(rel);
+        match std::fs::canonicalize(&full) {
+            Ok(real) => {
+                let inside = self.relative(&real).ok_or(Refusal::OutsideRoot)?;
+                // A symlink inside the root may point at an ignored file: judge the target too.
+                if self.is_ignored(inside) {
+                    return Err(Refusal::Ignored);
+                }
+                let meta = std::fs::metadata(&real)
+                    .map_err(|e| Refusal::NotReadable(e.kind().to_string()))?;
+                check_kind(&meta)?;
+                File::open(&real).map_err(|e| Refusal::NotReadable(e.kind().to_string()))?;
+                Ok(real)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if std::fs::symlink_metadata(&full).is_ok() {
+                    return Err(Refusal::DanglingSymlink);
+                }
+                // Not there yet: its directory must be, and be inside the root.
+                let parent = full.parent().ok_or(Refusal::NoParentDirectory)?;
+                let real_parent =
+                    std::fs::canonicalize(parent).map_err(|_| Refusal::NoParentDirectory)?;
+                if real_parent != self.root {
+                    let inside = self.relative(&real_parent).ok_or(Refusal::OutsideRoot)?;
+                    if self.is_ignored_dir(inside) {
+                        return Err(Refusal::Ignored);
+                    }
+                }
+                let name = full.file_name().ok_or(Refusal::NotNormalized)?;
+                Ok(real_parent.join(name))
+            }
+            Err(e) => Err(Refusal::NotReadable(e.kind().to_string())),
+        }
+    }
+
+    /// Checks the file that was actually opened for a resolved path: its real path (as the
+    /// kernel knows it) must still be inside the root and not ignored.
+    pub fn check_opened(&self, file: &File) -> Result<(), Refusal> {
+        let link = format!("/proc/self/fd/{}", file.as_raw_fd());
+        let real = std::fs::read_link(link).map_err(|e| Refusal::NotReadable(e.to_string()))?;
+        let inside = self.relative(&real).ok_or(Refusal::OutsideRoot)?;
+        if self.is_ignored(inside) {
+            return Err(Refusal::Ignored);
+        }
+        Ok(())
+    }
+
+    /// Calls `each` with every servable path relative to the root, sorted, one at a time (the
+    /// listing is never held in memory whole). Blocking: run it off the async executor.
+    pub fn list(&self, mut each: impl FnMut(&str) -> io::Result<()>) -> io::Result<()> {
+        let walk = WalkBuilder::new(&self.root)
+            .standard_filters(false)
+            .ignore(true)
+            .hidden(false)
+            .follow_links(false)
+            .sort_by_file_path(|a, b| a.cmp(b))
+            .build();
+        for entry in walk {
+            let Ok(entry) = entry else {
+                continue; // unreadable directory: nothing in it could be served either
+            };
+            if !entry.file_type().is_some_and(|t| t.is_file()) {
+                continue;
+            }
+            let Ok(rel) = entry.path().strip_prefix(&self.root) else {
+                continue;
+            };
+            let Some(text) = rel.to_str() else {
+                continue;
+            };
+            if entry.file_name() == IGNORE_FILE
+                || check_text(text.as_bytes()).is_err()
+                || File::open(entry.path()).is_err()
+            {
+                continue;
+            }
+            each(text)?;
+        }
+        Ok(())
+    }
+
+    /// `path` relative to the root, if it is strictly inside it.
+    fn relative<'a>(&self, path: &'a Path) -> Option<&'a Path> {
+        path.strip_prefix(&self.root)
+            .ok()
+            .filter(|r| !r.as_os_str().is_empty())
+    }
+
+    /// Whether a file at `rel` (relative, normalized) is excluded by an `.ignore` file.
+    fn is_ignored(&self, rel: &Path) -> bool {
+        self.ignored(rel, false)
+    }
+
+    /// Whether a directory at `rel` is excluded by an `.ignore` file.
+    fn is_ignored_dir(&self, rel: &Path) -> bool {
+        self.ignored(rel, true)
+    }
+
+    /// Git's rule: a path is excluded if it, or any directory above it, is matched by the
+    /// nearest `.ignore` that has an opinion on it (deeper files override shallower ones,
+    /// `!pattern` re-includes). Nothing can re-include a path below an excluded directory.
+    fn ignored(&self, rel: &Path, last_is_dir: bool) -> bool {
+        if !last_is_dir && rel.file_name() == Some(IGNORE_FILE.as_ref()) {
+            return true;
+        }
+        let parts: Vec<&std::ffi::OsStr> = rel.iter().collect();
+        // The .ignore of the root and of every directory on the way down.
+        let mut dirs = vec![self.root.clone()];
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            let next = dirs.last().unwrap().join(part);
+            dirs.push(next);
+        }
+        let matchers: Vec<Gitignore> = dirs
+            .iter()
+            .map(|d| Gitignore::new(d.join(IGNORE_FILE)).0)
+            .collect();
+        let mut path = self.root.clone();
+        for (i, part) in parts.iter().enumerate() {
+            path.push(part);
+            let is_dir = i + 1 < parts.len() || last_is_dir;
+            // Matchers of directories that contain this path, nearest first.
+            for m in matchers[..=i.min(matchers.len() - 1)].iter().rev() {
+                match m.matched(&path, is_dir) {
+                    Match::Ignore(_) => return true,
+                    Match::Whitelist(_) => break,
+                    Match::None => {}
+                }
+            }
+        }
+        false
+    }
+}
+
+/// The textual rules: bounded, UTF-8, no control characters, relative, normalized.
+fn check_text(requested: &[u8]) -> Result<&Path, Refusal> {
+    if requested.is_empty() {
+        return Err(Refusal::Empty);
+    }
+    if requested.len() > MAX_PATH_LEN {
+        return Err(Refusal::TooLong);
+    }
+    let text = std::str::from_utf8(requested).map_err(|_| Refusal::NotUtf8)?;
+    if text.chars().any(char::is_control) {
+        return Err(Refusal::ControlCharacter);
+    }
+    if text.starts_with('/') {
+        return Err(Refusal::Absolute);
+    }
+    if text.split('/').any(|c| c == "..") {
+        return Err(Refusal::ParentComponent);
+    }
+    if text.split('/').any(|c| c.is_empty() || c == ".") {
+        return Err(Refusal::NotNormalized);
+    }
+    let path = Path::new(text);
+    debug_assert!(path.components().all(|c| matches!(c, Component::Normal(_))));
+    Ok(path)
+}
+
+/// Only regular files are served: a FIFO would block, a device could be anything.
+fn check_kind(meta: &std::fs::Metadata) -> Result<(), Refusal> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let kind = if t.is_file() {
+        return Ok(());
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a file"
+    };
+    Err(Refusal::NotARegularFile(kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn textual_rules() {
+        assert_eq!(check_text(b""), Err(Refusal::Empty));
+        assert_eq!(check_text(b"/etc/passwd"), Err(Refusal::Absolute));
+        assert_eq!(check_text(b"a/../b"), Err(Refusal::ParentComponent));
+        assert_eq!(check_text(b".."), Err(Refusal::ParentComponent));
+        assert_eq!(check_text(b"a//b"), Err(Refusal::NotNormalized));
+        assert_eq!(check_text(b"./a"), Err(Refusal::NotNormalized));
+        assert_eq!(check_text(b"a/"), Err(Refusal::NotNormalized));
+        assert_eq!(check_text(b"a\0b"), Err(Refusal::ControlCharacter));
+        assert_eq!(check_text(b"a\x1bb"), Err(Refusal::ControlCharacter));
+        assert_eq!(check_text(b"\xff"), Err(Refusal::NotUtf8));
+        assert_eq!(check_text(&[b'a'; 4097]), Err(Refusal::TooLong));
+        assert!(check_text(b"nginx/access.log").is_ok());
+        assert!(check_text(b".hidden/..x").is_ok());
+    }
+}
