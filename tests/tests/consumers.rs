@@ -6,7 +6,7 @@
 //! the code under test). tscat's stdout is captured raw, byte for byte.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,7 +64,10 @@ fn ask_indexer(ix: &Proc, request: &str) -> String {
 
 /// Bytes a child writes to one pipe, collected by a thread, with a way to wait on them.
 #[derive(Clone, Default)]
-struct Capture(Arc<(Mutex<(Vec<u8>, bool)>, Condvar)>);
+struct Capture(Arc<(Mutex<Captured>, Condvar)>);
+
+/// The bytes so far, and whether the pipe has closed.
+type Captured = (Vec<u8>, bool);
 
 impl Capture {
     fn of(mut pipe: impl Read + Send + 'static) -> Capture {
@@ -148,10 +151,14 @@ impl Consumer {
 
     /// Waits until stderr contains `needle` `times` times.
     fn wait_stderr(&self, needle: &str, times: usize) {
-        let found = self.err.wait(|e, _| {
-            String::from_utf8_lossy(e).matches(needle).count() >= times
-        });
-        assert!(found, "no {needle:?} x{times} in stderr:\n{}", self.err.text());
+        let found = self
+            .err
+            .wait(|e, _| String::from_utf8_lossy(e).matches(needle).count() >= times);
+        assert!(
+            found,
+            "no {needle:?} x{times} in stderr:\n{}",
+            self.err.text()
+        );
     }
 
     fn output(&self) -> Vec<u8> {
@@ -216,7 +223,11 @@ fn args(list: &[&str]) -> Vec<String> {
 
 /// A port nothing listens on (bound, then released).
 fn dead_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Text lines that carry their own number, so a line says where it sits in the file.
@@ -241,7 +252,8 @@ impl Lines {
             let i = self.starts.len();
             self.starts.push(self.data.len());
             let pad = "x".repeat(i * 7 % 90);
-            self.data.extend_from_slice(format!("line {i:09} {pad}\n").as_bytes());
+            self.data
+                .extend_from_slice(format!("line {i:09} {pad}\n").as_bytes());
         }
         self.data[from..].to_vec()
     }
@@ -304,7 +316,10 @@ fn server_killed_and_restarted_mid_stream_output_is_exact() {
     append(&path, &all);
     let srv = tailsrv(&path, 0);
     let port = srv.addr().port();
-    let cat = Consumer::start("tscat", &args(&["--from-byte", "0", &srv.addr().to_string()]));
+    let cat = Consumer::start(
+        "tscat",
+        &args(&["--from-byte", "0", &srv.addr().to_string()]),
+    );
     cat.wait_len(all.len());
 
     let more = random_bytes(200_000, 2);
@@ -381,18 +396,31 @@ fn state_file_kill9_repeats_within_bound_sigterm_repeats_nothing() {
     // Run 1: a prefix of the file. Run 2: from a line start at or before where run 1 got
     // to, repeating at most the stated bound, never skipping.
     assert!(file.starts_with(&out1), "run 1 is not a prefix of the file");
-    assert!(start2 <= out1.len(), "run 2 skipped bytes: resumed at {start2}, run 1 wrote {}", out1.len());
+    assert!(
+        start2 <= out1.len(),
+        "run 2 skipped bytes: resumed at {start2}, run 1 wrote {}",
+        out1.len()
+    );
     assert!(
         out1.len() - start2 <= KILL_REPEAT_BOUND,
         "run 2 repeated {} bytes, over the bound",
         out1.len() - start2
     );
-    assert!(out2 == file[start2..start3], "run 2 is not the file from {start2}");
+    assert!(
+        out2 == file[start2..start3],
+        "run 2 is not the file from {start2}"
+    );
     // Run 3 after a clean stop: exactly the rest, nothing lost or repeated.
     assert_eq!(out3.len(), file.len() - start3, "run 3 length");
-    assert!(out3 == file[start3..], "run 3 is not the file from {start3}");
+    assert!(
+        out3 == file[start3..],
+        "run 3 is not the file from {start3}"
+    );
     let saved = std::fs::read_to_string(&state).unwrap();
-    assert_eq!(saved, format!("tailsrv-consumer-state 1\noffset {}\n", file.len()));
+    assert_eq!(
+        saved,
+        format!("tailsrv-consumer-state 1\noffset {}\n", file.len())
+    );
 }
 
 #[test]
@@ -565,7 +593,12 @@ fn from_message_lands_exactly_on_message_n_for_every_framing() {
         );
         let common = |extra: &[&str]| {
             let mut a = args(extra);
-            a.extend(args(&["--indexer", &ix.addr().to_string(), "--framing", framing]));
+            a.extend(args(&[
+                "--indexer",
+                &ix.addr().to_string(),
+                "--framing",
+                framing,
+            ]));
             a.push(srv.addr().to_string());
             a
         };
@@ -575,7 +608,11 @@ fn from_message_lands_exactly_on_message_n_for_every_framing() {
             cats.push((format!("--from-message {n}"), starts[n], cat));
         }
         // Relative starts resolved by the indexer to message boundaries.
-        cats.push(("--from-end".into(), data.len(), Consumer::start("tscat", &common(&["--from-end"]))));
+        cats.push((
+            "--from-end".into(),
+            data.len(),
+            Consumer::start("tscat", &common(&["--from-end"])),
+        ));
         let last = 1_000;
         let cut = data.len() - last;
         let holder = starts.iter().rposition(|&s| s <= cut).unwrap();
@@ -598,7 +635,12 @@ fn from_message_lands_exactly_on_message_n_for_every_framing() {
             cat.signal(Signal::TERM);
             let (status, out, err) = cat.finish();
             assert!(status.success(), "{framing} {what}: {status:?} {err}");
-            assert!(out == data[from..], "{framing} {what}: {} bytes, expected {}", out.len(), data.len() - from);
+            assert!(
+                out == data[from..],
+                "{framing} {what}: {} bytes, expected {}",
+                out.len(),
+                data.len() - from
+            );
         }
     }
 }
@@ -624,7 +666,8 @@ fn whole_messages_only_across_a_stop() {
     cat.wait_len(starts[big]);
     // The checkpoint reaches the last complete message (and no further) once tscat is idle.
     let expect_state = |n: usize| format!("tailsrv-consumer-state 1\noffset {n}\n");
-    assert!(eventually(PATIENCE, || std::fs::read_to_string(&state).ok()
+    assert!(eventually(PATIENCE, || std::fs::read_to_string(&state)
+        .ok()
         == Some(expect_state(starts[big]))));
     // Half the big message, then stop: it must not come out.
     append(&path, &data[starts[big] + 1..starts[big] + 40_000]);
@@ -632,7 +675,10 @@ fn whole_messages_only_across_a_stop() {
     let (status, out, err) = cat.finish();
     assert!(status.success(), "{status:?}: {err}");
     assert!(out == data[..starts[big]], "output is not whole messages");
-    assert_eq!(std::fs::read_to_string(&state).unwrap(), expect_state(starts[big]));
+    assert_eq!(
+        std::fs::read_to_string(&state).unwrap(),
+        expect_state(starts[big])
+    );
 
     append(&path, &data[starts[big] + 40_000..]);
     let cat = Consumer::start("tscat", &cat_args);
@@ -641,7 +687,10 @@ fn whole_messages_only_across_a_stop() {
     let (status, out, err) = cat.finish();
     assert!(status.success(), "{status:?}: {err}");
     assert!(out == data[starts[big]..], "resumed output differs");
-    assert_eq!(std::fs::read_to_string(&state).unwrap(), expect_state(data.len()));
+    assert_eq!(
+        std::fs::read_to_string(&state).unwrap(),
+        expect_state(data.len())
+    );
 }
 
 // --- error paths ------------------------------------------------------------------------------
@@ -652,7 +701,10 @@ fn unreachable_servers_fail_clearly() {
     let (status, out, err) = tscat_once(&args(&["--no-retry", &dead]));
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(out.is_empty());
-    assert!(err.contains("no server reachable") && err.contains(&dead), "{err}");
+    assert!(
+        err.contains("no server reachable") && err.contains(&dead),
+        "{err}"
+    );
 
     let other = format!("127.0.0.1:{}", dead_port());
     let list = format!("{dead},{other}");
@@ -660,7 +712,10 @@ fn unreachable_servers_fail_clearly() {
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("gave up after 1.0s"), "{err}");
     assert!(err.contains(&dead) && err.contains(&other), "{err}");
-    assert!(err.matches("cannot connect").count() >= 4, "retried with backoff: {err}");
+    assert!(
+        err.matches("cannot connect").count() >= 4,
+        "retried with backoff: {err}"
+    );
 }
 
 #[test]
@@ -707,8 +762,15 @@ fn state_file_errors_fail_clearly() {
     let (status, out, err) = tscat_once(&cat_args);
     assert_eq!(status.code(), Some(3), "{err}");
     assert!(out.is_empty());
-    assert!(err.contains("corrupt") && err.contains(state.to_str().unwrap()), "{err}");
-    assert_eq!(std::fs::read(&state).unwrap(), garbage, "a corrupt state file is left alone");
+    assert!(
+        err.contains("corrupt") && err.contains(state.to_str().unwrap()),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        garbage,
+        "a corrupt state file is left alone"
+    );
 
     // Two consumers on one state file: the second is refused.
     std::fs::remove_file(&state).unwrap();
@@ -726,10 +788,19 @@ fn option_combinations_that_cannot_work_are_refused() {
     let state = state.to_str().unwrap();
     let srv = "127.0.0.1:9"; // never contacted
     for (case, needle) in [
-        (vec!["--from-end", "--state", state, srv], "--state needs an absolute start"),
-        (vec!["--last", "10", "--framing", "u32be", srv], "needs --indexer"),
+        (
+            vec!["--from-end", "--state", state, srv],
+            "--state needs an absolute start",
+        ),
+        (
+            vec!["--last", "10", "--framing", "u32be", srv],
+            "needs --indexer",
+        ),
         (vec!["--from-message", "3", srv], "--indexer"),
-        (vec!["--from-byte", "1", "--last", "3", srv], "cannot be used with"),
+        (
+            vec!["--from-byte", "1", "--last", "3", srv],
+            "cannot be used with",
+        ),
         (vec!["--from-byte", "1"], "no server given"),
     ] {
         let (status, out, err) = tscat_once(&args(&case));
@@ -757,7 +828,10 @@ fn malformed_message_stops_after_the_last_good_one() {
     ]));
     assert_eq!(status.code(), Some(5), "{err}");
     assert_eq!(out, good);
-    assert!(err.contains("malformed") && err.contains("at byte 8"), "{err}");
+    assert!(
+        err.contains("malformed") && err.contains("at byte 8"),
+        "{err}"
+    );
 }
 
 #[test]

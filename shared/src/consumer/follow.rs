@@ -182,6 +182,8 @@ pub struct Follower {
     current: usize,
     /// Failed attempts since the last success, and the pause after the next full round.
     failed: usize,
+    /// Failed attempts in the current round over the server list.
+    round: usize,
     backoff: Duration,
     last_good: Instant,
     failures: Vec<Option<String>>,
@@ -195,7 +197,10 @@ impl Follower {
     ///
     /// Panics if `cfg.servers` is empty (the caller's argument check).
     pub fn new(cfg: Config, start: Start, stop: Arc<AtomicBool>) -> Follower {
-        assert!(!cfg.servers.is_empty(), "a follower needs at least one server");
+        assert!(
+            !cfg.servers.is_empty(),
+            "a follower needs at least one server"
+        );
         Follower {
             failures: vec![None; cfg.servers.len()],
             backoff: cfg.backoff_min,
@@ -205,6 +210,7 @@ impl Follower {
             conn: None,
             current: 0,
             failed: 0,
+            round: 0,
             last_good: Instant::now(),
             pending: Vec::new(),
             stop,
@@ -311,6 +317,7 @@ impl Follower {
         self.received += n as u64;
         self.last_good = Instant::now();
         self.failed = 0;
+        self.round = 0;
         self.backoff = self.cfg.backoff_min;
         Event::Data(n)
     }
@@ -346,6 +353,7 @@ impl Follower {
         log::warn!(server = server.as_str(), offset = at.as_str(); "{reason}; reconnecting");
         self.current = (self.current + 1) % self.cfg.servers.len();
         self.failed += 1;
+        self.round += 1;
         Ok(())
     }
 
@@ -378,7 +386,8 @@ impl Follower {
                 });
             }
             // After a full round of failures, pause before the next.
-            if self.failed > 0 && self.failed % n == 0 {
+            if self.round >= n {
+                self.round = 0;
                 if !self.sleep(self.backoff) {
                     return Ok(None);
                 }
@@ -407,6 +416,7 @@ impl Follower {
                     self.failures[i] = Some(e.to_string());
                     self.current = (i + 1) % n;
                     self.failed += 1;
+                    self.round += 1;
                 }
             }
         }

@@ -42,7 +42,9 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::NoIndexer => f.write_str("a message number needs an indexer (--indexer HOST:PORT)"),
+            Error::NoIndexer => {
+                f.write_str("a message number needs an indexer (--indexer HOST:PORT)")
+            }
             Error::Io { indexer, error } => write!(f, "indexer {indexer}: {error}"),
             Error::Refused {
                 indexer,

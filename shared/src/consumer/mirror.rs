@@ -98,7 +98,10 @@ pub fn run(
         what,
         error,
     };
-    let len = file.metadata().map_err(|e| file_err("reading the length of", e))?.len();
+    let len = file
+        .metadata()
+        .map_err(|e| file_err("reading the length of", e))?
+        .len();
     log::info!(path:% = path.display(), offset = len; "mirroring from the replica's length");
     let mut follower = Follower::new(follow::Config::new(servers, retry), Start::Byte(len), stop);
     let mut buf = vec![0u8; 256 << 10];

@@ -176,12 +176,10 @@ pub fn load(path: &Path) -> Result<Option<u64>, Error> {
             what: "reading",
             error,
         })?;
-    parse(&bytes)
-        .map(Some)
-        .map_err(|reason| Error::Corrupt {
-            path: path.to_owned(),
-            reason,
-        })
+    parse(&bytes).map(Some).map_err(|reason| Error::Corrupt {
+        path: path.to_owned(),
+        reason,
+    })
 }
 
 /// Parses the exact format; the error says what is wrong.

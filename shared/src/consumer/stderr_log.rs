@@ -28,7 +28,11 @@ impl Log for StderrLog {
         );
         struct Kv<'a>(&'a mut String);
         impl<'kvs> VisitSource<'kvs> for Kv<'_> {
-            fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), log::kv::Error> {
+            fn visit_pair(
+                &mut self,
+                key: Key<'kvs>,
+                value: Value<'kvs>,
+            ) -> Result<(), log::kv::Error> {
                 self.0.push_str(&format!(" {key}={value}"));
                 Ok(())
             }

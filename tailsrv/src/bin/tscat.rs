@@ -77,7 +77,12 @@ struct Args {
     no_retry: bool,
 
     /// Give up after this many seconds without a working server ("inf": never).
-    #[arg(long, value_name = "SECS", default_value_t = 300.0, conflicts_with = "no_retry")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 300.0,
+        conflicts_with = "no_retry"
+    )]
     give_up_after: f64,
 
     #[command(flatten)]
@@ -102,9 +107,16 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<cat::Stopped, cat::Error> {
     let usage = |s: &str| cat::Error::Usage(s.to_owned());
     let mut servers: Vec<String> = args.server.into_iter().collect();
-    servers.extend(args.servers.as_deref().map(consumer::parse_servers).unwrap_or_default());
+    servers.extend(
+        args.servers
+            .as_deref()
+            .map(consumer::parse_servers)
+            .unwrap_or_default(),
+    );
     if servers.is_empty() {
-        return Err(usage("no server given: tscat HOST:PORT or --servers HOST:PORT,..."));
+        return Err(usage(
+            "no server given: tscat HOST:PORT or --servers HOST:PORT,...",
+        ));
     }
     let retry = if args.no_retry {
         Retry::Never
@@ -136,8 +148,9 @@ fn run(args: Args) -> Result<cat::Stopped, cat::Error> {
     // second one exits at once (for a run stuck writing to a stalled pipe).
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let registered = signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, stop.clone())
-            .and_then(|_| signal_hook::flag::register(sig, stop.clone()));
+        let registered =
+            signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, stop.clone())
+                .and_then(|_| signal_hook::flag::register(sig, stop.clone()));
         if let Err(e) = registered {
             return Err(cat::Error::Output(e));
         }

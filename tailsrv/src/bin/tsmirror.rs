@@ -43,8 +43,9 @@ fn main() -> ExitCode {
     }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let registered = signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, stop.clone())
-            .and_then(|_| signal_hook::flag::register(sig, stop.clone()));
+        let registered =
+            signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, stop.clone())
+                .and_then(|_| signal_hook::flag::register(sig, stop.clone()));
         if let Err(e) = registered {
             log::error!("cannot handle signals: {e}");
             return ExitCode::FAILURE;
