@@ -30,7 +30,7 @@ output failed.";
 /// over along the server list. With --framing only whole messages are printed. Logs go to
 /// stderr; stdout is data.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about, after_long_help = AFTER_HELP)]
+#[command(version, after_long_help = AFTER_HELP)]
 struct Args {
     /// Start at byte N (the default is 0, the start of the file).
     #[arg(long, value_name = "N", group = "start")]

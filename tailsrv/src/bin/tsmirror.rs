@@ -20,7 +20,7 @@ command line; 3 FILE is locked by another tsmirror.";
 /// exclusive lock on FILE, reconnects forever with capped backoff, and uses TCP keepalive to
 /// notice a server that vanished.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about, after_long_help = AFTER_HELP)]
+#[command(version, after_long_help = AFTER_HELP)]
 struct Args {
     #[command(flatten)]
     log: shared::logging::LogArgs,
