@@ -936,3 +936,41 @@ fn closed_output_is_a_clean_stop_with_an_exact_checkpoint() {
     // what was sent.
     assert!(offset >= 100_000 && offset < data.len(), "offset {offset}");
 }
+
+#[test]
+fn the_stream_socket_has_a_short_keepalive() {
+    // A server that vanishes without a FIN is only noticed by keepalive probes. Loopback
+    // cannot lose packets, so check the kernel's view of tscat's socket: /proc/net/tcp shows
+    // timer 2 (keepalive) armed to fire within tscat's 10 s, not the system's 2 hours.
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    append(&path, b"x\n");
+    let srv = tailsrv(&path, 0);
+    let cat = Consumer::start("tscat", &args(&[&srv.addr().to_string()]));
+    cat.wait_len(2);
+    let server_port = format!("{:04X}", srv.addr().port());
+    let client_timer = || -> Option<(u32, u64)> {
+        let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+        table.lines().skip(1).find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (local, remote, timer) = (f[1], f[2], f[5]);
+            let (kind, when) = timer.split_once(':')?;
+            (remote.ends_with(&format!(":{server_port}"))
+                && !local.ends_with(&format!(":{server_port}")))
+            .then(|| (kind.parse().ok(), u64::from_str_radix(when, 16).ok()))
+            .and_then(|(k, w)| Some((k?, w?)))
+        })
+    };
+    // The timer is re-armed as the connection goes idle; wait for the idle state.
+    assert!(
+        eventually(PATIENCE, || matches!(client_timer(), Some((2, _)))),
+        "no keepalive timer on tscat's socket: {:?}",
+        client_timer()
+    );
+    let (_, when) = client_timer().unwrap();
+    // In USER_HZ (100 per second).
+    assert!(
+        when <= 10 * 100,
+        "keepalive fires in {when} ticks, over 10 s"
+    );
+}
