@@ -34,6 +34,8 @@ pub enum Step {
 
 /// One fleet thread's reading logic, owning that thread's results.
 pub trait Handler: Send + 'static {
+    /// Connection `id` is about to call `connect`.
+    fn connecting(&mut self, _id: usize) {}
     /// Connection `id` sent its header.
     fn connected(&mut self, _id: usize) {}
     /// Connection `id` is readable. An error (or EOF reported as one) ends the connection
@@ -229,6 +231,7 @@ impl<H: Handler> Driver<'_, H> {
 
     /// Starts connection `key` (the next one).
     fn connect(&mut self, key: usize) {
+        self.handler.connecting(self.base + key);
         let sock = match start_connect(self.addr) {
             Ok(sock) => sock,
             Err(e) => {

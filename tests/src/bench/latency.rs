@@ -59,6 +59,7 @@ pub fn latency(plan: &Plan, table: &mut Table) -> Result<()> {
         // shift the ones after it.
         let period = Duration::from_secs_f64(1.0 / plan.rate as f64);
         let cpu_before = tailsrv.stats()?;
+        let bench_before = ProcStats::read(std::process::id())?;
         let t0 = Instant::now();
         for seq in 0..total {
             let due = t0 + period * seq as u32;
@@ -69,6 +70,7 @@ pub fn latency(plan: &Plan, table: &mut Table) -> Result<()> {
             log.append(format!("m {seq} {stamp}\n").as_bytes())?;
         }
         let cpu = tailsrv.stats()?.cpu_percent_since(&cpu_before);
+        let bench_cpu = ProcStats::read(std::process::id())?.cpu_percent_since(&bench_before);
         let parts = fleet.join();
         let (mut lat, delivered, disorder) = merge(parts);
         lat.sort_unstable();
@@ -84,7 +86,7 @@ pub fn latency(plan: &Plan, table: &mut Table) -> Result<()> {
                 q(0.999),
                 nanos(*lat.last().unwrap_or(&0))
             ))
-            .baseline(format!("tailsrv CPU {cpu:.0} %"));
+            .baseline(format!("CPU: tailsrv {cpu:.0} %, bench {bench_cpu:.0} %"));
         row = match n {
             1000 => row.target("p99 ≤ 5 ms", p99 <= 5_000_000),
             10_000 => row.target("p99 ≤ 50 ms", p99 <= 50_000_000),
