@@ -61,3 +61,26 @@ pub fn is_fd_exhaustion(e: &io::Error) -> bool {
             || code == rustix::io::Errno::NOMEM.raw_os_error()
     )
 }
+
+/// Sends `last` (an error line, the end of a listing), then closes gracefully.
+///
+/// Graceful matters: closing a socket with unread input makes the kernel send a reset, which
+/// can destroy what we sent before the client reads it. So we send, then a FIN, then drain the
+/// client's input until it closes or `linger` runs out.
+pub async fn finish(sock: &Async<TcpStream>, last: &[u8], linger: Duration) {
+    use futures_lite::AsyncWriteExt;
+    use std::io::Read;
+    let send = async {
+        let mut writer = sock;
+        writer.write_all(last).await?;
+        sock.get_ref().shutdown(std::net::Shutdown::Write)?;
+        let mut scratch = [0u8; 4096];
+        while sock.read_with(|s| (&*s).read(&mut scratch)).await? > 0 {}
+        io::Result::Ok(())
+    };
+    let timeout = async {
+        async_io::Timer::after(linger).await;
+        Ok(())
+    };
+    let _ = futures_lite::future::or(send, timeout).await;
+}

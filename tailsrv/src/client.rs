@@ -3,20 +3,22 @@
 //! 1. [`serve`]: register the socket, read the request (bounded in size and time).
 //!    Single-file mode: an offset. Directory mode ([`serve_dir`]): `list`, or which file
 //!    to stream from where, checked against [`Tree`]'s rule before anything is sent.
-//! 2. [`follow`]: wait for the file to exist, resolve the start offset, then loop: wait until
-//!    the file is longer than what was sent, `sendfile` the difference.
-//! 3. Meanwhile [`hangup`] watches the socket, so a client that leaves while the file is quiet
+//! 2. [`place`]: wait for the file to exist and resolve the start offset against it.
+//! 3. [`follow`]: loop: wait until the file is longer than what was sent, `sendfile` the
+//!    difference.
+//! 4. Meanwhile [`hangup`] watches the socket, so a client that leaves while the file is quiet
 //!    is released at once rather than at the next write.
 //!
 //! A client costs one task and one socket; no buffer holds file data.
 
+use std::fs::File;
 use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_io::{Async, Timer};
+use async_io::Async;
 use futures_lite::{future, AsyncWriteExt};
 use shared::header::{self, DirRequest, HeaderError, Start};
 use shared::net;
@@ -24,7 +26,7 @@ use shared::sendfile::send_range;
 use shared::tree::Tree;
 use shared::watch::{FileWatch, Follower};
 
-/// How long a refused client gets to read its error line before we close.
+/// How long a refused client (or one that was sent a listing) gets to read it before we close.
 const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 
 /// What the server serves: one file, or the files of a directory.
@@ -74,9 +76,12 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, served: Served, header_t
                 Ok(start) => start,
                 Err(e) => return refuse_header(&sock, peer, e).await,
             };
-            log::debug!(client:% = peer, start:? = start; "client connected");
-            let offset = AtomicU64::new(0);
-            let end = follow(&sock, &file, start, false, &offset).await;
+            let Some(at) = place(&sock, &file, start).await else {
+                return;
+            };
+            log::debug!(client:% = peer, offset = at.offset; "client connected");
+            let offset = AtomicU64::new(at.offset);
+            let end = follow(&sock, &file, at, false, &offset).await;
             log::debug!(client:% = peer, offset = offset.load(Relaxed); "client done: {end}");
         }
         Served::Dir { tree, follower } => {
@@ -125,29 +130,55 @@ async fn serve_dir(
         }
     };
     // The file may not exist yet; once it does, check what was really opened.
-    let exists = async {
-        file.wait_until(|w| w.file().is_some()).await;
-        Some(())
-    };
-    let left = async {
-        hangup(sock).await;
-        None
-    };
-    if future::or(exists, left).await.is_none() {
+    let Some(at) = place(sock, &file, start).await else {
         return;
-    }
-    if let Some(Err(refusal)) = file.file().map(|f| tree.check_opened(f)) {
+    };
+    if let Err(refusal) = tree.check_opened(at.file) {
         log::warn!(client:% = peer, path = shown; "refused after open: {refusal}");
         return refuse(sock, &format!("{shown:?}: {refusal}")).await;
     }
-    log::debug!(client:% = peer, path = shown, start:? = start; "client connected");
-    let offset = AtomicU64::new(0);
-    let end = follow(sock, &file, start, true, &offset).await;
+    log::debug!(client:% = peer, path = shown, offset = at.offset; "client connected");
+    let offset = AtomicU64::new(at.offset);
+    let end = follow(sock, &file, at, true, &offset).await;
     log::debug!(client:% = peer, path = shown, offset = offset.load(Relaxed); "client done: {end}");
 }
 
-/// Streams the file from `start` until the client leaves (or, with `until_gone`, until the
-/// file is gone and fully sent); `pos` tracks the offset reached.
+/// Where a client starts: an offset in the file as it was when the request was resolved.
+struct Placement<'a> {
+    file: &'a File,
+    offset: u64,
+    epoch: u64,
+}
+
+/// Waits until the file exists (or the client leaves), then resolves `start` against it.
+async fn place<'a>(
+    sock: &Async<TcpStream>,
+    watch: &'a FileWatch,
+    start: Start,
+) -> Option<Placement<'a>> {
+    let exists = async {
+        watch.wait_until(|w| w.file().is_some()).await;
+        true
+    };
+    let left = async {
+        hangup(sock).await;
+        false
+    };
+    if !future::or(exists, left).await {
+        return None;
+    }
+    // Epoch before length: if a truncation lands in between, the first wait notices it.
+    let epoch = watch.epoch();
+    let offset = start.resolve(watch.len());
+    Some(Placement {
+        file: watch.file()?,
+        offset,
+        epoch,
+    })
+}
+
+/// Streams the file from where the client was placed until it leaves (or, with
+/// `until_gone`, until the file is gone and fully sent); `pos` tracks the offset reached.
 ///
 /// The hang-up watch runs beside the loop for the client's whole life rather than around
 /// each wait: its readability interest then stays armed in epoll, so waking a follower for
@@ -155,7 +186,7 @@ async fn serve_dir(
 async fn follow(
     sock: &Async<TcpStream>,
     watch: &FileWatch,
-    start: Start,
+    at: Placement<'_>,
     until_gone: bool,
     pos: &AtomicU64,
 ) -> End {
@@ -163,25 +194,22 @@ async fn follow(
         hangup(sock).await;
         End::HungUp
     };
-    future::or(stream(sock, watch, start, until_gone, pos), hung_up).await
+    future::or(stream(sock, watch, at, until_gone, pos), hung_up).await
 }
 
 /// The sending half of [`follow`]: wait for the file to grow past `pos`, send, repeat.
 async fn stream(
     sock: &Async<TcpStream>,
     watch: &FileWatch,
-    start: Start,
+    at: Placement<'_>,
     until_gone: bool,
     pos: &AtomicU64,
 ) -> End {
-    // The start offset is relative to the file the client will get, so wait for it to exist.
-    watch.wait_until(|w| w.file().is_some()).await;
-    let Some(file) = watch.file() else {
-        unreachable!("wait_until returned before the file was open")
-    };
-    // Epoch before length: if a truncation lands in between we notice it on the first wait.
-    let epoch = watch.epoch();
-    let mut offset = start.resolve(watch.len());
+    let Placement {
+        file,
+        mut offset,
+        epoch,
+    } = at;
     loop {
         pos.store(offset, Relaxed);
         watch
@@ -258,7 +286,7 @@ async fn send_listing(sock: &Async<TcpStream>, tree: &Arc<Tree>) -> io::Result<(
         writer.write_all(&chunk).await?;
     }
     walk.await?;
-    finish(sock, b"").await;
+    net::finish(sock, b"", REFUSAL_LINGER).await;
     Ok(())
 }
 
@@ -273,28 +301,12 @@ async fn refuse_header(sock: &Async<TcpStream>, peer: SocketAddr, e: HeaderError
 
 /// Sends `error: <reason>` and closes gracefully.
 async fn refuse(sock: &Async<TcpStream>, reason: &str) {
-    finish(sock, format!("error: {reason}\n").as_bytes()).await
-}
-
-/// Sends `last`, then closes gracefully.
-///
-/// Graceful matters: closing a socket with unread input makes the kernel send a reset, which
-/// can destroy what we sent before the client reads it. So we send, then a FIN, then drain
-/// the client's input until it closes (or a short linger runs out).
-async fn finish(sock: &Async<TcpStream>, last: &[u8]) {
-    let send = async {
-        let mut writer = sock;
-        writer.write_all(last).await?;
-        sock.get_ref().shutdown(Shutdown::Write)?;
-        let mut scratch = [0u8; 512];
-        while sock.read_with(|s| (&*s).read(&mut scratch)).await? > 0 {}
-        io::Result::Ok(())
-    };
-    let _ = future::or(send, async {
-        Timer::after(REFUSAL_LINGER).await;
-        Ok(())
-    })
-    .await;
+    net::finish(
+        sock,
+        format!("error: {reason}\n").as_bytes(),
+        REFUSAL_LINGER,
+    )
+    .await
 }
 
 /// [`refuse`] for a connection the accept loop turns away before it becomes a client.

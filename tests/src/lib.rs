@@ -48,6 +48,22 @@ impl Log {
         self.inner.0.lock().unwrap().clone()
     }
 
+    /// Waits until the log contains `needle` at least `n` times.
+    pub fn wait_count(&self, needle: &str, n: usize, timeout: Duration) -> bool {
+        let (text, cv) = &*self.inner;
+        let deadline = Instant::now() + timeout;
+        let mut guard = text.lock().unwrap();
+        loop {
+            if guard.matches(needle).count() >= n {
+                return true;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            guard = cv.wait_timeout(guard, left).unwrap().0;
+        }
+    }
+
     /// Waits until the log contains `needle`; returns the log text from the match on.
     pub fn wait_for(&self, needle: &str, timeout: Duration) -> Option<String> {
         let (text, cv) = &*self.inner;

@@ -163,7 +163,13 @@ fn every_stream_form_and_growth() {
     let path = root.join("nginx/access.log");
     let data = random_bytes(5000, 11);
     write(&path, &data);
-    let srv = tailsrv_dir(&root);
+    // -v: the server logs each accepted request, which is how the test knows that the
+    // from-the-end clients have been placed before it appends.
+    let dir_arg = root.display().to_string();
+    let srv = Proc::start(
+        "tailsrv",
+        &["-p", "0", "--bind", "127.0.0.1", "-v", &dir_arg],
+    );
     let mut clients = vec![
         (request(&srv, b"stream nginx/access.log from byte 0"), 0),
         (
@@ -186,6 +192,9 @@ fn every_stream_form_and_growth() {
             assert_eq!(read_exact(s, 5000 - *from), &data[*from..], "from {from}");
         }
     }
+    assert!(srv
+        .log
+        .wait_count("client connected", clients.len(), PATIENCE));
     let more = random_bytes(777, 12);
     append(&path, &more);
     for (s, _) in &mut clients {

@@ -35,7 +35,7 @@ fn every_header_form() {
     let path = dir.path().join("log");
     let data = random_bytes(10_000, 1);
     append(&path, &data);
-    let srv = tailsrv(&path, &[]);
+    let srv = tailsrv(&path, &["-v"]);
 
     let cases: &[(&str, usize)] = &[
         ("0", 0),
@@ -57,6 +57,10 @@ fn every_header_form() {
     let mut crlf = srv.connect();
     crlf.write_all(b"5000\r\n").unwrap();
     clients.push((crlf, 5000));
+    // The `-0` client must be placed before the append below: wait for the server to say so.
+    assert!(srv
+        .log
+        .wait_count("client connected", clients.len(), PATIENCE));
 
     for (s, from) in &mut clients {
         assert_eq!(read_exact(s, 10_000 - *from), &data[*from..], "from {from}");
