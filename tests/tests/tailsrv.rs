@@ -274,41 +274,28 @@ fn created_by_rename_into_place() {
 }
 
 #[test]
-fn moved_file_stops_the_server_cleanly() {
-    let dir = tempdir();
-    let path = dir.path().join("log");
-    append(&path, b"hello\n");
-    let mut srv = tailsrv(&path, &[]);
-    let mut c = client(&srv, "0");
-    assert_eq!(read_exact(&mut c, 6), b"hello\n");
-    std::fs::rename(&path, dir.path().join("log.1")).unwrap();
-    let status = srv.wait_exit(PATIENCE).expect("server did not exit");
-    assert!(status.success(), "{status:?}");
-    assert!(
-        srv.log.text().contains("file was moved"),
-        "{}",
-        srv.log.text()
-    );
-    assert_eq!(read_to_end(&mut c), b"");
-}
-
-#[test]
-fn deleted_file_stops_the_server_cleanly() {
-    let dir = tempdir();
-    let path = dir.path().join("log");
-    append(&path, b"hello\n");
-    let mut srv = tailsrv(&path, &[]);
-    let mut c = client(&srv, "0");
-    assert_eq!(read_exact(&mut c, 6), b"hello\n");
-    std::fs::remove_file(&path).unwrap();
-    let status = srv.wait_exit(PATIENCE).expect("server did not exit");
-    assert!(status.success(), "{status:?}");
-    assert!(
-        srv.log.text().contains("file was deleted"),
-        "{}",
-        srv.log.text()
-    );
-    assert_eq!(read_to_end(&mut c), b"");
+fn moved_or_deleted_file_stops_the_server_cleanly() {
+    type Remove = fn(&Path);
+    let cases: [(&str, Remove); 2] = [
+        ("moved", |p| {
+            std::fs::rename(p, p.with_extension("1")).unwrap()
+        }),
+        ("deleted", |p| std::fs::remove_file(p).unwrap()),
+    ];
+    for (how, remove) in cases {
+        let dir = tempdir();
+        let path = dir.path().join("log");
+        append(&path, b"hello\n");
+        let mut srv = tailsrv(&path, &[]);
+        let mut c = client(&srv, "0");
+        assert_eq!(read_exact(&mut c, 6), b"hello\n");
+        remove(&path);
+        let status = srv.wait_exit(PATIENCE).expect("server did not exit");
+        assert!(status.success(), "{how}: {status:?}");
+        let log = srv.log.text();
+        assert!(log.contains(&format!("file was {how}")), "{log}");
+        assert_eq!(read_to_end(&mut c), b"", "{how}");
+    }
 }
 
 #[test]
