@@ -245,7 +245,7 @@ async fn hangup(sock: &Async<TcpStream>) {
         if sock.readable().await.is_err() {
             return;
         }
-        match (&*sock.get_ref()).read(&mut scratch) {
+        match sock.get_ref().read(&mut scratch) {
             Ok(0) => return,
             Ok(_) => {}
             Err(e)
