@@ -101,7 +101,9 @@ impl Index {
                 return Ok((s.generation, s.end, 0, s.end));
             }
             let j = (n / self.stride) as usize;
-            Ok((s.generation, s.starts[j], n - j as u64 * self.stride, s.end))
+            // The answer lies before the next entry, if there is one: read no further.
+            let to = s.starts.get(j + 1).copied().unwrap_or(s.end);
+            Ok((s.generation, s.starts[j], n - j as u64 * self.stride, to))
         })?;
         if skip == 0 {
             return Ok(from);
@@ -133,7 +135,8 @@ impl Index {
                 });
             }
             let j = s.starts.partition_point(|&o| o <= b) - 1;
-            Ok((s.generation, s.starts[j], j as u64 * self.stride, s.end))
+            let to = s.starts.get(j + 1).copied().unwrap_or(s.end);
+            Ok((s.generation, s.starts[j], j as u64 * self.stride, to))
         })?;
         let mut number = first;
         let mut found = None;
@@ -171,10 +174,9 @@ impl Index {
 }
 
 fn not_ready(s: &State) -> Result<(), String> {
-    if s.ready {
-        Ok(())
-    } else {
-        Err("the log file does not exist yet".into())
+    match s.ready {
+        true => Ok(()),
+        false => Err("the log file does not exist yet, or its index is still loading".into()),
     }
 }
 
@@ -199,7 +201,8 @@ pub fn scan(
     mut on_end: impl FnMut(u64) -> bool,
 ) -> io::Result<()> {
     let mut splitter = Splitter::at(framing, max_message, from);
-    let mut buf = vec![0u8; 16 << 10];
+    // Usually `end` is the next entry, K short messages away: read just that.
+    let mut buf = vec![0u8; (end - from).clamp(1, 64 << 10) as usize];
     let mut done = false;
     while !done && splitter.offset() < end {
         let pos = splitter.offset();
@@ -223,7 +226,7 @@ pub fn scan(
                 }
             })
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        if buf.len() < (1 << 20) {
+        if !done && buf.len() < (1 << 20) {
             let bigger = buf.len() * 2;
             buf.resize(bigger, 0);
         }

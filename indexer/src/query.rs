@@ -139,7 +139,9 @@ async fn converse(sock: &Async<TcpStream>, index: &Index) -> io::Result<()> {
         if too_long {
             push_answer(
                 &mut out,
-                Err(format!("request line longer than {MAX_LINE} bytes; closing")),
+                Err(format!(
+                    "request line longer than {MAX_LINE} bytes; closing"
+                )),
             );
             write_all(sock, &out).await?;
             close_gracefully(sock).await;

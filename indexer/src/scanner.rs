@@ -44,9 +44,7 @@ pub async fn run(index: Arc<Index>, watch: FileWatch, index_path: &Path) -> io::
     let Some(file) = watch.file() else {
         unreachable!("wait_until returned before the file was open")
     };
-    let meta = file
-        .metadata()
-        .map_err(|e| ctx(&watch, "stat", e))?;
+    let meta = file.metadata().map_err(|e| ctx(&watch, "stat", e))?;
     let params = Params {
         framing: index.framing,
         stride: index.stride as u32,

@@ -99,7 +99,9 @@ impl fmt::Display for Stale {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Stale::Corrupt => f.write_str("its header is corrupt (checksum mismatch)"),
-            Stale::Version(v) => write!(f, "it has format version {v}, this build writes {VERSION}"),
+            Stale::Version(v) => {
+                write!(f, "it has format version {v}, this build writes {VERSION}")
+            }
             Stale::Framing(x) => write!(f, "it was written for framing {x}"),
             Stale::Stride(k) => write!(f, "it was written with stride {k}"),
             Stale::MaxMessage(m) => write!(f, "it was written with max message {m}"),
@@ -330,7 +332,10 @@ mod tests {
             panic!("expected to resume")
         };
         assert_eq!(e, [10, 20]);
-        assert_eq!(fs::metadata(&path).unwrap().len(), HEADER_LEN + 2 * ENTRY_LEN);
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            HEADER_LEN + 2 * ENTRY_LEN
+        );
         s.append(&[40]).unwrap();
         let Opened::Resumed(_, e) = Store::open(&path, params()).unwrap() else {
             panic!("expected to resume")

@@ -1,0 +1,801 @@
+//! tailsrv-indexer end to end: the real binary, real TCP on 127.0.0.1, logs in a temp directory.
+//!
+//! Ground truth never comes from the indexer's code: messages are encoded here by this file's
+//! own encoders (newline, nul, u32be, LEB128 varint), and expected offsets come from a naive
+//! byte-by-byte scan of what is actually in the log file.
+
+use std::fs::{self, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::process::Signal;
+use tests::*;
+
+const BIN: &str = "tailsrv-indexer";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Framing {
+    Newline,
+    Nul,
+    U32Be,
+    Varint,
+}
+
+const FRAMINGS: [Framing; 4] = [
+    Framing::Newline,
+    Framing::Nul,
+    Framing::U32Be,
+    Framing::Varint,
+];
+
+impl Framing {
+    fn flag(self) -> &'static str {
+        match self {
+            Framing::Newline => "newline",
+            Framing::Nul => "nul",
+            Framing::U32Be => "u32be",
+            Framing::Varint => "varint",
+        }
+    }
+
+    fn delimiter(self) -> Option<u8> {
+        match self {
+            Framing::Newline => Some(b'\n'),
+            Framing::Nul => Some(0),
+            _ => None,
+        }
+    }
+}
+
+/// xorshift64: small, deterministic, good enough to pick sizes and split points.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// A message length from 0 bytes to over 64 KiB, mostly small.
+    fn message_len(&mut self) -> usize {
+        match self.below(100) {
+            0..=79 => self.below(200) as usize,
+            80..=95 => 200 + self.below(5_000) as usize,
+            _ => 60_000 + self.below(10_000) as usize,
+        }
+    }
+}
+
+/// Encodes one message, with this test's own encoders.
+fn encode(framing: Framing, payload: &[u8], out: &mut Vec<u8>) {
+    match framing {
+        Framing::Newline | Framing::Nul => {
+            let d = framing.delimiter().unwrap();
+            out.extend(payload.iter().map(|&b| if b == d { b'x' } else { b }));
+            out.push(d);
+        }
+        Framing::U32Be => {
+            out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            out.extend_from_slice(payload);
+        }
+        Framing::Varint => {
+            let mut n = payload.len() as u64;
+            loop {
+                let low = (n & 0x7f) as u8;
+                n >>= 7;
+                if n == 0 {
+                    out.push(low);
+                    break;
+                }
+                out.push(low | 0x80);
+            }
+            out.extend_from_slice(payload);
+        }
+    }
+}
+
+/// `count` random messages, encoded back to back.
+fn random_stream(framing: Framing, count: usize, rng: &mut Rng) -> Vec<u8> {
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let len = rng.message_len();
+        let payload: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        encode(framing, &payload, &mut out);
+    }
+    out
+}
+
+/// Naive scan of a byte stream: the start of every complete message, and the end of the last
+/// complete one (where the next message starts).
+fn naive_starts(framing: Framing, data: &[u8]) -> (Vec<u64>, u64) {
+    let mut starts = Vec::new();
+    let mut pos = 0usize;
+    match framing.delimiter() {
+        Some(d) => {
+            let mut start = 0;
+            for (i, &b) in data.iter().enumerate() {
+                if b == d {
+                    starts.push(start as u64);
+                    start = i + 1;
+                }
+            }
+            pos = start;
+        }
+        None => loop {
+            let (len, prefix) = match framing {
+                Framing::U32Be => {
+                    if data.len() - pos < 4 {
+                        break;
+                    }
+                    let b = &data[pos..pos + 4];
+                    (u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize, 4)
+                }
+                _ => {
+                    let mut len = 0usize;
+                    let mut i = 0;
+                    while let Some(&b) = data.get(pos + i) {
+                        assert!(i < 9, "the test only writes short varints");
+                        len |= ((b & 0x7f) as usize) << (7 * i);
+                        i += 1;
+                        if b & 0x80 == 0 {
+                            break;
+                        }
+                    }
+                    if i == 0 || data[pos + i - 1] & 0x80 != 0 {
+                        break;
+                    }
+                    (len, i)
+                }
+            };
+            if pos + prefix + len > data.len() {
+                break;
+            }
+            starts.push(pos as u64);
+            pos += prefix + len;
+        },
+    }
+    (starts, pos as u64)
+}
+
+/// A query connection.
+struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    fn new(p: &Proc) -> Client {
+        let s = p.connect();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        Client {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+        }
+    }
+
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.reader
+            .read_line(&mut l)
+            .unwrap_or_else(|e| panic!("reading an answer: {e}"));
+        assert!(l.ends_with('\n'), "answer not terminated: {l:?}");
+        l.trim_end().to_owned()
+    }
+
+    fn ask(&mut self, q: &str) -> String {
+        self.writer.write_all(format!("{q}\n").as_bytes()).unwrap();
+        self.line()
+    }
+
+    /// Sends every query in one write (pipelined) and reads as many answers.
+    fn ask_all(&mut self, qs: &[String]) -> Vec<String> {
+        let mut batch = String::new();
+        for q in qs {
+            batch.push_str(q);
+            batch.push('\n');
+        }
+        let writer = self.writer.try_clone().unwrap();
+        let sender = std::thread::spawn(move || {
+            let mut w = writer;
+            w.write_all(batch.as_bytes()).unwrap();
+        });
+        let answers = qs.iter().map(|_| self.line()).collect();
+        sender.join().unwrap();
+        answers
+    }
+
+    /// `count`, or None while the indexer cannot answer it (log absent, index loading).
+    fn count(&mut self) -> Option<u64> {
+        self.ask("count").parse().ok()
+    }
+
+    fn number(&mut self, q: &str) -> u64 {
+        let a = self.ask(q);
+        a.parse()
+            .unwrap_or_else(|_| panic!("{q:?} answered {a:?}, not a number"))
+    }
+
+    /// Waits until `count` reaches `n` (the indexer catches up asynchronously), then checks
+    /// that it did not overshoot: a half-written message must never count.
+    fn wait_count(&mut self, n: u64) {
+        let mut last = String::new();
+        let reached = eventually(PATIENCE, || {
+            last = self.ask("count");
+            last.parse::<u64>().is_ok_and(|c| c >= n)
+        });
+        assert!(reached, "count never reached {n}; last answer {last:?}");
+        assert_eq!(last, n.to_string(), "count overshot");
+    }
+}
+
+fn start(path: &Path, framing: Framing, extra: &[&str]) -> Proc {
+    let mut args: Vec<String> = vec![
+        "-p".into(),
+        "0".into(),
+        "--bind".into(),
+        "127.0.0.1".into(),
+        "--framing".into(),
+        framing.flag().into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(path.display().to_string());
+    Proc::start(BIN, &args)
+}
+
+/// Checks every answer the indexer can give for the log at `path` against a naive scan:
+/// `count`, `offset-of` every message (and one past), `message-at` the first and last byte of
+/// every message and a sample of bytes between, and the errors just past the end.
+fn check_all(c: &mut Client, framing: Framing, path: &Path, rng: &mut Rng) {
+    let data = fs::read(path).unwrap();
+    let (starts, end) = naive_starts(framing, &data);
+    let n = starts.len() as u64;
+    c.wait_count(n);
+    let mut qs: Vec<String> = (0..=n).map(|i| format!("offset-of {i}")).collect();
+    let mut want: Vec<String> = starts.iter().map(u64::to_string).collect();
+    want.push(end.to_string());
+    for (i, &s) in starts.iter().enumerate() {
+        let next = starts.get(i + 1).copied().unwrap_or(end);
+        for b in [s, next - 1, s + rng.below(next - s)] {
+            qs.push(format!("message-at {b}"));
+            want.push(i.to_string());
+        }
+    }
+    let answers = c.ask_all(&qs);
+    for ((q, a), w) in qs.iter().zip(&answers).zip(&want) {
+        assert_eq!(a, w, "{framing:?}: {q}");
+    }
+    assert!(c
+        .ask(&format!("offset-of {}", n + 1))
+        .starts_with("error: "));
+    assert!(c.ask(&format!("message-at {end}")).starts_with("error: "));
+}
+
+/// Appends `data` in random pieces (cut anywhere, inside length prefixes too), checking now
+/// and then, while it is half written, that only complete messages count.
+fn append_in_pieces(c: &mut Client, framing: Framing, path: &Path, data: &[u8], rng: &mut Rng) {
+    let mut f = OpenOptions::new().append(true).open(path).unwrap();
+    let already = fs::metadata(path).unwrap().len() as usize;
+    let mut written = Vec::from(&fs::read(path).unwrap()[..already]);
+    let mut at = 0;
+    let mut pieces = 0;
+    while at < data.len() {
+        let size = match rng.below(4) {
+            0 => 1 + rng.below(5) as usize, // small: lands inside prefixes
+            1 => 1 + rng.below(200) as usize,
+            _ => 1 + rng.below(20_000) as usize,
+        };
+        let to = (at + size).min(data.len());
+        f.write_all(&data[at..to]).unwrap();
+        written.extend_from_slice(&data[at..to]);
+        at = to;
+        pieces += 1;
+        if pieces % 25 == 0 {
+            let (starts, end) = naive_starts(framing, &written);
+            c.wait_count(starts.len() as u64);
+            assert_eq!(c.number(&format!("offset-of {}", starts.len())), end);
+        }
+    }
+}
+
+#[test]
+fn every_framing_matches_a_naive_scan_while_written_in_pieces() {
+    for (i, framing) in FRAMINGS.into_iter().enumerate() {
+        let dir = tempdir();
+        let path = dir.path().join("log");
+        let mut rng = Rng::new(100 + i as u64);
+        // Some messages before the indexer starts (cold build), the rest while it runs.
+        fs::write(&path, random_stream(framing, 150, &mut rng)).unwrap();
+        // A small stride so lookups cross many entries; the default one on the first framing.
+        let stride = if i == 0 {
+            vec![]
+        } else {
+            vec!["--stride", "5"]
+        };
+        let p = start(&path, framing, &stride);
+        let mut c = Client::new(&p);
+        check_all(&mut c, framing, &path, &mut rng);
+        let more = random_stream(framing, 250, &mut rng);
+        append_in_pieces(&mut c, framing, &path, &more, &mut rng);
+        check_all(&mut c, framing, &path, &mut rng);
+    }
+}
+
+#[test]
+fn pipelined_queries_and_index_size() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    // 20,000 messages of 100 bytes (99 + newline).
+    let line = [b'a'; 99];
+    let mut data = Vec::new();
+    for _ in 0..20_000 {
+        encode(Framing::Newline, &line, &mut data);
+    }
+    fs::write(&path, &data).unwrap();
+    let p = start(&path, Framing::Newline, &[]);
+    let mut c = Client::new(&p);
+    c.wait_count(20_000);
+    let qs: Vec<String> = (0..20_000).map(|i| format!("offset-of {i}")).collect();
+    let answers = c.ask_all(&qs);
+    for (i, a) in answers.iter().enumerate() {
+        assert_eq!(a, &(i * 100).to_string());
+    }
+    let idx = fs::metadata(dir.path().join("log.idx")).unwrap().len();
+    assert!(
+        idx as f64 / 20_000.0 <= 0.25,
+        "index is {idx} bytes for 20,000 messages"
+    );
+}
+
+#[test]
+fn restart_resumes_from_the_index() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    let mut rng = Rng::new(7);
+    fs::write(&path, random_stream(Framing::Varint, 2_000, &mut rng)).unwrap();
+    let data = fs::read(&path).unwrap();
+    let (starts, _) = naive_starts(Framing::Varint, &data);
+    {
+        let mut p = start(&path, Framing::Varint, &[]);
+        Client::new(&p).wait_count(2_000);
+        p.signal(Signal::TERM);
+        assert!(p.wait_exit(PATIENCE).is_some());
+    }
+    let more = random_stream(Framing::Varint, 100, &mut rng);
+    append(&path, &more);
+    let p = start(&path, Framing::Varint, &[]);
+    // It resumes at the last entry: message 1984 (= 31 * 64), not at byte 0.
+    let resumed = format!(
+        "resuming from the index at byte {} (message 1984)",
+        starts[1984]
+    );
+    assert!(
+        p.log.wait_for(&resumed, PATIENCE).is_some(),
+        "expected {resumed:?} in:\n{}",
+        p.log.text()
+    );
+    assert!(!p.log.text().contains("from the start"), "{}", p.log.text());
+    let mut c = Client::new(&p);
+    check_all(&mut c, Framing::Varint, &path, &mut rng);
+}
+
+#[test]
+fn kill_9_while_a_writer_appends() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    fs::write(&path, b"").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (path, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut rng = Rng::new(99);
+            let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+            let mut written = 0;
+            // Bounded, in case the test fails before it says stop.
+            while !stop.load(Ordering::Relaxed) && written < 200 << 20 {
+                let data = random_stream(Framing::U32Be, 20, &mut rng);
+                let mut at = 0;
+                while at < data.len() {
+                    let to = (at + 1 + rng.below(3_000) as usize).min(data.len());
+                    f.write_all(&data[at..to]).unwrap();
+                    at = to;
+                }
+                written += data.len();
+                // Pace the writer so the log grows across the kills rather than all at once.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let mut rng = Rng::new(5);
+    for round in 0..4 {
+        let p = start(&path, Framing::U32Be, &["--stride", "8"]);
+        if round > 0 {
+            assert!(
+                p.log
+                    .wait_for("resuming from the index at byte", PATIENCE)
+                    .is_some(),
+                "round {round} did not resume:\n{}",
+                p.log.text()
+            );
+        }
+        let mut c = Client::new(&p);
+        // Let it index a while, then kill it mid-flight.
+        let target = 50 + rng.below(200) + c.count().unwrap_or(0);
+        assert!(eventually(PATIENCE, || c
+            .count()
+            .is_some_and(|n| n > target)));
+        p.signal(Signal::KILL);
+        drop(p);
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let p = start(&path, Framing::U32Be, &["--stride", "8"]);
+    let mut c = Client::new(&p);
+    check_all(&mut c, Framing::U32Be, &path, &mut rng);
+}
+
+/// Builds an index of `count` newline messages at `path`, and stops the indexer.
+fn indexed_log(path: &Path, count: usize, seed: u64) -> PathBuf {
+    let mut rng = Rng::new(seed);
+    fs::write(path, random_stream(Framing::Newline, count, &mut rng)).unwrap();
+    let mut p = start(path, Framing::Newline, &["--stride", "4"]);
+    Client::new(&p).wait_count(count as u64);
+    p.signal(Signal::TERM);
+    assert!(p.wait_exit(PATIENCE).is_some());
+    let mut idx = path.as_os_str().to_owned();
+    idx.push(".idx");
+    PathBuf::from(idx)
+}
+
+#[test]
+fn torn_index_tail_is_repaired() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    let idx = indexed_log(&path, 300, 11);
+    let len = fs::metadata(&idx).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&idx)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+    let p = start(&path, Framing::Newline, &["--stride", "4"]);
+    assert!(p.log.wait_for("torn or corrupt tail", PATIENCE).is_some());
+    assert!(p
+        .log
+        .wait_for("resuming from the index", PATIENCE)
+        .is_some());
+    let mut c = Client::new(&p);
+    check_all(&mut c, Framing::Newline, &path, &mut Rng::new(1));
+    // Repaired: whole entries only, and as many as before.
+    assert!(eventually(PATIENCE, || fs::metadata(&idx).unwrap().len() == len));
+}
+
+#[test]
+fn corrupt_index_is_repaired_or_refused() {
+    // Garbage over the entries: the valid prefix is kept, the rest rebuilt.
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    let idx = indexed_log(&path, 300, 12);
+    let f = OpenOptions::new().write(true).open(&idx).unwrap();
+    f.write_all_at(&random_bytes(100, 3), 64 + 12 * 10).unwrap();
+    drop(f);
+    let p = start(&path, Framing::Newline, &["--stride", "4"]);
+    assert!(p.log.wait_for("torn or corrupt tail", PATIENCE).is_some());
+    check_all(
+        &mut Client::new(&p),
+        Framing::Newline,
+        &path,
+        &mut Rng::new(2),
+    );
+    drop(p);
+
+    // A damaged header (our magic, bad checksum): rebuilt.
+    let f = OpenOptions::new().write(true).open(&idx).unwrap();
+    f.write_all_at(b"\xff\xff", 20).unwrap();
+    drop(f);
+    let p = start(&path, Framing::Newline, &["--stride", "4"]);
+    assert!(p.log.wait_for("header is corrupt", PATIENCE).is_some());
+    check_all(
+        &mut Client::new(&p),
+        Framing::Newline,
+        &path,
+        &mut Rng::new(3),
+    );
+    drop(p);
+
+    // Not an index at all: refused with a clear error, and left untouched.
+    let garbage = random_bytes(500, 4);
+    fs::write(&idx, &garbage).unwrap();
+    let mut p = Proc::spawn(
+        BIN,
+        &[
+            "-p",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--stride",
+            "4",
+            path.to_str().unwrap(),
+        ],
+    );
+    let status = p.wait_exit(PATIENCE).expect("indexer should exit");
+    assert!(!status.success());
+    assert!(
+        p.log.text().contains("is not a tailsrv-indexer index"),
+        "{}",
+        p.log.text()
+    );
+    assert_eq!(fs::read(&idx).unwrap(), garbage);
+}
+
+#[test]
+fn replaced_or_rewritten_log_is_reindexed() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    indexed_log(&path, 300, 13);
+
+    // Replaced: a new inode under the same name.
+    let tmp = dir.path().join("new");
+    fs::write(
+        &tmp,
+        random_stream(Framing::Newline, 200, &mut Rng::new(14)),
+    )
+    .unwrap();
+    fs::rename(&tmp, &path).unwrap();
+    let p = start(&path, Framing::Newline, &["--stride", "4"]);
+    assert!(p
+        .log
+        .wait_for("the log file was replaced", PATIENCE)
+        .is_some());
+    check_all(
+        &mut Client::new(&p),
+        Framing::Newline,
+        &path,
+        &mut Rng::new(1),
+    );
+    drop(p);
+
+    // Rewritten in place (same inode, same length, other message boundaries).
+    let len = fs::metadata(&path).unwrap().len() as usize;
+    let mut other = Vec::new();
+    while other.len() < len {
+        other.extend_from_slice(
+            b"a line of another length than any of the old ones, say 71 bytes long\n",
+        );
+    }
+    other.truncate(len);
+    fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(&other, 0)
+        .unwrap();
+    let p = start(&path, Framing::Newline, &["--stride", "4"]);
+    assert!(p.log.wait_for("does not match the log", PATIENCE).is_some());
+    check_all(
+        &mut Client::new(&p),
+        Framing::Newline,
+        &path,
+        &mut Rng::new(2),
+    );
+    drop(p);
+
+    // Truncated while the indexer was down.
+    fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    let p = start(&path, Framing::Newline, &["--stride", "4"]);
+    assert!(p
+        .log
+        .wait_for("shorter than the indexed", PATIENCE)
+        .is_some());
+    check_all(
+        &mut Client::new(&p),
+        Framing::Newline,
+        &path,
+        &mut Rng::new(3),
+    );
+}
+
+#[test]
+fn truncated_while_running_is_rebuilt() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    let mut rng = Rng::new(21);
+    fs::write(&path, random_stream(Framing::Nul, 300, &mut rng)).unwrap();
+    let p = start(&path, Framing::Nul, &["--stride", "4"]);
+    let mut c = Client::new(&p);
+    check_all(&mut c, Framing::Nul, &path, &mut rng);
+    fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    assert!(p.log.wait_for("the log was truncated", PATIENCE).is_some());
+    append(&path, &random_stream(Framing::Nul, 50, &mut rng));
+    check_all(&mut c, Framing::Nul, &path, &mut rng);
+}
+
+#[test]
+fn framing_or_stride_change_rebuilds() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    indexed_log(&path, 100, 31);
+    let mut p = start(&path, Framing::Newline, &[]);
+    assert!(p.log.wait_for("written with stride 4", PATIENCE).is_some());
+    check_all(
+        &mut Client::new(&p),
+        Framing::Newline,
+        &path,
+        &mut Rng::new(1),
+    );
+    p.signal(Signal::TERM);
+    assert!(p.wait_exit(PATIENCE).is_some());
+    // Same bytes read as nul-delimited: a different index (one message, if any NUL at all).
+    let p = start(&path, Framing::Nul, &[]);
+    assert!(p
+        .log
+        .wait_for("written for framing newline", PATIENCE)
+        .is_some());
+    check_all(&mut Client::new(&p), Framing::Nul, &path, &mut Rng::new(2));
+}
+
+#[test]
+fn error_answers_keep_the_connection() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    fs::write(&path, b"a\nbb\nccc\n").unwrap();
+    let p = start(&path, Framing::Newline, &[]);
+    let mut c = Client::new(&p);
+    c.wait_count(3);
+    for (q, want) in [
+        ("frobnicate 3", "error: unknown command \"frobnicate\""),
+        ("offset-of", "error: offset-of needs a message number"),
+        ("offset-of x", "error: bad number \"x\""),
+        ("offset-of -1", "error: bad number \"-1\""),
+        ("offset-of 99999999999999999999", "error: bad number"),
+        ("offset-of 1 2", "error: unexpected \"2\""),
+        ("offset-of 4", "error: message 4 does not exist yet"),
+        (
+            "message-at 9",
+            "error: byte 9 is not in a complete message yet",
+        ),
+        ("count 1", "error: count takes no argument"),
+        ("", "error: empty request"),
+    ] {
+        let a = c.ask(q);
+        assert!(a.starts_with(want), "{q:?} answered {a:?}");
+        // Still usable after every error.
+        assert_eq!(c.ask("count"), "3");
+    }
+    assert_eq!(c.ask("offset-of 3"), "9");
+    assert_eq!(c.ask(" offset-of 2 \r"), "5");
+    assert_eq!(c.ask("message-at 4"), "1");
+
+    // A line over 256 bytes: an error, then the connection is closed.
+    let mut s = p.connect();
+    s.write_all(format!("count\n{}\n", "9".repeat(300)).as_bytes())
+        .unwrap();
+    let text = String::from_utf8(read_to_end(&mut s)).unwrap();
+    assert!(
+        text.starts_with("3\nerror: request line longer than 256 bytes"),
+        "{text:?}"
+    );
+    // Exactly 256 is fine.
+    let long = format!("offset-of {:0>246}", 1);
+    assert_eq!(long.len(), 256);
+    assert_eq!(c.ask(&long), "2");
+}
+
+#[test]
+fn malformed_prefixes_stop_indexing_with_an_error() {
+    for (framing, bad, reason) in [
+        (
+            Framing::U32Be,
+            vec![0x7f, 0xff, 0xff, 0xff],
+            "over the limit",
+        ),
+        (Framing::Varint, vec![0x80; 11], "malformed varint"),
+        // Over a --max-message of 1000 (given below).
+        (Framing::Varint, vec![0xe9, 0x07], "claims 1001 bytes"),
+    ] {
+        let dir = tempdir();
+        let path = dir.path().join("log");
+        let mut good = Vec::new();
+        for m in [&b"one"[..], b"", b"three"] {
+            encode(framing, m, &mut good);
+        }
+        fs::write(&path, &good).unwrap();
+        let p = start(&path, framing, &["--max-message", "1000"]);
+        let mut c = Client::new(&p);
+        c.wait_count(3);
+        let mut bad_tail = bad.clone();
+        bad_tail.extend_from_slice(&[0u8; 2000]);
+        append(&path, &bad_tail);
+        assert!(p.log.wait_for("indexing stopped", PATIENCE).is_some());
+        let (starts, end) = naive_starts(framing, &good);
+        for q in [
+            "count",
+            "offset-of 3",
+            "offset-of 4",
+            &format!("message-at {end}"),
+        ] {
+            let a = c.ask(q);
+            assert!(
+                a.starts_with(&format!("error: indexing stopped at byte {end} after 3"))
+                    && a.contains(reason),
+                "{framing:?} {q:?} answered {a:?}"
+            );
+        }
+        // Answers before the bad prefix are still exact.
+        for (i, s) in starts.iter().enumerate() {
+            assert_eq!(c.number(&format!("offset-of {i}")), *s);
+        }
+        assert_eq!(c.number("message-at 0"), 0);
+    }
+}
+
+#[test]
+fn waits_for_the_log_and_exits_when_it_goes() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    let mut p = start(&path, Framing::Newline, &[]);
+    let mut c = Client::new(&p);
+    assert!(c
+        .ask("count")
+        .starts_with("error: the log file does not exist yet"));
+    append(&path, b"hello\nworld\n");
+    c.wait_count(2);
+    assert_eq!(c.ask("offset-of 1"), "6");
+    // The index goes beside the log by default.
+    assert!(dir.path().join("log.idx").exists());
+    fs::remove_file(&path).unwrap();
+    let status = p.wait_exit(PATIENCE).expect("indexer should exit");
+    assert!(status.success(), "{}", p.log.text());
+}
+
+#[test]
+fn index_elsewhere_and_command_line() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    let idx = dir.path().join("sub-idx");
+    fs::write(&path, b"x\ny\n").unwrap();
+    let p = start(&path, Framing::Newline, &["--index", idx.to_str().unwrap()]);
+    Client::new(&p).wait_count(2);
+    assert!(idx.exists());
+    assert!(!dir.path().join("log.idx").exists());
+
+    for (flag, want) in [("--help", "offset-of"), ("--version", "0.")] {
+        let out = std::process::Command::new(bin(BIN))
+            .arg(flag)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains(want));
+    }
+    let out = std::process::Command::new(bin(BIN))
+        .args(["-p", "0", "--framing", "csv", "log"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("u32be"));
+}
