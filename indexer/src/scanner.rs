@@ -10,7 +10,7 @@
 //!    saying why in the log;
 //! 3. resume from the last entry, so a restart rescans at most K-1 messages plus what was
 //!    appended while we were down;
-//! 4. loop: read everything new with `pread` in 1 MiB chunks, split it, publish the new count
+//! 4. loop: read everything new with `pread` (64 KiB at a time, published every 1 MiB), split it, publish the new count
 //!    and entries, append the entries to the file; then sleep until the watcher says the log
 //!    grew (no polling). A truncation (the watcher's epoch changes, or the log got shorter
 //!    than what we read) rebuilds from scratch. A framing error stops indexing where it
@@ -32,8 +32,12 @@ use shared::watch::FileWatch;
 use crate::index::{self, Index};
 use crate::store::{Opened, Params, Store};
 
-/// Bytes read per `pread` when catching up.
-const CHUNK: usize = 1 << 20;
+/// Bytes per `pread`: small enough that the copy out of the page cache lands in the CPU
+/// cache, where the delimiter count reads it again (1 MiB reads measured ~40% slower).
+const CHUNK: usize = 64 << 10;
+
+/// Bytes read between two publications of the index (lock, entry write, yield).
+const BATCH: u64 = 1 << 20;
 
 /// Strides re-split on start-up to check that the index still describes the log.
 const SPOT_CHECKS: usize = 8;
@@ -179,29 +183,34 @@ async fn follow(
             return Ok(truncated());
         }
         while splitter.offset() < len {
-            let pos = splitter.offset();
-            let mut on_end = |e: u64| {
-                count += 1;
-                until_entry -= 1;
-                if until_entry == 0 {
-                    new_starts.push(e);
-                    until_entry = stride;
+            // Read a batch in cache-sized preads, then publish and persist it once.
+            let batch_end = len.min(splitter.offset() + BATCH);
+            let mut fed = Ok(());
+            while fed.is_ok() && splitter.offset() < batch_end {
+                let pos = splitter.offset();
+                let skip = splitter.payload_remaining().min(len - pos);
+                if skip >= CHUNK as u64 {
+                    // A long payload: no need to read it, only its end matters.
+                    splitter.skip_payload(skip, |e| {
+                        count += 1;
+                        until_entry -= 1;
+                        if until_entry == 0 {
+                            new_starts.push(e);
+                            until_entry = stride;
+                        }
+                    });
+                    continue;
                 }
-            };
-            let skip = splitter.payload_remaining().min(len - pos);
-            let fed = if skip >= CHUNK as u64 {
-                // A long payload: no need to read it, only its end matters.
-                splitter.skip_payload(skip, &mut on_end);
-                Ok(())
-            } else {
-                let want = (len - pos).min(CHUNK as u64) as usize;
+                let want = (batch_end - pos).min(CHUNK as u64) as usize;
                 let n = index::read_at(file, &mut buf[..want], pos)
                     .map_err(|e| ctx(watch, &format!("reading at byte {pos} of"), e))?;
                 if n == 0 {
                     return Ok(truncated());
                 }
-                splitter.feed(&buf[..n], &mut on_end)
-            };
+                fed = splitter
+                    .feed_sparse(&buf[..n], stride, &mut until_entry, |e| new_starts.push(e))
+                    .map(|done| count += done);
+            }
             let end = splitter.boundary();
             index.update(|s| {
                 s.starts.extend_from_slice(&new_starts);
