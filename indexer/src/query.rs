@@ -113,6 +113,11 @@ async fn converse(sock: &Async<TcpStream>, index: &Index) -> io::Result<()> {
     loop {
         let n = sock.read_with(|s| (&*s).read(&mut buf)).await?;
         if n == 0 {
+            // A last request without its newline (`printf count | nc`) still gets its answer.
+            if !trim_line(&partial).is_empty() {
+                push_answer(&mut out, answer(index, &partial));
+                write_all(sock, &out).await?;
+            }
             return Ok(());
         }
         let mut data = &buf[..n];

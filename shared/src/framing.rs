@@ -692,9 +692,7 @@ mod tests {
             let msgs: Vec<Vec<u8>> = (0..rand(400))
                 .map(|_| {
                     let cap = if rand(20) == 0 { 5000 } else { 40 };
-                    (0..rand(cap))
-                        .map(|_| rand(256) as u8)
-                        .collect()
+                    (0..rand(cap)).map(|_| rand(256) as u8).collect()
                 })
                 .collect();
             let data = encode(framing, &msgs);

@@ -700,6 +700,11 @@ fn error_answers_keep_the_connection() {
         text.starts_with("3\nerror: request line longer than 256 bytes"),
         "{text:?}"
     );
+    // A last request without its newline is answered before the close.
+    let mut s = p.connect();
+    s.write_all(b"count\noffset-of 1").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(read_to_end(&mut s), b"3\n2\n");
     // Exactly 256 is fine.
     let long = format!("offset-of {:0>246}", 1);
     assert_eq!(long.len(), 256);
