@@ -14,13 +14,13 @@
 //! system calls, not thousands. A request line longer than [`MAX_LINE`] bytes is answered
 //! with an error and the connection is closed: there is no sensible way to resynchronise.
 
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io::{self, Read};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_io::{Async, Timer};
-use futures_lite::future;
+use async_io::Async;
+use futures_lite::AsyncWriteExt;
 use shared::header::trim_line;
 use shared::net;
 
@@ -148,8 +148,7 @@ async fn converse(sock: &Async<TcpStream>, index: &Index) -> io::Result<()> {
                     "request line longer than {MAX_LINE} bytes; closing"
                 )),
             );
-            write_all(sock, &out).await?;
-            close_gracefully(sock).await;
+            net::finish(sock, &out, REFUSAL_LINGER).await;
             return Err(io::Error::other("request line too long"));
         }
         write_all(sock, &out).await?;
@@ -157,33 +156,10 @@ async fn converse(sock: &Async<TcpStream>, index: &Index) -> io::Result<()> {
     }
 }
 
-async fn write_all(sock: &Async<TcpStream>, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        let n = sock.write_with(|s| (&*s).write(data)).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        data = &data[n..];
-    }
-    Ok(())
-}
-
-/// Sends a FIN and drains the client's input until it closes (or a short linger runs out).
-///
-/// Closing a socket with unread input makes the kernel send a reset, which can destroy the
-/// error line before the client has read it.
-async fn close_gracefully(sock: &Async<TcpStream>) {
-    let drain = async {
-        sock.get_ref().shutdown(Shutdown::Write)?;
-        let mut scratch = [0u8; 4096];
-        while sock.read_with(|s| (&*s).read(&mut scratch)).await? > 0 {}
-        io::Result::Ok(())
-    };
-    let _ = future::or(drain, async {
-        Timer::after(REFUSAL_LINGER).await;
-        Ok(())
-    })
-    .await;
+/// Writes all of `data` (the answers to one batch of requests, in one write when it fits).
+async fn write_all(sock: &Async<TcpStream>, data: &[u8]) -> io::Result<()> {
+    let mut writer = sock;
+    writer.write_all(data).await
 }
 
 #[cfg(test)]

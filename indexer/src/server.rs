@@ -8,9 +8,8 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use async_io::{Async, Timer};
+use async_io::Async;
 use async_signal::{Signal, Signals};
 use futures_lite::{future, StreamExt};
 use shared::framing::Framing;
@@ -82,17 +81,8 @@ pub async fn serve(config: Config) -> io::Result<()> {
 
 /// Accepts query clients forever, each on its own task.
 async fn accept_loop(listener: &Async<TcpListener>, index: &Arc<Index>) -> io::Result<()> {
-    loop {
-        match listener.read_with(|l| l.accept()).await {
-            Ok((stream, peer)) => {
-                async_std::task::spawn(query::serve(stream, peer, index.clone()));
-            }
-            Err(e) if net::is_fd_exhaustion(&e) => {
-                // The pending connections wait in the backlog; retry when fds may be free.
-                log::warn!("cannot accept: {e}; retrying shortly");
-                Timer::after(Duration::from_millis(100)).await;
-            }
-            Err(e) => log::debug!("accept failed: {e}"),
-        }
-    }
+    net::accept_forever(listener, |stream, peer| {
+        async_std::task::spawn(query::serve(stream, peer, index.clone()));
+    })
+    .await
 }

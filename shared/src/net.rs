@@ -84,3 +84,38 @@ pub async fn finish(sock: &Async<TcpStream>, last: &[u8], linger: Duration) {
     };
     let _ = futures_lite::future::or(send, timeout).await;
 }
+
+/// Accepts connections forever, handing each to `on_accept`.
+///
+/// Accepts the plain std socket: registering it with the reactor happens in the client's own
+/// task, so a failure there is that client's problem, not the accept loop's. When file
+/// descriptors run out the pending connections wait in the listen backlog; we log once, back
+/// off (10 ms doubling to 1 s) and accept them as descriptors free up.
+pub async fn accept_forever(
+    listener: &Async<TcpListener>,
+    mut on_accept: impl FnMut(TcpStream, SocketAddr),
+) -> io::Result<()> {
+    let mut backoff: Option<Duration> = None;
+    loop {
+        match listener.read_with(|l| l.accept()).await {
+            Ok((stream, peer)) => {
+                if backoff.take().is_some() {
+                    log::info!("file descriptors available again, accepting");
+                }
+                on_accept(stream, peer);
+            }
+            Err(e) if is_fd_exhaustion(&e) => {
+                let delay = backoff.map_or(Duration::from_millis(10), |d| {
+                    (d * 2).min(Duration::from_secs(1))
+                });
+                if backoff.is_none() {
+                    log::warn!("cannot accept: {e}; backing off until descriptors free up");
+                }
+                backoff = Some(delay);
+                async_io::Timer::after(delay).await;
+            }
+            // ECONNABORTED and friends: that one connection failed, not the listener.
+            Err(e) => log::debug!("accept failed: {e}"),
+        }
+    }
+}

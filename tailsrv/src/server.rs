@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_io::{Async, Timer};
+use async_io::Async;
 use async_signal::{Signal, Signals};
 use futures_lite::{future, StreamExt};
 use shared::tree::Tree;
@@ -83,50 +83,28 @@ pub async fn serve(config: Config) -> io::Result<()> {
     future::or(accept, future::or(follow, stop)).await
 }
 
-/// Accepts clients forever, handing each to its own task.
+/// Accepts clients forever, each on its own task, turning away those over `--max-clients`.
 async fn accept_loop(
     listener: &Async<std::net::TcpListener>,
     served: &Served,
     config: &Config,
 ) -> io::Result<()> {
     let active = Arc::new(AtomicUsize::new(0));
-    let mut backoff: Option<Duration> = None;
-    loop {
-        // Accept the plain std socket: it is registered with the reactor inside the client's
-        // task, so a failure there is that client's problem, not the accept loop's.
-        match listener.read_with(|l| l.accept()).await {
-            Ok((stream, peer)) => {
-                if backoff.take().is_some() {
-                    log::info!("file descriptors available again, accepting");
-                }
-                if active.load(Ordering::Relaxed) >= config.max_clients {
-                    log::debug!(client:% = peer; "refused: too many clients");
-                    async_std::task::spawn(client::refuse_raw(stream, "too many clients"));
-                    continue;
-                }
-                let slot = Slot::take(&active);
-                let served = served.clone();
-                let timeout = config.header_timeout;
-                async_std::task::spawn(async move {
-                    client::serve(stream, peer, served, timeout).await;
-                    drop(slot);
-                });
-            }
-            Err(e) if net::is_fd_exhaustion(&e) => {
-                // The pending connections wait in the backlog; retry when fds may be free.
-                let delay = backoff.map_or(Duration::from_millis(10), |d| {
-                    (d * 2).min(Duration::from_secs(1))
-                });
-                if backoff.is_none() {
-                    log::warn!(clients = active.load(Ordering::Relaxed); "cannot accept: {e}; backing off");
-                }
-                backoff = Some(delay);
-                Timer::after(delay).await;
-            }
-            // ECONNABORTED and friends: that one connection failed, not the listener.
-            Err(e) => log::debug!("accept failed: {e}"),
+    net::accept_forever(listener, |stream, peer| {
+        if active.load(Ordering::Relaxed) >= config.max_clients {
+            log::debug!(client:% = peer; "refused: too many clients");
+            async_std::task::spawn(client::refuse_raw(stream, "too many clients"));
+            return;
         }
-    }
+        let slot = Slot::take(&active);
+        let served = served.clone();
+        let timeout = config.header_timeout;
+        async_std::task::spawn(async move {
+            client::serve(stream, peer, served, timeout).await;
+            drop(slot);
+        });
+    })
+    .await
 }
 
 /// One client counted against `--max-clients`, released when the client's task ends.
