@@ -7,8 +7,12 @@
 //! - [`Responder`]: a thread per connection that answers every request line with a number,
 //!   buffering the answers of one read into one write (as pipelining wants). The floor any
 //!   query server's per-request overhead is compared with.
+//! - [`Broadcaster`]: the latency floor. One thread that, right after each append, loops
+//!   blocking `sendfile` over every accepted socket. Nothing can deliver an append to N
+//!   loopback followers with less work per follower, so its latency is this machine's floor
+//!   for broadcasting, measured beside tailsrv with the same writer and readers.
 //!
-//! Both are stopped by [`Drop`]: the accept loop is woken by a connection to itself, client
+//! All are stopped by [`Drop`]: the accept loop is woken by a connection to itself, client
 //! sockets are shut down so their threads' blocking calls return, and every thread is joined.
 
 use std::fs::File;
@@ -16,8 +20,11 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+
+use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::run::Result;
 
@@ -173,6 +180,122 @@ impl Responder {
 
     pub fn addr(&self) -> SocketAddr {
         self.0.addr
+    }
+}
+
+/// Name of the broadcaster's sending thread, for counting its CPU in /proc/self/task.
+pub const FLOOR_THREAD: &str = "floor-send";
+
+/// Followers accepted by the [`Broadcaster`], each with the offset it has been sent up to.
+type Followers = Arc<Mutex<Vec<(TcpStream, u64)>>>;
+
+/// The latency floor: after each append, one thread `sendfile`s the new bytes to every
+/// follower in turn. Blocking sockets, `TCP_NODELAY` like tailsrv; no readiness, no executor,
+/// no hang-up detection: a follower is dropped only when a send to it fails. The header line
+/// is not even read: a follower starts at the end of the file as it is when accepted, which
+/// is what `-0` asks for.
+pub struct Broadcaster {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    wake: Option<SyncSender<()>>,
+    accept: Option<JoinHandle<()>>,
+    send: Option<JoinHandle<()>>,
+    followers: Followers,
+}
+
+impl Broadcaster {
+    pub fn start(path: &Path) -> Result<Broadcaster> {
+        let file =
+            Arc::new(File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?);
+        // A backlog as large as tailsrv's, so attaching thousands of followers at once costs
+        // no SYN retransmits here either.
+        let listener = (|| {
+            let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+            sock.set_reuse_address(true)?;
+            sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+            sock.listen(65_535)?;
+            io::Result::Ok(TcpListener::from(sock))
+        })()
+        .map_err(|e| format!("floor listener: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let followers: Followers = Arc::default();
+        let accept = {
+            let (stop, followers, file) = (stop.clone(), followers.clone(), file.clone());
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(sock) = conn else { continue };
+                    let _ = sock.set_nodelay(true);
+                    let Ok(meta) = file.metadata() else { continue };
+                    followers.lock().unwrap().push((sock, meta.len()));
+                }
+            })
+        };
+        // One pending wake is enough: the sender reads the file's length after waking, so
+        // appends made while it was busy go out in the same round.
+        let (wake, woken) = mpsc::sync_channel::<()>(1);
+        let send = {
+            let followers = followers.clone();
+            std::thread::Builder::new()
+                .name(FLOOR_THREAD.into())
+                .spawn(move || {
+                    while woken.recv().is_ok() {
+                        let Ok(meta) = file.metadata() else { break };
+                        let len = meta.len();
+                        let mut followers = followers.lock().unwrap();
+                        followers.retain_mut(|(sock, offset)| {
+                            while *offset < len {
+                                let count = (len - *offset) as usize;
+                                match rustix::fs::sendfile(&*sock, &*file, Some(offset), count) {
+                                    Ok(0) | Err(_) => return false,
+                                    Ok(_) => {}
+                                }
+                            }
+                            true
+                        });
+                    }
+                })
+                .map_err(|e| format!("spawning the floor's sender: {e}"))?
+        };
+        Ok(Broadcaster {
+            addr,
+            stop,
+            wake: Some(wake),
+            accept: Some(accept),
+            send: Some(send),
+            followers,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Called by the writer right after each append.
+    pub fn wake(&self) {
+        if let Some(w) = &self.wake {
+            // Full means a wake is already pending: that round sends this append too.
+            let _ = w.try_send(());
+        }
+    }
+}
+
+impl Drop for Broadcaster {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+        // Closing the channel ends the sender's loop.
+        self.wake = None;
+        if let Some(t) = self.send.take() {
+            let _ = t.join();
+        }
+        self.followers.lock().unwrap().clear();
     }
 }
 

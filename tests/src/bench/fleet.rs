@@ -25,6 +25,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::run::Result;
 
+/// Fleet threads are named this plus their index, so their CPU can be told from the rest.
+pub const THREAD_PREFIX: &str = "fleet-";
+
 /// What a handler wants after a read.
 pub enum Step {
     More,
@@ -84,7 +87,7 @@ impl<H: Handler> Fleet<H> {
                 let header = header.to_vec();
                 let stop = stop.clone();
                 std::thread::Builder::new()
-                    .name(format!("fleet-{t}"))
+                    .name(format!("{THREAD_PREFIX}{t}"))
                     .spawn(move || drive(addr, lo..hi, &header, deadline, &stop, handler))
                     .expect("spawning a fleet thread")
             })
@@ -181,7 +184,7 @@ fn drive<H: Handler>(
         first_failure: None,
         handler,
     };
-    let mut events = Events::with_capacity(NonZeroUsize::new(1024).unwrap());
+    let mut events = Events::with_capacity(NonZeroUsize::new(4096).unwrap());
     let started = Instant::now();
     // All connects at once, as a storm of clients looks to the server; glancing at the
     // poller now and then so early answers are read when they come.

@@ -9,6 +9,12 @@
 //! same CLOCK_MONOTONIC), taken just before the `write`; the follower subtracts it from the
 //! time its `recv` returned. Every follower must see every measured line, in order: the
 //! count of lines delivered is part of the result.
+//!
+//! Each follower count is then measured again against the floor ([`Broadcaster`]: one thread
+//! that `sendfile`s each append to every socket in turn), with the same writer, line format,
+//! rate and readers, right after tailsrv. On loopback the kernel's transmit path, the
+//! receiver's softirq and the reader's wake-up are all billed to the sender, so that loop's
+//! latency is what this machine can do at all; tailsrv's figure means something only beside it.
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
@@ -18,8 +24,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::fleet::{Fleet, Handler, Part, Step};
-use crate::procs::{ProcStats, Server};
+use crate::baseline::{Broadcaster, FLOOR_THREAD};
+use crate::fleet::{Fleet, Handler, Part, Step, THREAD_PREFIX as READER_THREAD};
+use crate::procs::{own_threads_cpu_secs, ProcStats, Server};
 use crate::report::{nanos, quantile, Row, Table};
 use crate::run::{secs, Plan, Result};
 
@@ -37,70 +44,164 @@ pub fn latency(plan: &Plan, table: &mut Table) -> Result<()> {
     let total = (plan.rate as f64 * plan.latency_secs).ceil().max(1.0) as u64;
     for &n in &plan.followers {
         let n = plan.cap(n.max(1), table);
-        let path = plan.dir.join(format!("latency-{n}.log"));
-        let tailsrv = start_tailsrv(&path)?;
-        let origin = Instant::now();
-        let deadline = origin + ATTACH_LIMIT + secs(plan.latency_secs) + GRACE;
-        let (fleet, attached) = followers(
-            tailsrv.addr,
-            n,
-            plan.client_threads,
-            deadline,
-            origin,
-            total,
-        );
-        let mut log = Appender::open(&path)?;
-        if let Err(e) = attach(&mut log, &attached, n) {
-            fleet.stop();
-            fleet.join();
-            return Err(e);
+        let ours = {
+            let path = plan.dir.join(format!("latency-{n}.log"));
+            let tailsrv = start_tailsrv(&path)?;
+            let pid = tailsrv.pid();
+            measure(
+                plan,
+                tailsrv.addr,
+                &path,
+                n,
+                total,
+                || {},
+                || Ok(ProcStats::read(pid)?.cpu_secs),
+            )?
+        };
+        // The floor holds both ends of each connection in this process.
+        let floor_n = n.min(plan.max_conns() / 2);
+        if floor_n < n {
+            table.note(format!(
+                "latency: the open-file limit {} caps the floor's followers to {floor_n} \
+                 (it holds both ends of each connection) where tailsrv had {n}",
+                plan.nofile
+            ));
         }
-        // Measured lines at a fixed rate, on an absolute schedule so a late tick does not
-        // shift the ones after it.
-        let period = Duration::from_secs_f64(1.0 / plan.rate as f64);
-        let cpu_before = tailsrv.stats()?;
-        let bench_before = ProcStats::read(std::process::id())?;
-        let t0 = Instant::now();
-        for seq in 0..total {
-            let due = t0 + period * seq as u32;
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-            let stamp = origin.elapsed().as_nanos() as u64;
-            log.append(format!("m {seq} {stamp}\n").as_bytes())?;
-        }
-        let cpu = tailsrv.stats()?.cpu_percent_since(&cpu_before);
-        let bench_cpu = ProcStats::read(std::process::id())?.cpu_percent_since(&bench_before);
-        let parts = fleet.join();
-        let (mut lat, delivered, disorder) = merge(parts);
-        lat.sort_unstable();
-        let expected = total * n as u64;
-        let q = |p| nanos(quantile(&lat, p));
-        let p99 = quantile(&lat, 0.99);
-        let all = delivered == expected && disorder == 0;
-        let mut row = Row::new("latency", &format!("{n} followers: p50 / p99 / p999 / max"))
-            .value(format!(
+        let floor = {
+            let path = plan.dir.join(format!("floor-{n}.log"));
+            write_first_line(&path)?;
+            let floor = Broadcaster::start(&path)?;
+            measure(
+                plan,
+                floor.addr(),
+                &path,
+                floor_n,
+                total,
+                || floor.wake(),
+                || own_threads_cpu_secs(FLOOR_THREAD),
+            )?
+        };
+        let q = |r: &Measured, p| nanos(quantile(&r.lat, p));
+        let quantiles = |r: &Measured| {
+            format!(
                 "{} / {} / {} / {}",
-                q(0.5),
-                q(0.99),
-                q(0.999),
-                nanos(*lat.last().unwrap_or(&0))
-            ))
-            .baseline(format!("CPU: tailsrv {cpu:.0} %, bench {bench_cpu:.0} %"));
+                q(r, 0.5),
+                q(r, 0.99),
+                q(r, 0.999),
+                nanos(*r.lat.last().unwrap_or(&0))
+            )
+        };
+        let p99 = quantile(&ours.lat, 0.99);
+        let floor_p99 = quantile(&floor.lat, 0.99);
+        let mut row = Row::new("latency", &format!("{n} followers: p50 / p99 / p999 / max"))
+            .value(quantiles(&ours))
+            .baseline(format!("{} floor", quantiles(&floor)))
+            .ratio(p99 as f64 / floor_p99 as f64);
         row = match n {
             1000 => row.target("p99 ≤ 5 ms", p99 <= 5_000_000),
             10_000 => row.target("p99 ≤ 50 ms", p99 <= 50_000_000),
             _ => row,
         };
         table.push(row);
-        let mut row = Row::new("latency", &format!("{n} followers: lines delivered"))
-            .value(format!("{delivered} of {expected}"));
-        if disorder > 0 {
-            row = row.baseline(format!("{disorder} out of order"));
-        }
-        table.push(row.target("all, in order", all));
+        table.push(
+            Row::new("latency", &format!("{n} followers: CPU, % of a core"))
+                .value(format!(
+                    "tailsrv {:.0} %, readers {:.0} %",
+                    ours.server_cpu, ours.readers_cpu
+                ))
+                .baseline(format!(
+                    "floor {:.0} %, readers {:.0} %",
+                    floor.server_cpu, floor.readers_cpu
+                )),
+        );
+        let delivered = |r: &Measured, n: usize| {
+            let expected = total * n as u64;
+            let mut s = format!("{} of {expected}", r.delivered);
+            if r.disorder > 0 {
+                s += &format!(", {} out of order", r.disorder);
+            }
+            (s, r.delivered == expected && r.disorder == 0)
+        };
+        let (ours_text, all) = delivered(&ours, n);
+        let (floor_text, _) = delivered(&floor, floor_n);
+        table.push(
+            Row::new("latency", &format!("{n} followers: lines delivered"))
+                .value(ours_text)
+                .baseline(format!("{floor_text} floor"))
+                .target("all, in order", all),
+        );
     }
     Ok(())
+}
+
+/// One latency run's results against one server.
+struct Measured {
+    /// Every (line, follower) latency, ascending (ns).
+    lat: Vec<u64>,
+    delivered: u64,
+    disorder: u64,
+    /// CPU of the server (tailsrv, or the floor's sending thread) and of the bench's reader
+    /// threads over the measured window, in % of one core.
+    server_cpu: f64,
+    readers_cpu: f64,
+}
+
+/// Attaches `n` followers to the server at `addr`, then appends `total` measured lines to
+/// `path` at the plan's rate, calling `appended` right after each write. `server_cpu` reads
+/// the server's CPU seconds so far.
+fn measure(
+    plan: &Plan,
+    addr: SocketAddr,
+    path: &Path,
+    n: usize,
+    total: u64,
+    appended: impl Fn(),
+    server_cpu: impl Fn() -> Result<f64>,
+) -> Result<Measured> {
+    let origin = Instant::now();
+    let deadline = origin + ATTACH_LIMIT + secs(plan.latency_secs) + GRACE;
+    let (fleet, attached) = followers(addr, n, plan.client_threads, deadline, origin, total);
+    let mut log = Appender::open(path)?;
+    let windowed: Result<(f64, f64)> = (|| {
+        attach(&mut log, &attached, n, &appended)?;
+        // Measured lines at a fixed rate, on an absolute schedule so a late tick does not
+        // shift the ones after it.
+        let period = Duration::from_secs_f64(1.0 / plan.rate as f64);
+        let (server0, readers0) = (server_cpu()?, own_threads_cpu_secs(READER_THREAD)?);
+        let t0 = Instant::now();
+        let mut line = Vec::with_capacity(64);
+        for seq in 0..total {
+            let due = t0 + period * seq as u32;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            line.clear();
+            let stamp = origin.elapsed().as_nanos() as u64;
+            writeln!(line, "m {seq} {stamp}").expect("writing to a Vec");
+            log.append(&line)?;
+            appended();
+        }
+        let wall = t0.elapsed().as_secs_f64();
+        let (server1, readers1) = (server_cpu()?, own_threads_cpu_secs(READER_THREAD)?);
+        Ok((
+            (server1 - server0) / wall * 100.0,
+            (readers1 - readers0) / wall * 100.0,
+        ))
+    })();
+    if windowed.is_err() {
+        fleet.stop();
+    }
+    let parts = fleet.join();
+    let (server_cpu, readers_cpu) = windowed?;
+    let (mut lat, delivered, disorder) = merge(parts);
+    lat.sort_unstable();
+    Ok(Measured {
+        lat,
+        delivered,
+        disorder,
+        server_cpu,
+        readers_cpu,
+    })
 }
 
 pub fn idle(plan: &Plan, table: &mut Table) -> Result<()> {
@@ -114,7 +215,7 @@ pub fn idle(plan: &Plan, table: &mut Table) -> Result<()> {
     let warm_deadline = origin + ATTACH_LIMIT * 2 + secs(plan.idle_secs) + GRACE;
     let (warm, warm_attached) = followers(tailsrv.addr, 1, 1, warm_deadline, origin, u64::MAX);
     let result: Result<(ProcStats, ProcStats, ProcStats)> = (|| {
-        attach(&mut log, &warm_attached, 1)?;
+        attach(&mut log, &warm_attached, 1, &|| {})?;
         let before = tailsrv.stats()?;
         let deadline = Instant::now() + ATTACH_LIMIT + secs(plan.idle_secs) + GRACE;
         let (fleet, attached) = followers(
@@ -126,7 +227,7 @@ pub fn idle(plan: &Plan, table: &mut Table) -> Result<()> {
             u64::MAX,
         );
         let measured: Result<(ProcStats, ProcStats)> = (|| {
-            attach(&mut log, &attached, n)?;
+            attach(&mut log, &attached, n, &|| {})?;
             let quiet = tailsrv.stats()?;
             // The measurement itself: nothing is written for this long.
             std::thread::sleep(secs(plan.idle_secs));
@@ -179,8 +280,7 @@ pub fn idle(plan: &Plan, table: &mut Table) -> Result<()> {
 }
 
 fn start_tailsrv(path: &Path) -> Result<Server> {
-    std::fs::write(path, b"first line, before any follower\n")
-        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    write_first_line(path)?;
     Server::start(
         "tailsrv",
         &[
@@ -193,6 +293,12 @@ fn start_tailsrv(path: &Path) -> Result<Server> {
     )
 }
 
+/// A new followed file, with one line that no follower is meant to see.
+fn write_first_line(path: &Path) -> Result<()> {
+    std::fs::write(path, b"first line, before any follower\n")
+        .map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
 /// `n` followers (`-0`) that stop after measured line `total - 1`.
 fn followers(
     addr: SocketAddr,
@@ -203,23 +309,35 @@ fn followers(
     total: u64,
 ) -> (Fleet<Follower>, Arc<AtomicUsize>) {
     let attached = Arc::new(AtomicUsize::new(0));
-    let fleet = Fleet::launch(addr, n, b"-0\n", threads, deadline, |_| Follower {
-        origin,
-        total,
-        buf: vec![0; 64 << 10],
-        carry: vec![Vec::new(); n],
-        next: vec![0; n],
-        seen: vec![false; n],
-        attached: attached.clone(),
-        latencies: Vec::new(),
-        delivered: 0,
-        disorder: 0,
+    let shares = threads.clamp(1, n.max(1));
+    let fleet = Fleet::launch(addr, n, b"-0\n", threads, deadline, |t| {
+        // Room for every latency this thread will record, so none is a reallocation.
+        let share = n * (t + 1) / shares - n * t / shares;
+        let expected = if total == u64::MAX {
+            0
+        } else {
+            total as usize * share
+        };
+        Follower {
+            origin,
+            buf: vec![0; 64 << 10],
+            carry: vec![Vec::new(); n],
+            next: vec![0; n],
+            seen: vec![false; n],
+            attached: attached.clone(),
+            tally: Tally {
+                total,
+                latencies: Vec::with_capacity(expected),
+                delivered: 0,
+                disorder: 0,
+            },
+        }
     });
     (fleet, attached)
 }
 
 /// Appends sync lines until `n` followers have received something.
-fn attach(log: &mut Appender, attached: &AtomicUsize, n: usize) -> Result<()> {
+fn attach(log: &mut Appender, attached: &AtomicUsize, n: usize, appended: &dyn Fn()) -> Result<()> {
     let limit = Instant::now() + ATTACH_LIMIT;
     while attached.load(Ordering::Relaxed) < n {
         if Instant::now() > limit {
@@ -229,6 +347,7 @@ fn attach(log: &mut Appender, attached: &AtomicUsize, n: usize) -> Result<()> {
             ));
         }
         log.append(b"s\n")?;
+        appended();
         std::thread::sleep(SYNC_EVERY);
     }
     Ok(())
@@ -239,9 +358,9 @@ fn merge(parts: Vec<Part<Follower>>) -> (Vec<u64>, u64, u64) {
     let mut lat = Vec::new();
     let (mut delivered, mut disorder) = (0, 0);
     for p in parts {
-        lat.extend(p.handler.latencies);
-        delivered += p.handler.delivered;
-        disorder += p.handler.disorder;
+        lat.extend(p.handler.tally.latencies);
+        delivered += p.handler.tally.delivered;
+        disorder += p.handler.tally.disorder;
     }
     (lat, delivered, disorder)
 }
@@ -272,19 +391,69 @@ impl Appender {
 }
 
 /// One fleet thread's followers: parses lines, times the measured ones.
+///
+/// Kept cheap because the readers share the two cores with the server they measure: one
+/// `recv` per readiness event into one reused buffer, lines parsed in place, and a copy
+/// only for the rare line split across two reads (into a per-follower buffer that keeps its
+/// capacity). No allocation per line: the latencies vector is sized before the run.
 struct Follower {
     origin: Instant,
-    total: u64,
     buf: Vec<u8>,
-    /// Per follower: a line split across reads.
+    /// Per follower: the start of a line split across reads.
     carry: Vec<Vec<u8>>,
     next: Vec<u64>,
     seen: Vec<bool>,
     attached: Arc<AtomicUsize>,
+    tally: Tally,
+}
+
+/// What one fleet thread's followers received.
+struct Tally {
+    /// Measured lines per follower; a follower is done after line `total - 1`.
+    total: u64,
     latencies: Vec<u64>,
     delivered: u64,
     disorder: u64,
 }
+
+impl Tally {
+    /// One complete line (without its newline) that follower `next` expected; true when it
+    /// was the last measured line.
+    fn line(&mut self, line: &[u8], next: &mut u64, now: u64) -> io::Result<bool> {
+        // Sync lines only attach followers.
+        let Some(fields) = line.strip_prefix(b"m ") else {
+            return Ok(false);
+        };
+        let mut words = fields.splitn(2, |&b| b == b' ').map(decimal);
+        let (Some(Some(seq)), Some(Some(stamp))) = (words.next(), words.next()) else {
+            return Err(io::Error::other(format!(
+                "garbled line {:?}",
+                String::from_utf8_lossy(line)
+            )));
+        };
+        if seq != *next {
+            self.disorder += 1;
+        }
+        *next = seq + 1;
+        self.delivered += 1;
+        self.latencies.push(now.saturating_sub(stamp));
+        Ok(seq + 1 == self.total)
+    }
+}
+
+/// An unsigned decimal, all digits; `None` for anything else.
+fn decimal(word: &[u8]) -> Option<u64> {
+    if word.is_empty() {
+        return None;
+    }
+    word.iter().try_fold(0u64, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d < 10)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
+/// Longest line a follower may carry over between reads: far more than any line written.
+const LONGEST_LINE: usize = 4096;
 
 impl Handler for Follower {
     fn readable(&mut self, id: usize, sock: &TcpStream) -> io::Result<Step> {
@@ -300,39 +469,27 @@ impl Handler for Follower {
             self.seen[id] = true;
             self.attached.fetch_add(1, Ordering::Relaxed);
         }
-        let mut carry = std::mem::take(&mut self.carry[id]);
-        carry.extend_from_slice(&self.buf[..n]);
+        let (carry, next) = (&mut self.carry[id], &mut self.next[id]);
+        let mut rest = &self.buf[..n];
         let mut done = false;
-        let mut rest = &carry[..];
-        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
-            let line = &rest[..nl];
+        if !carry.is_empty() {
+            let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+                carry.extend_from_slice(rest);
+                if carry.len() > LONGEST_LINE {
+                    return Err(io::Error::other("line longer than any written"));
+                }
+                return Ok(Step::More);
+            };
+            carry.extend_from_slice(&rest[..nl]);
+            done |= self.tally.line(carry, next, now)?;
+            carry.clear();
             rest = &rest[nl + 1..];
-            let Some(fields) = line.strip_prefix(b"m ") else {
-                continue;
-            };
-            let mut words = fields.split(|&b| b == b' ').map(|w| {
-                std::str::from_utf8(w)
-                    .ok()
-                    .and_then(|w| w.parse::<u64>().ok())
-            });
-            let (Some(Some(seq)), Some(Some(stamp))) = (words.next(), words.next()) else {
-                return Err(io::Error::other(format!(
-                    "garbled line {:?}",
-                    String::from_utf8_lossy(line)
-                )));
-            };
-            if seq != self.next[id] {
-                self.disorder += 1;
-            }
-            self.next[id] = seq + 1;
-            self.delivered += 1;
-            self.latencies.push(now.saturating_sub(stamp));
-            done |= seq + 1 == self.total;
         }
-        let keep = rest.len();
-        let start = carry.len() - keep;
-        carry.drain(..start);
-        self.carry[id] = carry;
+        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+            done |= self.tally.line(&rest[..nl], next, now)?;
+            rest = &rest[nl + 1..];
+        }
+        carry.extend_from_slice(rest);
         Ok(if done { Step::Done } else { Step::More })
     }
 }

@@ -171,3 +171,33 @@ impl ProcStats {
         (self.cpu_secs - earlier.cpu_secs) / wall * 100.0
     }
 }
+
+/// CPU seconds (utime + stime) used so far by the threads of this process whose name starts
+/// with `prefix`: how the bench tells its readers' cost from its writer's or the floor's.
+pub fn own_threads_cpu_secs(prefix: &str) -> Result<f64> {
+    let tasks = std::fs::read_dir("/proc/self/task")
+        .map_err(|e| format!("listing /proc/self/task: {e}"))?;
+    let hz = rustix::param::clock_ticks_per_second() as f64;
+    let mut ticks = 0u64;
+    for task in tasks.flatten() {
+        // A thread that ended between the listing and the read is simply not counted.
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if !stat[open + 1..close].starts_with(prefix) {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // utime and stime are fields 14 and 15; `fields` starts at field 3.
+        for i in [14, 15] {
+            ticks += fields
+                .get(i - 3)
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or("malformed /proc/self/task/TID/stat")?;
+        }
+    }
+    Ok(ticks as f64 / hz)
+}

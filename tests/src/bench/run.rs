@@ -33,6 +33,7 @@ pub struct Plan {
     pub idle_followers: usize,
     pub idle_secs: f64,
     pub storm_clients: usize,
+    pub storm_threads: usize,
     pub query_secs: f64,
     pub depth: usize,
     pub reps: usize,
@@ -68,6 +69,7 @@ impl Plan {
 pub fn run(args: &Args) -> Result<()> {
     let quick = args.quick;
     // Raised before any server starts: children inherit it.
+    raise_hard_fd_limit();
     let nofile = tests::raise_fd_limit();
     let scratch = tempfile::Builder::new()
         .prefix("tailsrv-bench-")
@@ -82,6 +84,7 @@ pub fn run(args: &Args) -> Result<()> {
         idle_followers: args.idle_followers,
         idle_secs: args.idle_secs.unwrap_or(if quick { 2.0 } else { 5.0 }),
         storm_clients: args.storm_clients,
+        storm_threads: args.storm_threads.max(1),
         query_secs: args.query_secs.unwrap_or(if quick { 1.0 } else { 3.0 }),
         depth: args.depth.max(1),
         reps: args.reps.unwrap_or(if quick { 1 } else { 3 }).max(1),
@@ -130,6 +133,26 @@ pub fn run(args: &Args) -> Result<()> {
     }
     table.print();
     Ok(())
+}
+
+/// Descriptors wanted: 10,000 followers and, for the latency floor, both ends of 10,000
+/// connections in the bench, with room to spare.
+const WANTED_FDS: u64 = 32_768;
+
+/// Raises the hard open-file limit to [`WANTED_FDS`] when allowed (root, or CAP_SYS_RESOURCE);
+/// otherwise leaves it, and the sizes it cannot hold are capped with a note.
+fn raise_hard_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.maximum.is_some_and(|max| max < WANTED_FDS) {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: lim.current,
+                maximum: Some(WANTED_FDS),
+            },
+        );
+    }
 }
 
 /// Seconds as a `Duration`, for the float flags.

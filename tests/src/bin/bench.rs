@@ -82,6 +82,10 @@ pub struct Args {
     #[arg(long, default_value_t = 5_000)]
     storm_clients: usize,
 
+    /// Client threads that open the storm's connections (each its own connect loop).
+    #[arg(long, default_value_t = 1)]
+    storm_threads: usize,
+
     /// Seconds each offset-of throughput run lasts. Default 3, or 1 with --quick.
     #[arg(long, value_name = "SECS")]
     query_secs: Option<f64>,
