@@ -13,7 +13,9 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::RwLock;
+use std::time::Duration;
 
+use event_listener::Event;
 use shared::framing::{Framing, FramingError, Splitter};
 use shared::watch::FileWatch;
 
@@ -32,6 +34,10 @@ pub struct State {
     pub error: Option<FramingError>,
     /// Whether the log exists and the index has been loaded.
     pub ready: bool,
+    /// Whether the scanner has reached the end of the log at least once since it started.
+    pub caught_up: bool,
+    /// Why this index can no longer be kept (an I/O error on the log or the index file).
+    pub failed: Option<String>,
 }
 
 /// The index shared by the scanner and the query connections.
@@ -41,6 +47,8 @@ pub struct Index {
     pub max_message: u64,
     watch: FileWatch,
     state: RwLock<State>,
+    /// Notified after every update, for [`Index::wait_caught_up`].
+    changed: Event,
 }
 
 /// A query answer: a number, or the reason there is none (sent as `error: <reason>`).
@@ -54,13 +62,47 @@ impl Index {
             max_message,
             watch,
             state: RwLock::new(State::default()),
+            changed: Event::new(),
         }
+    }
+
+    /// The followed log.
+    pub fn watch(&self) -> &FileWatch {
+        &self.watch
     }
 
     /// Runs `f` on the state under the write lock (the scanner's only way in).
     pub fn update<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
-        let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
-        f(&mut guard)
+        let out = {
+            let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        };
+        self.changed.notify(usize::MAX);
+        out
+    }
+
+    /// Waits until the scanner has caught up with the log once (or failed), at most
+    /// `timeout`. Returns whether it caught up. A fresh index's first query uses it, so that
+    /// it is answered from the whole log rather than from the first megabyte scanned.
+    pub async fn wait_caught_up(&self, timeout: Duration) -> bool {
+        let done = |s: &State| s.caught_up || s.failed.is_some();
+        let wait = async {
+            loop {
+                if self.read(done) {
+                    return true;
+                }
+                let listener = self.changed.listen();
+                if self.read(done) {
+                    return true;
+                }
+                listener.await;
+            }
+        };
+        let give_up = async {
+            async_io::Timer::after(timeout).await;
+            false
+        };
+        futures_lite::future::or(wait, give_up).await && self.read(|s| s.caught_up)
     }
 
     fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
@@ -174,6 +216,9 @@ impl Index {
 }
 
 fn not_ready(s: &State) -> Result<(), String> {
+    if let Some(why) = &s.failed {
+        return Err(format!("indexing failed: {why}"));
+    }
     match s.ready {
         true => Ok(()),
         false => Err("the log file does not exist yet, or its index is still loading".into()),

@@ -12,6 +12,11 @@ use shared::framing::{Framing, DEFAULT_MAX_MESSAGE};
 /// `offset-of N` (where message N starts; N = count gives where the next one will),
 /// `count` (complete messages), `message-at B` (the message containing byte B). Try
 /// `echo count | nc localhost PORT`.
+///
+/// Given a directory and --index-dir, it indexes the files tailsrv would serve from that
+/// directory (same `.ignore` rules), each from the first query that names it: `offset-of
+/// PATH N`, `count PATH`, `message-at PATH B` (the number is the last word, so paths may
+/// contain spaces).
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {
@@ -29,8 +34,13 @@ struct Args {
     framing: Framing,
 
     /// The index file [default: FILE.idx beside the log].
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "index_dir")]
     index: Option<PathBuf>,
+
+    /// Directory mode: where the index files go (IDXDIR/<path>.idx), outside the indexed
+    /// directory. Created if needed.
+    #[arg(long, value_name = "IDXDIR")]
+    index_dir: Option<PathBuf>,
 
     /// Longest message a length prefix may announce; a longer one is taken as corruption and
     /// stops indexing there.
@@ -46,21 +56,48 @@ struct Args {
     #[command(flatten)]
     log: shared::logging::LogArgs,
 
-    /// The log file to index. It need not exist yet.
+    /// The log file to index (it need not exist yet), or with --index-dir a directory whose
+    /// files are indexed.
     path: PathBuf,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     args.log.init();
-    let index_path = args.index.unwrap_or_else(|| {
-        let mut p = args.path.clone().into_os_string();
-        p.push(".idx");
-        PathBuf::from(p)
-    });
+    let source = match args.index_dir {
+        Some(index_dir) if args.path.is_dir() => indexer::Source::Dir {
+            root: args.path,
+            index_dir,
+        },
+        Some(_) => {
+            log::error!(
+                "--index-dir is for directory mode, and {} is not a directory",
+                args.path.display()
+            );
+            return ExitCode::from(2);
+        }
+        None if args.path.is_dir() => {
+            log::error!(
+                "{} is a directory: directory mode needs --index-dir IDXDIR (where the index \
+                 files go, outside the directory)",
+                args.path.display()
+            );
+            return ExitCode::from(2);
+        }
+        None => {
+            let index = args.index.unwrap_or_else(|| {
+                let mut p = args.path.clone().into_os_string();
+                p.push(".idx");
+                PathBuf::from(p)
+            });
+            indexer::Source::File {
+                path: args.path,
+                index,
+            }
+        }
+    };
     let config = indexer::Config {
-        path: args.path,
-        index_path,
+        source,
         addr: SocketAddr::new(args.bind, args.port),
         framing: args.framing,
         max_message: args.max_message,

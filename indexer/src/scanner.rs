@@ -233,8 +233,10 @@ async fn follow(
         }
         if !caught_up {
             caught_up = true;
+            index.update(|s| s.caught_up = true);
             log::info!(
-                messages = count, offset = splitter.boundary(), entries = store.persisted(),
+                path:% = watch.path().display(), messages = count,
+                offset = splitter.boundary(), entries = store.persisted(),
                 seconds = started.elapsed().as_secs_f64();
                 "index is up to date, following the log"
             );

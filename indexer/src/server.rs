@@ -1,31 +1,45 @@
-//! The indexer's own life: bind, follow the log, accept query clients, stop.
+//! The indexer's own life: bind, follow the log (or the directory), accept query clients,
+//! stop.
 //!
-//! Four things run side by side until the first of them ends: the file watcher (which ends
-//! when the log is moved or deleted: the index of a file that is gone is of no use), the
-//! scanner (which only ends on an I/O error), the accept loop, and the signal handler.
+//! Single-file mode: four things run side by side until the first of them ends: the file
+//! watcher (which ends when the log is moved or deleted: the index of a file that is gone is
+//! of no use), the scanner (which only ends on an I/O error), the accept loop, and the signal
+//! handler. Directory mode: the same without a scanner of its own (each indexed file gets one
+//! from [`crate::directory`]), and the watcher keeps going when a file is gone, since that
+//! only ends that file's index.
 
+use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_io::Async;
 use async_signal::{Signal, Signals};
 use futures_lite::{future, StreamExt};
 use shared::framing::Framing;
-use shared::watch::{self, OnGone};
+use shared::watch::{OnGone, Watcher};
 use shared::{logging, net};
 
+use crate::directory::{Directory, Settings};
 use crate::index::Index;
-use crate::{query, scanner};
+use crate::query::{self, Indexed};
+use crate::scanner;
+
+/// What to index.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// One log, its index at `index`.
+    File { path: PathBuf, index: PathBuf },
+    /// The files of a directory, on demand, their indexes under `index_dir`.
+    Dir { root: PathBuf, index_dir: PathBuf },
+}
 
 /// Everything `tailsrv-indexer` is told on its command line.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The log to index.
-    pub path: PathBuf,
-    /// Where the index lives.
-    pub index_path: PathBuf,
+    pub source: Source,
     /// Where to listen for queries.
     pub addr: SocketAddr,
     pub framing: Framing,
@@ -35,7 +49,8 @@ pub struct Config {
     pub stride: u32,
 }
 
-/// Runs the indexer until SIGINT/SIGTERM, until the log is gone, or until an I/O error.
+/// Runs the indexer until SIGINT/SIGTERM, until an I/O error, or (single-file mode) until
+/// the log is gone.
 pub fn run(config: Config) -> io::Result<()> {
     async_std::task::block_on(serve(config))
 }
@@ -43,31 +58,56 @@ pub fn run(config: Config) -> io::Result<()> {
 /// The indexer as a future.
 pub async fn serve(config: Config) -> io::Result<()> {
     let mut signals = Signals::new([Signal::Term, Signal::Int])?;
-    let (file, watcher) = watch::watch(&config.path)?;
+    let watcher = Watcher::new()?;
+    let (indexed, scan, on_gone): (Indexed, Pin<Box<dyn Future<Output = _> + Send>>, _) =
+        match &config.source {
+            Source::File { path, index } => {
+                let file = watcher.follower().follow(path)?;
+                let ix = Arc::new(Index::new(
+                    config.framing,
+                    u64::from(config.stride),
+                    config.max_message,
+                    file.clone(),
+                ));
+                log::info!(
+                    path:% = path.display(), index:% = index.display(),
+                    framing:% = config.framing, stride = config.stride;
+                    "indexing"
+                );
+                let scanned = ix.clone();
+                let index_path = index.clone();
+                // Its own task: the scanner's reads are blocking, and must not hold up accepting.
+                let scan = async_std::task::spawn(async move {
+                    scanner::run(scanned, file, &index_path).await
+                });
+                (Indexed::File(ix), Box::pin(scan), OnGone::Stop)
+            }
+            Source::Dir { root, index_dir } => {
+                let settings = Settings {
+                    framing: config.framing,
+                    stride: config.stride,
+                    max_message: config.max_message,
+                };
+                let dir = Directory::new(root, index_dir, watcher.follower(), settings)?;
+                log::info!(
+                    dir:% = dir.root().display(), index_dir:% = dir.index_dir().display(),
+                    framing:% = config.framing, stride = config.stride;
+                    "indexing the files of a directory, each from its first query on"
+                );
+                let idle = future::pending::<io::Result<()>>();
+                (Indexed::Dir(Arc::new(dir)), Box::pin(idle), OnGone::Linger)
+            }
+        };
     let listener = net::listen(config.addr)?;
     logging::notify_ready();
-    log::info!(
-        path:% = config.path.display(), index:% = config.index_path.display(),
-        framing:% = config.framing, stride = config.stride;
-        "indexing"
-    );
-    let index = Arc::new(Index::new(
-        config.framing,
-        u64::from(config.stride),
-        config.max_message,
-        file.clone(),
-    ));
 
     let follow = async {
-        let gone = watcher.run(OnGone::Stop).await?;
-        log::info!(path:% = config.path.display(); "file was {gone}, shutting down");
+        // Only single-file mode stops here: in directory mode `run` returns only on error.
+        let gone = watcher.run(on_gone).await?;
+        if let Source::File { path, .. } = &config.source {
+            log::info!(path:% = path.display(); "file was {gone}, shutting down");
+        }
         Ok(())
-    };
-    let scan = {
-        let index = index.clone();
-        let index_path = config.index_path.clone();
-        // Its own task: the scanner's reads are blocking, and must not hold up accepting.
-        async_std::task::spawn(async move { scanner::run(index, file, &index_path).await })
     };
     let stop = async {
         if let Some(Ok(sig)) = signals.next().await {
@@ -75,14 +115,14 @@ pub async fn serve(config: Config) -> io::Result<()> {
         }
         Ok(())
     };
-    let accept = accept_loop(&listener, &index);
+    let accept = accept_loop(&listener, &indexed);
     future::or(future::or(accept, scan), future::or(follow, stop)).await
 }
 
 /// Accepts query clients forever, each on its own task.
-async fn accept_loop(listener: &Async<TcpListener>, index: &Arc<Index>) -> io::Result<()> {
+async fn accept_loop(listener: &Async<TcpListener>, indexed: &Indexed) -> io::Result<()> {
     net::accept_forever(listener, |stream, peer| {
-        async_std::task::spawn(query::serve(stream, peer, index.clone()));
+        async_std::task::spawn(query::serve(stream, peer, indexed.clone()));
     })
     .await
 }
