@@ -50,6 +50,7 @@ impl StartAt {
 }
 
 /// Turns a start into the header to send and, when it can be known, the absolute offset.
+/// `path` names the file for servers and indexers in directory mode.
 ///
 /// - `Byte(n)` is absolute.
 /// - `Message(n)` asks the indexer `offset-of n`.
@@ -57,19 +58,23 @@ impl StartAt {
 /// - `Last(n)` with an indexer: the start of the message holding byte `end - n`, so at least
 ///   `n` bytes and a message boundary.
 /// - `Last`/`End` without an indexer stay relative (`-n`, `-0`): the server resolves them.
-pub fn resolve(start: StartAt, indexer: Option<&str>) -> Result<Start, indexer::Error> {
+pub fn resolve(
+    start: StartAt,
+    indexer: Option<&str>,
+    path: Option<&str>,
+) -> Result<Start, indexer::Error> {
     match (start, indexer) {
         (StartAt::Byte(n), _) => Ok(Start::Byte(n)),
-        (StartAt::Message(n), Some(ix)) => indexer::offset_of(ix, n).map(Start::Byte),
+        (StartAt::Message(n), Some(ix)) => indexer::offset_of(ix, path, n).map(Start::Byte),
         (StartAt::Message(_), None) => Err(indexer::Error::NoIndexer),
-        (StartAt::End, Some(ix)) => indexer::end(ix).map(Start::Byte),
+        (StartAt::End, Some(ix)) => indexer::end(ix, path).map(Start::Byte),
         (StartAt::Last(n), Some(ix)) => {
-            let end = indexer::end(ix)?;
+            let end = indexer::end(ix, path)?;
             if n >= end {
                 return Ok(Start::Byte(0));
             }
-            let m = indexer::message_at(ix, end - n)?;
-            indexer::offset_of(ix, m).map(Start::Byte)
+            let m = indexer::message_at(ix, path, end - n)?;
+            indexer::offset_of(ix, path, m).map(Start::Byte)
         }
         (StartAt::End, None) => Ok(Start::FromEnd(0)),
         (StartAt::Last(n), None) => Ok(Start::FromEnd(n)),

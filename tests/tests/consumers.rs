@@ -974,3 +974,204 @@ fn the_stream_socket_has_a_short_keepalive() {
         "keepalive fires in {when} ticks, over 10 s"
     );
 }
+
+// --- tscat --path: one file of a directory-mode tailsrv --------------------------------------
+
+/// Starts tailsrv-indexer on the directory `root`, its indexes in `index_dir`.
+fn dir_indexer(root: &Path, framing: &str, index_dir: &Path) -> Proc {
+    let args: Vec<String> = vec![
+        "-p".into(),
+        "0".into(),
+        "--bind".into(),
+        "127.0.0.1".into(),
+        "--framing".into(),
+        framing.into(),
+        "--index-dir".into(),
+        index_dir.display().to_string(),
+        root.display().to_string(),
+    ];
+    Proc::start("tailsrv-indexer", &args)
+}
+
+#[test]
+fn tscat_path_follows_one_file_of_a_directory_across_restarts() {
+    let dir = tempdir();
+    let root = dir.path().join("served");
+    std::fs::create_dir_all(root.join("sub dir")).unwrap();
+    let path = root.join("sub dir/b.log");
+    let mut all = random_bytes(200_000, 31);
+    append(&path, &all);
+    // A neighbour that must never leak into the stream.
+    append(&root.join("other.log"), &random_bytes(50_000, 32));
+    let srv = tailsrv(&root, 0);
+    let port = srv.addr().port();
+    let cat = Consumer::start(
+        "tscat",
+        &args(&["--path", "sub dir/b.log", &srv.addr().to_string()]),
+    );
+    cat.wait_len(all.len());
+
+    let more = random_bytes(100_000, 33);
+    append(&path, &more);
+    all.extend_from_slice(&more);
+    append(&root.join("other.log"), b"noise\n");
+    drop(srv); // SIGKILL, possibly mid-send
+    let more = random_bytes(70_000, 34);
+    append(&path, &more);
+    all.extend_from_slice(&more);
+    let _srv = tailsrv(&root, port);
+    cat.wait_len(all.len());
+
+    cat.signal(Signal::TERM);
+    let (status, out, err) = cat.finish();
+    assert!(status.success(), "{status:?}: {err}");
+    assert_eq!(out.len(), all.len(), "{err}");
+    assert!(out == all, "output differs from the file");
+    assert!(err.contains("reconnecting"), "{err}");
+}
+
+#[test]
+fn tscat_path_from_message_asks_the_directory_indexer() {
+    for framing in ["newline", "varint"] {
+        let dir = tempdir();
+        let root = dir.path().join("served");
+        std::fs::create_dir_all(root.join("t")).unwrap();
+        // Two files with different messages: the indexer must answer for the one named.
+        let (other, _) = messages(framing, 500, 40);
+        append(&root.join("t/x.log"), &other);
+        let rel = "t/y z.log";
+        let path = root.join(rel);
+        let count = 80;
+        let (mut data, starts) = messages(framing, 0, count);
+        append(&path, &data);
+        let ix = dir_indexer(&root, framing, &dir.path().join("indexes"));
+        let srv = tailsrv(&root, 0);
+        assert_eq!(
+            ask_indexer(&ix, &format!("count {rel}")),
+            count.to_string(),
+            "{framing}"
+        );
+        let common = |extra: &[&str]| {
+            let mut a = args(extra);
+            a.extend(args(&[
+                "-v",
+                "--path",
+                rel,
+                "--indexer",
+                &ix.addr().to_string(),
+                "--framing",
+                framing,
+                &srv.addr().to_string(),
+            ]));
+            a
+        };
+        let mut cats = Vec::new();
+        for n in [0, 17, count - 1, count] {
+            let cat = Consumer::start("tscat", &common(&["--from-message", &n.to_string()]));
+            cats.push((format!("--from-message {n}"), starts[n], cat));
+        }
+        cats.push((
+            "--from-end".into(),
+            data.len(),
+            Consumer::start("tscat", &common(&["--from-end"])),
+        ));
+        for (what, from, cat) in &cats {
+            cat.wait_len(data.len() - from);
+            assert!(cat.output() == data[*from..], "{framing} {what}");
+            // Where a relative start lands is fixed once tscat has asked and connected.
+            cat.wait_stderr("connected", 1);
+        }
+        // They follow the file: one more message, appended in two pieces.
+        let (more, _) = messages(framing, count, 1);
+        append(&path, &more[..2]);
+        append(&path, &more[2..]);
+        data.extend_from_slice(&more);
+        for (what, from, cat) in cats {
+            cat.wait_len(data.len() - from);
+            cat.signal(Signal::TERM);
+            let (status, out, err) = cat.finish();
+            assert!(status.success(), "{framing} {what}: {status:?} {err}");
+            assert!(out == data[from..], "{framing} {what}");
+        }
+    }
+}
+
+#[test]
+fn tscat_path_refusals_fail_clearly_and_are_not_retried() {
+    let dir = tempdir();
+    let root = dir.path().join("served");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join(".ignore"), b"*.secret\n").unwrap();
+    append(&root.join("k.secret"), b"secret\n");
+    append(&root.join("ok.log"), b"fine\n");
+    let dir_srv = tailsrv(&root, 0);
+    let file_srv = tailsrv(&root.join("ok.log"), 0);
+    let ix = dir_indexer(&root, "newline", &dir.path().join("indexes"));
+    let dir_addr = dir_srv.addr().to_string();
+    let file_addr = file_srv.addr().to_string();
+    let ix_addr = ix.addr().to_string();
+    // Default retry policy (give up after 300 s): a refusal that asking again cannot change
+    // must still end the run at once (the harness bounds it to PATIENCE).
+    for (case, code, needles) in [
+        (
+            vec!["--path", "k.secret", &dir_addr],
+            7,
+            vec!["\"k.secret\": path is excluded by an .ignore file"],
+        ),
+        (
+            vec!["--path", "../ok.log", &dir_addr],
+            7,
+            vec!["`..` is not allowed"],
+        ),
+        // The other mode: a directory needs --path, a single file takes none.
+        (vec![&dir_addr], 7, vec!["this server serves a directory"]),
+        (
+            vec!["--path", "ok.log", &file_addr],
+            7,
+            vec!["not an integer byte offset"],
+        ),
+        // The indexer refuses the same paths.
+        (
+            vec![
+                "--path",
+                "k.secret",
+                "--from-message",
+                "0",
+                "--indexer",
+                &ix_addr,
+                &dir_addr,
+            ],
+            4,
+            vec![
+                "refused \"offset-of k.secret 0\"",
+                "excluded by an .ignore file",
+            ],
+        ),
+        (vec!["--path", "a\nb", &dir_addr], 2, vec!["--path must be"]),
+    ] {
+        let (status, out, err) = tscat_once(&args(&case));
+        assert_eq!(status.code(), Some(code), "{case:?}: {err}");
+        assert!(
+            out.is_empty(),
+            "{case:?}: a refusal reached stdout: {out:?}"
+        );
+        for needle in needles {
+            assert!(err.contains(needle), "{case:?}: no {needle:?} in {err}");
+        }
+    }
+
+    // One server that says no and one that serves the path: tscat fails over and streams.
+    let other_root = dir.path().join("other");
+    std::fs::create_dir_all(&other_root).unwrap();
+    std::fs::write(other_root.join(".ignore"), b"ok.log\n").unwrap();
+    append(&other_root.join("ok.log"), b"fine\n");
+    let refusing = tailsrv(&other_root, 0);
+    let list = format!("{},{dir_addr}", refusing.addr());
+    let cat = Consumer::start("tscat", &args(&["--path", "ok.log", "--servers", &list]));
+    cat.wait_len(5);
+    cat.signal(Signal::TERM);
+    let (status, out, err) = cat.finish();
+    assert!(status.success(), "{status:?}: {err}");
+    assert_eq!(out, b"fine\n");
+    assert!(err.contains("excluded by an .ignore file"), "{err}");
+}

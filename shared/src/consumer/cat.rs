@@ -37,6 +37,8 @@ pub const READ_SIZE: usize = 64 << 10;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub servers: Vec<String>,
+    /// The file to follow on servers (and the indexer) in directory mode.
+    pub path: Option<String>,
     pub start: StartAt,
     pub indexer: Option<String>,
     pub framing: Option<Framing>,
@@ -60,9 +62,10 @@ pub enum Error {
 
 impl Error {
     /// 1 server(s) unreachable or stream lost, 2 usage, 3 state file, 4 indexer,
-    /// 5 malformed message, 6 output error.
+    /// 5 malformed message, 6 output error, 7 every server refused the request for good.
     pub fn exit_code(&self) -> u8 {
         match self {
+            Error::Follow(follow::Error::Refused { .. }) => 7,
             Error::Follow(_) => 1,
             Error::Usage(_) => 2,
             Error::State(_) => 3,
@@ -130,14 +133,16 @@ pub fn run(cfg: &Config, out: &mut impl Write, stop: Arc<AtomicBool>) -> Result<
                     ));
                 }
             }
-            resolve(cfg.start, cfg.indexer.as_deref()).map_err(Error::Indexer)?
+            resolve(cfg.start, cfg.indexer.as_deref(), cfg.path.as_deref())
+                .map_err(Error::Indexer)?
         }
     };
     let origin = match start {
         Start::Byte(b) => b,
         Start::FromEnd(_) => 0,
     };
-    let follow_cfg = follow::Config::new(cfg.servers.clone(), cfg.retry);
+    let mut follow_cfg = follow::Config::new(cfg.servers.clone(), cfg.retry);
+    follow_cfg.path = cfg.path.clone();
     let mut follower = Follower::new(follow_cfg, start, stop);
     let mut messages = Messages::new(cfg.framing, cfg.max_message, origin);
     let mut checkpoint = Checkpoint {

@@ -19,6 +19,12 @@
 //!   of each connection are held while they could be such a line; they are released as data
 //!   as soon as they cannot be (or after a short grace, for a file that happens to contain a
 //!   half-written "error: " at that very offset).
+//! - A refusal says either "not now" (too many clients, the server's watch limit: retried
+//!   like any failure) or "no" (a path that is not served, a request for the other mode:
+//!   asking again cannot help). Once every server has said no, following fails with
+//!   [`Error::Refused`] instead of retrying until the give-up time.
+//! - With a [`Config::path`] the request is directory mode's `stream PATH from byte N`;
+//!   everything else is the same.
 //! - The client never shuts down its write side: tailsrv takes a FIN as a hang-up.
 
 use std::fmt;
@@ -55,6 +61,8 @@ pub enum Retry {
 pub struct Config {
     /// `HOST:PORT` of each server, in order of preference.
     pub servers: Vec<String>,
+    /// The file to follow, for servers in directory mode (`None`: single-file mode).
+    pub path: Option<String>,
     pub retry: Retry,
     /// First and longest pause after a full round of failed attempts.
     pub backoff_min: Duration,
@@ -73,6 +81,7 @@ impl Config {
     pub fn new(servers: Vec<String>, retry: Retry) -> Config {
         Config {
             servers,
+            path: None,
             retry,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
@@ -111,6 +120,9 @@ pub enum Error {
         offset: u64,
         reason: String,
     },
+    /// Every server refused the request for good (the path is not served, or the server is
+    /// in the other mode); each `server: reason`.
+    Refused { refusals: Vec<String> },
     /// The connection was lost and the start was relative (`-N`, `-0`), resolved by the
     /// server without telling us where: resuming would guess, so we stop.
     PositionUnknown {
@@ -136,6 +148,9 @@ impl fmt::Display for Error {
                     None => f.write_str("no server reachable (retries off)")?,
                 }
                 write!(f, ": {}", failures.join("; "))
+            }
+            Error::Refused { refusals } => {
+                write!(f, "refused by the server: {}", refusals.join("; "))
             }
             Error::Lost {
                 server,
@@ -187,6 +202,8 @@ pub struct Follower {
     backoff: Duration,
     last_good: Instant,
     failures: Vec<Option<String>>,
+    /// Servers that refused for good since the last data, with their reason.
+    refusals: Vec<Option<String>>,
     /// Bytes received but not yet handed out (a released probe).
     pending: Vec<u8>,
     stop: Arc<AtomicBool>,
@@ -203,6 +220,7 @@ impl Follower {
         );
         Follower {
             failures: vec![None; cfg.servers.len()],
+            refusals: vec![None; cfg.servers.len()],
             backoff: cfg.backoff_min,
             cfg,
             next: start,
@@ -269,6 +287,11 @@ impl Follower {
                     if let Some((bytes, _)) = conn.probe.take() {
                         if is_refusal(&bytes) {
                             let line = String::from_utf8_lossy(&bytes).trim().to_owned();
+                            let reason = line.strip_prefix("error:").unwrap_or(&line).trim();
+                            if !is_transient(reason) {
+                                let server = conn.server;
+                                self.refused_for_good(server, reason)?;
+                            }
                             self.lost(format!("refused: {line}"), true)?;
                             continue;
                         }
@@ -319,7 +342,27 @@ impl Follower {
         self.failed = 0;
         self.round = 0;
         self.backoff = self.cfg.backoff_min;
+        if self.refusals.iter().any(Option::is_some) {
+            self.refusals.fill(None);
+        }
         Event::Data(n)
+    }
+
+    /// Records a refusal that asking again cannot change; fails once every server refused.
+    fn refused_for_good(&mut self, server: usize, reason: &str) -> Result<(), Error> {
+        self.refusals[server] = Some(reason.to_owned());
+        if self.refusals.iter().any(Option::is_none) {
+            return Ok(());
+        }
+        let refusals = self
+            .cfg
+            .servers
+            .iter()
+            .zip(&self.refusals)
+            .filter_map(|(s, r)| r.as_ref().map(|r| format!("{s}: {r}")))
+            .collect();
+        self.conn = None;
+        Err(Error::Refused { refusals })
     }
 
     /// Drops the connection after a failure; errors when the stream cannot be resumed.
@@ -443,9 +486,13 @@ impl Follower {
         SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
         stream.set_read_timeout(Some(self.cfg.tick))?;
         stream.set_write_timeout(Some(self.cfg.connect_timeout))?;
-        let header = match self.next {
-            Start::Byte(b) => format!("{}\n", b + self.received),
-            Start::FromEnd(n) => format!("-{n}\n"),
+        let start = match self.next {
+            Start::Byte(b) => (b + self.received).to_string(),
+            Start::FromEnd(n) => format!("-{n}"),
+        };
+        let header = match &self.cfg.path {
+            Some(path) => format!("stream {path} from byte {start}\n"),
+            None => format!("{start}\n"),
         };
         (&stream).write_all(header.as_bytes())?;
         Ok(stream)
@@ -481,6 +528,16 @@ fn may_be_refusal(bytes: &[u8]) -> bool {
     }
 }
 
+/// Whether a refusal (the text after `error: `) means "not now" rather than "no": the
+/// server is at its client limit or its inotify watch limit. Anything else (a path that is
+/// not served, a request the server does not understand because it is in the other mode)
+/// would be refused again.
+fn is_transient(reason: &str) -> bool {
+    reason == "too many clients"
+        || reason.ends_with("(inotify watch limit)")
+        || reason.starts_with("no complete header within")
+}
+
 /// Whether `bytes`, followed by the server's close, is a refusal.
 fn is_refusal(bytes: &[u8]) -> bool {
     bytes.starts_with(ERROR_PREFIX) && memchr::memchr(b'\n', bytes) == Some(bytes.len() - 1)
@@ -503,5 +560,13 @@ mod tests {
         assert!(is_refusal(b"error: too many clients\n"));
         assert!(!is_refusal(b"error: too many"));
         assert!(!is_refusal(b"error: a\nb"));
+        assert!(is_transient("too many clients"));
+        assert!(is_transient(
+            "\"a.log\": cannot follow: the server is following too many files (inotify watch limit)"
+        ));
+        assert!(!is_transient("\"x\": path is excluded by an .ignore file"));
+        assert!(!is_transient(
+            "header is not an integer byte offset (N or -N): \"stream x\""
+        ));
     }
 }

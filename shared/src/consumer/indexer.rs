@@ -1,6 +1,7 @@
 //! Asking a tailsrv-indexer where messages start.
 //!
-//! The indexer speaks text lines: a request (`offset-of N`, `count`, `message-at B`), an
+//! The indexer speaks text lines: a request (`offset-of N`, `count`, `message-at B`; in
+//! directory mode the file's path comes first: `offset-of PATH N`, `count PATH`), an
 //! answer that is a decimal number or `error: <reason>`. One short-lived connection per
 //! lookup keeps this trivially correct; lookups happen once per consumer start, not per
 //! message. Every error names the indexer and the request, and an `error:` answer is passed
@@ -131,25 +132,55 @@ fn one(indexer: &str, request: String) -> Result<u64, Error> {
     Ok(ask(indexer, &[request])?[0])
 }
 
+/// A request line: `command [PATH] [arg]`, the path only for a directory-mode indexer.
+fn request(command: &str, path: Option<&str>, arg: Option<u64>) -> String {
+    let mut r = command.to_owned();
+    for word in [path.map(str::to_owned), arg.map(|a| a.to_string())]
+        .into_iter()
+        .flatten()
+    {
+        r.push(' ');
+        r.push_str(&word);
+    }
+    r
+}
+
 /// The byte offset where message `n` starts (`n` = count: where the next one will start).
-pub fn offset_of(indexer: &str, n: u64) -> Result<u64, Error> {
-    one(indexer, format!("offset-of {n}"))
+/// `path`: the file, for an indexer of a directory.
+pub fn offset_of(indexer: &str, path: Option<&str>, n: u64) -> Result<u64, Error> {
+    one(indexer, request("offset-of", path, Some(n)))
 }
 
 /// The number of the message containing byte `b`.
-pub fn message_at(indexer: &str, b: u64) -> Result<u64, Error> {
-    one(indexer, format!("message-at {b}"))
+pub fn message_at(indexer: &str, path: Option<&str>, b: u64) -> Result<u64, Error> {
+    one(indexer, request("message-at", path, Some(b)))
 }
 
 /// The number of complete messages indexed so far.
-pub fn count(indexer: &str) -> Result<u64, Error> {
-    one(indexer, "count".to_owned())
+pub fn count(indexer: &str, path: Option<&str>) -> Result<u64, Error> {
+    one(indexer, request("count", path, None))
 }
 
 /// The end of the last complete message: where a consumer "from the end" starts.
 ///
 /// Two lookups, because the count may grow in between; `offset-of` an older count is still a
 /// message boundary, just an earlier one.
-pub fn end(indexer: &str) -> Result<u64, Error> {
-    offset_of(indexer, count(indexer)?)
+pub fn end(indexer: &str, path: Option<&str>) -> Result<u64, Error> {
+    offset_of(indexer, path, count(indexer, path)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests() {
+        assert_eq!(request("count", None, None), "count");
+        assert_eq!(request("count", Some("a b/c"), None), "count a b/c");
+        assert_eq!(request("offset-of", None, Some(7)), "offset-of 7");
+        assert_eq!(
+            request("offset-of", Some("a b"), Some(7)),
+            "offset-of a b 7"
+        );
+    }
 }

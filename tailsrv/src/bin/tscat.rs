@@ -20,7 +20,9 @@ Exit status: 0 stopped by SIGINT/SIGTERM or output closed; 1 no server reachable
 retries, or at once with --no-retry) or the stream was lost and cannot be resumed; 2 bad \
 command line; 3 state file corrupt, unwritable or in use; 4 indexer unreachable or it \
 refused the request; 5 malformed message in the stream (with --framing); 6 writing the \
-output failed.";
+output failed; 7 the server refused the request and asking again cannot help (with --path: \
+the path is not served, e.g. excluded by an .ignore file or outside the directory; or the \
+server is in the other mode: a directory needs --path, a single file takes none).";
 
 /// Follow a tailsrv stream and print it to stdout, surviving restarts of the server and of
 /// tscat itself without gaps or duplicates.
@@ -54,6 +56,11 @@ struct Args {
     /// --from-end to absolute message boundaries).
     #[arg(long, value_name = "HOST:PORT")]
     indexer: Option<String>,
+
+    /// Follow this file of a tailsrv serving a directory (relative to it, as `list` shows
+    /// it); the indexer, if any, must index the same directory.
+    #[arg(long, value_name = "PATH")]
+    path: Option<String>,
 
     /// Print whole messages only, cut with this framing.
     #[arg(long, value_enum)]
@@ -134,8 +141,17 @@ fn run(args: Args) -> Result<cat::Stopped, cat::Error> {
         (_, _, _, Some(n)) => StartAt::Message(n),
         (n, _, _, _) => StartAt::Byte(n.unwrap_or(0)),
     };
+    if let Some(path) = &args.path {
+        // A newline would end the request early; tailsrv refuses the other controls anyway.
+        if path.is_empty() || path.chars().any(char::is_control) {
+            return Err(usage(
+                "--path must be a non-empty path without control characters",
+            ));
+        }
+    }
     let config = cat::Config {
         servers,
+        path: args.path,
         start,
         indexer: args.indexer,
         framing: args.framing,
