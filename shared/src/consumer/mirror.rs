@@ -37,7 +37,8 @@ pub enum Error {
 }
 
 impl Error {
-    /// 1 local file error, 3 file locked by another mirror, 4 servers unreachable.
+    /// 1 local file error, 3 file locked by another mirror, 4 servers unreachable or every
+    /// server refused for good.
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::File { .. } => 1,
