@@ -74,8 +74,9 @@ pub async fn finish(sock: &Async<TcpStream>, last: &[u8], linger: Duration) {
         let mut writer = sock;
         writer.write_all(last).await?;
         sock.get_ref().shutdown(std::net::Shutdown::Write)?;
-        let mut scratch = [0u8; 4096];
-        while sock.read_with(|s| (&*s).read(&mut scratch)).await? > 0 {}
+        // The buffer lives only inside the closure: this future is part of every client's
+        // task, and a buffer held across the await would cost every follower 4 KiB.
+        while sock.read_with(|s| (&*s).read(&mut [0u8; 4096])).await? > 0 {}
         io::Result::Ok(())
     };
     let timeout = async {

@@ -121,7 +121,9 @@ async fn serve_dir(
         Err(e) => {
             // Which of our paths failed is for the log; the client learns why.
             log::warn!(client:% = peer, path = shown; "cannot follow: {e}");
-            let why = if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
+            // ENOSPC from inotify_add_watch: the kernel's watch limit (the watcher keeps the
+            // kind when it adds context).
+            let why = if e.kind() == io::ErrorKind::StorageFull {
                 "the server is following too many files (inotify watch limit)".to_owned()
             } else {
                 e.kind().to_string()
