@@ -594,6 +594,7 @@ fn from_message_lands_exactly_on_message_n_for_every_framing() {
         let common = |extra: &[&str]| {
             let mut a = args(extra);
             a.extend(args(&[
+                "-v",
                 "--indexer",
                 &ix.addr().to_string(),
                 "--framing",
@@ -624,6 +625,8 @@ fn from_message_lands_exactly_on_message_n_for_every_framing() {
         for (what, from, cat) in &cats {
             cat.wait_len(data.len() - from);
             assert!(cat.output() == data[*from..], "{framing} {what}");
+            // Where a relative start lands is fixed once tscat has asked and connected.
+            cat.wait_stderr("connected", 1);
         }
         // Everyone follows: two more messages, the first appended in two pieces.
         let (more, _) = messages(framing, count, 2);
