@@ -4,6 +4,8 @@
 //! The binaries are the ones cargo built next to the test executable (`target/<profile>/`);
 //! the README's test command builds them first (`cargo build --workspace`).
 
+pub mod framed;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

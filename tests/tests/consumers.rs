@@ -517,29 +517,11 @@ fn tsmirror_interrupted_many_times_stays_byte_identical() {
     assert!(copy == lines.data, "replica differs from the source");
 }
 
-/// The test's own encoders, one per framing (independent of shared::framing).
+/// One message, by the tests' own encoder (independent of shared::framing).
 fn encode(framing: &str, payload: &[u8]) -> Vec<u8> {
-    match framing {
-        "newline" => [payload, b"\n"].concat(),
-        "nul" => [payload, b"\0"].concat(),
-        "u32be" => [&(payload.len() as u32).to_be_bytes()[..], payload].concat(),
-        "varint" => {
-            let mut out = Vec::new();
-            let mut n = payload.len() as u64;
-            loop {
-                let low = (n & 0x7f) as u8;
-                n >>= 7;
-                if n == 0 {
-                    out.push(low);
-                    break;
-                }
-                out.push(low | 0x80);
-            }
-            out.extend_from_slice(payload);
-            out
-        }
-        _ => unreachable!(),
-    }
+    let mut out = Vec::new();
+    tests::framed::encode(framing, payload, &mut out);
+    out
 }
 
 /// Message `i`'s payload for `framing`: sizes from 0 to over 64 KiB, without the delimiter.

@@ -5,8 +5,7 @@
 //! byte-by-byte scan of what is actually in the log file.
 
 use std::fs::{self, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::process::Signal;
+use tests::framed;
 use tests::*;
 
 const BIN: &str = "tailsrv-indexer";
@@ -40,14 +40,6 @@ impl Framing {
             Framing::Nul => "nul",
             Framing::U32Be => "u32be",
             Framing::Varint => "varint",
-        }
-    }
-
-    fn delimiter(self) -> Option<u8> {
-        match self {
-            Framing::Newline => Some(b'\n'),
-            Framing::Nul => Some(0),
-            _ => None,
         }
     }
 }
@@ -83,33 +75,9 @@ impl Rng {
 
 /// Encodes one message, with this test's own encoders.
 fn encode(framing: Framing, payload: &[u8], out: &mut Vec<u8>) {
-    match framing {
-        Framing::Newline | Framing::Nul => {
-            let d = framing.delimiter().unwrap();
-            out.extend(payload.iter().map(|&b| if b == d { b'x' } else { b }));
-            out.push(d);
-        }
-        Framing::U32Be => {
-            out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-            out.extend_from_slice(payload);
-        }
-        Framing::Varint => {
-            let mut n = payload.len() as u64;
-            loop {
-                let low = (n & 0x7f) as u8;
-                n >>= 7;
-                if n == 0 {
-                    out.push(low);
-                    break;
-                }
-                out.push(low | 0x80);
-            }
-            out.extend_from_slice(payload);
-        }
-    }
+    framed::encode(framing.flag(), payload, out)
 }
 
-/// `count` random messages, encoded back to back.
 fn random_stream(framing: Framing, count: usize, rng: &mut Rng) -> Vec<u8> {
     let mut out = Vec::new();
     for _ in 0..count {
@@ -123,125 +91,10 @@ fn random_stream(framing: Framing, count: usize, rng: &mut Rng) -> Vec<u8> {
 /// Naive scan of a byte stream: the start of every complete message, and the end of the last
 /// complete one (where the next message starts).
 fn naive_starts(framing: Framing, data: &[u8]) -> (Vec<u64>, u64) {
-    let mut starts = Vec::new();
-    let mut pos = 0usize;
-    match framing.delimiter() {
-        Some(d) => {
-            let mut start = 0;
-            for (i, &b) in data.iter().enumerate() {
-                if b == d {
-                    starts.push(start as u64);
-                    start = i + 1;
-                }
-            }
-            pos = start;
-        }
-        None => loop {
-            let (len, prefix) = match framing {
-                Framing::U32Be => {
-                    if data.len() - pos < 4 {
-                        break;
-                    }
-                    let b = &data[pos..pos + 4];
-                    (u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize, 4)
-                }
-                _ => {
-                    let mut len = 0usize;
-                    let mut i = 0;
-                    while let Some(&b) = data.get(pos + i) {
-                        assert!(i < 9, "the test only writes short varints");
-                        len |= ((b & 0x7f) as usize) << (7 * i);
-                        i += 1;
-                        if b & 0x80 == 0 {
-                            break;
-                        }
-                    }
-                    if i == 0 || data[pos + i - 1] & 0x80 != 0 {
-                        break;
-                    }
-                    (len, i)
-                }
-            };
-            if pos + prefix + len > data.len() {
-                break;
-            }
-            starts.push(pos as u64);
-            pos += prefix + len;
-        },
-    }
-    (starts, pos as u64)
+    framed::naive_starts(framing.flag(), data)
 }
 
-/// A query connection.
-struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Client {
-    fn new(p: &Proc) -> Client {
-        let s = p.connect();
-        s.set_read_timeout(Some(PATIENCE)).unwrap();
-        Client {
-            reader: BufReader::new(s.try_clone().unwrap()),
-            writer: s,
-        }
-    }
-
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        self.reader
-            .read_line(&mut l)
-            .unwrap_or_else(|e| panic!("reading an answer: {e}"));
-        assert!(l.ends_with('\n'), "answer not terminated: {l:?}");
-        l.trim_end().to_owned()
-    }
-
-    fn ask(&mut self, q: &str) -> String {
-        self.writer.write_all(format!("{q}\n").as_bytes()).unwrap();
-        self.line()
-    }
-
-    /// Sends every query in one write (pipelined) and reads as many answers.
-    fn ask_all(&mut self, qs: &[String]) -> Vec<String> {
-        let mut batch = String::new();
-        for q in qs {
-            batch.push_str(q);
-            batch.push('\n');
-        }
-        let writer = self.writer.try_clone().unwrap();
-        let sender = std::thread::spawn(move || {
-            let mut w = writer;
-            w.write_all(batch.as_bytes()).unwrap();
-        });
-        let answers = qs.iter().map(|_| self.line()).collect();
-        sender.join().unwrap();
-        answers
-    }
-
-    /// `count`, or None while the indexer cannot answer it (log absent, index loading).
-    fn count(&mut self) -> Option<u64> {
-        self.ask("count").parse().ok()
-    }
-
-    fn number(&mut self, q: &str) -> u64 {
-        let a = self.ask(q);
-        a.parse()
-            .unwrap_or_else(|_| panic!("{q:?} answered {a:?}, not a number"))
-    }
-
-    /// Waits until `count` reaches `n` (the indexer catches up asynchronously), then checks
-    /// that it did not overshoot: a half-written message must never count.
-    fn wait_count(&mut self, n: u64) {
-        let mut last = String::new();
-        let reached = eventually(PATIENCE, || {
-            last = self.ask("count");
-            last.parse::<u64>().is_ok_and(|c| c >= n)
-        });
-        assert!(reached, "count never reached {n}; last answer {last:?}");
-        assert_eq!(last, n.to_string(), "count overshot");
-    }
-}
+type Client = framed::QueryClient;
 
 fn start(path: &Path, framing: Framing, extra: &[&str]) -> Proc {
     let mut args: Vec<String> = vec![
@@ -264,7 +117,7 @@ fn check_all(c: &mut Client, framing: Framing, path: &Path, rng: &mut Rng) {
     let data = fs::read(path).unwrap();
     let (starts, end) = naive_starts(framing, &data);
     let n = starts.len() as u64;
-    c.wait_count(n);
+    c.wait_count("count", n);
     let mut qs: Vec<String> = (0..=n).map(|i| format!("offset-of {i}")).collect();
     let mut want: Vec<String> = starts.iter().map(u64::to_string).collect();
     want.push(end.to_string());
@@ -306,7 +159,7 @@ fn append_in_pieces(c: &mut Client, framing: Framing, path: &Path, data: &[u8], 
         pieces += 1;
         if pieces % 25 == 0 {
             let (starts, end) = naive_starts(framing, &written);
-            c.wait_count(starts.len() as u64);
+            c.wait_count("count", starts.len() as u64);
             assert_eq!(c.number(&format!("offset-of {}", starts.len())), end);
         }
     }
@@ -348,7 +201,7 @@ fn pipelined_queries_and_index_size() {
     fs::write(&path, &data).unwrap();
     let p = start(&path, Framing::Newline, &[]);
     let mut c = Client::new(&p);
-    c.wait_count(20_000);
+    c.wait_count("count", 20_000);
     let qs: Vec<String> = (0..20_000).map(|i| format!("offset-of {i}")).collect();
     let answers = c.ask_all(&qs);
     for (i, a) in answers.iter().enumerate() {
@@ -371,7 +224,7 @@ fn restart_resumes_from_the_index() {
     let (starts, _) = naive_starts(Framing::Varint, &data);
     {
         let mut p = start(&path, Framing::Varint, &[]);
-        Client::new(&p).wait_count(2_000);
+        Client::new(&p).wait_count("count", 2_000);
         p.signal(Signal::TERM);
         assert!(p.wait_exit(PATIENCE).is_some());
     }
@@ -434,9 +287,9 @@ fn kill_9_while_a_writer_appends() {
         }
         let mut c = Client::new(&p);
         // Let it index a while, then kill it mid-flight.
-        let target = 50 + rng.below(200) + c.count().unwrap_or(0);
+        let target = 50 + rng.below(200) + c.parsed("count").unwrap_or(0);
         assert!(eventually(PATIENCE, || c
-            .count()
+            .parsed("count")
             .is_some_and(|n| n > target)));
         p.signal(Signal::KILL);
         drop(p);
@@ -453,7 +306,7 @@ fn indexed_log(path: &Path, count: usize, seed: u64) -> PathBuf {
     let mut rng = Rng::new(seed);
     fs::write(path, random_stream(Framing::Newline, count, &mut rng)).unwrap();
     let mut p = start(path, Framing::Newline, &["--stride", "4"]);
-    Client::new(&p).wait_count(count as u64);
+    Client::new(&p).wait_count("count", count as u64);
     p.signal(Signal::TERM);
     assert!(p.wait_exit(PATIENCE).is_some());
     let mut idx = path.as_os_str().to_owned();
@@ -666,7 +519,7 @@ fn error_answers_keep_the_connection() {
     fs::write(&path, b"a\nbb\nccc\n").unwrap();
     let p = start(&path, Framing::Newline, &[]);
     let mut c = Client::new(&p);
-    c.wait_count(3);
+    c.wait_count("count", 3);
     for (q, want) in [
         ("frobnicate 3", "error: unknown command \"frobnicate\""),
         ("offset-of", "error: offset-of needs a message number"),
@@ -732,7 +585,7 @@ fn malformed_prefixes_stop_indexing_with_an_error() {
         fs::write(&path, &good).unwrap();
         let p = start(&path, framing, &["--max-message", "1000"]);
         let mut c = Client::new(&p);
-        c.wait_count(3);
+        c.wait_count("count", 3);
         let mut bad_tail = bad.clone();
         bad_tail.extend_from_slice(&[0u8; 2000]);
         append(&path, &bad_tail);
@@ -769,7 +622,7 @@ fn waits_for_the_log_and_exits_when_it_goes() {
         .ask("count")
         .starts_with("error: the log file does not exist yet"));
     append(&path, b"hello\nworld\n");
-    c.wait_count(2);
+    c.wait_count("count", 2);
     assert_eq!(c.ask("offset-of 1"), "6");
     // The index goes beside the log by default.
     assert!(dir.path().join("log.idx").exists());
@@ -785,7 +638,7 @@ fn index_elsewhere_and_command_line() {
     let idx = dir.path().join("sub-idx");
     fs::write(&path, b"x\ny\n").unwrap();
     let p = start(&path, Framing::Newline, &["--index", idx.to_str().unwrap()]);
-    Client::new(&p).wait_count(2);
+    Client::new(&p).wait_count("count", 2);
     assert!(idx.exists());
     assert!(!dir.path().join("log.idx").exists());
 

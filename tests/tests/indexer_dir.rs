@@ -8,48 +8,16 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use rustix::process::Signal;
+use tests::framed::{encode, naive_starts, FRAMINGS};
 use tests::*;
 
 const BIN: &str = "tailsrv-indexer";
 
-const FRAMINGS: [&str; 4] = ["newline", "nul", "u32be", "varint"];
-
-/// Encodes one message with this test's own encoders.
-fn encode(framing: &str, payload: &[u8], out: &mut Vec<u8>) {
-    match framing {
-        "newline" | "nul" => {
-            let d = if framing == "newline" { b'\n' } else { 0 };
-            out.extend(payload.iter().map(|&b| if b == d { b'x' } else { b }));
-            out.push(d);
-        }
-        "u32be" => {
-            out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-            out.extend_from_slice(payload);
-        }
-        "varint" => {
-            let mut n = payload.len() as u64;
-            loop {
-                let low = (n & 0x7f) as u8;
-                n >>= 7;
-                if n == 0 {
-                    out.push(low);
-                    break;
-                }
-                out.push(low | 0x80);
-            }
-            out.extend_from_slice(payload);
-        }
-        _ => unreachable!("{framing}"),
-    }
-}
-
-/// `count` messages of 0 to ~70 KB (mostly small), encoded back to back.
 fn stream(framing: &str, count: usize, seed: u64) -> Vec<u8> {
     let sizes = random_bytes(count, seed);
     let mut out = Vec::new();
@@ -69,119 +37,7 @@ fn stream(framing: &str, count: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// Naive scan: the start of every complete message and where the next one starts.
-fn naive_starts(framing: &str, data: &[u8]) -> (Vec<u64>, u64) {
-    let mut starts = Vec::new();
-    let mut pos = 0usize;
-    match framing {
-        "newline" | "nul" => {
-            let d = if framing == "newline" { b'\n' } else { 0 };
-            for (i, &b) in data.iter().enumerate() {
-                if b == d {
-                    starts.push(pos as u64);
-                    pos = i + 1;
-                }
-            }
-        }
-        _ => loop {
-            let (len, prefix) = if framing == "u32be" {
-                let Some(b) = data.get(pos..pos + 4) else {
-                    break;
-                };
-                (u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize, 4)
-            } else {
-                let mut len = 0usize;
-                let mut i = 0;
-                let mut done = false;
-                while let Some(&b) = data.get(pos + i) {
-                    len |= ((b & 0x7f) as usize) << (7 * i);
-                    i += 1;
-                    if b & 0x80 == 0 {
-                        done = true;
-                        break;
-                    }
-                }
-                if !done {
-                    break;
-                }
-                (len, i)
-            };
-            if pos + prefix + len > data.len() {
-                break;
-            }
-            starts.push(pos as u64);
-            pos += prefix + len;
-        },
-    }
-    (starts, pos as u64)
-}
-
-/// A query connection.
-struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Client {
-    fn new(p: &Proc) -> Client {
-        let s = p.connect();
-        s.set_read_timeout(Some(PATIENCE)).unwrap();
-        Client {
-            reader: BufReader::new(s.try_clone().unwrap()),
-            writer: s,
-        }
-    }
-
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        self.reader
-            .read_line(&mut l)
-            .unwrap_or_else(|e| panic!("reading an answer: {e}"));
-        assert!(l.ends_with('\n'), "answer not terminated: {l:?}");
-        l.trim_end().to_owned()
-    }
-
-    fn ask(&mut self, q: &str) -> String {
-        self.writer.write_all(format!("{q}\n").as_bytes()).unwrap();
-        self.line()
-    }
-
-    /// Sends every query in one write (pipelined) and reads as many answers.
-    fn ask_all(&mut self, qs: &[String]) -> Vec<String> {
-        let batch: String = qs.iter().map(|q| format!("{q}\n")).collect();
-        let mut writer = self.writer.try_clone().unwrap();
-        let sender = std::thread::spawn(move || writer.write_all(batch.as_bytes()).unwrap());
-        let answers = qs.iter().map(|_| self.line()).collect();
-        sender.join().unwrap();
-        answers
-    }
-
-    /// Waits until `count PATH` is `n` (the indexer follows appends asynchronously), then
-    /// checks that it did not overshoot.
-    fn wait_count(&mut self, path: &str, n: usize) {
-        let mut last = String::new();
-        let reached = eventually(PATIENCE, || {
-            last = self.ask(&format!("count {path}"));
-            last.parse::<usize>().is_ok_and(|c| c >= n)
-        });
-        assert!(
-            reached,
-            "count {path} never reached {n}; last answer {last:?}"
-        );
-        assert_eq!(last, n.to_string(), "count {path} overshot");
-    }
-
-    /// Asks until the answer satisfies `ok` (for changes the indexer learns of by inotify).
-    fn wait_answer(&mut self, q: &str, ok: impl Fn(&str) -> bool) -> String {
-        let mut last = String::new();
-        let reached = eventually(PATIENCE, || {
-            last = self.ask(q);
-            ok(&last)
-        });
-        assert!(reached, "{q:?}: last answer {last:?}");
-        last
-    }
-}
+type Client = framed::QueryClient;
 
 /// The served directory and the index directory of one test.
 struct Dirs {
@@ -249,7 +105,7 @@ fn check_file(c: &mut Client, framing: &str, root: &Path, rel: &str) {
     let data = fs::read(root.join(rel)).unwrap();
     let (starts, end) = naive_starts(framing, &data);
     let n = starts.len();
-    c.wait_count(rel, n);
+    c.wait_count(&format!("count {rel}"), n as u64);
     let mut qs: Vec<String> = (0..=n).map(|i| format!("offset-of {rel} {i}")).collect();
     let mut want: Vec<String> = starts.iter().map(u64::to_string).collect();
     want.push(end.to_string());
@@ -300,7 +156,7 @@ fn every_framing_answers_per_path_as_a_naive_scan_says() {
         let cut = more_starts[10] as usize + 1;
         append(&d.root.join(grown), &more[..cut]);
         let (now, _) = naive_starts(framing, &fs::read(d.root.join(grown)).unwrap());
-        c.wait_count(grown, now.len());
+        c.wait_count(&format!("count {grown}"), now.len() as u64);
         append(&d.root.join(grown), &more[cut..]);
         for f in files {
             check_file(&mut c, framing, &d.root, f);
