@@ -197,13 +197,8 @@ fn push_answer(out: &mut Vec<u8>, a: Answer) {
 
 /// Serves one connection until the client closes it.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, indexed: Indexed) {
-    net::tune(&stream);
-    let sock = match Async::new(stream) {
-        Ok(s) => s,
-        Err(e) => {
-            log::warn!(client:% = peer; "cannot register socket: {e}");
-            return;
-        }
+    let Some(sock) = net::register(stream, peer) else {
+        return;
     };
     log::debug!(client:% = peer; "client connected");
     let why = match converse(&sock, &indexed).await {

@@ -120,3 +120,16 @@ pub async fn accept_forever(
         }
     }
 }
+
+/// A client's first step: tune the accepted socket and register it with the reactor. `None`
+/// (logged) if registration fails, which ends only that client.
+pub fn register(stream: TcpStream, peer: SocketAddr) -> Option<Async<TcpStream>> {
+    tune(&stream);
+    match Async::new(stream) {
+        Ok(sock) => Some(sock),
+        Err(e) => {
+            log::warn!(client:% = peer; "cannot register socket: {e}");
+            None
+        }
+    }
+}

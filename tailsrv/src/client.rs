@@ -62,13 +62,8 @@ impl std::fmt::Display for End {
 
 /// Serves one accepted connection until it ends.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, served: Served, header_timeout: Duration) {
-    net::tune(&stream);
-    let sock = match Async::new(stream) {
-        Ok(s) => s,
-        Err(e) => {
-            log::warn!(client:% = peer; "cannot register socket: {e}");
-            return;
-        }
+    let Some(sock) = net::register(stream, peer) else {
+        return;
     };
     match served {
         Served::File(file) => {
