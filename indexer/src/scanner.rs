@@ -62,6 +62,9 @@ pub async fn run(index: Arc<Index>, watch: FileWatch, index_path: &Path) -> io::
         let epoch = watch.epoch();
         let (store, entries) = match rebuild.take() {
             Some(why) => {
+                // Forget the old index before saying so: whoever reads the log line and
+                // then asks must not be answered from the log as it was.
+                publish(&index, Vec::new());
                 log::warn!(index:% = index_path.display(); "rebuilding the index from the start: {why}");
                 (Store::create(index_path, params)?, Vec::new())
             }
@@ -158,14 +161,7 @@ async fn follow(
     let stride = index.stride;
     let resume = entries.last().copied().unwrap_or(0);
     let mut count = entries.len() as u64 * stride;
-    index.update(|s| {
-        s.generation += 1;
-        s.starts = std::iter::once(0).chain(entries).collect();
-        s.count = count;
-        s.end = resume;
-        s.error = None;
-        s.ready = true;
-    });
+    publish(index, entries);
     let mut splitter = Splitter::at(index.framing, index.max_message, resume);
     // Counts down to the next message whose start gets an entry.
     let mut until_entry = stride;
@@ -243,6 +239,20 @@ async fn follow(
         }
         watch.wait_for_growth(splitter.offset(), epoch).await;
     }
+}
+
+/// Replaces what queries are answered from by `entries` (a new generation): the log as
+/// far as the last entry, nothing after it yet.
+fn publish(index: &Index, entries: Vec<u64>) {
+    let stride = index.stride;
+    index.update(|s| {
+        s.generation += 1;
+        s.count = entries.len() as u64 * stride;
+        s.end = entries.last().copied().unwrap_or(0);
+        s.starts = std::iter::once(0).chain(entries).collect();
+        s.error = None;
+        s.ready = true;
+    });
 }
 
 fn ctx(watch: &FileWatch, what: &str, e: io::Error) -> io::Error {
