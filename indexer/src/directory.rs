@@ -33,6 +33,7 @@ use shared::framing::Framing;
 use shared::tree::Tree;
 use shared::watch::{FileWatch, Follower};
 
+use crate::cache::StrideCache;
 use crate::index::Index;
 use crate::scanner;
 
@@ -54,6 +55,8 @@ pub struct Directory {
     follower: Follower,
     index_dir: PathBuf,
     settings: Settings,
+    /// Decoded strides, shared by every file's index.
+    cache: Option<Arc<StrideCache>>,
     /// Real path → its index, while the file is at that path.
     indexes: Mutex<HashMap<PathBuf, Arc<Index>>>,
 }
@@ -68,6 +71,7 @@ impl Directory {
         index_dir: &Path,
         follower: Follower,
         settings: Settings,
+        cache: Option<Arc<StrideCache>>,
     ) -> io::Result<Directory> {
         let tree = Tree::new(root)?;
         let planned = real_path_to_be(index_dir)?;
@@ -99,6 +103,7 @@ impl Directory {
             follower,
             index_dir: planned,
             settings,
+            cache,
             indexes: Mutex::new(HashMap::new()),
         })
     }
@@ -187,6 +192,7 @@ impl Directory {
             u64::from(s.stride),
             s.max_message,
             watch.clone(),
+            self.cache.clone(),
         ));
         log::info!(path:% = real.display(), index:% = index_path.display(); "indexing a file on first query");
         let me = self.clone();

@@ -4,20 +4,24 @@
 //! What queries need is small and kept under one lock: the start offset of every K-th
 //! message, the count of complete messages, where the next message starts, and the framing
 //! error indexing stopped at, if any. A lookup copies what it needs under the lock and then
-//! reads at most K-1 messages of the log with `pread` (outside the lock) to get from the
-//! nearest entry to the exact message. Answers are only ever given for complete messages the
-//! scanner has already seen, and a lookup that raced with a rebuild is refused rather than
-//! answered from a file that changed under it.
+//! gets from the nearest entry to the exact message: from the [`crate::cache`] of decoded
+//! strides, or by reading the stride (at most K messages) with `pread`, outside the lock, and
+//! caching it. Answers are only ever given for complete messages the scanner has already
+//! seen, and a lookup that raced with a rebuild is refused rather than answered from a file
+//! that changed under it.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use event_listener::Event;
 use shared::framing::{Framing, FramingError, Splitter};
 use shared::watch::FileWatch;
+
+use crate::cache::{Key, StrideCache};
 
 /// What the scanner has established about the log.
 #[derive(Debug, Clone, Default)]
@@ -45,6 +49,9 @@ pub struct Index {
     pub framing: Framing,
     pub stride: u64,
     pub max_message: u64,
+    /// Process-unique, names this index's strides in the shared cache.
+    id: u64,
+    cache: Option<Arc<StrideCache>>,
     watch: FileWatch,
     state: RwLock<State>,
     /// Notified after every update, for [`Index::wait_caught_up`].
@@ -54,12 +61,42 @@ pub struct Index {
 /// A query answer: a number, or the reason there is none (sent as `error: <reason>`).
 pub type Answer = Result<u64, String>;
 
+/// Buffers a lookup reuses: one per query connection, so a lookup allocates nothing.
+#[derive(Default)]
+pub struct Scratch {
+    buf: Vec<u8>,
+    starts: Vec<u32>,
+}
+
+/// Longest read a lookup does at once.
+const LOOKUP_READ: usize = 64 << 10;
+
+/// Where a lookup found its stride: entry `j` at `from`, the stride ending at `to` (the next
+/// entry, or where the complete messages end), under `generation`.
+struct Stride {
+    generation: u64,
+    j: u64,
+    from: u64,
+    to: u64,
+    /// Whether `to` is entry `j + 1`, so the stride holds exactly K messages.
+    complete: bool,
+}
+
 impl Index {
-    pub fn new(framing: Framing, stride: u64, max_message: u64, watch: FileWatch) -> Self {
+    pub fn new(
+        framing: Framing,
+        stride: u64,
+        max_message: u64,
+        watch: FileWatch,
+        cache: Option<Arc<StrideCache>>,
+    ) -> Self {
+        static IDS: AtomicU64 = AtomicU64::new(1);
         Index {
             framing,
             stride,
             max_message,
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            cache,
             watch,
             state: RwLock::new(State::default()),
             changed: Event::new(),
@@ -127,8 +164,8 @@ impl Index {
     }
 
     /// `offset-of N`: where message `n` starts; `n == count` is where the next one will.
-    pub fn offset_of(&self, n: u64) -> Answer {
-        let (generation, from, skip, end) = self.read(|s| {
+    pub fn offset_of(&self, n: u64, scratch: &mut Scratch) -> Answer {
+        let found = self.read(|s| {
             not_ready(s)?;
             if n > s.count || (n == s.count && s.error.is_some()) {
                 return Err(match &s.error {
@@ -140,32 +177,37 @@ impl Index {
                 });
             }
             if n == s.count {
-                return Ok((s.generation, s.end, 0, s.end));
+                return Ok(Err(s.end));
             }
-            let j = (n / self.stride) as usize;
-            // The answer lies before the next entry, if there is one: read no further.
-            let to = s.starts.get(j + 1).copied().unwrap_or(s.end);
-            Ok((s.generation, s.starts[j], n - j as u64 * self.stride, to))
+            Ok(Ok(self.stride_of(s, (n / self.stride) as usize)))
         })?;
-        if skip == 0 {
-            return Ok(from);
+        let st = match found {
+            Err(end) => return Ok(end),
+            Ok(st) => st,
+        };
+        // Message n is the i-th of its stride; its start is where the one before it ends.
+        let i = (n - st.j * self.stride) as usize;
+        if i == 0 {
+            return Ok(st.from);
         }
-        // The start of message n is the end of the `skip`-th message after `from`.
+        if let Some(rel) = self.cached(&st, scratch, |starts| starts[i - 1]) {
+            return rel.map(|rel| st.from + u64::from(rel));
+        }
         let mut seen = 0;
         let mut found = None;
-        self.scan(from, end, |e| {
+        self.scan(st.from, st.to, &mut scratch.buf, |e| {
             seen += 1;
-            if seen == skip {
+            if seen == i {
                 found = Some(e);
             }
             found.is_some()
         })?;
-        self.confirm(generation, found)
+        self.confirm(st.generation, found)
     }
 
     /// `message-at B`: the number of the message that contains byte `b`.
-    pub fn message_at(&self, b: u64) -> Answer {
-        let (generation, from, first, end) = self.read(|s| {
+    pub fn message_at(&self, b: u64, scratch: &mut Scratch) -> Answer {
+        let st = self.read(|s| {
             not_ready(s)?;
             if b >= s.end {
                 return Err(match &s.error {
@@ -177,28 +219,102 @@ impl Index {
                 });
             }
             let j = s.starts.partition_point(|&o| o <= b) - 1;
-            let to = s.starts.get(j + 1).copied().unwrap_or(s.end);
-            Ok((s.generation, s.starts[j], j as u64 * self.stride, to))
+            Ok(self.stride_of(s, j))
         })?;
+        let first = st.j * self.stride;
+        // The messages of the stride that start at or before b, the first one included.
+        let rel = b - st.from;
+        let counted = self.cached(&st, scratch, |starts| {
+            starts.partition_point(|&s| u64::from(s) <= rel) as u64
+        });
+        if let Some(before) = counted {
+            return before.map(|before| first + before);
+        }
         let mut number = first;
         let mut found = None;
-        self.scan(from, end, |e| {
+        self.scan(st.from, st.to, &mut scratch.buf, |e| {
             if e > b {
                 found = Some(number);
             }
             number += 1;
             found.is_some()
         })?;
-        self.confirm(generation, found)
+        self.confirm(st.generation, found)
+    }
+
+    /// Where stride `j` lies, as `s` knows it.
+    fn stride_of(&self, s: &State, j: usize) -> Stride {
+        let next = s.starts.get(j + 1).copied();
+        Stride {
+            generation: s.generation,
+            j: j as u64,
+            from: s.starts[j],
+            to: next.unwrap_or(s.end),
+            complete: next.is_some(),
+        }
+    }
+
+    /// Runs `f` on the inner starts of a complete stride (relative to its entry, K-1 of
+    /// them), from the cache or decoded from the log and cached. None when there is no cache,
+    /// the stride is not complete, or it is too long to cache: the caller scans instead.
+    fn cached<T>(
+        &self,
+        st: &Stride,
+        scratch: &mut Scratch,
+        f: impl FnOnce(&[u32]) -> T,
+    ) -> Option<Result<T, String>> {
+        let cache = self.cache.as_ref()?;
+        if !st.complete || st.to - st.from > u64::from(u32::MAX) {
+            return None;
+        }
+        let key = Key {
+            index: self.id,
+            generation: st.generation,
+            stride: st.j,
+        };
+        let mut f = Some(f);
+        if let Some(x) = cache.with(key, |starts| (f.take().expect("called once"))(starts)) {
+            return Some(Ok(x));
+        }
+        let f = f.expect("not called on a miss");
+        Some(self.decode(st, scratch).map(|()| {
+            cache.insert(key, &scratch.starts);
+            f(&scratch.starts)
+        }))
+    }
+
+    /// Splits a complete stride into `scratch.starts`. It must hold exactly K messages and
+    /// end at the next entry, or the log changed and nothing is cached.
+    fn decode(&self, st: &Stride, scratch: &mut Scratch) -> Result<(), String> {
+        let Scratch { buf, starts } = scratch;
+        starts.clear();
+        let mut last = st.from;
+        let mut ends = 0;
+        self.scan(st.from, st.to, buf, |e| {
+            ends += 1;
+            last = e;
+            if ends < self.stride {
+                starts.push((e - st.from) as u32);
+            }
+            false
+        })?;
+        let whole = ends == self.stride && last == st.to;
+        self.confirm(st.generation, whole.then_some(0)).map(|_| ())
     }
 
     /// Reads messages from `from` (a boundary) up to `end` (a boundary), calling `on_end`
     /// with each end offset until it returns true.
-    fn scan(&self, from: u64, end: u64, on_end: impl FnMut(u64) -> bool) -> Result<(), String> {
+    fn scan(
+        &self,
+        from: u64,
+        end: u64,
+        buf: &mut Vec<u8>,
+        on_end: impl FnMut(u64) -> bool,
+    ) -> Result<(), String> {
         let Some(file) = self.watch.file() else {
             return Err("the log file is not open".into());
         };
-        scan(file, self.framing, self.max_message, from, end, on_end).map_err(|e| {
+        scan(file, self.framing, self.max_message, from, end, buf, on_end).map_err(|e| {
             log::warn!(offset = from; "lookup failed: {e}");
             format!("reading the log failed at byte {from}: {e}")
         })
@@ -232,8 +348,8 @@ fn stopped(s: &State, e: &FramingError) -> String {
     )
 }
 
-/// Splits the log from `from` (a message boundary) up to `end` with `pread`, calling
-/// `on_end` with every message end until it returns true or `end` is reached.
+/// Splits the log from `from` (a message boundary) up to `end` with `pread` into `buf`,
+/// calling `on_end` with every message end until it returns true or `end` is reached.
 ///
 /// Payloads of length-prefixed messages are skipped without reading them. A framing error or
 /// a file shorter than `end` is an error: the caller said those bytes hold whole messages.
@@ -243,16 +359,20 @@ pub fn scan(
     max_message: u64,
     from: u64,
     end: u64,
+    buf: &mut Vec<u8>,
     mut on_end: impl FnMut(u64) -> bool,
 ) -> io::Result<()> {
     let mut splitter = Splitter::at(framing, max_message, from);
-    // Usually `end` is the next entry, K short messages away: read just that.
-    let mut buf = vec![0u8; (end - from).clamp(1, 64 << 10) as usize];
+    // Usually `end` is the next entry, K short messages away: one read covers it.
+    let size = (end - from).clamp(1, LOOKUP_READ as u64) as usize;
+    if buf.len() < size {
+        buf.resize(size, 0);
+    }
     let mut done = false;
     while !done && splitter.offset() < end {
         let pos = splitter.offset();
         let skip = splitter.payload_remaining().min(end - pos);
-        if skip > buf.len() as u64 {
+        if skip > LOOKUP_READ as u64 {
             splitter.skip_payload(skip, |e| done = on_end(e));
             continue;
         }
@@ -271,10 +391,6 @@ pub fn scan(
                 }
             })
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        if !done && buf.len() < (1 << 20) {
-            let bigger = buf.len() * 2;
-            buf.resize(bigger, 0);
-        }
     }
     Ok(())
 }

@@ -53,6 +53,11 @@ struct Args {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     stride: u32,
 
+    /// Memory (MiB) for decoded strides, shared by all indexes: a lookup in a stride already
+    /// decoded does not read the log. About 4 bytes per message held; 0 disables it.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    cache_mib: u64,
+
     #[command(flatten)]
     log: shared::logging::LogArgs,
 
@@ -102,6 +107,7 @@ fn main() -> ExitCode {
         framing: args.framing,
         max_message: args.max_message,
         stride: args.stride,
+        cache_bytes: args.cache_mib.saturating_mul(1 << 20),
     };
     match indexer::run(config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -25,7 +25,7 @@
 //! ([`MAX_DIR_LINE`] in directory mode) is answered with an error and the connection is
 //! closed: there is no sensible way to resynchronise.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +36,7 @@ use shared::header::{trim_line, MAX_DIR_HEADER_LEN};
 use shared::net;
 
 use crate::directory::Directory;
-use crate::index::{Answer, Index};
+use crate::index::{Answer, Index, Scratch};
 
 /// Longest request line accepted, without its newline.
 pub const MAX_LINE: usize = 256;
@@ -79,35 +79,40 @@ pub enum Request {
 }
 
 impl Request {
-    fn ask(self, index: &Index) -> Answer {
+    fn ask(self, index: &Index, scratch: &mut Scratch) -> Answer {
         match self {
-            Request::OffsetOf(n) => index.offset_of(n),
+            Request::OffsetOf(n) => index.offset_of(n, scratch),
             Request::Count => index.count(),
-            Request::MessageAt(b) => index.message_at(b),
+            Request::MessageAt(b) => index.message_at(b, scratch),
         }
     }
 }
 
-/// The index of the last path a connection asked about in the current batch: a client that
-/// pipelines many queries about one file has the path checked once per batch, not per line.
+/// What a connection keeps between requests.
 #[derive(Default)]
-struct Recent(Option<(Vec<u8>, Arc<Index>)>);
+struct Conn {
+    /// The index of the last path asked about in the current batch: a client that
+    /// pipelines many queries about one file has the path checked once per batch, not per
+    /// line. Forgotten after each batch, so a file replaced meanwhile is looked up again.
+    recent: Option<(Vec<u8>, Arc<Index>)>,
+    scratch: Scratch,
+}
 
 /// Answers one line (without its newline).
-async fn answer(indexed: &Indexed, recent: &mut Recent, line: &[u8]) -> Answer {
+async fn answer(indexed: &Indexed, conn: &mut Conn, line: &[u8]) -> Answer {
     match indexed {
-        Indexed::File(index) => parse(line)?.ask(index),
+        Indexed::File(index) => parse(line)?.ask(index, &mut conn.scratch),
         Indexed::Dir(dir) => {
             let (path, request) = parse_dir(line)?;
-            let index = match &recent.0 {
+            let index = match &conn.recent {
                 Some((p, ix)) if p == path => ix.clone(),
                 _ => {
                     let ix = dir.index_of(path).await?;
-                    recent.0 = Some((path.to_vec(), ix.clone()));
+                    conn.recent = Some((path.to_vec(), ix.clone()));
                     ix
                 }
             };
-            request.ask(&index)
+            request.ask(&index, &mut conn.scratch)
         }
     }
 }
@@ -184,8 +189,8 @@ fn parse_number(s: &[u8]) -> Option<u64> {
 fn push_answer(out: &mut Vec<u8>, a: Answer) {
     match a {
         Ok(n) => {
-            out.extend_from_slice(n.to_string().as_bytes());
-            out.push(b'\n');
+            // Formatted in place: no allocation per answer.
+            let _ = writeln!(out, "{n}");
         }
         Err(e) => {
             out.extend_from_slice(b"error: ");
@@ -215,13 +220,14 @@ async fn converse(sock: &Async<TcpStream>, indexed: &Indexed) -> io::Result<()> 
     // Bytes of a request line whose newline has not arrived yet.
     let mut partial: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
+    let mut conn = Conn::default();
     loop {
         let n = sock.read_with(|s| (&*s).read(&mut buf)).await?;
-        let mut recent = Recent::default();
+        conn.recent = None;
         if n == 0 {
             // A last request without its newline (`printf count | nc`) still gets its answer.
             if !trim_line(&partial).is_empty() {
-                push_answer(&mut out, answer(indexed, &mut recent, &partial).await);
+                push_answer(&mut out, answer(indexed, &mut conn, &partial).await);
                 write_all(sock, &out).await?;
             }
             return Ok(());
@@ -239,7 +245,7 @@ async fn converse(sock: &Async<TcpStream>, indexed: &Indexed) -> io::Result<()> 
                 too_long = true;
                 break;
             }
-            push_answer(&mut out, answer(indexed, &mut recent, line).await);
+            push_answer(&mut out, answer(indexed, &mut conn, line).await);
             partial.clear();
             data = &data[i + 1..];
         }

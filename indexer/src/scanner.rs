@@ -128,12 +128,13 @@ fn verify(index: &Index, file: &File, entries: &[u64]) -> Result<(), String> {
     let mut picks: Vec<usize> = (0..SPOT_CHECKS).map(|i| i * n / SPOT_CHECKS).collect();
     picks.push(n - 1);
     picks.dedup();
+    let mut buf = Vec::new();
     for i in picks {
         let from = if i == 0 { 0 } else { entries[i - 1] };
         let to = entries[i];
         let mut ends = 0u64;
         let mut last_end = from;
-        index::scan(file, index.framing, index.max_message, from, to, |e| {
+        index::scan(file, index.framing, index.max_message, from, to, &mut buf, |e| {
             ends += 1;
             last_end = e;
             false

@@ -22,6 +22,7 @@ use shared::framing::Framing;
 use shared::watch::{OnGone, Watcher};
 use shared::{logging, net};
 
+use crate::cache::StrideCache;
 use crate::directory::{Directory, Settings};
 use crate::index::Index;
 use crate::query::{self, Indexed};
@@ -47,6 +48,8 @@ pub struct Config {
     pub max_message: u64,
     /// One index entry every `stride` messages.
     pub stride: u32,
+    /// Memory for decoded strides ([`crate::cache`]), shared by every index; 0 disables it.
+    pub cache_bytes: u64,
 }
 
 /// Runs the indexer until SIGINT/SIGTERM, until an I/O error, or (single-file mode) until
@@ -59,6 +62,7 @@ pub fn run(config: Config) -> io::Result<()> {
 pub async fn serve(config: Config) -> io::Result<()> {
     let mut signals = Signals::new([Signal::Term, Signal::Int])?;
     let watcher = Watcher::new()?;
+    let cache = StrideCache::new(config.cache_bytes, u64::from(config.stride)).map(Arc::new);
     let (indexed, scan, on_gone): (Indexed, Pin<Box<dyn Future<Output = _> + Send>>, _) =
         match &config.source {
             Source::File { path, index } => {
@@ -68,6 +72,7 @@ pub async fn serve(config: Config) -> io::Result<()> {
                     u64::from(config.stride),
                     config.max_message,
                     file.clone(),
+                    cache,
                 ));
                 log::info!(
                     path:% = path.display(), index:% = index.display(),
@@ -88,7 +93,7 @@ pub async fn serve(config: Config) -> io::Result<()> {
                     stride: config.stride,
                     max_message: config.max_message,
                 };
-                let dir = Directory::new(root, index_dir, watcher.follower(), settings)?;
+                let dir = Directory::new(root, index_dir, watcher.follower(), settings, cache)?;
                 log::info!(
                     dir:% = dir.root().display(), index_dir:% = dir.index_dir().display(),
                     framing:% = config.framing, stride = config.stride;

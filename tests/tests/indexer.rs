@@ -167,19 +167,27 @@ fn append_in_pieces(c: &mut Client, framing: Framing, path: &Path, data: &[u8], 
 
 #[test]
 fn every_framing_matches_a_naive_scan_while_written_in_pieces() {
-    for (i, framing) in FRAMINGS.into_iter().enumerate() {
+    // Lookups answered from decoded strides (the cache) and by scanning the log (no cache).
+    let runs = FRAMINGS
+        .into_iter()
+        .flat_map(|f| [(f, true), (f, false)])
+        .enumerate();
+    for (i, (framing, cached)) in runs {
         let dir = tempdir();
         let path = dir.path().join("log");
         let mut rng = Rng::new(100 + i as u64);
         // Some messages before the indexer starts (cold build), the rest while it runs.
         fs::write(&path, random_stream(framing, 150, &mut rng)).unwrap();
         // A small stride so lookups cross many entries; the default one on the first framing.
-        let stride = if i == 0 {
+        let mut args = if i == 0 {
             vec![]
         } else {
             vec!["--stride", "5"]
         };
-        let p = start(&path, framing, &stride);
+        if !cached {
+            args.extend(["--cache-mib", "0"]);
+        }
+        let p = start(&path, framing, &args);
         let mut c = Client::new(&p);
         check_all(&mut c, framing, &path, &mut rng);
         let more = random_stream(framing, 250, &mut rng);
