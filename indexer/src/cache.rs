@@ -92,7 +92,9 @@ impl StrideCache {
 
     fn place(&self, key: Key) -> (&Mutex<Shard>, usize) {
         // Spread indexes apart, keep one index's consecutive strides consecutive.
-        let h = key.stride.wrapping_add(key.index.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as usize;
+        let h = key
+            .stride
+            .wrapping_add(key.index.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as usize;
         let shard = &self.shards[h % SHARDS];
         (shard, (h / SHARDS) % self.slots_per_shard)
     }
@@ -158,7 +160,9 @@ mod tests {
         assert!((0..32).all(|j| c.with(key(1, 1, j), |s| s[0] == j as u32) == Some(true)));
         // The next one evicts exactly one.
         c.insert(key(1, 1, 32), &[32, 0, 0]);
-        let held = (0..33).filter(|&j| c.with(key(1, 1, j), |_| ()).is_some()).count();
+        let held = (0..33)
+            .filter(|&j| c.with(key(1, 1, j), |_| ()).is_some())
+            .count();
         assert_eq!(held, 32);
     }
 

@@ -47,6 +47,7 @@ pub struct Settings {
     pub framing: Framing,
     pub stride: u32,
     pub max_message: u64,
+    pub scan_threads: usize,
 }
 
 /// The indexed directory: the path rule, the watcher's follower, and the live indexes.
@@ -215,7 +216,12 @@ impl Directory {
             watch.wait_until(|w| w.gone().is_some()).await;
             Ok(())
         };
-        let scan = scanner::run(index.clone(), watch.clone(), &index_path);
+        let scan = scanner::run(
+            index.clone(),
+            watch.clone(),
+            &index_path,
+            self.settings.scan_threads,
+        );
         let ended: io::Result<()> = future::or(gone, scan).await;
         let mut indexes = self.indexes.lock().unwrap();
         let current = indexes.get(&real).is_some_and(|ix| Arc::ptr_eq(ix, &index));

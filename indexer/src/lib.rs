@@ -11,11 +11,13 @@
 //! - [`directory`]: directory mode, one index per file, started on demand.
 //! - [`scanner`]: follows the log ([`shared::watch`]), splits it ([`shared::framing`]) and
 //!   keeps the index current, resuming from the index file after a restart.
+//! - [`bulk`]: the cold build of a newline or NUL log, on every core.
 //! - [`index`]: the in-memory index shared with queries, and the lookups.
 //! - [`cache`]: a bounded cache of decoded strides, so repeated lookups skip the log.
 //! - [`store`]: the crash-safe index file format.
 //! - [`query`]: the line protocol and one connection's life.
 
+pub mod bulk;
 pub mod cache;
 pub mod directory;
 pub mod index;

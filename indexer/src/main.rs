@@ -58,6 +58,11 @@ struct Args {
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     cache_mib: u64,
 
+    /// Threads that split a newline or NUL log far behind its index (a cold build, or
+    /// catching up after a restart) [default: one per core].
+    #[arg(long, value_name = "N")]
+    scan_threads: Option<usize>,
+
     #[command(flatten)]
     log: shared::logging::LogArgs,
 
@@ -108,6 +113,9 @@ fn main() -> ExitCode {
         max_message: args.max_message,
         stride: args.stride,
         cache_bytes: args.cache_mib.saturating_mul(1 << 20),
+        scan_threads: args
+            .scan_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
     };
     match indexer::run(config) {
         Ok(()) => ExitCode::SUCCESS,

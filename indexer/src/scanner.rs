@@ -26,9 +26,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use shared::framing::Splitter;
+use shared::framing::{FramingError, Splitter};
 use shared::watch::FileWatch;
 
+use crate::bulk::{self, Bulk};
 use crate::index::{self, Index};
 use crate::store::{Opened, Params, Store};
 
@@ -42,8 +43,14 @@ const BATCH: u64 = 1 << 20;
 /// Strides re-split on start-up to check that the index still describes the log.
 const SPOT_CHECKS: usize = 8;
 
-/// Runs the scanner until an I/O error on the log or the index file.
-pub async fn run(index: Arc<Index>, watch: FileWatch, index_path: &Path) -> io::Result<()> {
+/// Runs the scanner until an I/O error on the log or the index file. A newline or NUL log
+/// far behind the index is split on `threads` threads ([`crate::bulk`]).
+pub async fn run(
+    index: Arc<Index>,
+    watch: FileWatch,
+    index_path: &Path,
+    threads: usize,
+) -> io::Result<()> {
     watch.wait_until(|w| w.file().is_some()).await;
     let Some(file) = watch.file() else {
         unreachable!("wait_until returned before the file was open")
@@ -70,7 +77,7 @@ pub async fn run(index: Arc<Index>, watch: FileWatch, index_path: &Path) -> io::
             }
             None => load(&index, file, index_path, params)?,
         };
-        let why = follow(&index, &watch, file, store, entries, epoch).await?;
+        let why = follow(&index, &watch, file, store, entries, epoch, threads).await?;
         rebuild = Some(why);
     }
 }
@@ -134,11 +141,19 @@ fn verify(index: &Index, file: &File, entries: &[u64]) -> Result<(), String> {
         let to = entries[i];
         let mut ends = 0u64;
         let mut last_end = from;
-        index::scan(file, index.framing, index.max_message, from, to, &mut buf, |e| {
-            ends += 1;
-            last_end = e;
-            false
-        })
+        index::scan(
+            file,
+            index.framing,
+            index.max_message,
+            from,
+            to,
+            &mut buf,
+            |e| {
+                ends += 1;
+                last_end = e;
+                false
+            },
+        )
         .map_err(|e| format!("re-splitting bytes {from}..{to}: {e}"))?;
         if ends != index.stride || last_end != to {
             return Err(format!(
@@ -158,72 +173,66 @@ async fn follow(
     mut store: Store,
     entries: Vec<u64>,
     epoch: u64,
+    threads: usize,
 ) -> io::Result<String> {
     let stride = index.stride;
     let resume = entries.last().copied().unwrap_or(0);
-    let mut count = entries.len() as u64 * stride;
+    let mut p = Progress {
+        splitter: Splitter::at(index.framing, index.max_message, resume),
+        stride,
+        count: entries.len() as u64 * stride,
+        until_entry: stride,
+        new_starts: Vec::new(),
+        buf: vec![0u8; CHUNK],
+    };
     publish(index, entries);
-    let mut splitter = Splitter::at(index.framing, index.max_message, resume);
-    // Counts down to the next message whose start gets an entry.
-    let mut until_entry = stride;
-    let mut new_starts: Vec<u64> = Vec::new();
-    let mut buf = vec![0u8; CHUNK];
+    let bulk = match index.framing.delimiter() {
+        Some(delim) if threads > 1 => Some(Bulk {
+            delim,
+            threads,
+            stride,
+        }),
+        _ => None,
+    };
     let started = Instant::now();
     let mut caught_up = false;
+    let truncated = || Ok("the log was truncated".to_string());
     loop {
-        let truncated = || "the log was truncated".to_string();
         if watch.epoch() != epoch {
-            return Ok(truncated());
+            return truncated();
         }
         let len = watch.len();
-        if len < splitter.offset() {
-            return Ok(truncated());
+        if len < p.splitter.offset() {
+            return truncated();
         }
-        while splitter.offset() < len {
-            // Read a batch in cache-sized preads, then publish and persist it once.
-            let batch_end = len.min(splitter.offset() + BATCH);
-            let mut fed = Ok(());
-            while fed.is_ok() && splitter.offset() < batch_end {
-                let pos = splitter.offset();
-                let skip = splitter.payload_remaining().min(len - pos);
-                if skip >= CHUNK as u64 {
-                    // A long payload: no need to read it, only its end matters.
-                    splitter.skip_payload(skip, |e| {
-                        count += 1;
-                        until_entry -= 1;
-                        if until_entry == 0 {
-                            new_starts.push(e);
-                            until_entry = stride;
-                        }
-                    });
-                    continue;
+        while p.splitter.offset() < len {
+            let read = match bulk {
+                // Far behind (a cold build): split a big batch on every core.
+                Some(bulk) if len - p.splitter.offset() >= bulk::MIN_BYTES => {
+                    p.bulk_batch(bulk, file, watch, len)?.map(Ok)
                 }
-                let want = (batch_end - pos).min(CHUNK as u64) as usize;
-                let n = index::read_at(file, &mut buf[..want], pos)
-                    .map_err(|e| ctx(watch, &format!("reading at byte {pos} of"), e))?;
-                if n == 0 {
-                    return Ok(truncated());
-                }
-                fed = splitter
-                    .feed_sparse(&buf[..n], stride, &mut until_entry, |e| new_starts.push(e))
-                    .map(|done| count += done);
-            }
-            let end = splitter.boundary();
+                _ => p.read_batch(file, watch, len)?,
+            };
+            let Some(fed) = read else {
+                return truncated();
+            };
+            // Publish and persist once per batch.
+            let end = p.splitter.boundary();
             index.update(|s| {
-                s.starts.extend_from_slice(&new_starts);
-                s.count = count;
+                s.starts.extend_from_slice(&p.new_starts);
+                s.count = p.count;
                 s.end = end;
                 s.error = fed.as_ref().err().cloned();
             });
-            store.append(&new_starts)?;
-            new_starts.clear();
+            store.append(&p.new_starts)?;
+            p.new_starts.clear();
             if let Err(e) = fed {
                 log::error!(
-                    path:% = watch.path().display(), offset = end, messages = count;
+                    path:% = watch.path().display(), offset = end, messages = p.count;
                     "indexing stopped: {e}"
                 );
                 watch.wait_until(|w| w.epoch() != epoch).await;
-                return Ok(truncated());
+                return truncated();
             }
             // A cold build of a big log must not starve the accept loop and queries.
             futures_lite::future::yield_now().await;
@@ -232,13 +241,92 @@ async fn follow(
             caught_up = true;
             index.update(|s| s.caught_up = true);
             log::info!(
-                path:% = watch.path().display(), messages = count,
-                offset = splitter.boundary(), entries = store.persisted(),
+                path:% = watch.path().display(), messages = p.count,
+                offset = p.splitter.boundary(), entries = store.persisted(),
                 seconds = started.elapsed().as_secs_f64();
                 "index is up to date, following the log"
             );
         }
-        watch.wait_for_growth(splitter.offset(), epoch).await;
+        watch.wait_for_growth(p.splitter.offset(), epoch).await;
+    }
+}
+
+/// Where the scanner is in the log, and what it found since the last publication.
+struct Progress {
+    splitter: Splitter,
+    stride: u64,
+    /// Complete messages.
+    count: u64,
+    /// Message ends still to pass before the next entry.
+    until_entry: u64,
+    /// Entries found since the last publication.
+    new_starts: Vec<u64>,
+    buf: Vec<u8>,
+}
+
+impl Progress {
+    /// Splits up to [`BATCH`] bytes, up to `len`, in cache-sized `pread`s. None if the log
+    /// ended early (it was truncated); a framing error stops the batch where it happened.
+    fn read_batch(
+        &mut self,
+        file: &File,
+        watch: &FileWatch,
+        len: u64,
+    ) -> io::Result<Option<Result<(), FramingError>>> {
+        let batch_end = len.min(self.splitter.offset() + BATCH);
+        let stride = self.stride;
+        while self.splitter.offset() < batch_end {
+            let pos = self.splitter.offset();
+            let skip = self.splitter.payload_remaining().min(len - pos);
+            let (count, until_entry, new_starts) =
+                (&mut self.count, &mut self.until_entry, &mut self.new_starts);
+            if skip >= CHUNK as u64 {
+                // A long payload: no need to read it, only its end matters.
+                self.splitter.skip_payload(skip, |e| {
+                    *count += 1;
+                    *until_entry -= 1;
+                    if *until_entry == 0 {
+                        new_starts.push(e);
+                        *until_entry = stride;
+                    }
+                });
+                continue;
+            }
+            let want = (batch_end - pos).min(CHUNK as u64) as usize;
+            let n = index::read_at(file, &mut self.buf[..want], pos)
+                .map_err(|e| ctx(watch, &format!("reading at byte {pos} of"), e))?;
+            if n == 0 {
+                return Ok(None);
+            }
+            match self
+                .splitter
+                .feed_sparse(&self.buf[..n], stride, until_entry, |e| new_starts.push(e))
+            {
+                Ok(done) => *count += done,
+                Err(e) => return Ok(Some(Err(e))),
+            }
+        }
+        Ok(Some(Ok(())))
+    }
+
+    /// Splits up to [`bulk::BATCH`] bytes, up to `len`, on several threads ([`crate::bulk`]).
+    /// None if the log ended early (it was truncated).
+    fn bulk_batch(
+        &mut self,
+        bulk: Bulk,
+        file: &File,
+        watch: &FileWatch,
+        len: u64,
+    ) -> io::Result<Option<()>> {
+        let pos = self.splitter.offset();
+        let to = len.min(pos + bulk::BATCH);
+        let scanned = bulk
+            .scan(file, pos, to, &mut self.until_entry, &mut self.new_starts)
+            .map_err(|e| ctx(watch, &format!("reading bytes {pos}..{to} of"), e))?;
+        Ok(scanned.map(|s| {
+            self.count += s.completed;
+            self.splitter.skip_scanned(to, s.last_end);
+        }))
     }
 }
 

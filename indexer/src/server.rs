@@ -50,6 +50,8 @@ pub struct Config {
     pub stride: u32,
     /// Memory for decoded strides ([`crate::cache`]), shared by every index; 0 disables it.
     pub cache_bytes: u64,
+    /// Threads that split a newline or NUL log far behind its index ([`crate::bulk`]).
+    pub scan_threads: usize,
 }
 
 /// Runs the indexer until SIGINT/SIGTERM, until an I/O error, or (single-file mode) until
@@ -81,9 +83,10 @@ pub async fn serve(config: Config) -> io::Result<()> {
                 );
                 let scanned = ix.clone();
                 let index_path = index.clone();
+                let threads = config.scan_threads;
                 // Its own task: the scanner's reads are blocking, and must not hold up accepting.
                 let scan = async_std::task::spawn(async move {
-                    scanner::run(scanned, file, &index_path).await
+                    scanner::run(scanned, file, &index_path, threads).await
                 });
                 (Indexed::File(ix), Box::pin(scan), OnGone::Stop)
             }
@@ -92,6 +95,7 @@ pub async fn serve(config: Config) -> io::Result<()> {
                     framing: config.framing,
                     stride: config.stride,
                     max_message: config.max_message,
+                    scan_threads: config.scan_threads,
                 };
                 let dir = Directory::new(root, index_dir, watcher.follower(), settings, cache)?;
                 log::info!(

@@ -211,6 +211,20 @@ impl Splitter {
         }
     }
 
+    /// For the delimiter framings: advances to `to` over bytes that were split elsewhere
+    /// (the indexer splits big ranges on several threads), the last message among them
+    /// ending at `last_end`, if one did. Does nothing for the prefix framings, whose state
+    /// cannot be known without reading in order.
+    pub fn skip_scanned(&mut self, to: u64, last_end: Option<u64>) {
+        if !matches!(self.state, State::Scan) || to < self.offset {
+            return;
+        }
+        self.offset = to;
+        if let Some(end) = last_end {
+            self.boundary = end.clamp(self.boundary, to);
+        }
+    }
+
     /// Advances over `n` payload bytes without looking at them; `n` is capped at
     /// [`payload_remaining`](Self::payload_remaining). Reports the message's end if reached.
     pub fn skip_payload(&mut self, n: u64, mut on_end: impl FnMut(u64)) {
@@ -302,7 +316,7 @@ impl Splitter {
         let mut pos = 0;
         while pos < chunk.len() {
             let block = &chunk[pos..(pos + BLOCK).min(chunk.len())];
-            let found = memchr::memchr_iter(delim, block).count() as u64;
+            let found = bytecount::count(block, delim) as u64;
             if found < *until_mark {
                 *until_mark -= found;
                 completed += found;

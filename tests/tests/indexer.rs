@@ -196,6 +196,53 @@ fn every_framing_matches_a_naive_scan_while_written_in_pieces() {
     }
 }
 
+/// A newline or NUL log far behind its index (32 MiB or more) is split on several threads,
+/// each taking segments in turn: every answer must still match a naive scan, at the seams
+/// between the threads' segments too, with messages longer than a segment, a partial last
+/// message, and a restart that resumes from that index.
+#[test]
+fn big_cold_build_split_on_several_threads() {
+    for (framing, delim) in [(Framing::Newline, b'\n'), (Framing::Nul, 0u8)] {
+        let dir = tempdir();
+        let path = dir.path().join("log");
+        let mut rng = Rng::new(77);
+        let mut data = Vec::with_capacity(41 << 20);
+        while data.len() < 40 << 20 {
+            let len = match rng.below(3000) {
+                0 => 300_000,
+                _ => rng.below(400) as usize,
+            };
+            data.resize(data.len() + len, b'x');
+            data.push(delim);
+        }
+        data.extend_from_slice(b"partial");
+        fs::write(&path, &data).unwrap();
+        let (starts, end) = naive_starts(framing, &data);
+        let n = starts.len() as u64;
+        for run in 0..2 {
+            // The first run builds the index cold, the second resumes from it.
+            let p = start(&path, framing, &["--scan-threads", "3"]);
+            let mut c = Client::new(&p);
+            c.wait_count("count", n);
+            let mut qs = Vec::new();
+            let mut want = Vec::new();
+            let picks = (0..200)
+                .chain(n - 200..n)
+                .chain((0..3000).map(|_| rng.below(n)));
+            for i in picks {
+                let s = starts[i as usize];
+                qs.push(format!("offset-of {i}"));
+                want.push(s.to_string());
+                qs.push(format!("message-at {s}"));
+                want.push(i.to_string());
+            }
+            qs.push(format!("offset-of {n}"));
+            want.push(end.to_string());
+            assert_eq!(c.ask_all(&qs), want, "{framing:?}, run {run}");
+        }
+    }
+}
+
 #[test]
 fn pipelined_queries_and_index_size() {
     let dir = tempdir();

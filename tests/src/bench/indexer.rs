@@ -82,9 +82,8 @@ pub fn indexer(plan: &Plan, data: &DataFile, table: &mut Table) -> Result<()> {
         table.note(format!("redis baseline skipped: {e}"));
     }
     for conns in CONNS {
-        let run = |addr, check| {
-            query_load(addr, conns, plan.depth, secs(plan.query_secs), data, check)
-        };
+        let run =
+            |addr, check| query_load(addr, conns, plan.depth, secs(plan.query_secs), data, check);
         // Servers take turns, `reps` rounds; the best round of each.
         let (mut ours, mut ours_uncached, mut trivial, mut theirs) = (None, None, None, None);
         for _ in 0..plan.reps {
