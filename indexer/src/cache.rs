@@ -86,7 +86,8 @@ impl StrideCache {
     }
 
     /// Slots in the whole table.
-    pub fn capacity(&self) -> usize {
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
         self.slots_per_shard * SHARDS
     }
 

@@ -29,12 +29,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_lite::future;
-use shared::framing::Framing;
+use proto::{Code, Refusal};
 use shared::tree::Tree;
-use shared::watch::{FileWatch, Follower};
+use shared::watch::{self, FileWatch, Follower};
 
 use crate::cache::StrideCache;
-use crate::index::Index;
+use crate::index::{Index, Params};
 use crate::scanner;
 
 /// Longest the first query of a file waits for its index to catch up with the file.
@@ -43,10 +43,10 @@ pub const FIRST_QUERY_WAIT: Duration = Duration::from_secs(5);
 
 /// How every file of the directory is indexed.
 #[derive(Debug, Clone, Copy)]
-pub struct Settings {
-    pub framing: Framing,
-    pub stride: u32,
-    pub max_message: u64,
+pub(crate) struct Settings {
+    /// Framing, stride and message limit of every index.
+    pub params: Params,
+    /// Threads for a cold build ([`crate::bulk`]).
     pub scan_threads: usize,
 }
 
@@ -119,23 +119,21 @@ impl Directory {
         &self.index_dir
     }
 
-    /// Number of files being indexed (tests and diagnostics).
-    pub fn indexed(&self) -> usize {
-        self.indexes.lock().unwrap().len()
-    }
-
     /// The index of the file `requested` names (as the client sent it), starting one if
-    /// needed. The error is the client-facing reason, naming the path.
-    pub async fn index_of(self: &Arc<Self>, requested: &[u8]) -> Result<Arc<Index>, String> {
+    /// needed. The refusal is the client's answer, naming the path.
+    pub async fn index_of(self: &Arc<Self>, requested: &[u8]) -> Result<Arc<Index>, Refusal> {
         let shown = String::from_utf8_lossy(requested);
-        let refuse = |why: &dyn std::fmt::Display| format!("{shown:?}: {why}");
-        let real = self.tree.resolve(requested).map_err(|r| refuse(&r))?;
+        let refuse = |r: Refusal| Refusal::new(r.code, format!("{shown:?}: {}", r.reason));
+        let real = self
+            .tree
+            .resolve(requested)
+            .map_err(|r| r.to_refusal(requested))?;
         let index = {
             let mut indexes = self.indexes.lock().unwrap();
             match indexes.get(&real) {
                 Some(ix) if ix.watch().gone().is_none() => ix.clone(),
                 _ => {
-                    let ix = self.start(&real).map_err(|why| refuse(&why))?;
+                    let ix = self.start(&real).map_err(refuse)?;
                     indexes.insert(real, ix.clone());
                     ix
                 }
@@ -147,24 +145,17 @@ impl Directory {
 
     /// Follows the file at `real` and starts its scanner. Called under the `indexes` lock,
     /// so one file never gets two scanners.
-    fn start(self: &Arc<Self>, real: &Path) -> Result<Arc<Index>, String> {
+    fn start(self: &Arc<Self>, real: &Path) -> Result<Arc<Index>, Refusal> {
         // Resolving accepts a path whose file does not exist yet (tailsrv waits for it); we
         // answer at once instead.
         match fs::metadata(real) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(no_file()),
-            Err(e) => return Err(format!("not readable: {}", e.kind())),
+            Err(e) => return Err(Refusal::new(Code::Unreadable, format!("{}", e.kind()))),
         }
         let watch = self.follower.follow(real).map_err(|e| {
             log::warn!(path:% = real.display(); "cannot follow: {e}");
-            // ENOSPC from inotify_add_watch is the watch limit, not a full disk (the watcher
-            // wraps the error with context, which keeps its kind but not its errno).
-            if e.kind() == io::ErrorKind::StorageFull {
-                "cannot follow: the indexer is following too many files (inotify watch limit)"
-                    .to_owned()
-            } else {
-                format!("cannot follow: {}", e.kind())
-            }
+            watch::follow_refusal(&e)
         })?;
         // Gone between the check and the open: the watch is waiting for a new file, which
         // is not what was asked for.
@@ -173,25 +164,22 @@ impl Directory {
         };
         self.tree.check_opened(file).map_err(|r| {
             log::warn!(path:% = real.display(); "refused after open: {r}");
-            r.to_string()
+            Refusal::new(r.to_refusal(b"").code, r.to_string())
         })?;
-        let rel = real
-            .strip_prefix(self.tree.root())
-            .map_err(|_| "path leads outside the indexed directory".to_owned())?;
+        let rel = real.strip_prefix(self.tree.root()).map_err(|_| {
+            Refusal::new(Code::NotServed, "path leads outside the indexed directory")
+        })?;
         let mut index_path = self.index_dir.join(rel).into_os_string();
         index_path.push(".idx");
         let index_path = PathBuf::from(index_path);
         if let Some(parent) = index_path.parent() {
             fs::create_dir_all(parent).map_err(|e| {
                 log::error!(index:% = index_path.display(); "cannot create the index's directory: {e}");
-                format!("cannot create its index: {}", e.kind())
+                Refusal::new(Code::Io, format!("cannot create its index: {}", e.kind()))
             })?;
         }
-        let s = self.settings;
         let index = Arc::new(Index::new(
-            s.framing,
-            u64::from(s.stride),
-            s.max_message,
+            self.settings.params,
             watch.clone(),
             self.cache.clone(),
         ));
@@ -199,7 +187,7 @@ impl Directory {
         let me = self.clone();
         let real = real.to_owned();
         let ix = index.clone();
-        async_std::task::spawn(async move { me.keep(real, ix, watch, index_path).await });
+        shared::rt::spawn(async move { me.keep(real, ix, watch, index_path).await });
         Ok(index)
     }
 
@@ -250,8 +238,11 @@ impl Directory {
     }
 }
 
-fn no_file() -> String {
-    "no such file (yet): a file is indexed once it exists; ask again then".to_owned()
+fn no_file() -> Refusal {
+    Refusal::new(
+        Code::NotFound,
+        "no such file (yet): a file is indexed once it exists; ask again then",
+    )
 }
 
 /// What `path` will canonicalize to once it exists: its longest existing ancestor,

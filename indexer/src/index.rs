@@ -18,7 +18,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use event_listener::Event;
-use shared::framing::{Framing, FramingError, Splitter};
+use proto::framing::{Framing, FramingError, Splitter};
+use proto::query::Answer;
+use proto::{Code, Refusal};
 use shared::watch::FileWatch;
 
 use crate::cache::{Key, StrideCache};
@@ -46,9 +48,8 @@ pub struct State {
 
 /// The index shared by the scanner and the query connections.
 pub struct Index {
-    pub framing: Framing,
-    pub stride: u64,
-    pub max_message: u64,
+    /// How the log is split and how dense the index is.
+    pub params: Params,
     /// Process-unique, names this index's strides in the shared cache.
     id: u64,
     cache: Option<Arc<StrideCache>>,
@@ -58,8 +59,24 @@ pub struct Index {
     changed: Event,
 }
 
-/// A query answer: a number, or the reason there is none (sent as `error: <reason>`).
-pub type Answer = Result<u64, String>;
+/// How a log is split and indexed: one value from the command line to the index file's
+/// header, so a setting cannot change type or meaning on the way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Params {
+    /// How messages are delimited.
+    pub framing: Framing,
+    /// One index entry every `stride` messages (K).
+    pub stride: u32,
+    /// Longest message a length prefix may announce.
+    pub max_message: u64,
+}
+
+impl Params {
+    /// K as the lookups compute with it.
+    pub fn k(&self) -> u64 {
+        u64::from(self.stride)
+    }
+}
 
 /// Buffers a lookup reuses: one per query connection, so a lookup allocates nothing.
 #[derive(Default)]
@@ -83,18 +100,10 @@ struct Stride {
 }
 
 impl Index {
-    pub fn new(
-        framing: Framing,
-        stride: u64,
-        max_message: u64,
-        watch: FileWatch,
-        cache: Option<Arc<StrideCache>>,
-    ) -> Self {
+    pub fn new(params: Params, watch: FileWatch, cache: Option<Arc<StrideCache>>) -> Self {
         static IDS: AtomicU64 = AtomicU64::new(1);
         Index {
-            framing,
-            stride,
-            max_message,
+            params,
             id: IDS.fetch_add(1, Ordering::Relaxed),
             cache,
             watch,
@@ -147,11 +156,6 @@ impl Index {
         f(&guard)
     }
 
-    /// A copy of the current state (tests and logs).
-    pub fn snapshot(&self) -> State {
-        self.read(State::clone)
-    }
-
     /// `count`: complete messages.
     pub fn count(&self) -> Answer {
         self.read(|s| {
@@ -170,23 +174,26 @@ impl Index {
             if n > s.count || (n == s.count && s.error.is_some()) {
                 return Err(match &s.error {
                     Some(e) => stopped(s, e),
-                    None => format!(
-                        "message {n} does not exist yet (there are {} complete messages)",
-                        s.count
+                    None => Refusal::new(
+                        Code::NotYet,
+                        format!(
+                            "message {n} does not exist yet (there are {} complete messages)",
+                            s.count
+                        ),
                     ),
                 });
             }
             if n == s.count {
                 return Ok(Err(s.end));
             }
-            Ok(Ok(self.stride_of(s, (n / self.stride) as usize)))
+            Ok(Ok(self.stride_of(s, (n / self.params.k()) as usize)))
         })?;
         let st = match found {
             Err(end) => return Ok(end),
             Ok(st) => st,
         };
         // Message n is the i-th of its stride; its start is where the one before it ends.
-        let i = (n - st.j * self.stride) as usize;
+        let i = (n - st.j * self.params.k()) as usize;
         if i == 0 {
             return Ok(st.from);
         }
@@ -212,16 +219,19 @@ impl Index {
             if b >= s.end {
                 return Err(match &s.error {
                     Some(e) => stopped(s, e),
-                    None => format!(
-                        "byte {b} is not in a complete message yet (complete messages end at byte {})",
-                        s.end
+                    None => Refusal::new(
+                        Code::NotYet,
+                        format!(
+                            "byte {b} is not in a complete message yet (complete messages end at byte {})",
+                            s.end
+                        ),
                     ),
                 });
             }
             let j = s.starts.partition_point(|&o| o <= b) - 1;
             Ok(self.stride_of(s, j))
         })?;
-        let first = st.j * self.stride;
+        let first = st.j * self.params.k();
         // The messages of the stride that start at or before b, the first one included.
         let rel = b - st.from;
         let counted = self.cached(&st, scratch, |starts| {
@@ -262,7 +272,7 @@ impl Index {
         st: &Stride,
         scratch: &mut Scratch,
         f: impl FnOnce(&[u32]) -> T,
-    ) -> Option<Result<T, String>> {
+    ) -> Option<Result<T, Refusal>> {
         let cache = self.cache.as_ref()?;
         if !st.complete || st.to - st.from > u64::from(u32::MAX) {
             return None;
@@ -285,7 +295,7 @@ impl Index {
 
     /// Splits a complete stride into `scratch.starts`. It must hold exactly K messages and
     /// end at the next entry, or the log changed and nothing is cached.
-    fn decode(&self, st: &Stride, scratch: &mut Scratch) -> Result<(), String> {
+    fn decode(&self, st: &Stride, scratch: &mut Scratch) -> Result<(), Refusal> {
         let Scratch { buf, starts } = scratch;
         starts.clear();
         let mut last = st.from;
@@ -293,12 +303,12 @@ impl Index {
         self.scan(st.from, st.to, buf, |e| {
             ends += 1;
             last = e;
-            if ends < self.stride {
+            if ends < self.params.k() {
                 starts.push((e - st.from) as u32);
             }
             false
         })?;
-        let whole = ends == self.stride && last == st.to;
+        let whole = ends == self.params.k() && last == st.to;
         self.confirm(st.generation, whole.then_some(0)).map(|_| ())
     }
 
@@ -310,13 +320,25 @@ impl Index {
         end: u64,
         buf: &mut Vec<u8>,
         on_end: impl FnMut(u64) -> bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refusal> {
         let Some(file) = self.watch.file() else {
-            return Err("the log file is not open".into());
+            return Err(Refusal::new(Code::Loading, "the log file is not open yet"));
         };
-        scan(file, self.framing, self.max_message, from, end, buf, on_end).map_err(|e| {
+        scan(
+            file,
+            self.params.framing,
+            self.params.max_message,
+            from,
+            end,
+            buf,
+            on_end,
+        )
+        .map_err(|e| {
             log::warn!(offset = from; "lookup failed: {e}");
-            format!("reading the log failed at byte {from}: {e}")
+            Refusal::new(
+                Code::Io,
+                format!("reading the log failed at byte {from}: {e}"),
+            )
         })
     }
 
@@ -325,26 +347,38 @@ impl Index {
         let now = self.read(|s| s.generation);
         match found {
             Some(x) if now == generation => Ok(x),
-            _ if now != generation => Err("the index is being rebuilt; ask again".into()),
-            _ => Err("the log no longer matches the index; it will be rebuilt".into()),
+            _ if now != generation => Err(Refusal::new(
+                Code::Rebuilding,
+                "the index is being rebuilt; ask again",
+            )),
+            _ => Err(Refusal::new(
+                Code::Rebuilding,
+                "the log no longer matches the index; it will be rebuilt",
+            )),
         }
     }
 }
 
-fn not_ready(s: &State) -> Result<(), String> {
+fn not_ready(s: &State) -> Result<(), Refusal> {
     if let Some(why) = &s.failed {
-        return Err(format!("indexing failed: {why}"));
+        return Err(Refusal::new(Code::Io, format!("indexing failed: {why}")));
     }
     match s.ready {
         true => Ok(()),
-        false => Err("the log file does not exist yet, or its index is still loading".into()),
+        false => Err(Refusal::new(
+            Code::Loading,
+            "the log file does not exist yet, or its index is still loading",
+        )),
     }
 }
 
-fn stopped(s: &State, e: &FramingError) -> String {
-    format!(
-        "indexing stopped at byte {} after {} complete messages: {e}",
-        s.end, s.count
+fn stopped(s: &State, e: &FramingError) -> Refusal {
+    Refusal::new(
+        Code::BadLog,
+        format!(
+            "indexing stopped at byte {} after {} complete messages: {e}",
+            s.end, s.count
+        ),
     )
 }
 

@@ -1,14 +1,14 @@
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::builder::TypedValueParser;
 use clap::Parser;
-use shared::framing::{Framing, DEFAULT_MAX_MESSAGE};
+use proto::framing::{Framing, DEFAULT_MAX_MESSAGE};
 
 /// Keeps a message-number to byte-offset index of a log that tailsrv serves, and answers
 /// lookups on its own port.
 ///
-/// Protocol: one request per line, one answer per line (a number or `error: <reason>`):
+/// Protocol: one request per line, one answer per line (a number or `error: CODE: reason`):
 /// `offset-of N` (where message N starts; N = count gives where the next one will),
 /// `count` (complete messages), `message-at B` (the message containing byte B). Try
 /// `echo count | nc localhost PORT`.
@@ -20,17 +20,14 @@ use shared::framing::{Framing, DEFAULT_MAX_MESSAGE};
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {
-    /// TCP port to listen on (0 picks a free one; the `listening on` log line names it).
-    #[arg(short, long)]
-    port: u16,
-
-    /// Address to bind: an IPv4 or IPv6 address (`::` takes both families).
-    #[arg(long, default_value = "0.0.0.0")]
-    bind: IpAddr,
+    #[command(flatten)]
+    listen: shared::server::ListenArgs,
 
     /// How messages are delimited: `\n`, a zero byte, a 4-byte big-endian length prefix, or
     /// a protobuf-style varint length prefix.
-    #[arg(long, value_enum, default_value_t = Framing::Newline)]
+    #[arg(long, default_value = "newline",
+          value_parser = clap::builder::PossibleValuesParser::new(Framing::NAMES)
+              .try_map(|s| s.parse::<Framing>()))]
     framing: Framing,
 
     /// The index file [default: FILE.idx beside the log].
@@ -108,10 +105,12 @@ fn main() -> ExitCode {
     };
     let config = indexer::Config {
         source,
-        addr: SocketAddr::new(args.bind, args.port),
-        framing: args.framing,
-        max_message: args.max_message,
-        stride: args.stride,
+        addr: args.listen.addr(),
+        params: indexer::Params {
+            framing: args.framing,
+            stride: args.stride,
+            max_message: args.max_message,
+        },
         cache_bytes: args.cache_mib.saturating_mul(1 << 20),
         scan_threads: args
             .scan_threads

@@ -26,12 +26,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use shared::framing::{FramingError, Splitter};
+use proto::framing::{FramingError, Splitter};
 use shared::watch::FileWatch;
 
 use crate::bulk::{self, Bulk};
 use crate::index::{self, Index};
-use crate::store::{Opened, Params, Store};
+use crate::store::{Identity, Opened, Store};
 
 /// Bytes per `pread`: small enough that the copy out of the page cache lands in the CPU
 /// cache, where the delimiter count reads it again (1 MiB reads measured ~40% slower).
@@ -56,10 +56,8 @@ pub async fn run(
         unreachable!("wait_until returned before the file was open")
     };
     let meta = file.metadata().map_err(|e| ctx(&watch, "stat", e))?;
-    let params = Params {
-        framing: index.framing,
-        stride: index.stride as u32,
-        max_message: index.max_message,
+    let params = Identity {
+        params: index.params,
         dev: meta.dev(),
         ino: meta.ino(),
     };
@@ -87,7 +85,7 @@ fn load(
     index: &Index,
     file: &File,
     index_path: &Path,
-    params: Params,
+    params: Identity,
 ) -> io::Result<(Store, Vec<u64>)> {
     let shown = index_path.display();
     match Store::open(index_path, params)? {
@@ -102,7 +100,7 @@ fn load(
         Opened::Resumed(store, entries) => match verify(index, file, &entries) {
             Ok(()) => {
                 let offset = entries.last().copied().unwrap_or(0);
-                let messages = entries.len() as u64 * index.stride;
+                let messages = entries.len() as u64 * index.params.k();
                 log::info!(
                     index:% = shown, offset = offset, messages = messages;
                     "resuming from the index at byte {offset} (message {messages})"
@@ -143,8 +141,8 @@ fn verify(index: &Index, file: &File, entries: &[u64]) -> Result<(), String> {
         let mut last_end = from;
         index::scan(
             file,
-            index.framing,
-            index.max_message,
+            index.params.framing,
+            index.params.max_message,
             from,
             to,
             &mut buf,
@@ -155,10 +153,10 @@ fn verify(index: &Index, file: &File, entries: &[u64]) -> Result<(), String> {
             },
         )
         .map_err(|e| format!("re-splitting bytes {from}..{to}: {e}"))?;
-        if ends != index.stride || last_end != to {
+        if ends != index.params.k() || last_end != to {
             return Err(format!(
                 "bytes {from}..{to} hold {ends} messages ending at {last_end}, the index says {} ending at {to}",
-                index.stride
+                index.params.k()
             ));
         }
     }
@@ -175,10 +173,10 @@ async fn follow(
     epoch: u64,
     threads: usize,
 ) -> io::Result<String> {
-    let stride = index.stride;
+    let stride = index.params.k();
     let resume = entries.last().copied().unwrap_or(0);
     let mut p = Progress {
-        splitter: Splitter::at(index.framing, index.max_message, resume),
+        splitter: Splitter::at(index.params.framing, index.params.max_message, resume),
         stride,
         count: entries.len() as u64 * stride,
         until_entry: stride,
@@ -186,7 +184,7 @@ async fn follow(
         buf: vec![0u8; CHUNK],
     };
     publish(index, entries);
-    let bulk = match index.framing.delimiter() {
+    let bulk = match index.params.framing.delimiter() {
         Some(delim) if threads > 1 => Some(Bulk {
             delim,
             threads,
@@ -333,7 +331,7 @@ impl Progress {
 /// Replaces what queries are answered from by `entries` (a new generation): the log as
 /// far as the last entry, nothing after it yet.
 fn publish(index: &Index, entries: Vec<u64>) {
-    let stride = index.stride;
+    let stride = index.params.k();
     index.update(|s| {
         s.generation += 1;
         s.count = entries.len() as u64 * stride;

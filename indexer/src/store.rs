@@ -37,7 +37,9 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use shared::framing::Framing;
+use proto::framing::Framing;
+
+use crate::index::Params;
 
 const MAGIC: [u8; 8] = *b"tsrvidx\0";
 const VERSION: u32 = 1;
@@ -46,34 +48,32 @@ pub const HEADER_LEN: u64 = 64;
 /// Bytes per entry.
 pub const ENTRY_LEN: u64 = 12;
 
-/// What an index is an index of. Any difference means the index cannot be reused.
+/// What an index is an index of: the parameters and the log's identity. Any difference
+/// means the index cannot be reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Params {
-    pub framing: Framing,
-    pub stride: u32,
-    pub max_message: u64,
+pub struct Identity {
+    /// How the log is split and indexed.
+    pub params: Params,
+    /// Device of the indexed file.
     pub dev: u64,
+    /// Inode of the indexed file.
     pub ino: u64,
 }
 
-impl Params {
+impl Identity {
     fn encode(&self) -> [u8; HEADER_LEN as usize] {
         let mut h = [0u8; HEADER_LEN as usize];
         h[0..8].copy_from_slice(&MAGIC);
         h[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        h[12] = framing_code(self.framing);
-        h[16..20].copy_from_slice(&self.stride.to_le_bytes());
-        h[24..32].copy_from_slice(&self.max_message.to_le_bytes());
+        h[12] = self.params.framing.code();
+        h[16..20].copy_from_slice(&self.params.stride.to_le_bytes());
+        h[24..32].copy_from_slice(&self.params.max_message.to_le_bytes());
         h[32..40].copy_from_slice(&self.dev.to_le_bytes());
         h[40..48].copy_from_slice(&self.ino.to_le_bytes());
         let crc = crc32fast::hash(&h[..56]);
         h[56..60].copy_from_slice(&crc.to_le_bytes());
         h
     }
-}
-
-fn framing_code(f: Framing) -> u8 {
-    Framing::ALL.iter().position(|&x| x == f).unwrap_or(0) as u8
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -134,7 +134,7 @@ impl Store {
     /// Opens the index at `path` for a file with `params`, creating or replacing it as needed.
     ///
     /// Fails (without touching it) if the file there is not a tailsrv-indexer index.
-    pub fn open(path: &Path, params: Params) -> io::Result<Opened> {
+    pub fn open(path: &Path, params: Identity) -> io::Result<Opened> {
         let bytes = match fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -196,7 +196,7 @@ impl Store {
 
     /// Writes a fresh index (header only) to a temporary file and renames it over `path`, so
     /// that whatever was at `path` is replaced atomically.
-    pub fn create(path: &Path, params: Params) -> io::Result<Store> {
+    pub fn create(path: &Path, params: Identity) -> io::Result<Store> {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
@@ -250,7 +250,7 @@ impl Store {
 }
 
 /// Why the header in `bytes` (which starts with our magic) does not fit `params`, if it doesn't.
-fn stale(bytes: &[u8], params: &Params) -> Option<Stale> {
+fn stale(bytes: &[u8], id: &Identity) -> Option<Stale> {
     if bytes.len() < HEADER_LEN as usize || crc32fast::hash(&bytes[..56]) != u32_at(bytes, 56) {
         return Some(Stale::Corrupt);
     }
@@ -258,21 +258,20 @@ fn stale(bytes: &[u8], params: &Params) -> Option<Stale> {
     if version != VERSION {
         return Some(Stale::Version(version));
     }
-    if bytes[12] != framing_code(params.framing) {
-        let name = Framing::ALL
-            .get(bytes[12] as usize)
+    if bytes[12] != id.params.framing.code() {
+        let name = Framing::from_code(bytes[12])
             .map_or_else(|| format!("#{}", bytes[12]), |f| f.to_string());
         return Some(Stale::Framing(name));
     }
     let stride = u32_at(bytes, 16);
-    if stride != params.stride {
+    if stride != id.params.stride {
         return Some(Stale::Stride(stride));
     }
     let max = u64_at(bytes, 24);
-    if max != params.max_message {
+    if max != id.params.max_message {
         return Some(Stale::MaxMessage(max));
     }
-    if u64_at(bytes, 32) != params.dev || u64_at(bytes, 40) != params.ino {
+    if u64_at(bytes, 32) != id.dev || u64_at(bytes, 40) != id.ino {
         return Some(Stale::Replaced);
     }
     None
@@ -294,11 +293,13 @@ fn ctx(path: &Path, what: &str, e: io::Error) -> io::Error {
 mod tests {
     use super::*;
 
-    fn params() -> Params {
-        Params {
-            framing: Framing::Varint,
-            stride: 4,
-            max_message: 1000,
+    fn params() -> Identity {
+        Identity {
+            params: Params {
+                framing: Framing::Varint,
+                stride: 4,
+                max_message: 1000,
+            },
             dev: 7,
             ino: 9,
         }

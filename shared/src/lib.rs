@@ -1,25 +1,23 @@
-//! The pieces every tailsrv binary shares, each written once:
+//! Server infrastructure, written once for every tailsrv server (tailsrv, tailsrv-indexer,
+//! and the collator to come):
 //!
-//! - [`header`]: the one-line request a client sends to tailsrv, and how it is read off a socket.
+//! - [`server`]: the skeleton: listen flags, signals, the watcher, the accept loop, shutdown.
+//! - [`rt`]: the runtime seam, the one file that names the executor.
 //! - [`watch`]: the file watcher (one inotify instance) that tells everyone when a followed
 //!   file grows, appears, shrinks or goes away.
-//! - [`tree`]: directory mode's rule of which paths may be served (inside the root, not
-//!   ignored, regular files), and the listing.
-//! - [`sendfile`]: moving file bytes to a socket with `sendfile(2)`, driven by readiness.
-//! - [`net`]: listening sockets (big backlog, dual-stack) and per-connection socket options.
-//! - [`logging`]: femme / journald set-up from `-v`/`-q`/`RUST_LOG`.
-//! - [`framing`]: message boundaries (newline, nul, u32be, varint) found incrementally in a byte stream.
-//! - [`consumer`]: resumable consumers (blocking I/O): reconnect and fail over at the exact
-//!   byte, whole messages, checkpoints in a state file; the logic of `tscat` and `tsmirror`.
+//! - [`tree`]: directory mode's rule of which paths may be served, and the listing.
+//! - [`net`]: listening sockets, per-connection options, bounded request lines, refusals and
+//!   graceful close.
+//! - [`logging`]: log set-up from `-v`/`-q`/`RUST_LOG`, and systemd readiness.
 //!
-//! Everything here is runtime-agnostic: it uses async-io's reactor directly, so the binaries
-//! decide which executor (async-std today) runs the futures.
+//! The wire grammars live in `proto`, the client side in `client`: a program that only
+//! consumes streams depends on neither inotify nor this crate.
 
-pub mod consumer;
-pub mod framing;
-pub mod header;
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+
 pub mod logging;
 pub mod net;
-pub mod sendfile;
+pub mod rt;
+pub mod server;
 pub mod tree;
 pub mod watch;

@@ -5,12 +5,17 @@
 //! notice after a 1 s retransmit timeout (upstream tailsrv takes seconds to accept 1,000
 //! clients for that reason). We ask for a large backlog; the kernel caps it at
 //! `net.core.somaxconn` (4096 by default on current kernels).
+//!
+//! Also here: reading a request line bounded in size and time ([`read_line`]), so a client
+//! that sends garbage, or nothing, costs a few bytes and is told why it is dropped; and the
+//! graceful close that makes sure a refusal is read ([`finish`], [`refuse`]).
 
-use std::io;
+use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use async_io::Async;
+use async_io::{Async, Timer};
+use proto::{Code, Refusal};
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 
 /// Requested listen backlog; the kernel silently caps it at `net.core.somaxconn`.
@@ -69,7 +74,6 @@ pub fn is_fd_exhaustion(e: &io::Error) -> bool {
 /// client's input until it closes or `linger` runs out.
 pub async fn finish(sock: &Async<TcpStream>, last: &[u8], linger: Duration) {
     use futures_lite::AsyncWriteExt;
-    use std::io::Read;
     let send = async {
         let mut writer = sock;
         writer.write_all(last).await?;
@@ -84,6 +88,63 @@ pub async fn finish(sock: &Async<TcpStream>, last: &[u8], linger: Duration) {
         Ok(())
     };
     let _ = futures_lite::future::or(send, timeout).await;
+}
+
+/// How long a client that was refused (or sent a listing) gets to read it before we close.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// Sends `refusal` as its `error: CODE: reason` line and closes gracefully ([`finish`]).
+pub async fn refuse(sock: &Async<TcpStream>, refusal: &Refusal) {
+    finish(sock, &refusal.render(), LINGER).await
+}
+
+/// Why no request line could be read.
+#[derive(Debug)]
+pub enum LineError {
+    /// The client hung up or the socket failed: there is no one to answer.
+    Gone,
+    /// Too long or too slow: the client should be told this, then closed.
+    Refused(Refusal),
+}
+
+/// Reads bytes until the first `\n`, at most `max` bytes, within `timeout`.
+///
+/// Returns the line without its newline. Bytes that arrived after the newline in the same
+/// read are dropped: the protocol says they are ignored.
+pub async fn read_line(
+    sock: &Async<TcpStream>,
+    max: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, LineError> {
+    let read = async {
+        let mut buf = vec![0u8; max];
+        let mut filled = 0;
+        loop {
+            let n = match sock.read_with(|s| (&*s).read(&mut buf[filled..])).await {
+                Ok(0) | Err(_) => return Err(LineError::Gone),
+                Ok(n) => n,
+            };
+            if let Some(i) = memchr::memchr(b'\n', &buf[filled..filled + n]) {
+                buf.truncate(filled + i);
+                return Ok(buf);
+            }
+            filled += n;
+            if filled == max {
+                return Err(LineError::Refused(Refusal::new(
+                    Code::TooLong,
+                    format!("request longer than {max} bytes without a newline"),
+                )));
+            }
+        }
+    };
+    let deadline = async {
+        Timer::after(timeout).await;
+        Err(LineError::Refused(Refusal::new(
+            Code::Timeout,
+            format!("no complete request line within {}s", timeout.as_secs_f64()),
+        )))
+    };
+    futures_lite::future::or(read, deadline).await
 }
 
 /// Accepts connections forever, handing each to `on_accept`.

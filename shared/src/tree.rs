@@ -23,14 +23,16 @@ use std::path::{Component, Path, PathBuf};
 use ignore::gitignore::Gitignore;
 use ignore::{Match, WalkBuilder};
 
-use crate::header::MAX_PATH_LEN;
+use proto::request::MAX_PATH_LEN;
+use proto::{Code, Refusal};
 
 /// The name of the files that say what not to serve.
 const IGNORE_FILE: &str = ".ignore";
 
-/// Why a path is not served. The `Display` text is sent to the client after `error: `.
+/// Why a path is not served ([`PathRefusal::to_refusal`] is what the client is told).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
+#[allow(missing_docs)] // Each variant's meaning is its `Display` text, just below.
+pub enum PathRefusal {
     Empty,
     TooLong,
     NotUtf8,
@@ -46,29 +48,44 @@ pub enum Refusal {
     DanglingSymlink,
 }
 
-impl fmt::Display for Refusal {
+impl fmt::Display for PathRefusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refusal::Empty => f.write_str("empty path"),
-            Refusal::TooLong => write!(f, "path longer than {MAX_PATH_LEN} bytes"),
-            Refusal::NotUtf8 => f.write_str("path is not UTF-8"),
-            Refusal::ControlCharacter => f.write_str("path contains a control character"),
-            Refusal::Absolute => f.write_str(
+            PathRefusal::Empty => f.write_str("empty path"),
+            PathRefusal::TooLong => write!(f, "path longer than {MAX_PATH_LEN} bytes"),
+            PathRefusal::NotUtf8 => f.write_str("path is not UTF-8"),
+            PathRefusal::ControlCharacter => f.write_str("path contains a control character"),
+            PathRefusal::Absolute => f.write_str(
                 "absolute paths are not served; name a path relative to the served directory",
             ),
-            Refusal::ParentComponent => f.write_str("`..` is not allowed in paths"),
-            Refusal::NotNormalized => f.write_str("path has an empty or `.` component"),
-            Refusal::Ignored => f.write_str("path is excluded by an .ignore file"),
-            Refusal::OutsideRoot => f.write_str("path leads outside the served directory"),
-            Refusal::NotARegularFile(kind) => write!(f, "not a regular file: {kind}"),
-            Refusal::NotReadable(e) => write!(f, "not readable: {e}"),
-            Refusal::NoParentDirectory => f.write_str("no such directory"),
-            Refusal::DanglingSymlink => f.write_str("path is a symlink to nothing"),
+            PathRefusal::ParentComponent => f.write_str("`..` is not allowed in paths"),
+            PathRefusal::NotNormalized => f.write_str("path has an empty or `.` component"),
+            PathRefusal::Ignored => f.write_str("path is excluded by an .ignore file"),
+            PathRefusal::OutsideRoot => f.write_str("path leads outside the served directory"),
+            PathRefusal::NotARegularFile(kind) => write!(f, "not a regular file: {kind}"),
+            PathRefusal::NotReadable(e) => write!(f, "not readable: {e}"),
+            PathRefusal::NoParentDirectory => f.write_str("no such directory"),
+            PathRefusal::DanglingSymlink => f.write_str("path is a symlink to nothing"),
         }
     }
 }
 
-impl std::error::Error for Refusal {}
+impl std::error::Error for PathRefusal {}
+
+impl PathRefusal {
+    /// The refusal a client gets for `requested` (the path as it sent it).
+    pub fn to_refusal(&self, requested: &[u8]) -> Refusal {
+        let code = match self {
+            PathRefusal::NotReadable(_) => Code::Unreadable,
+            PathRefusal::NoParentDirectory | PathRefusal::DanglingSymlink => Code::NotFound,
+            _ => Code::NotServed,
+        };
+        Refusal::new(
+            code,
+            format!("{:?}: {self}", String::from_utf8_lossy(requested)),
+        )
+    }
+}
 
 /// A served directory.
 #[derive(Debug, Clone)]
@@ -99,54 +116,56 @@ impl Tree {
     /// Decides whether `requested` (as the client sent it) may be served; returns the real
     /// path to follow. A file that does not exist yet is accepted if its directory does and
     /// the path would be servable: the caller waits for it, then calls [`Tree::check_opened`].
-    pub fn resolve(&self, requested: &[u8]) -> Result<PathBuf, Refusal> {
+    pub fn resolve(&self, requested: &[u8]) -> Result<PathBuf, PathRefusal> {
         let rel = check_text(requested)?;
         if self.is_ignored(rel) {
-            return Err(Refusal::Ignored);
+            return Err(PathRefusal::Ignored);
         }
         let full = self.root.join(rel);
         match std::fs::canonicalize(&full) {
             Ok(real) => {
-                let inside = self.relative(&real).ok_or(Refusal::OutsideRoot)?;
+                let inside = self.relative(&real).ok_or(PathRefusal::OutsideRoot)?;
                 // A symlink inside the root may point at an ignored file: judge the target too.
                 if self.is_ignored(inside) {
-                    return Err(Refusal::Ignored);
+                    return Err(PathRefusal::Ignored);
                 }
                 let meta = std::fs::metadata(&real)
-                    .map_err(|e| Refusal::NotReadable(e.kind().to_string()))?;
+                    .map_err(|e| PathRefusal::NotReadable(e.kind().to_string()))?;
                 check_kind(&meta)?;
-                File::open(&real).map_err(|e| Refusal::NotReadable(e.kind().to_string()))?;
+                File::open(&real).map_err(|e| PathRefusal::NotReadable(e.kind().to_string()))?;
                 Ok(real)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if std::fs::symlink_metadata(&full).is_ok() {
-                    return Err(Refusal::DanglingSymlink);
+                    return Err(PathRefusal::DanglingSymlink);
                 }
                 // Not there yet: its directory must be, and be inside the root.
-                let parent = full.parent().ok_or(Refusal::NoParentDirectory)?;
+                let parent = full.parent().ok_or(PathRefusal::NoParentDirectory)?;
                 let real_parent =
-                    std::fs::canonicalize(parent).map_err(|_| Refusal::NoParentDirectory)?;
+                    std::fs::canonicalize(parent).map_err(|_| PathRefusal::NoParentDirectory)?;
                 if real_parent != self.root {
-                    let inside = self.relative(&real_parent).ok_or(Refusal::OutsideRoot)?;
+                    let inside = self
+                        .relative(&real_parent)
+                        .ok_or(PathRefusal::OutsideRoot)?;
                     if self.is_ignored_dir(inside) {
-                        return Err(Refusal::Ignored);
+                        return Err(PathRefusal::Ignored);
                     }
                 }
-                let name = full.file_name().ok_or(Refusal::NotNormalized)?;
+                let name = full.file_name().ok_or(PathRefusal::NotNormalized)?;
                 Ok(real_parent.join(name))
             }
-            Err(e) => Err(Refusal::NotReadable(e.kind().to_string())),
+            Err(e) => Err(PathRefusal::NotReadable(e.kind().to_string())),
         }
     }
 
     /// Checks the file that was actually opened for a resolved path: its real path (as the
     /// kernel knows it) must still be inside the root and not ignored.
-    pub fn check_opened(&self, file: &File) -> Result<(), Refusal> {
+    pub fn check_opened(&self, file: &File) -> Result<(), PathRefusal> {
         let link = format!("/proc/self/fd/{}", file.as_raw_fd());
-        let real = std::fs::read_link(link).map_err(|e| Refusal::NotReadable(e.to_string()))?;
-        let inside = self.relative(&real).ok_or(Refusal::OutsideRoot)?;
+        let real = std::fs::read_link(link).map_err(|e| PathRefusal::NotReadable(e.to_string()))?;
+        let inside = self.relative(&real).ok_or(PathRefusal::OutsideRoot)?;
         if self.is_ignored(inside) {
-            return Err(Refusal::Ignored);
+            return Err(PathRefusal::Ignored);
         }
         Ok(())
     }
@@ -238,25 +257,25 @@ impl Tree {
 }
 
 /// The textual rules: bounded, UTF-8, no control characters, relative, normalized.
-fn check_text(requested: &[u8]) -> Result<&Path, Refusal> {
+fn check_text(requested: &[u8]) -> Result<&Path, PathRefusal> {
     if requested.is_empty() {
-        return Err(Refusal::Empty);
+        return Err(PathRefusal::Empty);
     }
     if requested.len() > MAX_PATH_LEN {
-        return Err(Refusal::TooLong);
+        return Err(PathRefusal::TooLong);
     }
-    let text = std::str::from_utf8(requested).map_err(|_| Refusal::NotUtf8)?;
+    let text = std::str::from_utf8(requested).map_err(|_| PathRefusal::NotUtf8)?;
     if text.chars().any(char::is_control) {
-        return Err(Refusal::ControlCharacter);
+        return Err(PathRefusal::ControlCharacter);
     }
     if text.starts_with('/') {
-        return Err(Refusal::Absolute);
+        return Err(PathRefusal::Absolute);
     }
     if text.split('/').any(|c| c == "..") {
-        return Err(Refusal::ParentComponent);
+        return Err(PathRefusal::ParentComponent);
     }
     if text.split('/').any(|c| c.is_empty() || c == ".") {
-        return Err(Refusal::NotNormalized);
+        return Err(PathRefusal::NotNormalized);
     }
     let path = Path::new(text);
     debug_assert!(path.components().all(|c| matches!(c, Component::Normal(_))));
@@ -264,7 +283,7 @@ fn check_text(requested: &[u8]) -> Result<&Path, Refusal> {
 }
 
 /// Only regular files are served: a FIFO would block, a device could be anything.
-fn check_kind(meta: &std::fs::Metadata) -> Result<(), Refusal> {
+fn check_kind(meta: &std::fs::Metadata) -> Result<(), PathRefusal> {
     use std::os::unix::fs::FileTypeExt;
     let t = meta.file_type();
     let kind = if t.is_file() {
@@ -280,7 +299,7 @@ fn check_kind(meta: &std::fs::Metadata) -> Result<(), Refusal> {
     } else {
         "not a file"
     };
-    Err(Refusal::NotARegularFile(kind))
+    Err(PathRefusal::NotARegularFile(kind))
 }
 
 #[cfg(test)]
@@ -289,17 +308,17 @@ mod tests {
 
     #[test]
     fn textual_rules() {
-        assert_eq!(check_text(b""), Err(Refusal::Empty));
-        assert_eq!(check_text(b"/etc/passwd"), Err(Refusal::Absolute));
-        assert_eq!(check_text(b"a/../b"), Err(Refusal::ParentComponent));
-        assert_eq!(check_text(b".."), Err(Refusal::ParentComponent));
-        assert_eq!(check_text(b"a//b"), Err(Refusal::NotNormalized));
-        assert_eq!(check_text(b"./a"), Err(Refusal::NotNormalized));
-        assert_eq!(check_text(b"a/"), Err(Refusal::NotNormalized));
-        assert_eq!(check_text(b"a\0b"), Err(Refusal::ControlCharacter));
-        assert_eq!(check_text(b"a\x1bb"), Err(Refusal::ControlCharacter));
-        assert_eq!(check_text(b"\xff"), Err(Refusal::NotUtf8));
-        assert_eq!(check_text(&[b'a'; 4097]), Err(Refusal::TooLong));
+        assert_eq!(check_text(b""), Err(PathRefusal::Empty));
+        assert_eq!(check_text(b"/etc/passwd"), Err(PathRefusal::Absolute));
+        assert_eq!(check_text(b"a/../b"), Err(PathRefusal::ParentComponent));
+        assert_eq!(check_text(b".."), Err(PathRefusal::ParentComponent));
+        assert_eq!(check_text(b"a//b"), Err(PathRefusal::NotNormalized));
+        assert_eq!(check_text(b"./a"), Err(PathRefusal::NotNormalized));
+        assert_eq!(check_text(b"a/"), Err(PathRefusal::NotNormalized));
+        assert_eq!(check_text(b"a\0b"), Err(PathRefusal::ControlCharacter));
+        assert_eq!(check_text(b"a\x1bb"), Err(PathRefusal::ControlCharacter));
+        assert_eq!(check_text(b"\xff"), Err(PathRefusal::NotUtf8));
+        assert_eq!(check_text(&[b'a'; 4097]), Err(PathRefusal::TooLong));
         assert!(check_text(b"nginx/access.log").is_ok());
         assert!(check_text(b".hidden/..x").is_ok());
     }

@@ -39,11 +39,14 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use async_io::Async;
 use event_listener::Event;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
+use proto::{Code, Refusal};
 
 /// Why a followed file is no longer at its path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gone {
+    /// Renamed away (`IN_MOVE_SELF`).
     Moved,
+    /// Unlinked (its link count went to 0).
     Deleted,
 }
 
@@ -198,11 +201,43 @@ pub struct Follower {
     registry: Arc<Registry>,
 }
 
-/// Starts following one file: the single-file form of [`Watcher::new`] + [`Follower::follow`].
-pub fn watch(path: &Path) -> io::Result<(FileWatch, Watcher)> {
-    let watcher = Watcher::new()?;
-    let file = watcher.follower().follow(path)?;
-    Ok((file, watcher))
+impl fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watcher").finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Follower {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Follower").finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for FileWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileWatch")
+            .field("path", &self.inner.path)
+            .field("len", &self.len())
+            .field("epoch", &self.epoch())
+            .field("gone", &self.gone())
+            .finish()
+    }
+}
+
+/// What a client is told when [`Follower::follow`] failed with `e`: the watch limit is worth
+/// retrying later, anything else is named by its kind (the path is in the server's log).
+pub fn follow_refusal(e: &io::Error) -> Refusal {
+    // ENOSPC from inotify_add_watch is the kernel's watch limit, not a full disk (the
+    // watcher wraps the error with context, which keeps its kind but not its errno).
+    match e.kind() {
+        io::ErrorKind::StorageFull => Refusal::new(
+            Code::WatchLimit,
+            "cannot follow: the server follows too many files (inotify watch limit)",
+        ),
+        io::ErrorKind::NotFound => Refusal::new(Code::NotFound, "no such file or directory"),
+        io::ErrorKind::PermissionDenied => Refusal::new(Code::Unreadable, "permission denied"),
+        kind => Refusal::new(Code::Io, format!("cannot follow: {kind}")),
+    }
 }
 
 impl Watcher {
@@ -340,11 +375,6 @@ impl Follower {
             }
         }
         Ok(file)
-    }
-
-    /// Number of inotify watches in use (for tests and diagnostics).
-    pub fn watch_count(&self) -> usize {
-        self.registry.table.lock().unwrap().by_wd.len()
     }
 
     /// Maps a batch of inotify events to the files they concern.

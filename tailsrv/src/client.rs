@@ -1,9 +1,11 @@
 //! The life of one client, one function per step:
 //!
-//! 1. [`serve`]: register the socket, read the request (bounded in size and time).
-//!    Single-file mode: an offset. Directory mode ([`serve_dir`]): `list`, or which file
-//!    to stream from where, checked against [`Tree`]'s rule before anything is sent.
-//! 2. [`place`]: wait for the file to exist and resolve the start offset against it.
+//! 1. [`serve`]: register the socket, read the request (bounded in size and time) and parse
+//!    it with `proto`. Single-file mode: an offset. Directory mode ([`serve_path`]): `list`,
+//!    or which file to stream from where, checked against [`Tree`]'s rule before anything
+//!    is sent.
+//! 2. [`serve_stream`] / [`place`]: wait for the file to exist and resolve the start offset
+//!    against it; answer `ok N` first if the client asked for a confirmation.
 //! 3. [`follow`]: loop: wait until the file is longer than what was sent, `sendfile` the
 //!    difference.
 //! 4. Meanwhile [`hangup`] watches the socket, so a client that leaves while the file is quiet
@@ -20,20 +22,28 @@ use std::time::Duration;
 
 use async_io::Async;
 use futures_lite::{future, AsyncWriteExt};
-use shared::header::{self, DirRequest, HeaderError, Start};
-use shared::net;
-use shared::sendfile::send_range;
+use proto::request::{Confirmation, StreamRequest, MAX_DIR_LINE, MAX_LINE};
+use proto::{Code, Mode, Refusal, Request, Start};
+use shared::net::{self, LineError};
 use shared::tree::Tree;
-use shared::watch::{FileWatch, Follower};
+use shared::watch::{self, FileWatch, Follower};
 
-/// How long a refused client (or one that was sent a listing) gets to read it before we close.
-const REFUSAL_LINGER: Duration = Duration::from_secs(2);
+use crate::sendfile::send_range;
 
 /// What the server serves: one file, or the files of a directory.
-#[derive(Clone)]
-pub enum Served {
+#[derive(Clone, Debug)]
+pub(crate) enum Served {
     File(FileWatch),
     Dir { tree: Arc<Tree>, follower: Follower },
+}
+
+impl Served {
+    fn mode(&self) -> Mode {
+        match self {
+            Served::File(_) => Mode::File,
+            Served::Dir { .. } => Mode::Dir,
+        }
+    }
 }
 
 /// Why a client's stream ended.
@@ -61,54 +71,62 @@ impl std::fmt::Display for End {
 }
 
 /// Serves one accepted connection until it ends.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, served: Served, header_timeout: Duration) {
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    served: Served,
+    header_timeout: Duration,
+) {
     let Some(sock) = net::register(stream, peer) else {
         return;
     };
-    match served {
-        Served::File(file) => {
-            let start = match header::read_header(&sock, header_timeout).await {
-                Ok(start) => start,
-                Err(e) => return refuse_header(&sock, peer, e).await,
-            };
-            let Some(at) = place(&sock, &file, start).await else {
-                return;
-            };
-            log::debug!(client:% = peer, offset = at.offset; "client connected");
-            let offset = AtomicU64::new(at.offset);
-            let end = follow(&sock, &file, at, false, &offset).await;
-            log::debug!(client:% = peer, offset = offset.load(Relaxed); "client done: {end}");
+    let mode = served.mode();
+    let max = match mode {
+        Mode::File => MAX_LINE,
+        Mode::Dir => MAX_DIR_LINE,
+    };
+    let request = match net::read_line(&sock, max, header_timeout).await {
+        Ok(line) => Request::parse(mode, &line),
+        Err(LineError::Gone) => return,
+        Err(LineError::Refused(r)) => Err(r),
+    };
+    match (request, served) {
+        (Err(refusal), _) => {
+            log::debug!(client:% = peer; "refused: {refusal}");
+            net::refuse(&sock, &refusal).await
         }
-        Served::Dir { tree, follower } => {
-            serve_dir(&sock, peer, &tree, &follower, header_timeout).await
+        (Ok(Request::List), Served::Dir { tree, .. }) => {
+            if let Err(e) = send_listing(&sock, &tree).await {
+                log::debug!(client:% = peer; "listing failed: {e}");
+            }
         }
+        (Ok(Request::Stream(req)), Served::File(file)) => {
+            serve_stream(&sock, peer, &file, req, None).await
+        }
+        (Ok(Request::Stream(req)), Served::Dir { tree, follower }) => {
+            serve_path(&sock, peer, &tree, &follower, req).await
+        }
+        // The parser only returns `List` in directory mode.
+        (Ok(Request::List), Served::File(_)) => {}
     }
 }
 
-/// Directory mode: `list`, or `stream PATH [from byte N]`.
-async fn serve_dir(
+/// Directory mode's `stream PATH ...`: the path is checked against [`Tree`]'s rule before
+/// anything is sent, and once more against the file actually opened.
+async fn serve_path(
     sock: &Async<TcpStream>,
     peer: SocketAddr,
-    tree: &Arc<Tree>,
+    tree: &Tree,
     follower: &Follower,
-    header_timeout: Duration,
+    req: StreamRequest,
 ) {
-    let (requested, start) = match header::read_dir_request(sock, header_timeout).await {
-        Ok(DirRequest::List) => {
-            if let Err(e) = send_listing(sock, tree).await {
-                log::debug!(client:% = peer; "listing failed: {e}");
-            }
-            return;
-        }
-        Ok(DirRequest::Stream { path, start }) => (path, start),
-        Err(e) => return refuse_header(sock, peer, e).await,
-    };
+    let requested = req.path.clone().unwrap_or_default();
     let shown = String::from_utf8_lossy(&requested).into_owned();
     let real = match tree.resolve(&requested) {
         Ok(real) => real,
         Err(refusal) => {
             log::debug!(client:% = peer, path = shown; "refused: {refusal}");
-            return refuse(sock, &format!("{shown:?}: {refusal}")).await;
+            return net::refuse(sock, &refusal.to_refusal(&requested)).await;
         }
     };
     let file = match follower.follow(&real) {
@@ -116,27 +134,45 @@ async fn serve_dir(
         Err(e) => {
             // Which of our paths failed is for the log; the client learns why.
             log::warn!(client:% = peer, path = shown; "cannot follow: {e}");
-            // ENOSPC from inotify_add_watch: the kernel's watch limit (the watcher keeps the
-            // kind when it adds context).
-            let why = if e.kind() == io::ErrorKind::StorageFull {
-                "the server is following too many files (inotify watch limit)".to_owned()
-            } else {
-                e.kind().to_string()
-            };
-            return refuse(sock, &format!("{shown:?}: cannot follow: {why}")).await;
+            let why = watch::follow_refusal(&e);
+            let refusal = Refusal::new(why.code, format!("{shown:?}: {}", why.reason));
+            return net::refuse(sock, &refusal).await;
         }
     };
+    serve_stream(sock, peer, &file, req, Some((tree, &shown))).await
+}
+
+/// Places the client in the file, confirms if asked, then streams until the end. In
+/// directory mode (`dir`: the tree and the path as sent) the opened file is checked against
+/// the tree's rule, and the stream ends once a file that is gone has been sent whole.
+async fn serve_stream(
+    sock: &Async<TcpStream>,
+    peer: SocketAddr,
+    file: &FileWatch,
+    req: StreamRequest,
+    dir: Option<(&Tree, &str)>,
+) {
     // The file may not exist yet; once it does, check what was really opened.
-    let Some(at) = place(sock, &file, start).await else {
+    let Some(at) = place(sock, file, req.start).await else {
         return;
     };
-    if let Err(refusal) = tree.check_opened(at.file) {
-        log::warn!(client:% = peer, path = shown; "refused after open: {refusal}");
-        return refuse(sock, &format!("{shown:?}: {refusal}")).await;
+    let shown = dir.map_or("", |(_, shown)| shown);
+    if let Some((tree, _)) = dir {
+        if let Err(refusal) = tree.check_opened(at.file) {
+            log::warn!(client:% = peer, path = shown; "refused after open: {refusal}");
+            return net::refuse(sock, &refusal.to_refusal(shown.as_bytes())).await;
+        }
+    }
+    if req.confirm {
+        let mut writer = sock;
+        let line = Confirmation { offset: at.offset }.render();
+        if writer.write_all(&line).await.is_err() {
+            return;
+        }
     }
     log::debug!(client:% = peer, path = shown, offset = at.offset; "client connected");
     let offset = AtomicU64::new(at.offset);
-    let end = follow(sock, &file, at, true, &offset).await;
+    let end = follow(sock, file, at, dir.is_some(), &offset).await;
     log::debug!(client:% = peer, path = shown, offset = offset.load(Relaxed); "client done: {end}");
 }
 
@@ -262,9 +298,9 @@ async fn hangup(sock: &Async<TcpStream>) {
 /// us buffer a 100,000-file listing.
 async fn send_listing(sock: &Async<TcpStream>, tree: &Arc<Tree>) -> io::Result<()> {
     const CHUNK: usize = 64 * 1024;
-    let (tx, rx) = async_std::channel::bounded::<Vec<u8>>(4);
+    let (tx, rx) = async_channel::bounded::<Vec<u8>>(4);
     let tree = tree.clone();
-    let walk = async_std::task::spawn_blocking(move || {
+    let walk = shared::rt::spawn_blocking(move || {
         let mut buf = Vec::with_capacity(CHUNK);
         let hung_up = || io::Error::from(io::ErrorKind::BrokenPipe);
         tree.list(|path| {
@@ -283,32 +319,13 @@ async fn send_listing(sock: &Async<TcpStream>, tree: &Arc<Tree>) -> io::Result<(
         writer.write_all(&chunk).await?;
     }
     walk.await?;
-    net::finish(sock, b"", REFUSAL_LINGER).await;
+    net::finish(sock, b"", net::LINGER).await;
     Ok(())
 }
 
-/// Answers a request that could not be read or parsed (a client that hung up gets nothing).
-async fn refuse_header(sock: &Async<TcpStream>, peer: SocketAddr, e: HeaderError) {
-    if matches!(e, HeaderError::Closed) {
-        return;
-    }
-    log::debug!(client:% = peer; "refused: {e}");
-    refuse(sock, &e.to_string()).await
-}
-
-/// Sends `error: <reason>` and closes gracefully.
-async fn refuse(sock: &Async<TcpStream>, reason: &str) {
-    net::finish(
-        sock,
-        format!("error: {reason}\n").as_bytes(),
-        REFUSAL_LINGER,
-    )
-    .await
-}
-
-/// [`refuse`] for a connection the accept loop turns away before it becomes a client.
-pub async fn refuse_raw(stream: TcpStream, reason: &str) {
+/// Turns away a connection the accept loop will not serve (over `--max-clients`).
+pub(crate) async fn refuse_busy(stream: TcpStream) {
     if let Ok(sock) = Async::new(stream) {
-        refuse(&sock, reason).await;
+        net::refuse(&sock, &Refusal::new(Code::Busy, "too many clients")).await;
     }
 }

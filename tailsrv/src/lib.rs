@@ -1,16 +1,20 @@
 //! tailsrv: `tail -f` as a TCP server.
 //!
-//! One process follows one append-only file. Each client sends one header line naming where
-//! it wants to start ([`shared::header`]), then receives the file's bytes from there on,
-//! following the file as it grows, until it hangs up.
+//! One process follows one append-only file (or the files of a directory). Each client sends
+//! one request line naming where it wants to start (grammar in `proto::request`), then
+//! receives the file's bytes from there on, following the file as it grows, until it hangs up.
 //!
-//! - [`server`]: binding, the accept loop (fd exhaustion, client limit), shutdown on signals
-//!   and when the file goes away.
-//! - [`client`]: the life of one client: header, wait, `sendfile`, repeat.
+//! - `server`: what is served, the client limit; the skeleton in `shared::server` does the
+//!   binding, accepting and stopping.
+//! - `client`: the life of one client: request, wait, `sendfile`, repeat.
+//! - `sendfile`: moving file bytes to a socket on readiness, without copying.
 //!
-//! The file itself is watched by [`shared::watch`], once for all clients.
+//! The file itself is watched by `shared::watch`, once for all clients.
 
-pub mod client;
-pub mod server;
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+
+mod client;
+mod sendfile;
+mod server;
 
 pub use server::{run, Config};

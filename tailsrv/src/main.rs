@@ -1,4 +1,3 @@
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -18,13 +17,8 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {
-    /// TCP port to listen on (0 picks a free one; the `listening on` log line names it).
-    #[arg(short, long)]
-    port: u16,
-
-    /// Address to bind: an IPv4 or IPv6 address (`::` takes both families).
-    #[arg(long, default_value = "0.0.0.0")]
-    bind: IpAddr,
+    #[command(flatten)]
+    listen: shared::server::ListenArgs,
 
     /// When the file is moved or deleted, keep serving what it holds (and what is still
     /// appended to it) instead of exiting.
@@ -35,7 +29,7 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     header_timeout: f64,
 
-    /// Most clients served at once; a client over the limit is told `error: too many clients`.
+    /// Most clients served at once; a client over the limit is told `error: busy: too many clients`.
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     max_clients: usize,
 
@@ -58,7 +52,7 @@ fn main() -> ExitCode {
     };
     let config = tailsrv::Config {
         path: args.path,
-        addr: SocketAddr::new(args.bind, args.port),
+        addr: args.listen.addr(),
         linger: args.linger_after_file_is_gone,
         header_timeout,
         max_clients: args.max_clients,

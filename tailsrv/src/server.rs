@@ -1,9 +1,10 @@
-//! The server's own life: bind, accept, stop.
+//! The server's own life: set up what is served, then hand over to the skeleton
+//! ([`shared::server`]), which binds, accepts and stops.
 //!
-//! Three things run side by side until the first of them ends: the accept loop, the file
-//! watcher (which ends when a single served file is moved or deleted, unless we linger), and
-//! the signal handler. Returning from [`run`] ends the process, which closes every client
-//! socket.
+//! Each accepted client gets its own task ([`crate::client`]); clients over `--max-clients`
+//! are told `error: busy: ...` and closed. In single-file mode the server stops when the file
+//! is moved or deleted (unless told to linger); in directory mode that only ends the file's
+//! own followers.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,12 +13,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_io::Async;
-use async_signal::{Signal, Signals};
-use futures_lite::{future, StreamExt};
+use futures_lite::future;
+use shared::rt;
+use shared::server::Server;
 use shared::tree::Tree;
-use shared::watch::{OnGone, Watcher};
-use shared::{logging, net};
+use shared::watch::OnGone;
 
 use crate::client::{self, Served};
 
@@ -39,15 +39,12 @@ pub struct Config {
 /// Runs the server until SIGINT/SIGTERM, or until the file is gone (single-file mode without
 /// `linger`).
 pub fn run(config: Config) -> io::Result<()> {
-    async_std::task::block_on(serve(config))
+    rt::block_on(serve(config))
 }
 
-/// The server as a future, for callers that bring their own executor.
-pub async fn serve(config: Config) -> io::Result<()> {
-    // Signals first: a SIGTERM that arrives right after we announce the port must stop us
-    // cleanly, not kill us.
-    let mut signals = Signals::new([Signal::Term, Signal::Int])?;
-    let watcher = Watcher::new()?;
+/// The server as a future.
+async fn serve(config: Config) -> io::Result<()> {
+    let server = Server::new()?;
     // A directory is served as a tree of files; anything else (even a path that does not
     // exist yet) as a single file.
     let served = if config.path.is_dir() {
@@ -55,56 +52,34 @@ pub async fn serve(config: Config) -> io::Result<()> {
         log::info!(dir:% = tree.root().display(); "serving the files of a directory");
         Served::Dir {
             tree: Arc::new(tree),
-            follower: watcher.follower(),
+            follower: server.watcher().follower(),
         }
     } else {
-        Served::File(watcher.follower().follow(&config.path)?)
+        Served::File(server.watcher().follower().follow(&config.path)?)
     };
-    let listener = net::listen(config.addr)?;
-    logging::notify_ready();
-
-    // In directory mode a file that goes away only ends its own followers.
     let on_gone = match served {
         Served::File(_) if !config.linger => OnGone::Stop,
         _ => OnGone::Linger,
     };
-    let follow = async {
-        let gone = watcher.run(on_gone).await?;
-        log::info!(path:% = config.path.display(); "file was {gone}, shutting down");
-        Ok(())
-    };
-    let stop = async {
-        if let Some(Ok(sig)) = signals.next().await {
-            log::info!("received {sig:?}, shutting down");
-        }
-        Ok(())
-    };
-    let accept = accept_loop(&listener, &served, &config);
-    future::or(accept, future::or(follow, stop)).await
-}
-
-/// Accepts clients forever, each on its own task, turning away those over `--max-clients`.
-async fn accept_loop(
-    listener: &Async<std::net::TcpListener>,
-    served: &Served,
-    config: &Config,
-) -> io::Result<()> {
     let active = Arc::new(AtomicUsize::new(0));
-    net::accept_forever(listener, |stream, peer| {
+    let on_accept = |stream, peer| {
         if active.load(Ordering::Relaxed) >= config.max_clients {
             log::debug!(client:% = peer; "refused: too many clients");
-            async_std::task::spawn(client::refuse_raw(stream, "too many clients"));
+            rt::spawn(client::refuse_busy(stream));
             return;
         }
         let slot = Slot::take(&active);
         let served = served.clone();
         let timeout = config.header_timeout;
-        async_std::task::spawn(async move {
+        rt::spawn(async move {
             client::serve(stream, peer, served, timeout).await;
             drop(slot);
         });
-    })
-    .await
+    };
+    let no_work = future::pending();
+    server
+        .run(config.addr, &config.path, on_gone, no_work, on_accept)
+        .await
 }
 
 /// One client counted against `--max-clients`, released when the client's task ends.

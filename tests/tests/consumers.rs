@@ -774,10 +774,6 @@ fn option_combinations_that_cannot_work_are_refused() {
     let srv = "127.0.0.1:9"; // never contacted
     for (case, needle) in [
         (
-            vec!["--from-end", "--state", state, srv],
-            "--state needs an absolute start",
-        ),
-        (
             vec!["--last", "10", "--framing", "u32be", srv],
             "needs --indexer",
         ),
@@ -873,21 +869,38 @@ fn data_that_looks_like_a_refusal_is_still_data() {
 }
 
 #[test]
-fn a_relative_start_that_loses_its_server_says_it_cannot_resume() {
+fn a_relative_start_is_confirmed_by_the_server_and_resumes_exactly() {
     let dir = tempdir();
     let path = dir.path().join("log");
+    let state = dir.path().join("state");
     append(&path, b"old\n");
     let srv = tailsrv(&path, 0);
-    // --last 4: the server resolves it (we know it did once "old\n" arrives).
-    let cat = Consumer::start("tscat", &args(&["--last", "4", &srv.addr().to_string()]));
+    let port = srv.addr().port();
+    // --last 4 and a state file: the server resolves the start and says where (`ok 0`), so
+    // the position is absolute from the first byte on.
+    let cat = Consumer::start(
+        "tscat",
+        &args(&[
+            "--last",
+            "4",
+            "--state",
+            state.to_str().unwrap(),
+            &srv.addr().to_string(),
+        ]),
+    );
     cat.wait_len(4);
     append(&path, b"new\n");
     cat.wait_len(8);
-    drop(srv);
+    drop(srv); // SIGKILL
+    append(&path, b"while down\n");
+    let _srv = tailsrv(&path, port);
+    cat.wait_len(19);
+    cat.signal(Signal::TERM);
     let (status, out, err) = cat.finish();
-    assert_eq!(status.code(), Some(1), "{err}");
-    assert_eq!(out, b"old\nnew\n");
-    assert!(err.contains("cannot be resumed exactly"), "{err}");
+    assert!(status.success(), "{err}");
+    assert_eq!(out, b"old\nnew\nwhile down\n", "{err}");
+    let saved = std::fs::read_to_string(&state).unwrap();
+    assert_eq!(saved, "tailsrv-consumer-state 1\noffset 19\n");
 }
 
 #[test]
@@ -1101,7 +1114,7 @@ fn tscat_path_refusals_fail_clearly_and_are_not_retried() {
         (
             vec!["--path", "k.secret", &dir_addr],
             7,
-            vec!["\"k.secret\": path is excluded by an .ignore file"],
+            vec!["not-served: \"k.secret\": path is excluded by an .ignore file"],
         ),
         (
             vec!["--path", "../ok.log", &dir_addr],
@@ -1109,11 +1122,15 @@ fn tscat_path_refusals_fail_clearly_and_are_not_retried() {
             vec!["`..` is not allowed"],
         ),
         // The other mode: a directory needs --path, a single file takes none.
-        (vec![&dir_addr], 7, vec!["this server serves a directory"]),
+        (
+            vec![&dir_addr],
+            7,
+            vec!["wrong-mode: this server serves a directory"],
+        ),
         (
             vec!["--path", "ok.log", &file_addr],
             7,
-            vec!["not an integer byte offset"],
+            vec!["wrong-mode: this server serves a single file"],
         ),
         // The indexer refuses the same paths.
         (

@@ -576,19 +576,31 @@ fn error_answers_keep_the_connection() {
     let mut c = Client::new(&p);
     c.wait_count("count", 3);
     for (q, want) in [
-        ("frobnicate 3", "error: unknown command \"frobnicate\""),
-        ("offset-of", "error: offset-of needs a message number"),
-        ("offset-of x", "error: bad number \"x\""),
-        ("offset-of -1", "error: bad number \"-1\""),
-        ("offset-of 99999999999999999999", "error: bad number"),
-        ("offset-of 1 2", "error: unexpected \"2\""),
-        ("offset-of 4", "error: message 4 does not exist yet"),
+        (
+            "frobnicate 3",
+            "error: bad-request: unknown command \"frobnicate\"",
+        ),
+        (
+            "offset-of",
+            "error: bad-request: offset-of needs a message number",
+        ),
+        ("offset-of x", "error: bad-request: bad number \"x\""),
+        ("offset-of -1", "error: bad-request: bad number \"-1\""),
+        (
+            "offset-of 99999999999999999999",
+            "error: bad-request: bad number",
+        ),
+        ("offset-of 1 2", "error: bad-request: unexpected \"2\""),
+        (
+            "offset-of 4",
+            "error: not-yet: message 4 does not exist yet",
+        ),
         (
             "message-at 9",
-            "error: byte 9 is not in a complete message yet",
+            "error: not-yet: byte 9 is not in a complete message yet",
         ),
-        ("count 1", "error: count takes no argument"),
-        ("", "error: empty request"),
+        ("count 1", "error: bad-request: count takes no argument"),
+        ("", "error: bad-request: empty request"),
     ] {
         let a = c.ask(q);
         assert!(a.starts_with(want), "{q:?} answered {a:?}");
@@ -605,7 +617,7 @@ fn error_answers_keep_the_connection() {
         .unwrap();
     let text = String::from_utf8(read_to_end(&mut s)).unwrap();
     assert!(
-        text.starts_with("3\nerror: request line longer than 256 bytes"),
+        text.starts_with("3\nerror: too-long: request line longer than 256 bytes"),
         "{text:?}"
     );
     // A last request without its newline is answered before the close.
@@ -654,8 +666,9 @@ fn malformed_prefixes_stop_indexing_with_an_error() {
         ] {
             let a = c.ask(q);
             assert!(
-                a.starts_with(&format!("error: indexing stopped at byte {end} after 3"))
-                    && a.contains(reason),
+                a.starts_with(&format!(
+                    "error: bad-log: indexing stopped at byte {end} after 3"
+                )) && a.contains(reason),
                 "{framing:?} {q:?} answered {a:?}"
             );
         }
@@ -675,7 +688,7 @@ fn waits_for_the_log_and_exits_when_it_goes() {
     let mut c = Client::new(&p);
     assert!(c
         .ask("count")
-        .starts_with("error: the log file does not exist yet"));
+        .starts_with("error: loading: the log file does not exist yet"));
     append(&path, b"hello\nworld\n");
     c.wait_count("count", 2);
     assert_eq!(c.ask("offset-of 1"), "6");

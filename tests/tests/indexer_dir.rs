@@ -216,7 +216,9 @@ fn paths_follow_tailsrvs_rule_and_errors_keep_the_connection() {
     }
     // The same connection still answers, and a refused path named a file: it is quoted.
     assert_eq!(c.ask("count ok.log"), "3");
-    assert!(c.ask("count k.secret").starts_with("error: \"k.secret\": "));
+    assert!(c
+        .ask("count k.secret")
+        .starts_with("error: not-served: \"k.secret\": "));
 
     // A file that appears is indexed from the next query on.
     d.write("later.log", b"1\n2\n3\n4\n");
@@ -236,7 +238,7 @@ fn paths_follow_tailsrvs_rule_and_errors_keep_the_connection() {
         .unwrap();
     let answer = String::from_utf8(read_to_end(&mut s)).unwrap();
     assert!(
-        answer.starts_with("error: request line longer than"),
+        answer.starts_with("error: too-long: request line longer than"),
         "{answer:?}"
     );
 }
@@ -425,6 +427,8 @@ fn single_file_mode_keeps_its_grammar() {
     assert_eq!(c.ask("offset-of 1"), "2");
     assert!(c
         .ask("count log")
-        .starts_with("error: count takes no argument"));
-    assert!(c.ask("offset-of log 1").starts_with("error: unexpected"));
+        .starts_with("error: bad-request: count takes no argument"));
+    assert!(c
+        .ask("offset-of log 1")
+        .starts_with("error: bad-request: unexpected"));
 }

@@ -132,7 +132,10 @@ fn bad_headers_get_one_error_line() {
     ] {
         let mut s = client(&srv, header);
         let answer = read_all_text(&mut s);
-        assert!(answer.starts_with("error: "), "{header:?} -> {answer:?}");
+        assert!(
+            answer.starts_with("error: bad-request: "),
+            "{header:?} -> {answer:?}"
+        );
         assert!(answer.contains(expect), "{header:?} -> {answer:?}");
         assert_eq!(answer.lines().count(), 1, "{header:?} -> {answer:?}");
     }
@@ -144,7 +147,7 @@ fn bad_headers_get_one_error_line() {
     let _ = s.write_all(&[b'1'; 4000]);
     let answer = read_all_text(&mut s);
     assert!(
-        answer.starts_with("error: header longer than 64 bytes"),
+        answer.starts_with("error: too-long: request longer than 64 bytes"),
         "{answer:?}"
     );
 
@@ -157,7 +160,7 @@ fn bad_headers_get_one_error_line() {
     let mut s = srv.connect();
     let answer = read_all_text(&mut s);
     assert!(
-        answer.starts_with("error: no complete header within 0.5s"),
+        answer.starts_with("error: timeout: no complete request line within 0.5s"),
         "{answer:?}"
     );
 
@@ -166,7 +169,7 @@ fn bad_headers_get_one_error_line() {
     s.write_all(b"12").unwrap();
     let answer = read_all_text(&mut s);
     assert!(
-        answer.starts_with("error: no complete header"),
+        answer.starts_with("error: timeout: no complete request line"),
         "{answer:?}"
     );
 }
@@ -417,7 +420,7 @@ fn over_max_clients_is_refused_with_an_error() {
     assert_eq!(read_exact(&mut a, 3), b"abc");
     assert_eq!(read_exact(&mut b, 3), b"abc");
     let mut c = client(&srv, "0");
-    assert_eq!(read_all_text(&mut c), "error: too many clients\n");
+    assert_eq!(read_all_text(&mut c), "error: busy: too many clients\n");
     // A slot frees up when a client leaves.
     drop(a);
     assert!(eventually(PATIENCE, || {

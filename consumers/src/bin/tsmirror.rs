@@ -4,7 +4,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use clap::Parser;
-use shared::consumer::{self, follow::Retry, mirror};
+use client::{follow::Retry, mirror};
 
 const AFTER_HELP: &str = "\
 Run a tailsrv (and a tailsrv-indexer) on FILE for a hot standby, or for a second tier of a \
@@ -36,7 +36,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     args.log.init();
-    let servers = consumer::parse_servers(&args.server);
+    let servers = client::parse_servers(&args.server);
     if servers.is_empty() {
         log::error!("no server given");
         return ExitCode::from(2);

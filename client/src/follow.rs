@@ -14,18 +14,16 @@
 //! - TCP keepalive notices a server that vanished without a FIN (power loss, partition)
 //!   even while the file is quiet, which is when nothing else would.
 //! - Reads time out every `tick` so the caller can notice signals and checkpoint while idle.
-//! - The only thing tailsrv sends that is not file data is a refusal (`error: too many
-//!   clients`) as the very first bytes of a connection, followed by a close. The first bytes
-//!   of each connection are held while they could be such a line; they are released as data
-//!   as soon as they cannot be (or after a short grace, for a file that happens to contain a
-//!   half-written "error: " at that very offset).
-//! - A refusal says either "not now" (too many clients, the server's watch limit: retried
-//!   like any failure) or "no" (a path that is not served, a request for the other mode:
-//!   asking again cannot help). Once every server has said no, following fails with
-//!   [`Error::Refused`] instead of retrying until the give-up time.
+//! - Every request asks for a confirmation (` ok`, see `proto::request`): the server answers
+//!   `ok N` with the absolute offset it starts at, or a refusal line, before any data. So file
+//!   content can never be mistaken for a refusal, and a relative start (`-N`, `-0`) becomes
+//!   an absolute position as soon as the first server confirms it: it is resumable too.
+//! - A refusal's code says either "not now" ([`proto::Code::is_transient`]: busy, the
+//!   server's watch limit: retried like any failure) or "no" (a path that is not served, a
+//!   request for the other mode: asking again cannot help). Once every server has said no,
+//!   following fails with [`Error::Refused`] instead of retrying until the give-up time.
 //! - With a [`Config::path`] the request is directory mode's `stream PATH from byte N`;
 //!   everything else is the same.
-//! - The client never shuts down its write side: tailsrv takes a FIN as a hang-up.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -34,16 +32,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use proto::request::{Confirmation, StreamRequest};
+use proto::{Refusal, Request, Start};
 use socket2::{SockRef, TcpKeepalive};
 
-use crate::header::Start;
-
-/// The prefix of tailsrv's refusal line.
-const ERROR_PREFIX: &[u8] = b"error: ";
-/// Longest refusal line we wait for; tailsrv's are far shorter.
-const MAX_ERROR_LINE: usize = 256;
-/// How long the first bytes of a connection are held while they look like a refusal.
-const PROBE_GRACE: Duration = Duration::from_secs(2);
+/// Longest confirmation or refusal line we wait for; tailsrv's are far shorter.
+const MAX_ANSWER_LINE: usize = 8192;
 
 /// When to give up on reaching a server.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -63,16 +57,21 @@ pub struct Config {
     pub servers: Vec<String>,
     /// The file to follow, for servers in directory mode (`None`: single-file mode).
     pub path: Option<String>,
+    /// When to give up.
     pub retry: Retry,
-    /// First and longest pause after a full round of failed attempts.
+    /// First pause after a full round of failed attempts.
     pub backoff_min: Duration,
+    /// Longest pause after a full round of failed attempts.
     pub backoff_max: Duration,
     /// Longest a [`Follower::read`] blocks before returning [`Event::Idle`].
     pub tick: Duration,
+    /// Longest a connection attempt may take.
     pub connect_timeout: Duration,
-    /// Keepalive: idle time before the first probe, between probes, probes before giving up.
+    /// Keepalive: idle time before the first probe.
     pub keepalive_time: Duration,
+    /// Keepalive: time between probes.
     pub keepalive_interval: Duration,
+    /// Keepalive: unanswered probes before the connection is declared dead.
     pub keepalive_retries: u32,
 }
 
@@ -112,23 +111,23 @@ pub enum Error {
     Unreachable {
         /// The last failure seen for each server, `server: reason`.
         failures: Vec<String>,
+        /// How long was tried (`None`: retries were off).
         gave_up_after: Option<Duration>,
     },
     /// The connection was lost with retries off.
     Lost {
+        /// The server that was lost.
         server: String,
+        /// The offset of the next byte that would have been read.
         offset: u64,
+        /// What failed.
         reason: String,
     },
     /// Every server refused the request for good (the path is not served, or the server is
-    /// in the other mode); each `server: reason`.
-    Refused { refusals: Vec<String> },
-    /// The connection was lost and the start was relative (`-N`, `-0`), resolved by the
-    /// server without telling us where: resuming would guess, so we stop.
-    PositionUnknown {
-        server: String,
-        received: u64,
-        reason: String,
+    /// in the other mode).
+    Refused {
+        /// Each server and its refusal.
+        refusals: Vec<(String, Refusal)>,
     },
 }
 
@@ -150,7 +149,12 @@ impl fmt::Display for Error {
                 write!(f, ": {}", failures.join("; "))
             }
             Error::Refused { refusals } => {
-                write!(f, "refused by the server: {}", refusals.join("; "))
+                f.write_str("refused by the server: ")?;
+                for (i, (server, refusal)) in refusals.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { "; " };
+                    write!(f, "{sep}{server}: {refusal}")?;
+                }
+                Ok(())
             }
             Error::Lost {
                 server,
@@ -160,17 +164,6 @@ impl fmt::Display for Error {
                 f,
                 "connection to {server} lost at offset {offset} ({reason}), retries off"
             ),
-            Error::PositionUnknown {
-                server,
-                received,
-                reason,
-            } => write!(
-                f,
-                "connection to {server} lost ({reason}) after {received} bytes of a stream that \
-                 started at a relative position (last N bytes / end), which tailsrv does not \
-                 report: it cannot be resumed exactly. Start at a byte or message (or give an \
-                 indexer) for a resumable stream"
-            ),
         }
     }
 }
@@ -178,17 +171,20 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 /// An open connection to one server.
+#[derive(Debug)]
 struct Conn {
     stream: TcpStream,
     server: usize,
-    /// The connection's first bytes while they may still be a refusal line.
-    probe: Option<(Vec<u8>, Instant)>,
+    /// The server's answer line while it is incomplete (`None` once confirmed).
+    answer: Option<Vec<u8>>,
 }
 
 /// A stream that survives server restarts and failures. See the module docs.
+#[derive(Debug)]
 pub struct Follower {
     cfg: Config,
-    /// What to ask the next connection for. Rebased to the absolute position on reconnect.
+    /// What to ask the next connection for. Relative until a server confirmed where it
+    /// starts; rebased to the absolute position on reconnect.
     next: Start,
     /// Bytes handed out since `next` was set.
     received: u64,
@@ -202,8 +198,8 @@ pub struct Follower {
     backoff: Duration,
     last_good: Instant,
     failures: Vec<Option<String>>,
-    /// Servers that refused for good since the last data, with their reason.
-    refusals: Vec<Option<String>>,
+    /// Servers that refused for good since the last data, with their refusal.
+    refusals: Vec<Option<Refusal>>,
     /// Bytes received but not yet handed out (a released probe).
     pending: Vec<u8>,
     stop: Arc<AtomicBool>,
@@ -235,8 +231,8 @@ impl Follower {
         }
     }
 
-    /// Absolute offset of the next byte [`Follower::read`] will return, when known (it is not
-    /// for a relative start: the server resolved it and did not say where).
+    /// Absolute offset of the next byte [`Follower::read`] will return, when known (for a
+    /// relative start, once a server has confirmed where it starts).
     pub fn position(&self) -> Option<u64> {
         match self.next {
             Start::Byte(b) => Some(b + self.received),
@@ -276,40 +272,20 @@ impl Follower {
                 }
             }
             let conn = self.conn.as_mut().expect("connected above");
-            let mut probe_buf = [0u8; MAX_ERROR_LINE];
-            let target: &mut [u8] = if conn.probe.is_some() {
-                &mut probe_buf
+            let mut line_buf = [0u8; 512];
+            let target: &mut [u8] = if conn.answer.is_some() {
+                &mut line_buf
             } else {
                 buf
             };
             match (&conn.stream).read(target) {
-                Ok(0) => {
-                    if let Some((bytes, _)) = conn.probe.take() {
-                        if is_refusal(&bytes) {
-                            let line = String::from_utf8_lossy(&bytes).trim().to_owned();
-                            let reason = line.strip_prefix("error:").unwrap_or(&line).trim();
-                            if !is_transient(reason) {
-                                let server = conn.server;
-                                self.refused_for_good(server, reason)?;
-                            }
-                            self.lost(format!("refused: {line}"), true)?;
-                            continue;
-                        }
-                        // Real data that happened to look like a refusal's start. EOF is
-                        // sticky, so the next read sees it again after these bytes.
-                        self.pending = bytes;
-                        continue;
-                    }
-                    self.lost("server closed the connection".to_owned(), false)?;
-                }
+                Ok(0) => self.lost("server closed the connection".to_owned(), false)?,
                 Ok(n) => {
-                    let Some((bytes, _)) = &mut conn.probe else {
+                    let Some(answer) = &mut conn.answer else {
                         return Ok(self.delivered(n));
                     };
-                    bytes.extend_from_slice(&probe_buf[..n]);
-                    if !may_be_refusal(bytes) {
-                        self.pending = conn.probe.take().expect("probing").0;
-                    }
+                    answer.extend_from_slice(&line_buf[..n]);
+                    self.answered()?;
                 }
                 Err(e)
                     if matches!(
@@ -317,15 +293,9 @@ impl Follower {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    match &conn.probe {
-                        Some((bytes, since)) if since.elapsed() >= PROBE_GRACE => {
-                            self.pending = bytes.clone();
-                            conn.probe = None;
-                            continue;
-                        }
-                        Some(_) => {}
+                    if conn.answer.is_none() {
                         // A quiet but healthy connection counts as working.
-                        None => self.last_good = Instant::now(),
+                        self.last_good = Instant::now();
                     }
                     return Ok(Event::Idle);
                 }
@@ -333,6 +303,55 @@ impl Follower {
                 Err(e) => self.lost(e.to_string(), false)?,
             }
         }
+    }
+
+    /// Handles the server's answer line once it is complete: `ok N` places the stream, a
+    /// refusal drops the connection (for good if its code says asking again cannot help).
+    fn answered(&mut self) -> Result<(), Error> {
+        let conn = self.conn.as_mut().expect("answer on a connection");
+        let answer = conn.answer.as_mut().expect("waiting for the answer");
+        let Some(i) = memchr::memchr(b'\n', answer) else {
+            if answer.len() > MAX_ANSWER_LINE {
+                return self.lost("the server's answer line is too long".to_owned(), false);
+            }
+            return Ok(());
+        };
+        let rest = answer.split_off(i + 1);
+        let line = std::mem::take(answer);
+        if let Some(c) = Confirmation::parse(&line) {
+            conn.answer = None;
+            match self.next {
+                Start::FromEnd(_) => {
+                    self.next = Start::Byte(c.offset);
+                    self.received = 0;
+                }
+                Start::Byte(b) if b + self.received != c.offset => {
+                    let why = format!(
+                        "the server started at byte {} instead of {}",
+                        c.offset,
+                        b + self.received
+                    );
+                    return self.lost(why, false);
+                }
+                Start::Byte(_) => {}
+            }
+            // Data that came with the answer.
+            self.pending = rest;
+            return Ok(());
+        }
+        if let Some(refusal) = Refusal::parse(&line) {
+            let server = conn.server;
+            let reason = format!("refused: {refusal}");
+            if !refusal.code.is_transient() {
+                self.refused_for_good(server, refusal)?;
+            }
+            return self.lost(reason, true);
+        }
+        let shown = String::from_utf8_lossy(&line).trim().to_owned();
+        self.lost(
+            format!("unexpected answer from the server: {shown:?}"),
+            false,
+        )
     }
 
     /// Accounts for `n` bytes handed out.
@@ -349,8 +368,8 @@ impl Follower {
     }
 
     /// Records a refusal that asking again cannot change; fails once every server refused.
-    fn refused_for_good(&mut self, server: usize, reason: &str) -> Result<(), Error> {
-        self.refusals[server] = Some(reason.to_owned());
+    fn refused_for_good(&mut self, server: usize, refusal: Refusal) -> Result<(), Error> {
+        self.refusals[server] = Some(refusal);
         if self.refusals.iter().any(Option::is_none) {
             return Ok(());
         }
@@ -359,7 +378,7 @@ impl Follower {
             .servers
             .iter()
             .zip(&self.refusals)
-            .filter_map(|(s, r)| r.as_ref().map(|r| format!("{s}: {r}")))
+            .filter_map(|(s, r)| r.clone().map(|r| (s.clone(), r)))
             .collect();
         self.conn = None;
         Err(Error::Refused { refusals })
@@ -370,20 +389,11 @@ impl Follower {
         let conn = self.conn.take().expect("lost a connection we had");
         let server = self.cfg.servers[conn.server].clone();
         self.failures[conn.server] = Some(reason.clone());
-        match self.next {
-            // A refusal came before the server resolved anything: asking again is safe.
-            Start::FromEnd(_) if !refused => {
-                return Err(Error::PositionUnknown {
-                    server,
-                    received: self.received,
-                    reason,
-                })
-            }
-            Start::FromEnd(_) => {}
-            Start::Byte(b) => {
-                self.next = Start::Byte(b + self.received);
-                self.received = 0;
-            }
+        // Still relative means no server confirmed a start, so nothing was handed out and
+        // asking again with the same relative start is exact.
+        if let Start::Byte(b) = self.next {
+            self.next = Start::Byte(b + self.received);
+            self.received = 0;
         }
         if self.cfg.retry == Retry::Never && !refused {
             return Err(Error::Lost {
@@ -451,7 +461,7 @@ impl Follower {
                     return Ok(Some(Conn {
                         stream,
                         server: i,
-                        probe: Some((Vec::new(), Instant::now())),
+                        answer: Some(Vec::new()),
                     }));
                 }
                 Err(e) => {
@@ -487,14 +497,15 @@ impl Follower {
         stream.set_read_timeout(Some(self.cfg.tick))?;
         stream.set_write_timeout(Some(self.cfg.connect_timeout))?;
         let start = match self.next {
-            Start::Byte(b) => (b + self.received).to_string(),
-            Start::FromEnd(n) => format!("-{n}"),
+            Start::Byte(b) => Start::Byte(b + self.received),
+            relative => relative,
         };
-        let header = match &self.cfg.path {
-            Some(path) => format!("stream {path} from byte {start}\n"),
-            None => format!("{start}\n"),
-        };
-        (&stream).write_all(header.as_bytes())?;
+        let request = Request::Stream(StreamRequest {
+            path: self.cfg.path.as_ref().map(|p| p.as_bytes().to_vec()),
+            start,
+            confirm: true,
+        });
+        (&stream).write_all(&request.render())?;
         Ok(stream)
     }
 
@@ -510,63 +521,5 @@ impl Follower {
             };
             std::thread::sleep(left.min(self.cfg.tick));
         }
-    }
-}
-
-/// Whether `bytes` (a connection's first bytes) could still become a refusal line.
-fn may_be_refusal(bytes: &[u8]) -> bool {
-    if bytes.len() < ERROR_PREFIX.len() {
-        return ERROR_PREFIX.starts_with(bytes);
-    }
-    if !bytes.starts_with(ERROR_PREFIX) {
-        return false;
-    }
-    match memchr::memchr(b'\n', bytes) {
-        // A complete line: a refusal only if nothing follows it.
-        Some(i) => i + 1 == bytes.len(),
-        None => bytes.len() < MAX_ERROR_LINE,
-    }
-}
-
-/// Whether a refusal (the text after `error: `) means "not now" rather than "no": the
-/// server is at its client limit or its inotify watch limit. Anything else (a path that is
-/// not served, a request the server does not understand because it is in the other mode)
-/// would be refused again.
-fn is_transient(reason: &str) -> bool {
-    reason == "too many clients"
-        || reason.ends_with("(inotify watch limit)")
-        || reason.starts_with("no complete header within")
-}
-
-/// Whether `bytes`, followed by the server's close, is a refusal.
-fn is_refusal(bytes: &[u8]) -> bool {
-    bytes.starts_with(ERROR_PREFIX) && memchr::memchr(b'\n', bytes) == Some(bytes.len() - 1)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refusal_probe() {
-        assert!(may_be_refusal(b""));
-        assert!(may_be_refusal(b"err"));
-        assert!(may_be_refusal(b"error: too many"));
-        assert!(may_be_refusal(b"error: too many clients\n"));
-        assert!(!may_be_refusal(b"error: too many clients\nx"));
-        assert!(!may_be_refusal(b"errx"));
-        assert!(!may_be_refusal(b"hello"));
-        assert!(!may_be_refusal(&[b'e'; 300]));
-        assert!(is_refusal(b"error: too many clients\n"));
-        assert!(!is_refusal(b"error: too many"));
-        assert!(!is_refusal(b"error: a\nb"));
-        assert!(is_transient("too many clients"));
-        assert!(is_transient(
-            "\"a.log\": cannot follow: the server is following too many files (inotify watch limit)"
-        ));
-        assert!(!is_transient("\"x\": path is excluded by an .ignore file"));
-        assert!(!is_transient(
-            "header is not an integer byte offset (N or -N): \"stream x\""
-        ));
     }
 }

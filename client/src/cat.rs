@@ -19,12 +19,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::consumer::follow::{self, Event, Follower, Retry};
-use crate::consumer::messages::Messages;
-use crate::consumer::state::{self, StateFile};
-use crate::consumer::{indexer, resolve, StartAt};
-use crate::framing::{Framing, FramingError};
-use crate::header::Start;
+use crate::follow::{self, Event, Follower, Retry};
+use crate::messages::Messages;
+use crate::state::{self, StateFile};
+use crate::{indexer, resolve, StartAt};
+use proto::framing::{Framing, FramingError};
+use proto::Start;
 
 /// Unsaved output that triggers a checkpoint.
 pub const CHECKPOINT_BYTES: u64 = 256 << 10;
@@ -36,14 +36,21 @@ pub const READ_SIZE: usize = 64 << 10;
 /// What `tscat` was asked to do.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `HOST:PORT` of each tailsrv, in order of preference.
     pub servers: Vec<String>,
     /// The file to follow on servers (and the indexer) in directory mode.
     pub path: Option<String>,
+    /// Where to start when there is no saved position.
     pub start: StartAt,
+    /// `HOST:PORT` of a tailsrv-indexer, for message starts.
     pub indexer: Option<String>,
+    /// Write whole messages of this framing only (`None`: bytes as they come).
     pub framing: Option<Framing>,
+    /// Longest message a length prefix may announce.
     pub max_message: u64,
+    /// The state file that keeps the position across runs.
     pub state: Option<PathBuf>,
+    /// When to give up on the servers.
     pub retry: Retry,
 }
 
@@ -52,9 +59,13 @@ pub struct Config {
 pub enum Error {
     /// A combination of options that cannot work.
     Usage(String),
+    /// The state file could not be read or written.
     State(state::Error),
+    /// The indexer could not place the start.
     Indexer(indexer::Error),
+    /// The stream could not be followed.
     Follow(follow::Error),
+    /// The stream holds a malformed message.
     Framing(FramingError),
     /// Writing the output failed (other than the reader closing it, which is a clean stop).
     Output(io::Error),
@@ -116,35 +127,25 @@ pub fn run(cfg: &Config, out: &mut impl Write, stop: Arc<AtomicBool>) -> Result<
             Start::Byte(offset)
         }
         None => {
-            if cfg.start.is_relative() && cfg.indexer.is_none() {
-                if state.is_some() {
-                    return Err(Error::Usage(
-                        "--state needs an absolute start: with --last/--from-end tailsrv picks the \
-                         offset and does not report it. Use --from-byte or --from-message, or give \
-                         --indexer to resolve the end"
-                            .into(),
-                    ));
-                }
-                if cfg.framing.is_some() {
-                    return Err(Error::Usage(
-                        "--framing with --last/--from-end needs --indexer to find a message \
-                         boundary (tailsrv counts bytes, not messages)"
-                            .into(),
-                    ));
-                }
+            if cfg.start.is_relative() && cfg.indexer.is_none() && cfg.framing.is_some() {
+                return Err(Error::Usage(
+                    "--framing with --last/--from-end needs --indexer to find a message \
+                     boundary (tailsrv counts bytes, not messages)"
+                        .into(),
+                ));
             }
             resolve(cfg.start, cfg.indexer.as_deref(), cfg.path.as_deref())
                 .map_err(Error::Indexer)?
         }
     };
-    let origin = match start {
-        Start::Byte(b) => b,
-        Start::FromEnd(_) => 0,
-    };
     let mut follow_cfg = follow::Config::new(cfg.servers.clone(), cfg.retry);
     follow_cfg.path = cfg.path.clone();
     let mut follower = Follower::new(follow_cfg, start, stop);
+    // A relative start becomes absolute once a server has confirmed it; nothing is handed
+    // out before that, so the origin is known by the first batch.
+    let origin = follower.position().unwrap_or(0);
     let mut messages = Messages::new(cfg.framing, cfg.max_message, origin);
+    let mut placed = follower.position().is_some();
     let mut checkpoint = Checkpoint {
         state: state.as_mut(),
         saved: origin,
@@ -155,17 +156,28 @@ pub fn run(cfg: &Config, out: &mut impl Write, stop: Arc<AtomicBool>) -> Result<
         let event = match follower.read(&mut buf) {
             Ok(e) => e,
             Err(e) => {
-                checkpoint.save(messages.boundary())?;
+                if placed {
+                    checkpoint.save(messages.boundary())?;
+                }
                 return Err(Error::Follow(e));
             }
         };
         match event {
             Event::Stopped => {
-                checkpoint.save(messages.boundary())?;
+                if placed {
+                    checkpoint.save(messages.boundary())?;
+                }
                 return Ok(Stopped::Asked);
             }
+            Event::Idle if !placed => {}
             Event::Idle => checkpoint.save(messages.boundary())?,
             Event::Data(n) => {
+                if !placed {
+                    let origin = follower.position().expect("confirmed before data") - n as u64;
+                    messages = Messages::new(cfg.framing, cfg.max_message, origin);
+                    checkpoint.saved = origin;
+                    placed = true;
+                }
                 let batch = messages.push(&buf[..n]);
                 let (written, result) = write_counting(out, batch.bytes);
                 let boundary = batch.boundary_within(written);

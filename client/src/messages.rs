@@ -9,7 +9,7 @@
 //!
 //! Without a framing every byte is a boundary and bytes pass straight through.
 
-use crate::framing::{Framing, FramingError, Splitter};
+use proto::framing::{Framing, FramingError, Splitter};
 
 /// Splits a stream that starts at a message boundary into complete messages.
 #[derive(Debug)]
@@ -28,6 +28,7 @@ pub struct Messages {
 pub struct Batch<'a> {
     /// The bytes, starting at absolute offset `start`.
     pub bytes: &'a [u8],
+    /// Absolute offset of `bytes[0]`.
     pub start: u64,
     /// Absolute end offsets of the messages in `bytes` (empty without a framing: then every
     /// byte is a boundary).

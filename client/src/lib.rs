@@ -1,23 +1,23 @@
-//! Resumable consumers of a tailsrv stream: the careful reconnect loop every user would
-//! otherwise write, written once (blocking std I/O: a consumer follows one stream).
+//! The client library of tailsrv: resumable consumers of a stream, the careful reconnect
+//! loop every user would otherwise write, written once. Blocking std I/O (a consumer follows
+//! one stream); no server code, no inotify, no CLI parser in its dependency tree.
 //!
-//! - [`follow`]: the connection: connect (keepalive on), send the start offset, read, and on
-//!   any failure reconnect with capped exponential backoff at the exact byte reached, failing
-//!   over along a list of servers.
-//! - [`messages`]: whole messages only, cut with [`crate::framing::Splitter`].
+//! - [`follow`]: the connection: connect (keepalive on), ask for a start and its
+//!   confirmation, read, and on any failure reconnect with capped exponential backoff at the
+//!   exact byte reached, failing over along a list of servers.
+//! - [`messages`]: whole messages only, cut with `proto::framing::Splitter`.
 //! - [`state`]: the position saved to a small state file, atomically and durably.
 //! - [`indexer`]: asking a tailsrv-indexer where message N starts.
-//! - [`stderr_log`]: a tiny logger for programs whose stdout is data.
-//! - [`cat`]: `tscat`, the stream to stdout with checkpoints; [`mirror`]: `tsmirror`, the
-//!   stream appended to a replica file.
+//! - [`cat`]: `tscat`, the stream to an output with checkpoints; [`mirror`]: `tsmirror`,
+//!   the stream appended to a replica file.
 //!
-//! Exactness rests on one fact: tailsrv sends the file's bytes from the offset asked for, in
-//! order, and nothing else. So the absolute position of the next byte is the start offset plus
-//! the bytes received, and reconnecting with that number neither skips nor repeats a byte.
-//! The one case where the start offset is not known is a relative start (`-N`, `-0`): the
-//! server resolves it and does not say to what. [`resolve`] turns relative starts into
-//! absolute ones when an indexer is at hand; without one the stream is followed, but a lost
-//! connection cannot be resumed exactly and is reported as such rather than guessed at.
+//! Exactness rests on one fact: tailsrv sends the file's bytes from the offset it confirmed
+//! (`ok N`), in order, and nothing else. So the absolute position of the next byte is that
+//! offset plus the bytes received, and reconnecting with that number neither skips nor
+//! repeats a byte. A relative start (`-N`, `-0`) is resolved by the first server that
+//! confirms it; [`resolve`] can also place it on a message boundary with an indexer.
+
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
 pub mod cat;
 pub mod follow;
@@ -25,9 +25,8 @@ pub mod indexer;
 pub mod messages;
 pub mod mirror;
 pub mod state;
-pub mod stderr_log;
 
-use crate::header::Start;
+use proto::Start;
 
 /// Where a consumer wants to begin, as the user said it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +56,8 @@ impl StartAt {
 /// - `End` with an indexer: `offset-of COUNT`, the end of the last complete message.
 /// - `Last(n)` with an indexer: the start of the message holding byte `end - n`, so at least
 ///   `n` bytes and a message boundary.
-/// - `Last`/`End` without an indexer stay relative (`-n`, `-0`): the server resolves them.
+/// - `Last`/`End` without an indexer stay relative (`-n`, `-0`): the server resolves them
+///   and says where ([`follow`]).
 pub fn resolve(
     start: StartAt,
     indexer: Option<&str>,

@@ -1,17 +1,19 @@
 //! Asking a tailsrv-indexer where messages start.
 //!
-//! The indexer speaks text lines: a request (`offset-of N`, `count`, `message-at B`; in
-//! directory mode the file's path comes first: `offset-of PATH N`, `count PATH`), an
-//! answer that is a decimal number or `error: <reason>`. One short-lived connection per
-//! lookup keeps this trivially correct; lookups happen once per consumer start, not per
-//! message. Every error names the indexer and the request, and an `error:` answer is passed
-//! on word for word: it is the indexer that knows why (N beyond the count, a malformed
-//! message in the file...).
+//! The indexer speaks text lines (grammar in `proto::query`): a query (`offset-of N`,
+//! `count`, `message-at B`; in directory mode the file's path comes first), an answer that
+//! is a decimal number or a refusal. One short-lived connection per lookup keeps this
+//! trivially correct; lookups happen once per consumer start, not per message. Every error
+//! names the indexer and the query, and a refusal is passed on as it came: it is the indexer
+//! that knows why (N beyond the count, a malformed message in the file...).
 
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
+
+use proto::query::{parse_answer, Query, Question};
+use proto::Refusal;
 
 /// How long one lookup (connect, ask, answer) may take.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,17 +27,28 @@ pub enum Error {
     /// A message start was asked for but no indexer was given.
     NoIndexer,
     /// The indexer could not be reached or the connection failed.
-    Io { indexer: String, error: io::Error },
-    /// The indexer answered `error: <reason>`.
-    Refused {
+    Io {
+        /// The indexer's address.
         indexer: String,
-        request: String,
-        reason: String,
+        /// What failed.
+        error: io::Error,
     },
-    /// The answer was neither a number nor an error line.
-    BadAnswer {
+    /// The indexer refused the query.
+    Refused {
+        /// The indexer's address.
         indexer: String,
+        /// The query, as sent.
         request: String,
+        /// Its answer.
+        refusal: Refusal,
+    },
+    /// The answer was neither a number nor a refusal.
+    BadAnswer {
+        /// The indexer's address.
+        indexer: String,
+        /// The query, as sent.
+        request: String,
+        /// What came back.
         answer: String,
     },
 }
@@ -50,8 +63,8 @@ impl fmt::Display for Error {
             Error::Refused {
                 indexer,
                 request,
-                reason,
-            } => write!(f, "indexer {indexer} refused {request:?}: {reason}"),
+                refusal,
+            } => write!(f, "indexer {indexer} refused {request:?}: {refusal}"),
             Error::BadAnswer {
                 indexer,
                 request,
@@ -66,8 +79,8 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// Sends `requests` on one connection (pipelined) and returns the numeric answers in order.
-pub fn ask(indexer: &str, requests: &[String]) -> Result<Vec<u64>, Error> {
+/// Sends `queries` on one connection (pipelined) and returns the numeric answers in order.
+pub fn ask(indexer: &str, queries: &[Query<'_>]) -> Result<Vec<u64>, Error> {
     let io_err = |error: io::Error| Error::Io {
         indexer: indexer.to_owned(),
         error,
@@ -75,15 +88,15 @@ pub fn ask(indexer: &str, requests: &[String]) -> Result<Vec<u64>, Error> {
     let stream = connect(indexer).map_err(io_err)?;
     stream.set_read_timeout(Some(TIMEOUT)).map_err(io_err)?;
     stream.set_write_timeout(Some(TIMEOUT)).map_err(io_err)?;
-    let mut batch = String::new();
-    for r in requests {
-        batch.push_str(r);
-        batch.push('\n');
+    let mut batch = Vec::new();
+    for q in queries {
+        q.render_into(&mut batch);
     }
-    (&stream).write_all(batch.as_bytes()).map_err(io_err)?;
+    (&stream).write_all(&batch).map_err(io_err)?;
     let mut reader = BufReader::new(&stream);
-    let mut answers = Vec::with_capacity(requests.len());
-    for request in requests {
+    let mut answers = Vec::with_capacity(queries.len());
+    for query in queries {
+        let request = || String::from_utf8_lossy(query.render().trim_ascii_end()).into_owned();
         let mut line = Vec::new();
         (&mut reader)
             .take(MAX_ANSWER)
@@ -92,24 +105,23 @@ pub fn ask(indexer: &str, requests: &[String]) -> Result<Vec<u64>, Error> {
         if line.last() != Some(&b'\n') {
             return Err(io_err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("no complete answer to {request:?}"),
+                format!("no complete answer to {:?}", request()),
             )));
         }
-        let text = String::from_utf8_lossy(&line).trim().to_owned();
-        if let Some(reason) = text.strip_prefix("error:") {
-            return Err(Error::Refused {
-                indexer: indexer.to_owned(),
-                request: request.clone(),
-                reason: reason.trim().to_owned(),
-            });
-        }
-        match text.parse() {
-            Ok(n) => answers.push(n),
-            Err(_) => {
+        match parse_answer(&line) {
+            Some(Ok(n)) => answers.push(n),
+            Some(Err(refusal)) => {
+                return Err(Error::Refused {
+                    indexer: indexer.to_owned(),
+                    request: request(),
+                    refusal,
+                })
+            }
+            None => {
                 return Err(Error::BadAnswer {
                     indexer: indexer.to_owned(),
-                    request: request.clone(),
-                    answer: text,
+                    request: request(),
+                    answer: String::from_utf8_lossy(&line).trim().to_owned(),
                 })
             }
         }
@@ -128,37 +140,28 @@ fn connect(addr: &str) -> io::Result<TcpStream> {
     Err(last)
 }
 
-fn one(indexer: &str, request: String) -> Result<u64, Error> {
-    Ok(ask(indexer, &[request])?[0])
-}
-
-/// A request line: `command [PATH] [arg]`, the path only for a directory-mode indexer.
-fn request(command: &str, path: Option<&str>, arg: Option<u64>) -> String {
-    let mut r = command.to_owned();
-    for word in [path.map(str::to_owned), arg.map(|a| a.to_string())]
-        .into_iter()
-        .flatten()
-    {
-        r.push(' ');
-        r.push_str(&word);
-    }
-    r
+fn one(indexer: &str, path: Option<&str>, question: Question) -> Result<u64, Error> {
+    let query = Query {
+        path: path.map(str::as_bytes),
+        question,
+    };
+    Ok(ask(indexer, &[query])?[0])
 }
 
 /// The byte offset where message `n` starts (`n` = count: where the next one will start).
 /// `path`: the file, for an indexer of a directory.
 pub fn offset_of(indexer: &str, path: Option<&str>, n: u64) -> Result<u64, Error> {
-    one(indexer, request("offset-of", path, Some(n)))
+    one(indexer, path, Question::OffsetOf(n))
 }
 
 /// The number of the message containing byte `b`.
 pub fn message_at(indexer: &str, path: Option<&str>, b: u64) -> Result<u64, Error> {
-    one(indexer, request("message-at", path, Some(b)))
+    one(indexer, path, Question::MessageAt(b))
 }
 
 /// The number of complete messages indexed so far.
 pub fn count(indexer: &str, path: Option<&str>) -> Result<u64, Error> {
-    one(indexer, request("count", path, None))
+    one(indexer, path, Question::Count)
 }
 
 /// The end of the last complete message: where a consumer "from the end" starts.
@@ -167,20 +170,4 @@ pub fn count(indexer: &str, path: Option<&str>) -> Result<u64, Error> {
 /// message boundary, just an earlier one.
 pub fn end(indexer: &str, path: Option<&str>) -> Result<u64, Error> {
     offset_of(indexer, path, count(indexer, path)?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests() {
-        assert_eq!(request("count", None, None), "count");
-        assert_eq!(request("count", Some("a b/c"), None), "count a b/c");
-        assert_eq!(request("offset-of", None, Some(7)), "offset-of 7");
-        assert_eq!(
-            request("offset-of", Some("a b"), Some(7)),
-            "offset-of a b 7"
-        );
-    }
 }

@@ -34,10 +34,13 @@ const MAX_LEN: u64 = 4096;
 #[derive(Debug)]
 pub enum Error {
     /// The file exists but is not a valid state file.
+    #[allow(missing_docs)]
     Corrupt { path: PathBuf, reason: String },
     /// Another process holds the state file's lock.
+    #[allow(missing_docs)]
     Locked { path: PathBuf },
     /// Reading, writing or locking failed.
+    #[allow(missing_docs)] // The file, what was done to it, and how that failed.
     Io {
         path: PathBuf,
         what: &'static str,
@@ -143,6 +146,7 @@ impl StateFile {
         Ok(())
     }
 
+    /// The state file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -18,19 +18,21 @@ use std::sync::Arc;
 
 use rustix::fs::{flock, FlockOperation};
 
-use crate::consumer::follow::{self, Event, Follower, Retry};
-use crate::header::Start;
+use crate::follow::{self, Event, Follower, Retry};
+use proto::Start;
 
 /// Why the mirror stopped with an error. [`Error::exit_code`] is the documented exit status.
 #[derive(Debug)]
 pub enum Error {
     /// Opening, locking or appending to the local file failed.
+    #[allow(missing_docs)] // The file, what was done to it, and how that failed.
     File {
         path: PathBuf,
         what: &'static str,
         error: io::Error,
     },
     /// Another process holds the file's lock.
+    #[allow(missing_docs)]
     Locked { path: PathBuf },
     /// Only with a finite retry policy.
     Follow(follow::Error),

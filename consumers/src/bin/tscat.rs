@@ -5,9 +5,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser;
 use clap::Parser;
-use shared::consumer::{self, cat, follow::Retry, StartAt};
-use shared::framing::{Framing, DEFAULT_MAX_MESSAGE};
+use client::{cat, follow::Retry, StartAt};
+use proto::framing::{Framing, DEFAULT_MAX_MESSAGE};
 
 const AFTER_HELP: &str = "\
 Checkpoints (--state): the position is saved after the output accepted it, every 256 KiB or \
@@ -38,9 +39,9 @@ struct Args {
     #[arg(long, value_name = "N", group = "start")]
     from_byte: Option<u64>,
 
-    /// Start with the last N bytes. tailsrv resolves this and does not report the offset, so
-    /// without --indexer the stream cannot be resumed after a lost connection, and --state
-    /// and --framing need --indexer (which turns it into a message boundary).
+    /// Start with the last N bytes. tailsrv resolves this and confirms the offset, so the
+    /// stream resumes exactly after a lost connection; --framing needs --indexer (which
+    /// turns it into a message boundary).
     #[arg(long, value_name = "N", group = "start")]
     last: Option<u64>,
 
@@ -63,7 +64,8 @@ struct Args {
     path: Option<String>,
 
     /// Print whole messages only, cut with this framing.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Framing::NAMES)
+              .try_map(|s| s.parse::<Framing>()))]
     framing: Option<Framing>,
 
     /// With --framing: a length prefix over this many bytes is a malformed stream.
@@ -117,7 +119,7 @@ fn run(args: Args) -> Result<cat::Stopped, cat::Error> {
     servers.extend(
         args.servers
             .as_deref()
-            .map(consumer::parse_servers)
+            .map(client::parse_servers)
             .unwrap_or_default(),
     );
     if servers.is_empty() {
@@ -194,5 +196,5 @@ fn init_logging(log: &shared::logging::LogArgs) {
     } else {
         log::LevelFilter::Warn
     };
-    consumer::stderr_log::init("tscat", level);
+    tailsrv_consumers::stderr_log::init("tscat", level);
 }

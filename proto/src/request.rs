@@ -1,0 +1,380 @@
+//! tailsrv's request: one line from the client, then the server only talks.
+//!
+//! The grammar is what a person can type into `nc`:
+//!
+//! ```text
+//! single-file mode:  N | -N                       [ ok]
+//! directory mode:    list
+//!                    stream PATH [from byte N|-N] [ ok]
+//! ```
+//!
+//! `N` streams from byte N (waiting until the file is that long), `-N` the last N bytes, `-0`
+//! from the current end. In directory mode `stream PATH` without `from byte` starts at the
+//! end. Paths may contain spaces: the start is what follows the *last* ` from byte `.
+//!
+//! A trailing ` ok` asks the server to confirm before any data: it answers `ok N\n` with the
+//! absolute offset it resolved the start to, or a [`Refusal`] line. Without it the stream
+//! starts at once, as it always has; with it, file data can never be mistaken for a refusal,
+//! and a relative start (`-N`) becomes resumable because the client learns where it began.
+//! (In directory mode the ` ok` needs an explicit `from byte`, else it would be part of the
+//! path.)
+
+use std::fmt;
+
+use crate::refusal::{Code, Refusal};
+use crate::{trim_line, Mode};
+
+/// Longest single-file request line accepted, newline included.
+pub const MAX_LINE: usize = 64;
+
+/// Longest path a directory-mode request may name, in bytes (Linux's PATH_MAX).
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// Longest directory-mode request line: `stream `, a path, ` from byte -N ok`, newline.
+pub const MAX_DIR_LINE: usize = MAX_PATH_LEN + 64;
+
+/// Where a client wants its stream to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// `N`: from this byte offset (the file may not be that long yet).
+    Byte(u64),
+    /// `-N`: this many bytes before the end of the file; `-0` is the current end.
+    FromEnd(u64),
+}
+
+impl Start {
+    /// The byte offset this start resolves to in a file that is `len` bytes long now.
+    pub fn resolve(self, len: u64) -> u64 {
+        match self {
+            Start::Byte(n) => n,
+            Start::FromEnd(n) => len.saturating_sub(n),
+        }
+    }
+
+    /// Parses `N` or `-N` (blanks around it and a trailing `\r` allowed).
+    pub fn parse(text: &[u8]) -> Result<Start, Refusal> {
+        let text = trim_line(text);
+        let shown = || String::from_utf8_lossy(text).into_owned();
+        let (negative, digits) = match text.split_first() {
+            Some((b'-', rest)) => (true, rest),
+            _ => (false, text),
+        };
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(Refusal::new(
+                Code::BadRequest,
+                format!("not an integer byte offset (N or -N): {:?}", shown()),
+            ));
+        }
+        let n = parse_u64(digits).ok_or_else(|| {
+            Refusal::new(
+                Code::BadRequest,
+                format!("offset out of range: {:?}", shown()),
+            )
+        })?;
+        Ok(if negative {
+            Start::FromEnd(n)
+        } else {
+            Start::Byte(n)
+        })
+    }
+}
+
+/// `N` or `-N`.
+impl fmt::Display for Start {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Start::Byte(n) => write!(f, "{n}"),
+            Start::FromEnd(n) => write!(f, "-{n}"),
+        }
+    }
+}
+
+/// A request to tailsrv.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Stream a file (single-file mode: the file; directory mode: `path`).
+    Stream(StreamRequest),
+    /// Directory mode's `list`: the servable paths, one per line.
+    List,
+}
+
+/// Which bytes to stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRequest {
+    /// The file, relative to the served directory; `None` in single-file mode. As sent: whether
+    /// it may be served is the server's directory rule to decide. Never contains `\n`.
+    pub path: Option<Vec<u8>>,
+    /// Where to start.
+    pub start: Start,
+    /// Whether the client asked for an `ok N` line before the data.
+    pub confirm: bool,
+}
+
+impl Request {
+    /// Parses one request line (without its `\n`) for a server in `mode`.
+    pub fn parse(mode: Mode, line: &[u8]) -> Result<Request, Refusal> {
+        let text = trim_line(line);
+        let is_dir_request = text == b"list" || text.starts_with(b"stream ");
+        match mode {
+            Mode::File if is_dir_request => Err(Refusal::new(
+                Code::WrongMode,
+                "this server serves a single file; send N or -N (a byte offset)",
+            )),
+            Mode::File => {
+                let (start, confirm) = split_confirm(text);
+                Ok(Request::Stream(StreamRequest {
+                    path: None,
+                    start: Start::parse(start)?,
+                    confirm,
+                }))
+            }
+            Mode::Dir if text == b"list" => Ok(Request::List),
+            Mode::Dir => parse_stream(line).map(Request::Stream),
+        }
+    }
+
+    /// The request line, `\n` included.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            Request::List => out.extend_from_slice(b"list"),
+            Request::Stream(s) => {
+                if let Some(path) = &s.path {
+                    out.extend_from_slice(b"stream ");
+                    out.extend_from_slice(path);
+                    out.extend_from_slice(b" from byte ");
+                }
+                out.extend_from_slice(s.start.to_string().as_bytes());
+                if s.confirm {
+                    out.extend_from_slice(b" ok");
+                }
+            }
+        }
+        out.push(b'\n');
+        out
+    }
+}
+
+/// Splits a trailing ` ok` off `text`.
+fn split_confirm(text: &[u8]) -> (&[u8], bool) {
+    match text.strip_suffix(b" ok") {
+        Some(rest) => (rest, true),
+        None => (text, false),
+    }
+}
+
+/// `stream PATH [from byte N|-N] [ok]`; the path is taken as sent (it may hold spaces).
+fn parse_stream(line: &[u8]) -> Result<StreamRequest, Refusal> {
+    let text = line.strip_suffix(b"\r").unwrap_or(line);
+    let shown = String::from_utf8_lossy(text);
+    let unknown = || {
+        let offset = split_confirm(trim_line(text)).0;
+        let wrong = !offset.is_empty() && offset.iter().all(|b| b"-0123456789".contains(b));
+        if wrong {
+            return Refusal::new(
+                Code::WrongMode,
+                "this server serves a directory; send `list` or `stream PATH [from byte N|-N]`",
+            );
+        }
+        Refusal::new(
+            Code::BadRequest,
+            format!("unknown request {shown:?}: send `list` or `stream PATH [from byte N|-N]`"),
+        )
+    };
+    let rest = text.strip_prefix(b"stream ").ok_or_else(unknown)?;
+    const FROM: &[u8] = b" from byte ";
+    let (path, start, confirm) = match memchr::memmem::rfind(rest, FROM) {
+        Some(i) => {
+            let (start, confirm) = split_confirm(trim_line(&rest[i + FROM.len()..]));
+            (&rest[..i], Start::parse(start)?, confirm)
+        }
+        None => (rest, Start::FromEnd(0), false),
+    };
+    if path.is_empty() {
+        return Err(unknown());
+    }
+    Ok(StreamRequest {
+        path: Some(path.to_vec()),
+        start,
+        confirm,
+    })
+}
+
+/// The server's confirmation of a request with ` ok`: `ok N\n`, N the absolute offset the
+/// stream starts at. The data follows it directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confirmation {
+    /// The absolute byte offset of the first byte that follows.
+    pub offset: u64,
+}
+
+impl Confirmation {
+    /// The wire line, `ok N\n`.
+    pub fn render(&self) -> Vec<u8> {
+        format!("ok {}\n", self.offset).into_bytes()
+    }
+
+    /// Parses an `ok N` line (with or without its newline).
+    pub fn parse(line: &[u8]) -> Option<Confirmation> {
+        let digits = trim_line(line.strip_suffix(b"\n").unwrap_or(line)).strip_prefix(b"ok ")?;
+        Some(Confirmation {
+            offset: parse_u64(digits)?,
+        })
+    }
+}
+
+/// A decimal u64: ASCII digits only, no sign, no overflow.
+pub(crate) fn parse_u64(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn file(line: &[u8]) -> Result<Request, Refusal> {
+        Request::parse(Mode::File, line)
+    }
+    fn dir(line: &[u8]) -> Result<Request, Refusal> {
+        Request::parse(Mode::Dir, line)
+    }
+    fn stream(path: Option<&[u8]>, start: Start, confirm: bool) -> Request {
+        Request::Stream(StreamRequest {
+            path: path.map(<[u8]>::to_vec),
+            start,
+            confirm,
+        })
+    }
+
+    #[test]
+    fn single_file_forms() {
+        assert_eq!(file(b"0"), Ok(stream(None, Start::Byte(0), false)));
+        assert_eq!(file(b"1000\r"), Ok(stream(None, Start::Byte(1000), false)));
+        assert_eq!(file(b" 42 "), Ok(stream(None, Start::Byte(42), false)));
+        assert_eq!(file(b"-0"), Ok(stream(None, Start::FromEnd(0), false)));
+        assert_eq!(file(b"-17 ok"), Ok(stream(None, Start::FromEnd(17), true)));
+        assert_eq!(
+            file(b"18446744073709551615"),
+            Ok(stream(None, Start::Byte(u64::MAX), false))
+        );
+        for bad in [
+            &b""[..],
+            b"-",
+            b"+5",
+            b"12a",
+            b"1 2",
+            b"--1",
+            b"abc",
+            b"\xff",
+            b"ok",
+        ] {
+            assert_eq!(file(bad).unwrap_err().code, Code::BadRequest, "{bad:?}");
+        }
+        assert_eq!(
+            file(b"18446744073709551616").unwrap_err().code,
+            Code::BadRequest
+        );
+        assert_eq!(file(b"list").unwrap_err().code, Code::WrongMode);
+        assert_eq!(
+            file(b"stream a from byte 0").unwrap_err().code,
+            Code::WrongMode
+        );
+    }
+
+    #[test]
+    fn directory_forms() {
+        assert_eq!(dir(b"list"), Ok(Request::List));
+        assert_eq!(dir(b"list\r"), Ok(Request::List));
+        assert_eq!(
+            dir(b"stream a/b.log"),
+            Ok(stream(Some(b"a/b.log"), Start::FromEnd(0), false))
+        );
+        assert_eq!(
+            dir(b"stream nginx/access.log from byte -200"),
+            Ok(stream(
+                Some(b"nginx/access.log"),
+                Start::FromEnd(200),
+                false
+            ))
+        );
+        assert_eq!(
+            dir(b"stream with space.log from byte 7 ok\r"),
+            Ok(stream(Some(b"with space.log"), Start::Byte(7), true))
+        );
+        // Without `from byte`, a trailing " ok" is part of the path.
+        assert_eq!(
+            dir(b"stream a ok"),
+            Ok(stream(Some(b"a ok"), Start::FromEnd(0), false))
+        );
+        assert_eq!(dir(b"0").unwrap_err().code, Code::WrongMode);
+        assert_eq!(dir(b"-10 ok").unwrap_err().code, Code::WrongMode);
+        assert_eq!(dir(b"stream ").unwrap_err().code, Code::BadRequest);
+        assert_eq!(dir(b"lis").unwrap_err().code, Code::BadRequest);
+        assert_eq!(
+            dir(b"stream x from byte y").unwrap_err().code,
+            Code::BadRequest
+        );
+    }
+
+    #[test]
+    fn resolve() {
+        assert_eq!(Start::Byte(5).resolve(3), 5);
+        assert_eq!(Start::FromEnd(5).resolve(3), 0);
+        assert_eq!(Start::FromEnd(2).resolve(10), 8);
+        assert_eq!(Start::FromEnd(0).resolve(10), 10);
+    }
+
+    #[test]
+    fn confirmation() {
+        let c = Confirmation { offset: 1234 };
+        assert_eq!(c.render(), b"ok 1234\n");
+        assert_eq!(Confirmation::parse(b"ok 1234\n"), Some(c));
+        assert_eq!(Confirmation::parse(b"ok -1\n"), None);
+        assert_eq!(Confirmation::parse(b"error: busy: x\n"), None);
+    }
+
+    fn any_start() -> impl Strategy<Value = Start> {
+        prop_oneof![
+            any::<u64>().prop_map(Start::Byte),
+            any::<u64>().prop_map(Start::FromEnd)
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn file_round_trip(start in any_start(), confirm: bool) {
+            let r = stream(None, start, confirm);
+            let line = r.render();
+            prop_assert_eq!(line.len() <= MAX_LINE, true);
+            prop_assert_eq!(file(&line[..line.len() - 1]), Ok(r));
+        }
+
+        #[test]
+        fn dir_round_trip(path in "[^\n\r]{1,40}", start in any_start(), confirm: bool) {
+            // Blanks at the ends of a path are taken as sent, except before a trailing \r.
+            let r = stream(Some(path.as_bytes()), start, confirm);
+            let line = r.render();
+            prop_assert_eq!(dir(&line[..line.len() - 1]), Ok(r));
+        }
+
+        #[test]
+        fn canonical_lines_render_back(n: u64, neg: bool, confirm: bool) {
+            let line = format!("{}{n}{}", if neg { "-" } else { "" }, if confirm { " ok" } else { "" });
+            let parsed = file(line.as_bytes()).unwrap();
+            prop_assert_eq!(parsed.render(), format!("{line}\n").into_bytes());
+        }
+
+        #[test]
+        fn parsers_never_panic(line in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = file(&line);
+            let _ = dir(&line);
+            let _ = Confirmation::parse(&line);
+        }
+    }
+}
