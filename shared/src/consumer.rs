@@ -7,7 +7,6 @@
 //! - [`messages`]: whole messages only, cut with [`crate::framing::Splitter`].
 //! - [`state`]: the position saved to a small state file, atomically and durably.
 //! - [`indexer`]: asking a tailsrv-indexer where message N starts.
-//! - [`stderr_log`]: a tiny logger for programs whose stdout is data.
 //! - [`cat`]: `tscat`, the stream to stdout with checkpoints; [`mirror`]: `tsmirror`, the
 //!   stream appended to a replica file.
 //!
@@ -25,7 +24,6 @@ pub mod indexer;
 pub mod messages;
 pub mod mirror;
 pub mod state;
-pub mod stderr_log;
 
 use crate::header::Start;
 

@@ -7,7 +7,7 @@
 //!   ignored, regular files), and the listing.
 //! - [`sendfile`]: moving file bytes to a socket with `sendfile(2)`, driven by readiness.
 //! - [`net`]: listening sockets (big backlog, dual-stack) and per-connection socket options.
-//! - [`logging`]: femme / journald set-up from `-v`/`-q`/`RUST_LOG`.
+//! - [`logging`]: the logger (stderr, text or JSON lines; or journald), levels from `-v`/`-q`/`RUST_LOG`.
 //! - [`framing`]: message boundaries (newline, nul, u32be, varint) found incrementally in a byte stream.
 //! - [`consumer`]: resumable consumers (blocking I/O): reconnect and fail over at the exact
 //!   byte, whole messages, checkpoints in a state file; the logic of `tscat` and `tsmirror`.
