@@ -115,7 +115,7 @@ pub fn run(
                 .map_err(|e| file_err("appending to", e))?,
             Event::Idle => {}
             Event::Stopped => {
-                log::info!(path:% = path.display(), offset:? = follower.position(); "stopping");
+                log::info!(path:% = path.display(), offset = follower.position(); "stopping");
                 return Ok(());
             }
         }

@@ -8,7 +8,8 @@
 //! - [`tree`]: directory mode's rule of which paths may be served, and the listing.
 //! - [`net`]: listening sockets, per-connection options, bounded request lines, refusals and
 //!   graceful close.
-//! - [`logging`]: log set-up from `-v`/`-q`/`RUST_LOG`, and systemd readiness.
+//! - [`logging`]: the logger (stderr, text or JSON lines; or journald), levels from
+//!   `-v`/`-q`/`RUST_LOG`, and systemd readiness.
 //!
 //! The wire grammars live in `proto`, the client side in `client`: a program that only
 //! consumes streams depends on neither inotify nor this crate.

@@ -530,6 +530,7 @@ fn help_version_and_bad_flags() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.stdout.is_empty(), "logs go to stderr");
+    let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("/nonexistent-dir/x"), "{text}");
 }

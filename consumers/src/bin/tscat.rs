@@ -103,7 +103,8 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(&args.log);
+    // Logs go to stderr (stdout is data); warnings only unless asked (-v, RUST_LOG).
+    args.log.init_with_default(log::LevelFilter::Warn);
     match run(args) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
@@ -181,20 +182,4 @@ fn run(args: Args) -> Result<cat::Stopped, cat::Error> {
         .map(std::fs::File::from)
         .map_err(cat::Error::Output)?;
     cat::run(&config, &mut out, stop)
-}
-
-/// Logs to stderr (stdout is data), warnings only unless asked (-v, RUST_LOG).
-fn init_logging(log: &shared::logging::LogArgs) {
-    #[cfg(feature = "systemd")]
-    if log.journald {
-        log.init();
-        return;
-    }
-    let asked = log.verbose > 0 || log.quiet > 0 || std::env::var_os("RUST_LOG").is_some();
-    let level = if asked {
-        log.level()
-    } else {
-        log::LevelFilter::Warn
-    };
-    tailsrv_consumers::stderr_log::init("tscat", level);
 }

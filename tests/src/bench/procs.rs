@@ -48,20 +48,20 @@ impl Server {
         Server::start_cmd(name, cmd)
     }
 
-    /// Starts `cmd` and waits for its `listening on ADDR` line on stdout.
+    /// Starts `cmd` and waits for its `listening on ADDR` line on stderr (the log).
     pub fn start_cmd(name: &str, mut cmd: Command) -> Result<Server> {
         let mut child = cmd
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("starting {name}: {e}"))?;
-        let stdout = child.stdout.take().expect("piped stdout");
+        let log = child.stderr.take().expect("piped stderr");
         let (tx, rx) = mpsc::channel();
         // Drains the log for the child's whole life, so it never blocks on a full pipe.
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
+            for line in BufReader::new(log).lines() {
                 let Ok(line) = line else { break };
                 if let Some(addr) = listening_addr(&line) {
                     let _ = tx.send(addr);
@@ -103,7 +103,7 @@ impl Drop for Server {
     }
 }
 
-/// The address in a `listening on ADDR` log line (femme's ndjson or pretty output).
+/// The address in a `listening on ADDR` log line (JSON or text).
 fn listening_addr(line: &str) -> Option<SocketAddr> {
     let rest = &line[line.find("listening on ")? + "listening on ".len()..];
     let addr: String = rest
