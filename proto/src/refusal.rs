@@ -5,8 +5,9 @@
 //! reason is prose for people and may be reworded at any time. Programs decide with
 //! [`Code::is_transient`] whether asking again later can help, never by reading the prose.
 //!
-//! A line whose code this version does not know still parses (as [`Code::Other`]), so an
-//! older client talking to a newer server sees a refusal, not data.
+//! A line whose code this version does not know still parses (as [`Code::Other`], the
+//! unknown token kept at the start of the reason), so an older client talking to a newer
+//! server sees a refusal, not data, and does not retry what it cannot judge.
 
 use std::fmt;
 
@@ -168,7 +169,12 @@ impl Refusal {
         let rest = line.strip_prefix(PREFIX)?;
         let i = memchr::memmem::find(rest, b": ")?;
         let code = Code::from_token(&rest[..i])?;
-        let reason = String::from_utf8_lossy(&rest[i + 2..]).into_owned();
+        // An unknown code stays in the reason, so people still see what the server said.
+        let reason = match code {
+            Code::Other => &rest[..],
+            _ => &rest[i + 2..],
+        };
+        let reason = String::from_utf8_lossy(reason).into_owned();
         Some(Refusal { code, reason })
     }
 }
@@ -196,8 +202,8 @@ mod tests {
             Some(r)
         );
         assert_eq!(
-            Refusal::parse(b"error: from-the-future: x").map(|r| r.code),
-            Some(Code::Other)
+            Refusal::parse(b"error: from-the-future: x"),
+            Some(Refusal::new(Code::Other, "from-the-future: x"))
         );
         assert_eq!(Refusal::parse(b"error: no code here"), None);
         assert_eq!(Refusal::parse(b"hello"), None);
