@@ -171,7 +171,7 @@ impl Refusal {
         let code = Code::from_token(&rest[..i])?;
         // An unknown code stays in the reason, so people still see what the server said.
         let reason = match code {
-            Code::Other => &rest[..],
+            Code::Other => rest,
             _ => &rest[i + 2..],
         };
         let reason = String::from_utf8_lossy(reason).into_owned();
