@@ -48,6 +48,8 @@ pub(crate) struct Settings {
     pub params: Params,
     /// Threads for a cold build ([`crate::bulk`]).
     pub scan_threads: usize,
+    /// Refuse files with more than one hard link.
+    pub refuse_hardlinks: bool,
 }
 
 /// The indexed directory: the path rule, the watcher's follower, and the live indexes.
@@ -74,7 +76,7 @@ impl Directory {
         settings: Settings,
         cache: Option<Arc<StrideCache>>,
     ) -> io::Result<Directory> {
-        let tree = Tree::new(root)?;
+        let tree = Tree::new(root)?.refusing_hardlinks(settings.refuse_hardlinks);
         let planned = real_path_to_be(index_dir)?;
         let overlap = |why: &str| {
             Err(io::Error::new(

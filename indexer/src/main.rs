@@ -60,6 +60,11 @@ struct Args {
     #[arg(long, value_name = "N")]
     scan_threads: Option<usize>,
 
+    /// Directory mode: refuse files with more than one hard link, as `tailsrv
+    /// --refuse-hardlinks` does (use the same setting for both).
+    #[arg(long)]
+    refuse_hardlinks: bool,
+
     #[command(flatten)]
     log: shared::logging::LogArgs,
 
@@ -112,6 +117,7 @@ fn main() -> ExitCode {
             max_message: args.max_message,
         },
         cache_bytes: args.cache_mib.saturating_mul(1 << 20),
+        refuse_hardlinks: args.refuse_hardlinks,
         scan_threads: args
             .scan_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),

@@ -65,6 +65,8 @@ pub struct Config {
     pub cache_bytes: u64,
     /// Threads that split a newline or NUL log far behind its index ([`crate::bulk`]).
     pub scan_threads: usize,
+    /// Directory mode: refuse files with more than one hard link.
+    pub refuse_hardlinks: bool,
 }
 
 /// Runs the indexer until SIGINT/SIGTERM, until an I/O error, or (single-file mode) until
@@ -99,6 +101,7 @@ async fn serve(config: Config) -> io::Result<()> {
             let settings = Settings {
                 params,
                 scan_threads: config.scan_threads,
+                refuse_hardlinks: config.refuse_hardlinks,
             };
             let follower = server.watcher().follower();
             let dir = Directory::new(root, index_dir, follower, settings, cache)?;

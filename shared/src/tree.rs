@@ -46,6 +46,7 @@ pub enum PathRefusal {
     NotReadable(String),
     NoParentDirectory,
     DanglingSymlink,
+    HardLinked(u64),
 }
 
 impl fmt::Display for PathRefusal {
@@ -66,6 +67,10 @@ impl fmt::Display for PathRefusal {
             PathRefusal::NotReadable(e) => write!(f, "not readable: {e}"),
             PathRefusal::NoParentDirectory => f.write_str("no such directory"),
             PathRefusal::DanglingSymlink => f.write_str("path is a symlink to nothing"),
+            PathRefusal::HardLinked(n) => write!(
+                f,
+                "the file has {n} hard links, and this server refuses hard-linked files"
+            ),
         }
     }
 }
@@ -91,6 +96,8 @@ impl PathRefusal {
 #[derive(Debug, Clone)]
 pub struct Tree {
     root: PathBuf,
+    /// Refuse files with more than one hard link (`--refuse-hardlinks`).
+    refuse_hardlinks: bool,
 }
 
 impl Tree {
@@ -105,7 +112,26 @@ impl Tree {
                 format!("{} is not a directory", root.display()),
             ));
         }
-        Ok(Tree { root })
+        Ok(Tree {
+            root,
+            refuse_hardlinks: false,
+        })
+    }
+
+    /// Also refuses files with more than one hard link. The path rule sees symlinks, but a
+    /// hard link is the file itself under a second name: one made inside the root to a file
+    /// outside it cannot be told from a file of the root, except by its link count.
+    pub fn refusing_hardlinks(mut self, refuse: bool) -> Tree {
+        self.refuse_hardlinks = refuse;
+        self
+    }
+
+    fn check_links(&self, meta: &std::fs::Metadata) -> Result<(), PathRefusal> {
+        use std::os::unix::fs::MetadataExt;
+        if self.refuse_hardlinks && meta.nlink() > 1 {
+            return Err(PathRefusal::HardLinked(meta.nlink()));
+        }
+        Ok(())
     }
 
     /// The real path of the served directory.
@@ -132,6 +158,7 @@ impl Tree {
                 let meta = std::fs::metadata(&real)
                     .map_err(|e| PathRefusal::NotReadable(e.kind().to_string()))?;
                 check_kind(&meta)?;
+                self.check_links(&meta)?;
                 File::open(&real).map_err(|e| PathRefusal::NotReadable(e.kind().to_string()))?;
                 Ok(real)
             }
@@ -167,7 +194,10 @@ impl Tree {
         if self.is_ignored(inside) {
             return Err(PathRefusal::Ignored);
         }
-        Ok(())
+        let meta = file
+            .metadata()
+            .map_err(|e| PathRefusal::NotReadable(e.kind().to_string()))?;
+        self.check_links(&meta)
     }
 
     /// Calls `each` with every servable path relative to the root, sorted, one at a time (the
@@ -193,8 +223,14 @@ impl Tree {
             let Some(text) = rel.to_str() else {
                 continue;
             };
+            let linked = || {
+                entry
+                    .metadata()
+                    .map_or(true, |m| self.check_links(&m).is_err())
+            };
             if entry.file_name() == IGNORE_FILE
                 || check_text(text.as_bytes()).is_err()
+                || linked()
                 || File::open(entry.path()).is_err()
             {
                 continue;

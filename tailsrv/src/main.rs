@@ -33,6 +33,12 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     max_clients: usize,
 
+    /// Directory mode: refuse files with more than one hard link. The path rule follows
+    /// symlinks to check where a file really is, but a hard link inside the directory to a
+    /// file outside it looks like any other file; this closes that hole.
+    #[arg(long)]
+    refuse_hardlinks: bool,
+
     #[command(flatten)]
     log: shared::logging::LogArgs,
 
@@ -56,6 +62,7 @@ fn main() -> ExitCode {
         linger: args.linger_after_file_is_gone,
         header_timeout,
         max_clients: args.max_clients,
+        refuse_hardlinks: args.refuse_hardlinks,
     };
     match tailsrv::run(config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -34,6 +34,8 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Most clients at once.
     pub max_clients: usize,
+    /// Directory mode: refuse files with more than one hard link.
+    pub refuse_hardlinks: bool,
 }
 
 /// Runs the server until SIGINT/SIGTERM, or until the file is gone (single-file mode without
@@ -48,7 +50,7 @@ async fn serve(config: Config) -> io::Result<()> {
     // A directory is served as a tree of files; anything else (even a path that does not
     // exist yet) as a single file.
     let served = if config.path.is_dir() {
-        let tree = Tree::new(&config.path)?;
+        let tree = Tree::new(&config.path)?.refusing_hardlinks(config.refuse_hardlinks);
         log::info!(dir:% = tree.root().display(); "serving the files of a directory");
         Served::Dir {
             tree: Arc::new(tree),

@@ -522,3 +522,77 @@ fn a_large_listing_is_complete() {
     assert_eq!(listed.len(), 5000);
     assert_eq!(listed, expected);
 }
+
+#[test]
+fn hard_links_are_refused_when_asked() {
+    // A hard link inside the directory to a file outside it is the outside file under an
+    // inside name: the path rule cannot see it. --refuse-hardlinks refuses every file with
+    // more than one link, in `stream` and in `list`.
+    let dir = tempdir();
+    let root = dir.path().join("root");
+    let outside = dir.path().join("outside");
+    write(&root.join("plain.log"), b"plain\n");
+    write(&outside.join("secret.log"), b"secret\n");
+    std::fs::hard_link(outside.join("secret.log"), root.join("linked.log")).unwrap();
+    let root_arg = root.display().to_string();
+
+    // Without the flag: served (the documented limit of the path rule).
+    let open = tailsrv_dir(&root);
+    let mut s = request(&open, b"stream linked.log from byte 0 ok");
+    assert_eq!(read_exact(&mut s, 12), b"ok 0\nsecret\n");
+
+    let strict = Proc::start(
+        "tailsrv",
+        &[
+            "-p",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--refuse-hardlinks",
+            &root_arg,
+        ],
+    );
+    let mut s = request(&strict, b"stream linked.log from byte 0 ok");
+    let answer = String::from_utf8(read_to_end(&mut s)).unwrap();
+    assert!(
+        answer.starts_with("error: not-served: \"linked.log\": the file has 2 hard links"),
+        "{answer:?}"
+    );
+    let mut s = request(&strict, b"stream plain.log from byte 0 ok");
+    assert_eq!(read_exact(&mut s, 11), b"ok 0\nplain\n");
+    let mut s = request(&strict, b"list");
+    assert_eq!(read_to_end(&mut s), b"plain.log\n");
+
+    // The indexer applies the same rule.
+    let ix = Proc::start(
+        "tailsrv-indexer",
+        &[
+            "-p",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--refuse-hardlinks",
+            "--index-dir",
+            &dir.path().join("idx").display().to_string(),
+            &root_arg,
+        ],
+    );
+    let mut s = ix.connect();
+    s.write_all(b"count linked.log\ncount plain.log\n").unwrap();
+    let mut answers = String::new();
+    while answers.lines().count() < 2 {
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "indexer closed: {answers:?}");
+        answers.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+    }
+    let mut lines = answers.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("error: not-served: \"linked.log\""),
+        "{answers:?}"
+    );
+    assert_eq!(lines.next(), Some("1"));
+}

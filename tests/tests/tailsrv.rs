@@ -485,6 +485,24 @@ fn sigterm_and_sigint_stop_cleanly() {
 }
 
 #[test]
+fn sighup_is_ignored() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    append(&path, b"x");
+    let mut srv = tailsrv(&path, &[]);
+    let mut c = client(&srv, "0");
+    assert_eq!(read_exact(&mut c, 1), b"x");
+    srv.signal(Signal::HUP);
+    assert!(srv.log.wait_for("SIGHUP", PATIENCE).is_some());
+    // Still serving, old and new clients alike.
+    append(&path, b"y");
+    assert_eq!(read_exact(&mut c, 1), b"y");
+    let mut c2 = client(&srv, "0");
+    assert_eq!(read_exact(&mut c2, 2), b"xy");
+    assert!(srv.wait_exit(Duration::from_millis(200)).is_none());
+}
+
+#[test]
 fn ipv6_loopback() {
     if std::net::TcpListener::bind("[::1]:0").is_err() {
         eprintln!("no IPv6 loopback here; skipping");
