@@ -315,7 +315,7 @@ impl Progress {
         let Some((from, t0)) = self.shown else {
             if target.saturating_sub(at) >= PROGRESS_BACKLOG {
                 self.shown = Some((at, Instant::now()));
-                self.drawn = Instant::now();
+                self.draw(at, target, 0.0);
             }
             return;
         };
@@ -326,22 +326,26 @@ impl Progress {
         if self.drawn.elapsed() < Duration::from_secs(1) {
             return;
         }
-        self.drawn = Instant::now();
-        let mib = |b: u64| b as f64 / f64::from(1 << 20);
         let secs = t0.elapsed().as_secs_f64().max(1e-3);
-        let rate = (at - from) as f64 / secs;
-        let left = target - at;
+        self.draw(at, target, (at - from) as f64 / secs);
+    }
+
+    /// Draws the line: where the replica is, the target, the rate (bytes/s) and what is left.
+    fn draw(&mut self, at: u64, target: u64, rate: f64) {
+        self.drawn = Instant::now();
+        let mib = |b: f64| b / f64::from(1 << 20);
+        let left = target.saturating_sub(at);
         let eta = if rate > 0.0 {
-            format!("{:.0} s", left as f64 / rate)
+            format!("~{:.0} s", left as f64 / rate)
         } else {
-            "?".to_owned()
+            "time unknown".to_owned()
         };
         eprint!(
-            "\rcatching up: {:.1} of {:.1} MiB, {:.1} MiB/s, {:.1} MiB ({eta}) left   ",
-            mib(at),
-            mib(target),
-            mib(rate as u64),
-            mib(left)
+            "\rcatching up: {:.1} of {:.1} MiB, {:.1} MiB/s, {:.1} MiB left ({eta})   ",
+            mib(at as f64),
+            mib(target as f64),
+            mib(rate),
+            mib(left as f64)
         );
     }
 
