@@ -304,7 +304,10 @@ pub fn run(cfg: &Config, out: &mut Output, stop: Arc<AtomicBool>) -> Result<Stop
         match event {
             Event::Stopped => {
                 if placed {
-                    out.drain(Some(DRAIN_GRACE), &AtomicBool::new(false));
+                    if checkpoint.state.is_some() {
+                        // The stop flag is already up: give the reader its grace regardless.
+                        out.drain(Some(DRAIN_GRACE), &AtomicBool::new(false));
+                    }
                     checkpoint.save(out)?;
                 }
                 return Ok(Stopped::Asked);

@@ -182,7 +182,19 @@ pub fn run(
     };
     let mut file = match open_locked(path, false) {
         Ok(f) => Some(f),
-        Err(Error::File { error, .. }) if error.kind() == io::ErrorKind::NotFound => None,
+        Err(Error::File { error, .. }) if error.kind() == io::ErrorKind::NotFound => {
+            // Created later, but whether it can be is known now.
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            rustix::fs::access(
+                dir,
+                rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+            )
+            .map_err(|e| file_err("cannot create", e.into()))?;
+            None
+        }
         Err(e) => return Err(e),
     };
     let len = match &file {
