@@ -367,3 +367,43 @@ impl Progress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cut(content: &[u8], window: u64) -> (u64, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replica");
+        std::fs::write(&path, content).unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let len = cut_zero_tail(&file, window).unwrap();
+        (len, std::fs::read(&path).unwrap())
+    }
+
+    #[test]
+    fn zero_tails_are_cut() {
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251 + 1) as u8).collect();
+        // Nothing to cut.
+        assert_eq!(cut(&data, 1 << 20).0, 20_000);
+        assert_eq!(cut(b"", 1 << 20).0, 0);
+        // Trailing zero bytes, however many, and an all-zero file.
+        let mut tail = data.clone();
+        tail.extend_from_slice(&[0; 70_000]);
+        assert_eq!(cut(&tail, 4096), (20_000, data.clone()));
+        assert_eq!(cut(&[0; 9000], 4096).0, 0);
+        // An aligned zero block inside the window, data after it.
+        let mut hole = data.clone();
+        hole[8192..12_288].fill(0);
+        assert_eq!(cut(&hole, 1 << 20), (8192, data[..8192].to_vec()));
+        // ...but not one before the window, nor an unaligned run of zeros.
+        assert_eq!(cut(&hole, 4096).0, 20_000);
+        let mut unaligned = data.clone();
+        unaligned[8000..12_000].fill(0);
+        assert_eq!(cut(&unaligned, 1 << 20).0, 20_000);
+    }
+}
