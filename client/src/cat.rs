@@ -1,23 +1,49 @@
 //! `tscat`: follow a stream and write it out, whole messages only, checkpointing the
-//! position so a restart continues where the output stopped.
+//! position so a restart continues where the output's reader stopped.
 //!
-//! Order of events per batch: write the complete messages, then (sometimes) save the
-//! boundary reached. A position is therefore saved only after its bytes were accepted by the
-//! output, so a crash can repeat output but never skip it. A clean stop (stop flag, or the
-//! output closed) saves the exact boundary written, so it repeats nothing either.
+//! **What a checkpoint may cover.** A saved position must never pass a byte the reader has
+//! not taken, or the next run would skip it. Bytes accepted by `write` are not bytes the
+//! reader took when the output is a pipe: up to the pipe's capacity (64 KiB by default) sits
+//! in the kernel until the reader gets to it, and is lost if the reader goes away. So
+//! [`Output`] asks the kernel how much of what was written is still in the pipe
+//! (`ioctl(FIONREAD)` on the write end, which Linux supports for pipes), and the position
+//! saved is the last message boundary at or before *written − still in the pipe*. For a
+//! regular file or a terminal what was written is what was taken.
+//!
+//! Order of events per batch: write the complete messages, then (sometimes) save. A clean
+//! stop saves the exact boundary the reader took: on a stop signal after giving the reader up
+//! to [`DRAIN_GRACE`] to empty the pipe, at a limit (`--exit-at-end`, `--count`, `--bytes`)
+//! after it emptied the pipe (or closed it), and when the reader closes the output (EPIPE)
+//! at once, without what was still in the pipe: the reader never took it.
 //!
 //! Checkpoint policy, which bounds what a `kill -9` repeats: a save after a batch once
-//! [`CHECKPOINT_BYTES`] are unsaved or [`CHECKPOINT_INTERVAL`] has passed, and whenever the
-//! stream pauses for a read tick. Unsaved output is thus below `CHECKPOINT_BYTES` plus one
-//! batch (one read of [`READ_SIZE`], plus the held start of a message larger than that).
-//! Each save costs two fsyncs, so saving per batch on a fast stream would cap throughput.
+//! [`CHECKPOINT_BYTES`] were written since the last save or [`CHECKPOINT_INTERVAL`] has
+//! passed, and whenever the stream pauses for a read tick. What the reader takes after tscat
+//! dies is thus below `CHECKPOINT_BYTES` plus one batch (one read of [`READ_SIZE`], plus the
+//! held start of a message larger than that) plus what the pipe held at the last save (at
+//! most its capacity). Each save costs two fsyncs, so saving per batch on a fast stream would
+//! cap throughput.
+//!
+//! **Where a run stops.** Without limits it follows forever. `exit_at_end` stops at the
+//! file's length as the first server reported it when it confirmed the stream (`ok N LEN`):
+//! "the end as it was when tscat started", which does not move while tscat runs, so a
+//! steadily written file still ends the run. `max_bytes` stops after that many bytes from
+//! where the run started, `max_messages` after that many messages. With a framing only the
+//! messages that end within the limit are written; the rest (a message that straddles it)
+//! is left for the next run.
 
+use std::collections::VecDeque;
 use std::fmt;
+use std::fs::File;
 use std::io::{self, Write};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustix::event::{poll, PollFd, PollFlags};
+use rustix::fs::FileType;
 
 use crate::follow::{self, Event, Follower, Retry};
 use crate::messages::Messages;
@@ -26,12 +52,14 @@ use crate::{indexer, resolve, StartAt};
 use proto::framing::{Framing, FramingError};
 use proto::Start;
 
-/// Unsaved output that triggers a checkpoint.
+/// Bytes written since the last save that trigger a checkpoint.
 pub const CHECKPOINT_BYTES: u64 = 256 << 10;
 /// Longest time output stays unsaved while the stream keeps flowing.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// Bytes read from the socket at a time.
 pub const READ_SIZE: usize = 64 << 10;
+/// How long a stop signal waits for the reader to take what is still in the output pipe.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 /// What `tscat` was asked to do.
 #[derive(Debug, Clone)]
@@ -52,6 +80,12 @@ pub struct Config {
     pub state: Option<PathBuf>,
     /// When to give up on the servers.
     pub retry: Retry,
+    /// Stop at the file's length when the first server confirmed the stream.
+    pub exit_at_end: bool,
+    /// Stop after this many bytes from where the run starts.
+    pub max_bytes: Option<u64>,
+    /// Stop after this many messages (needs a framing).
+    pub max_messages: Option<u64>,
 }
 
 /// Why `tscat` stopped with an error. [`Error::exit_code`] is the documented exit status.
@@ -109,13 +143,99 @@ pub enum Stopped {
     Asked,
     /// The output was closed by its reader.
     OutputClosed,
+    /// A limit was reached: the end, `max_bytes` or `max_messages`.
+    Done,
 }
 
-/// Follows the stream into `out` until `stop` is raised, the output closes, or an error.
-///
-/// `out` should be unbuffered (each `write` reaching the reader), so that a saved position
-/// never covers bytes still sitting in a buffer.
-pub fn run(cfg: &Config, out: &mut impl Write, stop: Arc<AtomicBool>) -> Result<Stopped, Error> {
+/// The output: an unbuffered file descriptor (each `write` reaches the reader, or the pipe
+/// to it) that can tell how much of what was written the reader has not taken yet.
+#[derive(Debug)]
+pub struct Output {
+    file: File,
+    pipe: bool,
+}
+
+impl Output {
+    /// Wraps `file` (stdout, usually); a pipe is recognised by `fstat`.
+    pub fn new(file: File) -> Output {
+        let pipe = rustix::fs::fstat(&file)
+            .map(|st| FileType::from_raw_mode(st.st_mode) == FileType::Fifo)
+            .unwrap_or(false);
+        Output { file, pipe }
+    }
+
+    /// Whether the output is a pipe (then written is not yet taken).
+    pub fn is_pipe(&self) -> bool {
+        self.pipe
+    }
+
+    /// Bytes written that the reader has not taken yet: what sits in the pipe (0 for
+    /// anything else, where a write that returned is with the reader).
+    pub fn unread(&self) -> u64 {
+        if !self.pipe {
+            return 0;
+        }
+        match rustix::io::ioctl_fionread(&self.file) {
+            Ok(n) => n,
+            Err(e) => {
+                log::debug!("FIONREAD on the output pipe failed: {e}");
+                0
+            }
+        }
+    }
+
+    /// Whether the reader has closed the pipe (poll reports an error on the write end).
+    fn reader_gone(&self) -> bool {
+        let mut fds = [PollFd::new(&self.file, PollFlags::OUT)];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        poll(&mut fds, Some(&zero)).is_ok() && fds[0].revents().contains(PollFlags::ERR)
+    }
+
+    /// Waits until the reader has taken everything written, closed the pipe, `stop` is
+    /// raised, or `limit` (if any) passed.
+    fn drain(&self, limit: Option<Duration>, stop: &AtomicBool) {
+        let start = Instant::now();
+        let mut logged = false;
+        while self.unread() > 0 && !self.reader_gone() && !stop.load(Ordering::Relaxed) {
+            if limit.is_some_and(|l| start.elapsed() >= l) {
+                return;
+            }
+            if !logged && start.elapsed() >= Duration::from_secs(1) {
+                log::info!(unread = self.unread(); "waiting for the reader to take what is in the pipe");
+                logged = true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsFd for Output {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+/// Follows the stream into `out` until `stop` is raised, the output closes, a limit is
+/// reached, or an error.
+pub fn run(cfg: &Config, out: &mut Output, stop: Arc<AtomicBool>) -> Result<Stopped, Error> {
+    if cfg.max_messages.is_some() && cfg.framing.is_none() {
+        return Err(Error::Usage(
+            "--count needs --framing (tscat must know where messages end)".into(),
+        ));
+    }
     let mut state = match &cfg.state {
         Some(path) => Some(StateFile::open(path).map_err(Error::State)?),
         None => None,
@@ -140,24 +260,43 @@ pub fn run(cfg: &Config, out: &mut impl Write, stop: Arc<AtomicBool>) -> Result<
     };
     let mut follow_cfg = follow::Config::new(cfg.servers.clone(), cfg.retry);
     follow_cfg.path = cfg.path.clone();
-    let mut follower = Follower::new(follow_cfg, start, stop);
+    let mut follower = Follower::new(follow_cfg, start, stop.clone());
     // A relative start becomes absolute once a server has confirmed it; nothing is handed
     // out before that, so the origin is known by the first batch.
     let origin = follower.position().unwrap_or(0);
     let mut messages = Messages::new(cfg.framing, cfg.max_message, origin);
     let mut placed = follower.position().is_some();
+    // Boundaries are only needed to step back from what the pipe still holds.
+    let track = state.is_some() && cfg.framing.is_some() && out.is_pipe();
     let mut checkpoint = Checkpoint {
         state: state.as_mut(),
         saved: origin,
+        written: origin,
+        sent: origin,
+        written_at_save: origin,
+        ends: VecDeque::new(),
+        track,
         at: Instant::now(),
     };
+    let mut limits = Limits {
+        exit_at_end: cfg.exit_at_end,
+        max_bytes: cfg.max_bytes,
+        bytes_until: None,
+        messages_left: cfg.max_messages,
+    };
+    if placed {
+        limits.bytes_until = cfg.max_bytes.map(|n| origin.saturating_add(n));
+    }
     let mut buf = vec![0u8; READ_SIZE];
     loop {
+        if limits.messages_left == Some(0) {
+            return finish(&mut checkpoint, out, &stop);
+        }
         let event = match follower.read(&mut buf) {
             Ok(e) => e,
             Err(e) => {
                 if placed {
-                    checkpoint.save(messages.boundary())?;
+                    checkpoint.save(out)?;
                 }
                 return Err(Error::Follow(e));
             }
@@ -165,54 +304,171 @@ pub fn run(cfg: &Config, out: &mut impl Write, stop: Arc<AtomicBool>) -> Result<
         match event {
             Event::Stopped => {
                 if placed {
-                    checkpoint.save(messages.boundary())?;
+                    if checkpoint.state.is_some() {
+                        // The stop flag is already up: give the reader its grace regardless.
+                        out.drain(Some(DRAIN_GRACE), &AtomicBool::new(false));
+                    }
+                    checkpoint.save(out)?;
                 }
                 return Ok(Stopped::Asked);
             }
             Event::Idle if !placed => {}
-            Event::Idle => checkpoint.save(messages.boundary())?,
+            Event::Idle => {
+                let at = follower.position().expect("placed");
+                if limits.cap(&follower).is_some_and(|cap| at >= cap) {
+                    return finish(&mut checkpoint, out, &stop);
+                }
+                checkpoint.save(out)?;
+            }
             Event::Data(n) => {
+                let at = follower.position().expect("confirmed before data");
                 if !placed {
-                    let origin = follower.position().expect("confirmed before data") - n as u64;
+                    let origin = at - n as u64;
                     messages = Messages::new(cfg.framing, cfg.max_message, origin);
                     checkpoint.saved = origin;
+                    checkpoint.written = origin;
+                    checkpoint.sent = origin;
+                    checkpoint.written_at_save = origin;
+                    limits.bytes_until = limits.max_bytes.map(|b| origin.saturating_add(b));
                     placed = true;
                 }
+                let cap = limits.cap(&follower);
                 let batch = messages.push(&buf[..n]);
-                let (written, result) = write_counting(out, batch.bytes);
+                // How far this batch may go: to the last boundary within the byte cap, and
+                // no further than the last message allowed.
+                let mut allowed = match cap {
+                    Some(cap) if cap < batch.end() => {
+                        batch.boundary_within(cap.saturating_sub(batch.start) as usize)
+                    }
+                    _ => batch.end(),
+                };
+                if let Some(left) = limits.messages_left {
+                    if let Some(&e) = usize::try_from(left)
+                        .ok()
+                        .and_then(|l| batch.ends.get(l.checked_sub(1)?))
+                    {
+                        allowed = allowed.min(e);
+                    }
+                }
+                let len = (allowed - batch.start) as usize;
+                let (written, result) = write_counting(out, &batch.bytes[..len]);
                 let boundary = batch.boundary_within(written);
+                let done_ends = batch.ends.partition_point(|&e| e <= boundary);
+                if let Some(left) = &mut limits.messages_left {
+                    *left = left.saturating_sub(done_ends as u64);
+                }
+                if checkpoint.track {
+                    checkpoint.ends.extend(&batch.ends[..done_ends]);
+                }
+                checkpoint.written = boundary;
+                checkpoint.sent = batch.start + written as u64;
                 messages.release(boundary);
                 match result {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                        checkpoint.save(boundary)?;
-                        log::info!(offset = boundary; "output closed, stopping");
+                        // What is still in the pipe was never taken by the reader.
+                        checkpoint.save(out)?;
+                        log::info!(offset = checkpoint.saved; "output closed, stopping");
                         return Ok(Stopped::OutputClosed);
                     }
                     Err(e) => {
-                        checkpoint.save(boundary)?;
+                        checkpoint.save(out)?;
                         return Err(Error::Output(e));
                     }
                 }
                 if let Some(e) = messages.error() {
-                    checkpoint.save(boundary)?;
+                    checkpoint.save(out)?;
                     return Err(Error::Framing(e.clone()));
                 }
-                checkpoint.maybe_save(boundary)?;
+                // Everything up to the cap has arrived: no further message can end within it.
+                if cap.is_some_and(|cap| at >= cap) || limits.messages_left == Some(0) {
+                    return finish(&mut checkpoint, out, &stop);
+                }
+                checkpoint.maybe_save(out)?;
             }
         }
     }
 }
 
-/// The state file, if any, and what was saved in it last.
+/// A limit was reached: wait for the reader to take everything (or leave), then save.
+fn finish(cp: &mut Checkpoint<'_>, out: &Output, stop: &AtomicBool) -> Result<Stopped, Error> {
+    if cp.state.is_some() {
+        out.drain(None, stop);
+    }
+    cp.save(out)?;
+    log::info!(offset = cp.written; "reached the limit, stopping");
+    Ok(Stopped::Done)
+}
+
+/// Where the run stops (`--exit-at-end`, `--bytes`, `--count`).
+struct Limits {
+    exit_at_end: bool,
+    max_bytes: Option<u64>,
+    /// `max_bytes` as an absolute offset, once the origin is known.
+    bytes_until: Option<u64>,
+    messages_left: Option<u64>,
+}
+
+impl Limits {
+    /// The absolute offset no byte at or past which is written, when known.
+    fn cap(&self, follower: &Follower) -> Option<u64> {
+        let end = if self.exit_at_end {
+            follower.initial_len()
+        } else {
+            None
+        };
+        match (end, self.bytes_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// The state file, if any, what was written and what was saved in it last.
 struct Checkpoint<'a> {
     state: Option<&'a mut StateFile>,
+    /// The position saved last (a boundary the reader took).
     saved: u64,
+    /// The boundary the output accepted up to.
+    written: u64,
+    /// Where the bytes the output accepted end (past `written` when a write stopped inside
+    /// a message).
+    sent: u64,
+    /// `written` at the last save.
+    written_at_save: u64,
+    /// Message ends in `(saved, written]`, oldest first (only when `track`).
+    ends: VecDeque<u64>,
+    /// Whether `ends` is kept: framed output to a pipe with a state file.
+    track: bool,
     at: Instant,
 }
 
 impl Checkpoint<'_> {
-    fn save(&mut self, offset: u64) -> Result<(), Error> {
+    /// The last boundary the reader has certainly taken: what was sent minus what the pipe
+    /// still holds, stepped back to a message boundary.
+    fn taken(&mut self, out: &Output) -> u64 {
+        let reached = self.sent.saturating_sub(out.unread()).max(self.saved);
+        if reached >= self.written {
+            self.ends.clear();
+            return self.written;
+        }
+        if !self.track {
+            // No framing: every byte is a boundary.
+            return reached;
+        }
+        let mut at = self.saved;
+        while let Some(&e) = self.ends.front() {
+            if e > reached {
+                break;
+            }
+            at = e;
+            self.ends.pop_front();
+        }
+        at
+    }
+
+    fn save(&mut self, out: &Output) -> Result<(), Error> {
+        let offset = self.taken(out);
         if let Some(state) = &mut self.state {
             if offset != self.saved || state.saved().is_none() {
                 state.save(offset).map_err(Error::State)?;
@@ -220,13 +476,16 @@ impl Checkpoint<'_> {
             }
         }
         self.saved = offset;
+        self.written_at_save = self.written;
         self.at = Instant::now();
         Ok(())
     }
 
-    fn maybe_save(&mut self, offset: u64) -> Result<(), Error> {
-        if offset - self.saved >= CHECKPOINT_BYTES || self.at.elapsed() >= CHECKPOINT_INTERVAL {
-            self.save(offset)?;
+    fn maybe_save(&mut self, out: &Output) -> Result<(), Error> {
+        if self.written - self.written_at_save >= CHECKPOINT_BYTES
+            || self.at.elapsed() >= CHECKPOINT_INTERVAL
+        {
+            self.save(out)?;
         }
         Ok(())
     }

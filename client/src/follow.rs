@@ -15,7 +15,8 @@
 //!   even while the file is quiet, which is when nothing else would.
 //! - Reads time out every `tick` so the caller can notice signals and checkpoint while idle.
 //! - Every request asks for a confirmation (` ok`, see `proto::request`): the server answers
-//!   `ok N` with the absolute offset it starts at, or a refusal line, before any data. So file
+//!   `ok N LEN` with the absolute offset it starts at and the file's length then, or a
+//!   refusal line, before any data. So file
 //!   content can never be mistaken for a refusal, and a relative start (`-N`, `-0`) becomes
 //!   an absolute position as soon as the first server confirms it: it is resumable too.
 //! - A refusal's code says either "not now" ([`proto::Code::is_transient`]: busy, the
@@ -38,6 +39,38 @@ use socket2::{SockRef, TcpKeepalive};
 
 /// Longest confirmation or refusal line we wait for; tailsrv's are far shorter.
 const MAX_ANSWER_LINE: usize = 8192;
+
+/// Checks that `addr` is a `HOST:PORT` this machine can resolve now, so a typo is a usage
+/// error at once rather than 300 s of retries. `what` names the address in the message.
+///
+/// Resolution failures later (a name that stops resolving while following) are retried like
+/// any other failure.
+pub fn check_address(what: &str, addr: &str) -> Result<(), String> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!(
+            "{what} {addr:?} is not HOST:PORT (the port is missing)"
+        ));
+    };
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return Err(format!(
+            "{what} {addr:?} is not HOST:PORT (the host is missing)"
+        ));
+    }
+    if port.parse::<u16>().is_err() {
+        return Err(format!(
+            "{what} {addr:?} is not HOST:PORT ({port:?} is not a port number)"
+        ));
+    }
+    match addr.to_socket_addrs() {
+        Ok(addrs) if addrs.len() > 0 => Ok(()),
+        Ok(_) => Err(format!("{what} {addr:?} resolves to no address")),
+        Err(e) => Err(format!("{what} {addr:?} cannot be resolved: {e}")),
+    }
+}
 
 /// When to give up on reaching a server.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -202,6 +235,10 @@ pub struct Follower {
     refusals: Vec<Option<Refusal>>,
     /// Bytes received but not yet handed out (a released probe).
     pending: Vec<u8>,
+    /// The file's length as the first confirming server reported it (`ok N LEN`).
+    first_len: Option<u64>,
+    /// The same, from the latest confirmation.
+    last_len: Option<u64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -227,8 +264,21 @@ impl Follower {
             round: 0,
             last_good: Instant::now(),
             pending: Vec::new(),
+            first_len: None,
+            last_len: None,
             stop,
         }
+    }
+
+    /// The file's length when the first server confirmed the stream: "the end" as it was when
+    /// following began. `None` until a server has confirmed.
+    pub fn initial_len(&self) -> Option<u64> {
+        self.first_len
+    }
+
+    /// The file's length as the latest confirming server reported it (at its connection).
+    pub fn confirmed_len(&self) -> Option<u64> {
+        self.last_len
     }
 
     /// Absolute offset of the next byte [`Follower::read`] will return, when known (for a
@@ -305,7 +355,7 @@ impl Follower {
         }
     }
 
-    /// Handles the server's answer line once it is complete: `ok N` places the stream, a
+    /// Handles the server's answer line once it is complete: `ok N LEN` places the stream, a
     /// refusal drops the connection (for good if its code says asking again cannot help).
     fn answered(&mut self) -> Result<(), Error> {
         let conn = self.conn.as_mut().expect("answer on a connection");
@@ -320,6 +370,8 @@ impl Follower {
         let line = std::mem::take(answer);
         if let Some(c) = Confirmation::parse(&line) {
             conn.answer = None;
+            self.first_len.get_or_insert(c.len);
+            self.last_len = Some(c.len);
             match self.next {
                 Start::FromEnd(_) => {
                     self.next = Start::Byte(c.offset);

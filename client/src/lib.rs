@@ -12,7 +12,7 @@
 //!   the stream appended to a replica file.
 //!
 //! Exactness rests on one fact: tailsrv sends the file's bytes from the offset it confirmed
-//! (`ok N`), in order, and nothing else. So the absolute position of the next byte is that
+//! (`ok N LEN`), in order, and nothing else. So the absolute position of the next byte is that
 //! offset plus the bytes received, and reconnecting with that number neither skips nor
 //! repeats a byte. A relative start (`-N`, `-0`) is resolved by the first server that
 //! confirms it; [`resolve`] can also place it on a message boundary with an indexer.

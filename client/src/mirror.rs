@@ -5,16 +5,29 @@
 //! step: after a crash, whatever reached the file is where the next run resumes. An
 //! exclusive `flock` on the file keeps two mirrors from appending the same bytes twice.
 //!
-//! The file is appended with plain writes (no fsync per batch). After a process crash the
-//! page cache still holds every write; after a machine crash the file may be shorter than
-//! what was received, which the length rule handles the same way.
+//! **Durability.** The file is appended with plain writes and `fdatasync`ed in batches
+//! ([`Options::sync_bytes`], [`Options::sync_interval`]) and on a clean stop. After a process
+//! crash the page cache still holds every write. After a machine crash the file may be shorter
+//! than what was received, which the length rule handles the same way, or, on file systems
+//! that do not order data before size updates, its size may cover blocks that were never
+//! written and read back as zeros. Those can only lie in what was not yet synced: the last
+//! `sync_bytes` plus one read ([`READ_SIZE`]). So on start [`cut_zero_tail`] cuts the file at
+//! the first byte of (a) the run of zero bytes that ends it, and (b) within that last window,
+//! the first 4 KiB-aligned block that is all zeros, whichever comes first. Cutting real zeros
+//! is harmless: the mirror fetches them again from the server. tailsrv on the replica never
+//! serves the zeros of a crash this way, provided tsmirror ran (and cut) before it.
+//!
+//! **Creating the file.** A missing replica is created only once a server has accepted the
+//! request (`ok N LEN`), so a refused or unreachable mirror leaves no empty file behind.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rustix::fs::{flock, FlockOperation};
 
@@ -66,15 +79,43 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// Opens and locks the replica file, creating it if needed.
-pub fn open_locked(path: &Path) -> Result<File, Error> {
+/// Bytes read from the socket at a time.
+pub const READ_SIZE: usize = 256 << 10;
+
+/// Aligned blocks checked for zeros on start (the page size of the writeback that may be lost).
+const BLOCK: u64 = 4096;
+
+/// How the mirror syncs and reports.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// `fdatasync` once this many bytes were appended since the last sync (0: every write).
+    pub sync_bytes: u64,
+    /// `fdatasync` once appended bytes have waited this long.
+    pub sync_interval: Duration,
+    /// Report progress on stderr (a terminal) while catching up a large backlog.
+    pub progress: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            sync_bytes: 4 << 20,
+            sync_interval: Duration::from_secs(1),
+            progress: false,
+        }
+    }
+}
+
+/// Opens and locks an existing replica file (`create`: or creates it).
+pub fn open_locked(path: &Path, create: bool) -> Result<File, Error> {
     let file_err = |what, error| Error::File {
         path: path.to_owned(),
         what,
         error,
     };
     let file = OpenOptions::new()
-        .create(true)
+        .create(create)
+        .read(true)
         .append(true)
         .open(path)
         .map_err(|e| file_err("opening", e))?;
@@ -87,37 +128,282 @@ pub fn open_locked(path: &Path) -> Result<File, Error> {
     }
 }
 
+/// Cuts what a machine crash may have left as zeros at the end of `file` (see the module
+/// docs): returns the new length. `window` is how much at the end may not have been synced.
+pub fn cut_zero_tail(file: &File, window: u64) -> io::Result<u64> {
+    let len = file.metadata()?.len();
+    // (a) The zero bytes that end the file.
+    let mut end = len;
+    let mut buf = vec![0u8; 64 << 10];
+    while end > 0 {
+        let from = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - from) as usize];
+        file.read_exact_at(chunk, from)?;
+        match chunk.iter().rposition(|&b| b != 0) {
+            Some(i) => {
+                end = from + i as u64 + 1;
+                break;
+            }
+            None => end = from,
+        }
+    }
+    // (b) The first aligned all-zero block in the window before that.
+    let lo = end.saturating_sub(window).next_multiple_of(BLOCK);
+    let mut block = vec![0u8; BLOCK as usize];
+    let mut at = lo;
+    while at + BLOCK <= end {
+        file.read_exact_at(&mut block, at)?;
+        if block.iter().all(|&b| b == 0) {
+            end = at;
+            break;
+        }
+        at += BLOCK;
+    }
+    if end < len {
+        file.set_len(end)?;
+        file.sync_data()?;
+    }
+    Ok(end)
+}
+
 /// Mirrors `servers`' file into `path` until `stop` is raised (or, with a finite `retry`,
 /// no server is reachable).
 pub fn run(
     servers: Vec<String>,
     path: &Path,
     retry: Retry,
+    opts: Options,
     stop: Arc<AtomicBool>,
 ) -> Result<(), Error> {
-    let mut file = open_locked(path)?;
     let file_err = |what, error| Error::File {
         path: path.to_owned(),
         what,
         error,
     };
-    let len = file
-        .metadata()
-        .map_err(|e| file_err("reading the length of", e))?
-        .len();
+    let mut file = match open_locked(path, false) {
+        Ok(f) => Some(f),
+        Err(Error::File { error, .. }) if error.kind() == io::ErrorKind::NotFound => {
+            // Created later, but whether it can be is known now.
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            rustix::fs::access(
+                dir,
+                rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+            )
+            .map_err(|e| file_err("cannot create", e.into()))?;
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let len = match &file {
+        Some(f) => {
+            let before = f
+                .metadata()
+                .map_err(|e| file_err("reading the length of", e))?
+                .len();
+            let window = opts.sync_bytes.saturating_add(READ_SIZE as u64);
+            let len = cut_zero_tail(f, window).map_err(|e| file_err("checking the tail of", e))?;
+            if len < before {
+                log::warn!(
+                    path:% = path.display(), from = before, to = len;
+                    "cut {} zero bytes at the end (left by a crash, or real zeros: fetched again)",
+                    before - len
+                );
+            }
+            len
+        }
+        None => 0,
+    };
     log::info!(path:% = path.display(), offset = len; "mirroring from the replica's length");
     let mut follower = Follower::new(follow::Config::new(servers, retry), Start::Byte(len), stop);
-    let mut buf = vec![0u8; 256 << 10];
+    let mut buf = vec![0u8; READ_SIZE];
+    let mut sync = Sync {
+        unsynced: 0,
+        since: Instant::now(),
+        opts,
+    };
+    let mut progress = Progress::new(opts.progress);
     loop {
-        match follower.read(&mut buf).map_err(Error::Follow)? {
-            Event::Data(n) => file
-                .write_all(&buf[..n])
-                .map_err(|e| file_err("appending to", e))?,
-            Event::Idle => {}
+        let event = follower.read(&mut buf).map_err(Error::Follow)?;
+        if file.is_none() && follower.confirmed_len().is_some() {
+            // A server accepted: now the replica may exist.
+            let f = open_locked(path, true)?;
+            let len = f
+                .metadata()
+                .map_err(|e| file_err("reading the length of", e))?
+                .len();
+            if len != 0 {
+                return Err(file_err(
+                    "creating",
+                    io::Error::other(format!("it appeared meanwhile with {len} bytes")),
+                ));
+            }
+            log::info!(path:% = path.display(); "created the replica");
+            file = Some(f);
+        }
+        match event {
+            Event::Data(n) => {
+                let f = file.as_mut().expect("created on confirmation");
+                f.write_all(&buf[..n])
+                    .map_err(|e| file_err("appending to", e))?;
+                if sync.unsynced == 0 {
+                    sync.since = Instant::now();
+                }
+                sync.unsynced += n as u64;
+                if sync.due() {
+                    sync.run(f).map_err(|e| file_err("syncing", e))?;
+                }
+            }
+            Event::Idle => {
+                if let Some(f) = &file {
+                    if sync.unsynced > 0 && sync.since.elapsed() >= opts.sync_interval {
+                        sync.run(f).map_err(|e| file_err("syncing", e))?;
+                    }
+                }
+            }
             Event::Stopped => {
+                if let Some(f) = &file {
+                    sync.run(f).map_err(|e| file_err("syncing", e))?;
+                }
+                progress.end();
                 log::info!(path:% = path.display(), offset = follower.position(); "stopping");
                 return Ok(());
             }
         }
+        if let (Some(at), Some(target)) = (follower.position(), follower.confirmed_len()) {
+            progress.update(at, target);
+        }
+    }
+}
+
+/// Batched `fdatasync`.
+struct Sync {
+    unsynced: u64,
+    /// When the oldest unsynced byte was appended.
+    since: Instant,
+    opts: Options,
+}
+
+impl Sync {
+    fn due(&self) -> bool {
+        self.unsynced >= self.opts.sync_bytes || self.since.elapsed() >= self.opts.sync_interval
+    }
+
+    fn run(&mut self, f: &File) -> io::Result<()> {
+        if self.unsynced > 0 {
+            f.sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(())
+    }
+}
+
+/// A one-line progress report on stderr while a large backlog is caught up.
+struct Progress {
+    enabled: bool,
+    /// Shown since (offset, time), and last drawn.
+    shown: Option<(u64, Instant)>,
+    drawn: Instant,
+}
+
+/// A backlog below this is caught up too quickly to be worth a progress line.
+const PROGRESS_BACKLOG: u64 = 64 << 20;
+
+impl Progress {
+    fn new(enabled: bool) -> Progress {
+        Progress {
+            enabled,
+            shown: None,
+            drawn: Instant::now(),
+        }
+    }
+
+    fn update(&mut self, at: u64, target: u64) {
+        if !self.enabled {
+            return;
+        }
+        let Some((from, t0)) = self.shown else {
+            if target.saturating_sub(at) >= PROGRESS_BACKLOG {
+                self.shown = Some((at, Instant::now()));
+                self.draw(at, target, 0.0);
+            }
+            return;
+        };
+        if at >= target {
+            self.end();
+            return;
+        }
+        if self.drawn.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        let secs = t0.elapsed().as_secs_f64().max(1e-3);
+        self.draw(at, target, (at - from) as f64 / secs);
+    }
+
+    /// Draws the line: where the replica is, the target, the rate (bytes/s) and what is left.
+    fn draw(&mut self, at: u64, target: u64, rate: f64) {
+        self.drawn = Instant::now();
+        let mib = |b: f64| b / f64::from(1 << 20);
+        let left = target.saturating_sub(at);
+        let eta = if rate > 0.0 {
+            format!("~{:.0} s", left as f64 / rate)
+        } else {
+            "time unknown".to_owned()
+        };
+        eprint!(
+            "\rcatching up: {:.1} of {:.1} MiB, {:.1} MiB/s, {:.1} MiB left ({eta})   ",
+            mib(at as f64),
+            mib(target as f64),
+            mib(rate),
+            mib(left as f64)
+        );
+    }
+
+    fn end(&mut self) {
+        if self.shown.take().is_some() {
+            eprintln!("\rcaught up{:60}", "");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cut(content: &[u8], window: u64) -> (u64, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replica");
+        std::fs::write(&path, content).unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let len = cut_zero_tail(&file, window).unwrap();
+        (len, std::fs::read(&path).unwrap())
+    }
+
+    #[test]
+    fn zero_tails_are_cut() {
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251 + 1) as u8).collect();
+        // Nothing to cut.
+        assert_eq!(cut(&data, 1 << 20).0, 20_000);
+        assert_eq!(cut(b"", 1 << 20).0, 0);
+        // Trailing zero bytes, however many, and an all-zero file.
+        let mut tail = data.clone();
+        tail.extend_from_slice(&[0; 70_000]);
+        assert_eq!(cut(&tail, 4096), (20_000, data.clone()));
+        assert_eq!(cut(&[0; 9000], 4096).0, 0);
+        // An aligned zero block inside the window, data after it.
+        let mut hole = data.clone();
+        hole[8192..12_288].fill(0);
+        assert_eq!(cut(&hole, 1 << 20), (8192, data[..8192].to_vec()));
+        // ...but not one before the window, nor an unaligned run of zeros.
+        assert_eq!(cut(&hole, 4096).0, 20_000);
+        let mut unaligned = data.clone();
+        unaligned[8000..12_000].fill(0);
+        assert_eq!(cut(&unaligned, 1 << 20).0, 20_000);
     }
 }

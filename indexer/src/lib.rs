@@ -29,4 +29,4 @@ mod server;
 mod store;
 
 pub use index::Params;
-pub use server::{run, Config, Source};
+pub use server::{check_index, run, Config, Source};

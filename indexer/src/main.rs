@@ -18,7 +18,7 @@ use proto::framing::{Framing, DEFAULT_MAX_MESSAGE};
 /// PATH N`, `count PATH`, `message-at PATH B` (the number is the last word, so paths may
 /// contain spaces).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(name = "tailsrv-indexer", version, about, long_about)]
 struct Args {
     #[command(flatten)]
     listen: shared::server::ListenArgs,
@@ -102,6 +102,20 @@ fn main() -> ExitCode {
                 p.push(".idx");
                 PathBuf::from(p)
             });
+            if let Ok(meta) = std::fs::metadata(&args.path) {
+                if !meta.is_file() {
+                    log::error!(
+                        "{} is not a regular file (a FIFO, socket or device): the indexer \
+                         indexes a regular file, or with --index-dir a directory",
+                        args.path.display()
+                    );
+                    return ExitCode::from(2);
+                }
+            }
+            if let Err(e) = indexer::check_index(&index) {
+                log::error!("{e}");
+                return ExitCode::from(2);
+            }
             indexer::Source::File {
                 path: args.path,
                 index,

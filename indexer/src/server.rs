@@ -6,10 +6,11 @@
 //! of a file that is gone is of no use. Directory mode: each indexed file gets its own
 //! scanner from [`crate::directory`], and a file that is gone only ends its own index.
 
+use std::fs::{File, OpenOptions};
 use std::future::Future;
-use std::io;
+use std::io::{self, Read};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -67,6 +68,43 @@ pub struct Config {
     pub scan_threads: usize,
     /// Directory mode: refuse files with more than one hard link.
     pub refuse_hardlinks: bool,
+}
+
+/// Checks, before anything listens, that `index` can be the index file: absent (and its
+/// directory writable) or a regular file that is empty or starts with the index magic
+/// number. The scanner opens it only once the log exists, which may be much later.
+pub fn check_index(index: &Path) -> Result<(), String> {
+    let shown = index.display();
+    match std::fs::metadata(index) {
+        Ok(meta) if !meta.is_file() => {
+            return Err(format!("--index {shown} is not a regular file"));
+        }
+        Ok(_) => {
+            let mut head = [0u8; 8];
+            let n = File::open(index)
+                .and_then(|mut f| f.read(&mut head))
+                .map_err(|e| format!("--index {shown}: cannot read it: {e}"))?;
+            if n > 0 && (n < head.len() || head != crate::store::MAGIC) {
+                return Err(format!(
+                    "--index {shown} exists but is not a tailsrv-indexer index (no magic \
+                     number); refusing to overwrite it: remove it or choose another --index"
+                ));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("--index {shown}: {e}")),
+    }
+    // The index is written as INDEX.tmp and renamed into place: the directory must take it.
+    let mut tmp = index.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .and_then(|_| std::fs::remove_file(&tmp))
+        .map_err(|e| format!("--index {shown}: cannot create files beside it: {e}"))
 }
 
 /// Runs the indexer until SIGINT/SIGTERM, until an I/O error, or (single-file mode) until

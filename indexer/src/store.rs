@@ -41,7 +41,7 @@ use proto::framing::Framing;
 
 use crate::index::Params;
 
-const MAGIC: [u8; 8] = *b"tsrvidx\0";
+pub(crate) const MAGIC: [u8; 8] = *b"tsrvidx\0";
 const VERSION: u32 = 1;
 /// Bytes before the first entry.
 pub const HEADER_LEN: u64 = 64;

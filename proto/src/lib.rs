@@ -2,7 +2,7 @@
 //! message framings they share.
 //!
 //! - [`request`]: what a client sends tailsrv (`N`, `-N`, `list`, `stream PATH from byte N`,
-//!   the optional ` ok` confirmation) and the server's `ok N` answer.
+//!   the optional ` ok` confirmation) and the server's `ok N LEN` answer.
 //! - [`query`]: the indexer's queries (`offset-of`, `count`, `message-at`) and answers.
 //! - [`refusal`]: `error: CODE: reason`, the one refusal line every server sends, with stable
 //!   codes that programs match instead of prose.

@@ -12,8 +12,10 @@
 //! from the current end. In directory mode `stream PATH` without `from byte` starts at the
 //! end. Paths may contain spaces: the start is what follows the *last* ` from byte `.
 //!
-//! A trailing ` ok` asks the server to confirm before any data: it answers `ok N\n` with the
-//! absolute offset it resolved the start to, or a [`Refusal`] line. Without it the stream
+//! A trailing ` ok` asks the server to confirm before any data: it answers `ok N LEN\n` with
+//! the absolute offset N it resolved the start to and the file's length LEN at that moment
+//! (so a client knows where "the end, as of now" is: `tscat --exit-at-end`, tsmirror's
+//! progress), or a [`Refusal`] line. Without it the stream
 //! starts at once, as it always has; with it, file data can never be mistaken for a refusal,
 //! and a relative start (`-N`) becomes resumable because the client learns where it began.
 //! (In directory mode the ` ok` needs an explicit `from byte`, else it would be part of the
@@ -200,25 +202,30 @@ fn parse_stream(line: &[u8]) -> Result<StreamRequest, Refusal> {
     })
 }
 
-/// The server's confirmation of a request with ` ok`: `ok N\n`, N the absolute offset the
-/// stream starts at. The data follows it directly.
+/// The server's confirmation of a request with ` ok`: `ok N LEN\n`, N the absolute offset the
+/// stream starts at and LEN the file's length when the start was resolved (N may exceed it:
+/// the server then waits for the file to grow). The data follows it directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Confirmation {
     /// The absolute byte offset of the first byte that follows.
     pub offset: u64,
+    /// The file's length when the start was resolved.
+    pub len: u64,
 }
 
 impl Confirmation {
-    /// The wire line, `ok N\n`.
+    /// The wire line, `ok N LEN\n`.
     pub fn render(&self) -> Vec<u8> {
-        format!("ok {}\n", self.offset).into_bytes()
+        format!("ok {} {}\n", self.offset, self.len).into_bytes()
     }
 
-    /// Parses an `ok N` line (with or without its newline).
+    /// Parses an `ok N LEN` line (with or without its newline).
     pub fn parse(line: &[u8]) -> Option<Confirmation> {
-        let digits = trim_line(line.strip_suffix(b"\n").unwrap_or(line)).strip_prefix(b"ok ")?;
+        let rest = trim_line(line.strip_suffix(b"\n").unwrap_or(line)).strip_prefix(b"ok ")?;
+        let space = memchr::memchr(b' ', rest)?;
         Some(Confirmation {
-            offset: parse_u64(digits)?,
+            offset: parse_u64(&rest[..space])?,
+            len: parse_u64(&rest[space + 1..])?,
         })
     }
 }
@@ -332,10 +339,23 @@ mod tests {
 
     #[test]
     fn confirmation() {
-        let c = Confirmation { offset: 1234 };
-        assert_eq!(c.render(), b"ok 1234\n");
-        assert_eq!(Confirmation::parse(b"ok 1234\n"), Some(c));
-        assert_eq!(Confirmation::parse(b"ok -1\n"), None);
+        let c = Confirmation {
+            offset: 1234,
+            len: 99,
+        };
+        assert_eq!(c.render(), b"ok 1234 99\n");
+        assert_eq!(Confirmation::parse(b"ok 1234 99\n"), Some(c));
+        assert_eq!(Confirmation::parse(b"ok 1234 99\r\n"), Some(c));
+        for bad in [
+            &b"ok 1234\n"[..],
+            b"ok -1 2\n",
+            b"ok 1  2\n",
+            b"ok 1 2 3\n",
+            b"ok 1 x\n",
+            b"ok  1 2\n",
+        ] {
+            assert_eq!(Confirmation::parse(bad), None, "{bad:?}");
+        }
         assert_eq!(Confirmation::parse(b"error: busy: x\n"), None);
     }
 
@@ -368,6 +388,12 @@ mod tests {
             let line = format!("{}{n}{}", if neg { "-" } else { "" }, if confirm { " ok" } else { "" });
             let parsed = file(line.as_bytes()).unwrap();
             prop_assert_eq!(parsed.render(), format!("{line}\n").into_bytes());
+        }
+
+        #[test]
+        fn confirmation_round_trip(offset: u64, len: u64) {
+            let c = Confirmation { offset, len };
+            prop_assert_eq!(Confirmation::parse(&c.render()), Some(c));
         }
 
         #[test]

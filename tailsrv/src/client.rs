@@ -5,7 +5,7 @@
 //!    or which file to stream from where, checked against [`Tree`]'s rule before anything
 //!    is sent.
 //! 2. [`serve_stream`] / [`place`]: wait for the file to exist and resolve the start offset
-//!    against it; answer `ok N` first if the client asked for a confirmation.
+//!    against it; answer `ok N LEN` first if the client asked for a confirmation.
 //! 3. [`follow`]: loop: wait until the file is longer than what was sent, `sendfile` the
 //!    difference.
 //! 4. Meanwhile [`hangup`] watches the socket, so a client that leaves while the file is quiet
@@ -165,7 +165,11 @@ async fn serve_stream(
     }
     if req.confirm {
         let mut writer = sock;
-        let line = Confirmation { offset: at.offset }.render();
+        let line = Confirmation {
+            offset: at.offset,
+            len: at.len,
+        }
+        .render();
         if writer.write_all(&line).await.is_err() {
             return;
         }
@@ -180,6 +184,8 @@ async fn serve_stream(
 struct Placement<'a> {
     file: &'a File,
     offset: u64,
+    /// The file's length the offset was resolved against (what `ok N LEN` reports).
+    len: u64,
     epoch: u64,
 }
 
@@ -202,10 +208,11 @@ async fn place<'a>(
     }
     // Epoch before length: if a truncation lands in between, the first wait notices it.
     let epoch = watch.epoch();
-    let offset = start.resolve(watch.len());
+    let len = watch.len();
     Some(Placement {
         file: watch.file()?,
-        offset,
+        offset: start.resolve(len),
+        len,
         epoch,
     })
 }
@@ -242,6 +249,7 @@ async fn stream(
         file,
         mut offset,
         epoch,
+        ..
     } = at;
     loop {
         pos.store(offset, Relaxed);

@@ -15,7 +15,7 @@ use clap::Parser;
 /// excludes. The line is then `list` (the servable paths, one per line), `stream PATH`
 /// (follow PATH from its end) or `stream PATH from byte N` / `from byte -N`.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(name = "tailsrv", version, about, long_about)]
 struct Args {
     #[command(flatten)]
     listen: shared::server::ListenArgs,
@@ -42,8 +42,24 @@ struct Args {
     #[command(flatten)]
     log: shared::logging::LogArgs,
 
-    /// The file to serve (it need not exist yet), or a directory whose files are served.
-    path: PathBuf,
+    /// The file to serve (it need not exist yet), or a directory whose files are served
+    /// [default: the current directory].
+    path: Option<PathBuf>,
+}
+
+/// What kind of file `meta` describes, for an error message.
+fn kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
 }
 
 fn main() -> ExitCode {
@@ -56,8 +72,29 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let path = match args.path {
+        Some(path) => path,
+        None => {
+            log::info!("no PATH given: serving the current directory");
+            PathBuf::from(".")
+        }
+    };
+    // Only a regular file (or one that does not exist yet) or a directory can be served: a
+    // FIFO would block the server in open(2), a device would never end.
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() || meta.is_dir() => {}
+        Ok(meta) => {
+            log::error!(
+                "{} is {}: tailsrv serves a regular file or a directory",
+                path.display(),
+                kind(&meta)
+            );
+            return ExitCode::from(2);
+        }
+        Err(_) => {}
+    }
     let config = tailsrv::Config {
-        path: args.path,
+        path,
         addr: args.listen.addr(),
         linger: args.linger_after_file_is_gone,
         header_timeout,

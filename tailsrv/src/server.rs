@@ -57,7 +57,9 @@ async fn serve(config: Config) -> io::Result<()> {
             follower: server.watcher().follower(),
         }
     } else {
-        Served::File(server.watcher().follower().follow(&config.path)?)
+        let file = server.watcher().follower().follow(&config.path)?;
+        log::info!(path:% = config.path.display(); "serving a file");
+        Served::File(file)
     };
     let on_gone = match served {
         Served::File(_) if !config.linger => OnGone::Stop,

@@ -17,8 +17,8 @@ use rustix::process::Signal;
 use tests::*;
 
 /// What tscat may repeat after `kill -9` (its --help and the README state this bound):
-/// 256 KiB of checkpoint interval plus one 64 KiB read.
-const KILL_REPEAT_BOUND: usize = (256 + 64) << 10;
+/// 256 KiB of checkpoint interval plus one 64 KiB read plus what the (64 KiB) pipe held.
+const KILL_REPEAT_BOUND: usize = (256 + 64 + 64) << 10;
 
 /// Starts tailsrv on `path` at `port` (0: a free one).
 fn tailsrv(path: &Path, port: u16) -> Proc {
@@ -943,10 +943,9 @@ fn closed_output_is_a_clean_stop_with_an_exact_checkpoint() {
         .and_then(|s| s.strip_suffix('\n'))
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("bad state {saved:?}"));
-    // Everything we read was accepted by the pipe before it closed; what sat in the pipe
-    // buffer was accepted too, so the position is at least what we read, and never past
-    // what was sent.
-    assert!(offset >= 100_000 && offset < data.len(), "offset {offset}");
+    // What sat in the pipe when the reader closed it was never read: the position is
+    // exactly what the reader took.
+    assert_eq!(offset, 100_000);
 }
 
 #[test]
@@ -1190,4 +1189,372 @@ fn tscat_path_refusals_fail_clearly_and_are_not_retried() {
     assert!(status.success(), "{status:?}: {err}");
     assert_eq!(out, b"fine\n");
     assert!(err.contains("excluded by an .ignore file"), "{err}");
+}
+
+// --- limits: --exit-at-end, --count, --bytes; checkpoints behind a pipe -----------------------
+
+/// The offset in a state file.
+fn saved_offset(state: &Path) -> usize {
+    let saved = std::fs::read_to_string(state).unwrap();
+    saved
+        .strip_prefix("tailsrv-consumer-state 1\noffset ")
+        .and_then(|s| s.strip_suffix('\n'))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad state {saved:?}"))
+}
+
+/// Runs `tscat ARGS | head -c N > out` through the shell; returns what head printed.
+fn tscat_into_head(cat_args: &[String], n: usize, out: &Path) -> Vec<u8> {
+    let quoted: Vec<String> = cat_args.iter().map(|a| format!("'{a}'")).collect();
+    let script = format!(
+        "'{}' --log-format text {} | head -c {n} > '{}'",
+        bin("tscat").display(),
+        quoted.join(" "),
+        out.display()
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("sh");
+    let status = wait_exit(&mut child);
+    assert!(status.success(), "{script}: {status:?}");
+    std::fs::read(out).unwrap()
+}
+
+#[test]
+fn a_pipe_reader_that_stops_never_causes_a_skip() {
+    // `tscat --state S | head -c N`: head takes N bytes and exits; whatever tscat had pushed
+    // into the pipe beyond that was never read. The next run must cover every byte after
+    // what head printed.
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    let data = random_bytes(2_200_000, 40);
+    append(&path, &data);
+    let srv = tailsrv(&path, 0);
+    let addr = srv.addr().to_string();
+    let mut sizes: Vec<usize> = vec![1, 2, 100, 1000, 4095, 4096, 4097, 65_535, 65_536, 65_537];
+    sizes.extend([
+        100_000,
+        131_072,
+        250_000,
+        262_144,
+        300_001,
+        524_288,
+        999_999,
+        1 << 20,
+    ]);
+    sizes.extend([1_500_000, 2_000_000]);
+    assert_eq!(sizes.len(), 20);
+    for n in sizes {
+        let state = dir.path().join(format!("state-{n}"));
+        let st = state.to_str().unwrap();
+        let got = tscat_into_head(&args(&["--state", st, &addr]), n, &dir.path().join("out"));
+        assert!(got == data[..n], "head -c {n}: not the file's first bytes");
+        let saved = saved_offset(&state);
+        assert!(
+            saved <= n,
+            "head -c {n}: the checkpoint {saved} passed what the reader took"
+        );
+        assert!(
+            n - saved <= 64 << 10,
+            "head -c {n}: the checkpoint {saved} repeats more than a pipe's worth"
+        );
+        let (status, rest, err) = tscat_once(&args(&["--state", st, "--exit-at-end", &addr]));
+        assert!(status.success(), "{status:?}: {err}");
+        assert!(
+            rest == data[saved..],
+            "head -c {n}: run 2 is not the file from {saved}"
+        );
+    }
+}
+
+#[test]
+fn a_framed_pipe_reader_that_stops_resumes_at_a_message_it_did_not_finish() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    let (data, starts) = messages("u32be", 0, 3_000);
+    append(&path, &data);
+    let srv = tailsrv(&path, 0);
+    let addr = srv.addr().to_string();
+    for n in [3, 5_000, 70_000, 200_000, 700_000] {
+        let state = dir.path().join(format!("state-{n}"));
+        let st = state.to_str().unwrap();
+        let cat_args = args(&["--state", st, "--framing", "u32be", &addr]);
+        let got = tscat_into_head(&cat_args, n, &dir.path().join("out"));
+        assert!(got == data[..n]);
+        let saved = saved_offset(&state);
+        assert!(starts.contains(&saved), "{saved} is not a message start");
+        // The last message start at or before what head printed: the message head cut.
+        let expected = starts[starts.partition_point(|&s| s <= n) - 1];
+        assert_eq!(saved, expected, "head -c {n}");
+        let mut again = cat_args.clone();
+        again.push("--exit-at-end".into());
+        let (status, rest, err) = tscat_once(&again);
+        assert!(status.success(), "{status:?}: {err}");
+        assert!(
+            rest == data[saved..],
+            "head -c {n}: run 2 is not the file from {saved}"
+        );
+    }
+}
+
+#[test]
+fn exit_at_end_prints_what_is_there_and_exits() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    let state = dir.path().join("state");
+    let st = state.to_str().unwrap();
+    append(&path, b"a\nbb\nccc");
+    let srv = tailsrv(&path, 0);
+    let addr = srv.addr().to_string();
+
+    // Raw bytes: everything, exit 0.
+    let (status, out, err) = tscat_once(&args(&["--exit-at-end", &addr]));
+    assert!(status.success(), "{status:?}: {err}");
+    assert_eq!(out, b"a\nbb\nccc");
+
+    // Whole messages only: the incomplete "ccc" is left for the next run.
+    let framed = args(&[
+        "--exit-at-end",
+        "--framing",
+        "newline",
+        "--state",
+        st,
+        &addr,
+    ]);
+    let (status, out, err) = tscat_once(&framed);
+    assert!(status.success(), "{status:?}: {err}");
+    assert_eq!(out, b"a\nbb\n");
+    assert_eq!(saved_offset(&state), 5);
+    append(&path, b"c\nd\n");
+    let (status, out, err) = tscat_once(&framed);
+    assert!(status.success(), "{status:?}: {err}");
+    assert_eq!(out, b"cccc\nd\n");
+    assert_eq!(saved_offset(&state), 12);
+    // At the end already: nothing, exit 0, state unchanged.
+    let (status, out, err) = tscat_once(&framed);
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(out.is_empty());
+    assert_eq!(saved_offset(&state), 12);
+
+    // An empty file, and a start past the end: nothing, exit 0.
+    let empty = dir.path().join("empty");
+    append(&empty, b"");
+    let srv2 = tailsrv(&empty, 0);
+    let (status, out, err) = tscat_once(&args(&["--exit-at-end", &srv2.addr().to_string()]));
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(out.is_empty());
+    let (status, out, err) = tscat_once(&args(&["--exit-at-end", "--from-byte", "100", &addr]));
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(out.is_empty());
+
+    // A file that keeps growing still ends the run: at its length when tscat started.
+    let mut lines = Lines::new();
+    let grow = dir.path().join("grow");
+    append(&grow, &lines.more(5_000));
+    let srv3 = tailsrv(&grow, 0);
+    let before = std::fs::metadata(&grow).unwrap().len() as usize;
+    let writer = Writer::start(grow.clone(), lines);
+    let (status, out, err) = tscat_once(&args(&[
+        "--exit-at-end",
+        "--framing",
+        "newline",
+        &srv3.addr().to_string(),
+    ]));
+    let lines = writer.finish();
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(
+        out.len() >= before,
+        "stopped before the end it started with"
+    );
+    assert!(lines.data.starts_with(&out), "not a prefix of the file");
+    assert_eq!(out.last(), Some(&b'\n'), "ended inside a message");
+}
+
+#[test]
+fn count_and_bytes_stop_exactly() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    let state = dir.path().join("state");
+    let st = state.to_str().unwrap();
+    let (data, starts) = messages("varint", 0, 400);
+    append(&path, &data);
+    let srv = tailsrv(&path, 0);
+    let addr = srv.addr().to_string();
+
+    // --count N: exactly N messages, then the next N from where the first run stopped.
+    let count = args(&["--count", "17", "--framing", "varint", "--state", st, &addr]);
+    for round in 0..3 {
+        let (status, out, err) = tscat_once(&count);
+        assert!(status.success(), "{status:?}: {err}");
+        let (from, to) = (starts[round * 17], starts[(round + 1) * 17]);
+        assert!(
+            out == data[from..to],
+            "round {round}: not messages {}..{}",
+            round * 17,
+            (round + 1) * 17
+        );
+        assert_eq!(saved_offset(&state), to);
+    }
+    // --bytes N with a framing: the whole messages that end within N bytes.
+    let at = saved_offset(&state);
+    let (status, out, err) = tscat_once(&args(&[
+        "--bytes",
+        "5000",
+        "--framing",
+        "varint",
+        "--state",
+        st,
+        &addr,
+    ]));
+    assert!(status.success(), "{status:?}: {err}");
+    let end = starts[starts.partition_point(|&s| s <= at + 5000) - 1];
+    assert!(out == data[at..end], "--bytes 5000 from {at}");
+    assert_eq!(saved_offset(&state), end);
+
+    // --bytes N raw: exactly N bytes, from anywhere.
+    let (status, out, err) = tscat_once(&args(&["--bytes", "12345", "--from-byte", "7", &addr]));
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(out == data[7..7 + 12345]);
+
+    // A limit beyond the file waits for it: --count 2 on a file that has one message.
+    let small = dir.path().join("small");
+    append(&small, b"one\n");
+    let srv2 = tailsrv(&small, 0);
+    let cat = Consumer::start(
+        "tscat",
+        &args(&[
+            "--count",
+            "2",
+            "--framing",
+            "newline",
+            &srv2.addr().to_string(),
+        ]),
+    );
+    cat.wait_len(4);
+    append(&small, b"two\nthree\n");
+    let (status, out, err) = cat.finish();
+    assert!(status.success(), "{status:?}: {err}");
+    assert_eq!(out, b"one\ntwo\n");
+
+    // --count needs --framing: a usage error.
+    let (status, out, err) = tscat_once(&args(&["--count", "2", &addr]));
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(out.is_empty());
+    assert!(err.contains("--framing"), "{err}");
+}
+
+#[test]
+fn bad_addresses_are_usage_errors_at_once() {
+    let started = Instant::now();
+    for (case, needle) in [
+        (vec!["localhost"], "port is missing"),
+        (vec!["127.0.0.1:notaport"], "not a port number"),
+        (vec!["no-such-host.invalid:4321"], "cannot be resolved"),
+        (vec!["--servers", "127.0.0.1:1,:4321"], "host is missing"),
+        (
+            vec!["--from-message", "1", "--indexer", "nowhere", "127.0.0.1:1"],
+            "indexer \"nowhere\"",
+        ),
+    ] {
+        let (status, out, err) = tscat_once(&args(&case));
+        assert_eq!(status.code(), Some(2), "{case:?}: {err}");
+        assert!(out.is_empty());
+        assert!(err.contains(needle), "{case:?}: {err}");
+    }
+    let dir = tempdir();
+    let replica = dir.path().join("replica");
+    for server in ["localhost", "no-such-host.invalid:1"] {
+        let (status, _, err) =
+            Consumer::start("tsmirror", &args(&[server, replica.to_str().unwrap()])).finish();
+        assert_eq!(status.code(), Some(2), "{server}: {err}");
+    }
+    assert!(!replica.exists(), "a refused tsmirror created its file");
+    assert!(started.elapsed() < PATIENCE, "not at once");
+}
+
+#[test]
+fn tsmirror_creates_its_file_only_once_a_server_accepted() {
+    let dir = tempdir();
+    let served = dir.path().join("served");
+    std::fs::create_dir(&served).unwrap();
+    append(&served.join("a.log"), b"x\n");
+    // A directory-mode server refuses a single-file request for good: exit 4, no file.
+    let dir_srv = tailsrv(&served, 0);
+    let replica = dir.path().join("replica");
+    let rep = replica.to_str().unwrap();
+    let (status, _, err) =
+        Consumer::start("tsmirror", &args(&[&dir_srv.addr().to_string(), rep])).finish();
+    assert_eq!(status.code(), Some(4), "{err}");
+    assert!(!replica.exists(), "a refused tsmirror left a file");
+
+    // Nobody listening: it retries, and no file appears meanwhile.
+    let dead = format!("127.0.0.1:{}", dead_port());
+    let mirror = Consumer::start("tsmirror", &args(&[&dead, rep]));
+    mirror.wait_stderr("cannot connect", 2);
+    assert!(
+        !replica.exists(),
+        "an unconnected tsmirror created its file"
+    );
+    mirror.signal(Signal::TERM);
+    let (status, _, err) = mirror.finish();
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(!replica.exists());
+
+    // An empty source that a server accepts: the (empty) replica exists.
+    let source = dir.path().join("source");
+    append(&source, b"");
+    let srv = tailsrv(&source, 0);
+    let mirror = Consumer::start("tsmirror", &args(&[&srv.addr().to_string(), rep]));
+    mirror.wait_stderr("created the replica", 1);
+    assert!(replica.exists());
+    append(&source, b"hello\n");
+    assert!(eventually(PATIENCE, || std::fs::read(&replica).unwrap() == b"hello\n"));
+    mirror.signal(Signal::TERM);
+    let (status, _, err) = mirror.finish();
+    assert!(status.success(), "{status:?}: {err}");
+}
+
+#[test]
+fn tsmirror_cuts_a_zero_filled_tail_left_by_a_crash() {
+    let dir = tempdir();
+    let source = dir.path().join("source");
+    let data = random_bytes(300_000, 50);
+    append(&source, &data);
+    let srv = tailsrv(&source, 0);
+    let replica = dir.path().join("replica");
+    let rep = replica.to_str().unwrap();
+    let len = |p: &Path| std::fs::metadata(p).map(|m| m.len() as usize).unwrap_or(0);
+    // What a crash can leave: the size covers blocks never written (zeros), at the end, or
+    // before a block that was written.
+    let mut zero_tail = data[..100_000].to_vec();
+    zero_tail.extend_from_slice(&[0u8; 10_000]);
+    let mut zero_hole = data[..200_704].to_vec(); // 49 * 4096
+    zero_hole.extend_from_slice(&[0u8; 8192]);
+    zero_hole.extend_from_slice(&data[200_704 + 8192..230_000]);
+    for (case, start) in [("tail", zero_tail), ("hole", zero_hole)] {
+        std::fs::write(&replica, &start).unwrap();
+        let mirror = Consumer::start("tsmirror", &args(&[&srv.addr().to_string(), rep]));
+        mirror.wait_stderr("zero bytes at the end", 1);
+        assert!(
+            eventually(PATIENCE, || len(&replica) >= data.len()),
+            "{case}"
+        );
+        mirror.signal(Signal::TERM);
+        let (status, _, err) = mirror.finish();
+        assert!(status.success(), "{case}: {status:?}: {err}");
+        let copy = std::fs::read(&replica).unwrap();
+        assert_eq!(copy.len(), data.len(), "{case}: {err}");
+        assert!(copy == data, "{case}: the replica differs from the source");
+    }
+    // A replica without zeros is left alone (nothing cut, nothing said).
+    let mirror = Consumer::start("tsmirror", &args(&[&srv.addr().to_string(), rep]));
+    mirror.wait_stderr("mirroring from the replica's length", 1);
+    mirror.signal(Signal::TERM);
+    let (status, _, err) = mirror.finish();
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(!err.contains("zero bytes"), "{err}");
+    assert!(std::fs::read(&replica).unwrap() == data);
 }

@@ -539,7 +539,7 @@ fn hard_links_are_refused_when_asked() {
     // Without the flag: served (the documented limit of the path rule).
     let open = tailsrv_dir(&root);
     let mut s = request(&open, b"stream linked.log from byte 0 ok");
-    assert_eq!(read_exact(&mut s, 12), b"ok 0\nsecret\n");
+    assert_eq!(read_exact(&mut s, 14), b"ok 0 7\nsecret\n");
 
     let strict = Proc::start(
         "tailsrv",
@@ -559,7 +559,7 @@ fn hard_links_are_refused_when_asked() {
         "{answer:?}"
     );
     let mut s = request(&strict, b"stream plain.log from byte 0 ok");
-    assert_eq!(read_exact(&mut s, 11), b"ok 0\nplain\n");
+    assert_eq!(read_exact(&mut s, 13), b"ok 0 6\nplain\n");
     let mut s = request(&strict, b"list");
     assert_eq!(read_to_end(&mut s), b"plain.log\n");
 

@@ -11,13 +11,19 @@ use client::{cat, follow::Retry, StartAt};
 use proto::framing::{Framing, DEFAULT_MAX_MESSAGE};
 
 const AFTER_HELP: &str = "\
-Checkpoints (--state): the position is saved after the output accepted it, every 256 KiB or \
-1 s of output and whenever the stream pauses. A clean stop (SIGINT, SIGTERM, output closed) \
-saves the exact position: nothing is lost or repeated. After kill -9 or a crash, at most the \
-output since the last checkpoint is repeated: under 320 KiB (256 KiB plus one 64 KiB read; \
-with a framing and messages over 64 KiB, plus one message). Nothing is ever skipped.
+Checkpoints (--state): the position saved never passes what the output's reader has taken: \
+when stdout is a pipe, what still sits in the pipe (asked of the kernel, FIONREAD) is not \
+counted. Saved every 256 KiB or 1 s of output and whenever the stream pauses. A clean stop \
+saves exactly what the reader took: the reader closing the output (what was left in the \
+pipe is not counted), a limit (--exit-at-end, --count, --bytes: tscat waits for the reader \
+to empty the pipe first), SIGINT/SIGTERM (after up to 1 s for the reader to empty the pipe; \
+what it then still holds may be repeated). After kill -9 or a crash, at most the output since \
+the last checkpoint is repeated: under 384 KiB (256 KiB plus one 64 KiB read plus a 64 KiB \
+pipe; with a larger pipe, its size instead; with a framing and messages over 64 KiB, plus one \
+message). Nothing is ever skipped, provided the reader processes what it reads from the pipe \
+(`head -n` reads ahead in blocks and drops the rest: use --count).
 
-Exit status: 0 stopped by SIGINT/SIGTERM or output closed; 1 no server reachable (after \
+Exit status: 0 stopped by SIGINT/SIGTERM, output closed, or a limit reached; 1 no server reachable (after \
 retries, or at once with --no-retry) or the stream was lost and cannot be resumed; 2 bad \
 command line; 3 state file corrupt, unwritable or in use; 4 indexer unreachable or it \
 refused the request; 5 malformed message in the stream (with --framing); 6 writing the \
@@ -33,7 +39,7 @@ server is in the other mode: a directory needs --path, a single file takes none)
 /// over along the server list. With --framing only whole messages are printed. Logs go to
 /// stderr; stdout is data.
 #[derive(Parser, Debug)]
-#[command(version, after_long_help = AFTER_HELP)]
+#[command(name = "tscat", version, after_long_help = AFTER_HELP)]
 struct Args {
     /// Start at byte N (the default is 0, the start of the file).
     #[arg(long, value_name = "N", group = "start")]
@@ -84,6 +90,21 @@ struct Args {
     /// Do not reconnect: fail as soon as no server answers or the connection is lost.
     #[arg(long)]
     no_retry: bool,
+
+    /// Print what the file holds and exit 0: stop at the file's length when the first server
+    /// confirmed the stream (the end as it was when tscat started; later growth is left for
+    /// the next run). With --framing, only the messages that end by then.
+    #[arg(long)]
+    exit_at_end: bool,
+
+    /// Stop after N messages (needs --framing) and exit 0.
+    #[arg(long, value_name = "N", requires = "framing")]
+    count: Option<u64>,
+
+    /// Stop after N bytes from the start of this run and exit 0 (with --framing, the whole
+    /// messages that end within them).
+    #[arg(long, value_name = "N")]
+    bytes: Option<u64>,
 
     /// Give up after this many seconds without a working server ("inf": never).
     #[arg(
@@ -144,6 +165,12 @@ fn run(args: Args) -> Result<cat::Stopped, cat::Error> {
         (_, _, _, Some(n)) => StartAt::Message(n),
         (n, _, _, _) => StartAt::Byte(n.unwrap_or(0)),
     };
+    for server in &servers {
+        client::follow::check_address("server", server).map_err(|e| usage(&e))?;
+    }
+    if let Some(ix) = &args.indexer {
+        client::follow::check_address("indexer", ix).map_err(|e| usage(&e))?;
+    }
     if let Some(path) = &args.path {
         // A newline would end the request early; tailsrv refuses the other controls anyway.
         if path.is_empty() || path.chars().any(char::is_control) {
@@ -161,6 +188,9 @@ fn run(args: Args) -> Result<cat::Stopped, cat::Error> {
         max_message: args.max_message,
         state: args.state,
         retry,
+        exit_at_end: args.exit_at_end,
+        max_bytes: args.bytes,
+        max_messages: args.count,
     };
 
     // Raised by the first SIGINT/SIGTERM, which the loop notices within a read tick; a
@@ -175,11 +205,13 @@ fn run(args: Args) -> Result<cat::Stopped, cat::Error> {
         }
     }
 
-    // Unbuffered stdout: a write that returned is with the reader, so it may be checkpointed.
+    // Unbuffered stdout: a write that returned is with the reader (or in the pipe to it,
+    // which `Output` accounts for), so it may be checkpointed.
     let mut out = std::io::stdout()
         .as_fd()
         .try_clone_to_owned()
         .map(std::fs::File::from)
+        .map(cat::Output::new)
         .map_err(cat::Error::Output)?;
     cat::run(&config, &mut out, stop)
 }

@@ -1,7 +1,9 @@
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use client::{follow::Retry, mirror};
@@ -10,8 +12,15 @@ const AFTER_HELP: &str = "\
 Run a tailsrv (and a tailsrv-indexer) on FILE for a hot standby, or for a second tier of a \
 fan-out tree; consumers list it after the primary (tscat --servers PRIMARY,REPLICA).
 
-Exit status: 0 stopped by SIGINT/SIGTERM; 1 FILE cannot be opened or appended to; 2 bad \
-command line; 3 FILE is locked by another tsmirror.";
+FILE is created only once a server accepted the request. It is fdatasync'ed every \
+--sync-bytes or --sync-ms, and on a clean stop. On start, a zero-filled tail that a machine \
+crash can leave is cut: the zero bytes that end FILE, and within the last --sync-bytes + \
+256 KiB, everything from the first 4 KiB-aligned all-zero block on (real zeros cut this way \
+are fetched again). On a terminal, catching up a backlog of 64 MiB or more shows progress.
+
+Exit status: 0 stopped by SIGINT/SIGTERM; 1 FILE cannot be opened, appended to or synced; 2 \
+bad command line; 3 FILE is locked by another tsmirror; 4 every server refused the request \
+for good (a directory-mode server).";
 
 /// Keep FILE a byte-identical replica of the file a remote tailsrv serves.
 ///
@@ -20,8 +29,17 @@ command line; 3 FILE is locked by another tsmirror.";
 /// exclusive lock on FILE, reconnects forever with capped backoff, and uses TCP keepalive to
 /// notice a server that vanished.
 #[derive(Parser, Debug)]
-#[command(version, after_long_help = AFTER_HELP)]
+#[command(name = "tsmirror", version, after_long_help = AFTER_HELP)]
 struct Args {
+    /// fdatasync FILE once this many bytes were appended since the last sync (0: after every
+    /// write). Also bounds what a machine crash can lose (and the tail checked on start).
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
+    sync_bytes: u64,
+
+    /// fdatasync FILE once appended bytes have waited this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    sync_ms: u64,
+
     #[command(flatten)]
     log: shared::logging::LogArgs,
 
@@ -41,6 +59,17 @@ fn main() -> ExitCode {
         log::error!("no server given");
         return ExitCode::from(2);
     }
+    for server in &servers {
+        if let Err(e) = client::follow::check_address("server", server) {
+            log::error!("{e}");
+            return ExitCode::from(2);
+        }
+    }
+    let opts = mirror::Options {
+        sync_bytes: args.sync_bytes,
+        sync_interval: Duration::from_millis(args.sync_ms),
+        progress: std::io::stderr().is_terminal(),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let registered =
@@ -51,7 +80,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match mirror::run(servers, &args.file, Retry::Forever, stop) {
+    match mirror::run(servers, &args.file, Retry::Forever, opts, stop) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!(path:% = args.file.display(); "{e}");
