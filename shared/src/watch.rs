@@ -437,10 +437,8 @@ impl Follower {
                 _ => Path::new("."),
             };
             // IN_ATTRIB: a file that exists but cannot be opened is retried after a chmod.
-            let mask = WatchMask::CREATE
-                | WatchMask::MOVED_TO
-                | WatchMask::ATTRIB
-                | WatchMask::ONLYDIR;
+            let mask =
+                WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::ATTRIB | WatchMask::ONLYDIR;
             self.add_watch(&file, dir, mask, Target::Dir)?;
             if !self.try_open(&file)? {
                 log::info!(path:% = path.display(); "file does not exist yet, waiting for it");

@@ -293,7 +293,9 @@ impl World {
         let f = &mut self.followers[i];
         let end = self.file.len() as u64;
         let mut buf = [0u8; 4096];
-        f.sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        f.sock
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         while f.pos < end {
             let n = match f.sock.read(&mut buf) {
                 Ok(0) => return false,
