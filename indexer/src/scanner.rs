@@ -64,22 +64,27 @@ pub async fn run(
         params: index.params,
         ino: store::inode(file).map_err(|e| ctx(&watch, "stat", e))?,
     };
-    let mut rebuild: Option<String> = None;
+    // Epoch before anything is read: a truncation from here on is noticed.
+    let mut epoch = watch.epoch();
+    let (loaded, mut entries) = load(&index, file, index_path, params)?;
+    let mut store = Pending::Ready(loaded);
     loop {
-        // Epoch before anything is read: a truncation from here on is noticed.
-        let epoch = watch.epoch();
-        let (store, entries) = match rebuild.take() {
-            Some(why) => {
-                // Forget the old index before saying so: whoever reads the log line and
-                // then asks must not be answered from the log as it was.
-                publish(&index, Vec::new());
-                log::warn!(index:% = index_path.display(); "rebuilding the index from the start: {why}");
-                (Store::create(index_path, params, file)?, Vec::new())
-            }
-            None => load(&index, file, index_path, params)?,
-        };
-        let why = follow(&index, &watch, file, store, entries, epoch, threads).await?;
-        rebuild = Some(why);
+        let why = follow(&index, &watch, file, &mut store, entries, epoch, threads).await?;
+        epoch = watch.epoch();
+        // Forget the old index before saying so: whoever reads the log line and then asks
+        // must not be answered from the log as it was.
+        publish(&index, Vec::new());
+        log::warn!(index:% = index_path.display(); "rebuilding the index from the start: {why}");
+        // One index file at a time: a previous one still being created comes first.
+        store.get().await?;
+        // The new file (written and synced before it replaces the old one) is made on the
+        // blocking pool while the scan starts: queries need not wait for it.
+        let log = file.try_clone().map_err(|e| ctx(&watch, "dup of", e))?;
+        let path = index_path.to_owned();
+        store = Pending::Creating(shared::rt::spawn_blocking(move || {
+            Store::create(&path, params, &log)
+        }));
+        entries = Vec::new();
     }
 }
 
@@ -201,7 +206,7 @@ async fn follow(
     index: &Index,
     watch: &FileWatch,
     file: &File,
-    mut store: Store,
+    store: &mut Pending,
     entries: Vec<u64>,
     epoch: u64,
     threads: usize,
@@ -265,17 +270,20 @@ async fn follow(
                 s.end = end;
                 s.error = fed.as_ref().err().cloned();
             });
-            store.append(&p.new_starts, file)?;
-            p.new_starts.clear();
-            if store.sync_due().is_some_and(|at| at <= Instant::now()) {
-                store.sync(file).await?;
+            if !p.new_starts.is_empty() {
+                let store = store.get().await?;
+                store.append(&p.new_starts, file)?;
+                if store.sync_due().is_some_and(|at| at <= Instant::now()) {
+                    store.sync(file).await?;
+                }
             }
+            p.new_starts.clear();
             if let Err(e) = fed {
                 log::error!(
                     path:% = watch.path().display(), offset = end, messages = p.count;
                     "indexing stopped: {e}"
                 );
-                store.sync(file).await?;
+                store.get().await?.sync(file).await?;
                 let changed = watch.wait_until(|w| w.epoch() != epoch);
                 future::or(changed, index.wait_suspect(generation)).await;
                 return Ok(stale().unwrap_or("the log changed").to_string());
@@ -286,9 +294,10 @@ async fn follow(
         if !caught_up {
             caught_up = true;
             index.update(|s| s.caught_up = true);
+            let entries = store.get().await?.persisted();
             log::info!(
                 path:% = watch.path().display(), messages = p.count,
-                offset = p.splitter.boundary(), entries = store.persisted(),
+                offset = p.splitter.boundary(), entries = entries,
                 seconds = started.elapsed().as_secs_f64();
                 "index is up to date, following the log"
             );
@@ -310,7 +319,35 @@ async fn follow(
             }
         };
         if future::or(woke, sync).await {
-            store.sync(file).await?;
+            store.get().await?.sync(file).await?;
+        }
+    }
+}
+
+/// The index file: open, or being created on the blocking pool (a rebuild).
+enum Pending {
+    Creating(shared::rt::Task<io::Result<Store>>),
+    Ready(Store),
+}
+
+impl Pending {
+    /// The store, once created.
+    async fn get(&mut self) -> io::Result<&mut Store> {
+        if let Pending::Creating(task) = self {
+            let store = task.await?;
+            *self = Pending::Ready(store);
+        }
+        match self {
+            Pending::Ready(store) => Ok(store),
+            Pending::Creating(_) => unreachable!("replaced just above"),
+        }
+    }
+
+    /// When a sync is due (never while the file is being created: nothing to sync yet).
+    fn sync_due(&self) -> Option<Instant> {
+        match self {
+            Pending::Ready(store) => store.sync_due(),
+            Pending::Creating(_) => None,
         }
     }
 }

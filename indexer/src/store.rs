@@ -90,10 +90,23 @@ struct Head {
 }
 
 impl Head {
-    /// The first [`HEAD`] bytes of `log` (fewer if it is shorter).
+    /// The first [`HEAD`] bytes of `log`, or as many as it holds (it may be shrinking
+    /// under us: whatever one read finds).
     fn of(log: &File) -> io::Result<Head> {
-        let len = log.metadata()?.len().min(HEAD as u64) as usize;
-        Head::first(log, len)?.ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))
+        let mut buf = [0u8; HEAD];
+        let mut done = 0;
+        while done < HEAD {
+            match log.read_at(&mut buf[done..], done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Head {
+            len: done as u32,
+            crc: crc32fast::hash(&buf[..done]),
+        })
     }
 
     /// The first `len` bytes of `log`; None if it is shorter now.

@@ -224,6 +224,22 @@ struct World {
     closed: u64,
 }
 
+impl Drop for World {
+    /// A failing scenario shows the end of both servers' logs (an exit, an error line).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (name, p) in [("tailsrv", &self.srv), ("indexer", &self.idx)] {
+                let text = p.log.text();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                eprintln!("--- {name}, last lines:");
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
 /// What a random operation did, as far as followers at the end of the file are concerned.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Effect {
@@ -379,6 +395,12 @@ impl World {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut pause = Duration::from_micros(100);
         loop {
+            if let Some(status) = self.idx.wait_exit(Duration::ZERO) {
+                panic!(
+                    "{ctx}: the indexer exited ({status}):\n{}",
+                    self.idx.log.text()
+                );
+            }
             let answers = self.q.ask_all(&queries);
             if answers == expected {
                 break;
