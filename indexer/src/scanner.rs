@@ -36,7 +36,7 @@ use shared::watch::FileWatch;
 
 use crate::bulk::{self, Bulk};
 use crate::index::{self, Index};
-use crate::store::{self, Identity, Opened, Store};
+use crate::store::{self, Fence, Identity, Opened, Store};
 
 /// Bytes per `pread`: small enough that the copy out of the page cache lands in the CPU
 /// cache, where the delimiter count reads it again (1 MiB reads measured ~40% slower).
@@ -68,6 +68,7 @@ pub async fn run(
     let mut epoch = watch.epoch();
     let (loaded, mut entries) = load(&index, file, index_path, params)?;
     let mut store = Pending::Ready(loaded);
+    let fence = Fence::default();
     loop {
         let why = follow(&index, &watch, file, &mut store, entries, epoch, threads).await?;
         epoch = watch.epoch();
@@ -75,15 +76,16 @@ pub async fn run(
         // must not be answered from the log as it was.
         publish(&index, Vec::new());
         log::warn!(index:% = index_path.display(); "rebuilding the index from the start: {why}");
-        // One index file at a time: a previous one still being created comes first.
-        store.get().await?;
         // The new file (written and synced before it replaces the old one) is made on the
-        // blocking pool while the scan starts: queries need not wait for it.
+        // blocking pool while the scan starts: queries need not wait for it. A file still
+        // being made for an earlier rebuild is let go; the fence keeps them in order.
         let log = file.try_clone().map_err(|e| ctx(&watch, "dup of", e))?;
         let path = index_path.to_owned();
-        store = Pending::Creating(shared::rt::spawn_blocking(move || {
-            Store::create(&path, params, &log)
-        }));
+        let (fence, ticket) = (fence.clone(), fence.next());
+        let creating = shared::rt::spawn_blocking(move || {
+            Store::create_fenced(&path, params, &log, &fence, ticket)
+        });
+        store = Pending::Creating(creating, Vec::new());
         entries = Vec::new();
     }
 }
@@ -270,20 +272,17 @@ async fn follow(
                 s.end = end;
                 s.error = fed.as_ref().err().cloned();
             });
-            if !p.new_starts.is_empty() {
-                let store = store.get().await?;
-                store.append(&p.new_starts, file)?;
-                if store.sync_due().is_some_and(|at| at <= Instant::now()) {
-                    store.sync(file).await?;
-                }
-            }
+            store.append(&p.new_starts, file)?;
             p.new_starts.clear();
+            if store.sync_due().is_some_and(|at| at <= Instant::now()) {
+                store.settle(file).await?.sync(file).await?;
+            }
             if let Err(e) = fed {
                 log::error!(
                     path:% = watch.path().display(), offset = end, messages = p.count;
                     "indexing stopped: {e}"
                 );
-                store.get().await?.sync(file).await?;
+                store.settle(file).await?.sync(file).await?;
                 let changed = watch.wait_until(|w| w.epoch() != epoch);
                 future::or(changed, index.wait_suspect(generation)).await;
                 return Ok(stale().unwrap_or("the log changed").to_string());
@@ -294,7 +293,7 @@ async fn follow(
         if !caught_up {
             caught_up = true;
             index.update(|s| s.caught_up = true);
-            let entries = store.get().await?.persisted();
+            let entries = store.entries();
             log::info!(
                 path:% = watch.path().display(), messages = p.count,
                 offset = p.splitter.boundary(), entries = entries,
@@ -302,44 +301,82 @@ async fn follow(
                 "index is up to date, following the log"
             );
         }
-        // Sleep until the log grows, a lookup flags the index, or a sync is due.
+        // Sleep until the log grows, a lookup flags the index, a sync is due, or the index
+        // file being created exists.
         let woke = async {
             let grew = watch.wait_for_growth(p.splitter.offset(), epoch);
             future::or(grew, index.wait_suspect(generation)).await;
-            false
+            Woke::Log
         };
         let due = store.sync_due();
         let sync = async {
             match due {
                 Some(at) => {
                     async_io::Timer::at(at).await;
-                    true
+                    Woke::Sync
                 }
                 None => future::pending().await,
             }
         };
-        if future::or(woke, sync).await {
-            store.get().await?.sync(file).await?;
+        let creating = store.is_creating();
+        let created = async {
+            match creating {
+                true => Woke::Created(store.settle(file).await.map(|_| ())),
+                false => future::pending().await,
+            }
+        };
+        match future::or(woke, future::or(sync, created)).await {
+            Woke::Log => {}
+            Woke::Sync => store.settle(file).await?.sync(file).await?,
+            Woke::Created(made) => made?,
         }
     }
 }
 
-/// The index file: open, or being created on the blocking pool (a rebuild).
+/// The index file: open, or being created on the blocking pool (a rebuild), with the
+/// entries found meanwhile.
 enum Pending {
-    Creating(shared::rt::Task<io::Result<Store>>),
+    Creating(shared::rt::Task<io::Result<Option<Store>>>, Vec<u64>),
     Ready(Store),
 }
 
 impl Pending {
-    /// The store, once created.
-    async fn get(&mut self) -> io::Result<&mut Store> {
-        if let Pending::Creating(task) = self {
-            let store = task.await?;
+    /// Appends entries to the file, or keeps them until it exists.
+    fn append(&mut self, offsets: &[u64], log: &File) -> io::Result<()> {
+        match self {
+            Pending::Ready(store) => store.append(offsets, log),
+            Pending::Creating(_, kept) => {
+                kept.extend_from_slice(offsets);
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits until the file exists and holds the entries kept meanwhile.
+    async fn settle(&mut self, log: &File) -> io::Result<&mut Store> {
+        if let Pending::Creating(task, kept) = self {
+            // Only the newest ticket is awaited, and it cannot be superseded meanwhile.
+            let mut store = task.await?.ok_or_else(|| {
+                io::Error::other("the index file was superseded while it was created")
+            })?;
+            store.append(kept, log)?;
             *self = Pending::Ready(store);
         }
         match self {
             Pending::Ready(store) => Ok(store),
-            Pending::Creating(_) => unreachable!("replaced just above"),
+            Pending::Creating(..) => unreachable!("replaced just above"),
+        }
+    }
+
+    fn is_creating(&self) -> bool {
+        matches!(self, Pending::Creating(..))
+    }
+
+    /// Entries written, or kept for the file being created.
+    fn entries(&self) -> u64 {
+        match self {
+            Pending::Ready(store) => store.persisted(),
+            Pending::Creating(_, kept) => kept.len() as u64,
         }
     }
 
@@ -347,9 +384,19 @@ impl Pending {
     fn sync_due(&self) -> Option<Instant> {
         match self {
             Pending::Ready(store) => store.sync_due(),
-            Pending::Creating(_) => None,
+            Pending::Creating(..) => None,
         }
     }
+}
+
+/// What woke an idle scanner.
+enum Woke {
+    /// The log grew or changed, or a lookup flagged the index.
+    Log,
+    /// A sync is due.
+    Sync,
+    /// The index file being created exists now (or could not be made).
+    Created(io::Result<()>),
 }
 
 /// Where the scanner is in the log, and what it found since the last publication.

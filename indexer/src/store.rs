@@ -319,6 +319,26 @@ impl Store {
         })
     }
 
+    /// [`Store::create`] for a scanner that rebuilds: `ticket` from [`Fence::next`]. Runs
+    /// under the fence, so index files are created one at a time and in ticket order; a
+    /// create whose ticket is no longer the newest does nothing (None): a rebuild that
+    /// came after it will replace the file.
+    pub fn create_fenced(
+        path: &Path,
+        id: Identity,
+        log: &File,
+        fence: &Fence,
+        ticket: u64,
+    ) -> io::Result<Option<Store>> {
+        let newest = fence.0.lock().unwrap_or_else(|p| p.into_inner());
+        if *newest != ticket {
+            return Ok(None);
+        }
+        let store = Store::create(path, id, log)?;
+        drop(newest);
+        Ok(Some(store))
+    }
+
     /// Entries on disk.
     pub fn persisted(&self) -> u64 {
         self.persisted
@@ -394,6 +414,20 @@ impl Store {
         self.unsynced = 0;
         self.since = None;
         Ok(())
+    }
+}
+
+/// Orders the index files a scanner creates while it rebuilds (see
+/// [`Store::create_fenced`]): the newest ticket handed out.
+#[derive(Debug, Clone, Default)]
+pub struct Fence(std::sync::Arc<std::sync::Mutex<u64>>);
+
+impl Fence {
+    /// A ticket newer than every one handed out before.
+    pub fn next(&self) -> u64 {
+        let mut newest = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *newest += 1;
+        *newest
     }
 }
 
