@@ -597,3 +597,82 @@ fn random_appends_truncations_and_rewrites() {
         started.elapsed().as_secs_f64()
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Unreadable now, readable later (issue #10, item 5).
+
+/// Starts tailsrv unable to override file permissions, even as root (its bounding set
+/// loses CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, from a thread of its own so the rest of
+/// the test keeps them), so that a file with mode 000 cannot be opened by it.
+fn tailsrv_without_permission_override(args: Vec<String>) -> Proc {
+    std::thread::spawn(move || {
+        use rustix::thread::{remove_capability_from_bounding_set, CapabilitySet};
+        if rustix::process::geteuid().is_root() {
+            for cap in [CapabilitySet::DAC_OVERRIDE, CapabilitySet::DAC_READ_SEARCH] {
+                remove_capability_from_bounding_set(cap)
+                    .expect("dropping a capability from the bounding set (needs CAP_SETPCAP)");
+            }
+        }
+        Proc::start("tailsrv", &args)
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn unreadable_file_is_retried_and_waiting_clients_are_told() {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    let args: Vec<String> = vec![
+        "-p".into(),
+        "0".into(),
+        "--bind".into(),
+        "127.0.0.1".into(),
+        "--header-timeout".into(),
+        "1".into(),
+        path.display().to_string(),
+    ];
+    // Absent at start: the server waits for it.
+    let srv = tailsrv_without_permission_override(args);
+    // Created unreadable (mode 000): the server cannot open it.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o000)
+        .open(&path)
+        .unwrap();
+    f.write_all(b"hello\n").unwrap();
+    assert!(srv.log.wait_for("Permission denied", PATIENCE).is_some());
+    // A client waiting past the header timeout is told why, rather than left hanging.
+    let started = Instant::now();
+    let mut c = srv.connect();
+    c.write_all(b"0\n").unwrap();
+    assert_eq!(
+        String::from_utf8(read_to_end(&mut c)).unwrap(),
+        "error: unreadable: permission denied\n"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // More attribute changes that leave it unreadable: no new warning.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o200)).unwrap();
+    // A client that is waiting when the file becomes readable is served.
+    let mut waiting = srv.connect();
+    waiting.write_all(b"0\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(read_exact(&mut waiting, 6), b"hello\n");
+    assert!(srv.log.wait_for("the file can be opened now", PATIENCE).is_some());
+    assert_eq!(
+        srv.log.text().matches("Permission denied").count(),
+        1,
+        "one warning, not one per retry:\n{}",
+        srv.log.text()
+    );
+    // And so is everyone after, with what is appended.
+    let mut later = srv.connect();
+    later.write_all(b"0\n").unwrap();
+    assert_eq!(read_exact(&mut later, 6), b"hello\n");
+    f.write_all(b"world\n").unwrap();
+    assert_eq!(read_exact(&mut later, 6), b"world\n");
+    assert_eq!(read_exact(&mut waiting, 6), b"world\n");
+}
