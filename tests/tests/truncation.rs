@@ -676,3 +676,75 @@ fn unreadable_file_is_retried_and_waiting_clients_are_told() {
     assert_eq!(read_exact(&mut later, 6), b"world\n");
     assert_eq!(read_exact(&mut waiting, 6), b"world\n");
 }
+
+// ---------------------------------------------------------------------------------------
+// The index file's format change (issue #10, item 7).
+
+/// CRC-32 (IEEE), bit by bit: the test's own, to write a header the old way.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
+/// Stops `p` with SIGTERM and waits for it.
+fn stop(mut p: Proc) {
+    p.signal(rustix::process::Signal::TERM);
+    assert!(p.wait_exit(PATIENCE).is_some());
+}
+
+#[test]
+fn old_format_and_damaged_magic_are_rebuilt() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    let idx = dir.path().join("log.idx");
+    let data: Vec<u8> = (0..300).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+    append(&path, &data);
+    let (starts, end) = naive_starts("newline", &data);
+    let queries: Vec<String> = std::iter::once("count".to_string())
+        .chain((0..=starts.len()).map(|n| format!("offset-of {n}")))
+        .collect();
+    let expected: Vec<String> = std::iter::once(starts.len().to_string())
+        .chain(starts.iter().chain([&end]).map(|o| o.to_string()))
+        .collect();
+
+    // A version 1 index (it named the device), with entries: rebuilt, not refused.
+    let mut v1 = vec![0u8; 64];
+    v1[..8].copy_from_slice(b"tsrvidx\0");
+    v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+    v1[16..20].copy_from_slice(&4u32.to_le_bytes());
+    let crc = crc32(&v1[..56]);
+    v1[56..60].copy_from_slice(&crc.to_le_bytes());
+    v1.extend_from_slice(&[0x5a; 12 * 10]);
+    std::fs::write(&idx, &v1).unwrap();
+    let p = indexer(&path, &idx);
+    assert!(p.log.wait_for("format version 1", PATIENCE).is_some());
+    let mut q = QueryClient::new(&p);
+    q.wait_count("count", starts.len() as u64);
+    assert_eq!(q.ask_all(&queries), expected);
+    stop(p);
+    let written = std::fs::read(&idx).unwrap();
+    assert_eq!(&written[8..12], &2u32.to_le_bytes(), "rewritten as version 2");
+    assert_eq!((written.len() - 64) % 12, 0);
+
+    // A restart resumes from it (the log is known by inode and first bytes).
+    let p = indexer(&path, &idx);
+    assert!(p.log.wait_for("resuming from the index", PATIENCE).is_some());
+    stop(p);
+
+    // One bit of the magic flipped: still clearly ours (name, size, header checksum), so
+    // rebuilt with a word about it rather than refused.
+    let mut damaged = written.clone();
+    damaged[2] ^= 0x04;
+    std::fs::write(&idx, &damaged).unwrap();
+    let p = indexer(&path, &idx);
+    assert!(p.log.wait_for("magic number are wrong", PATIENCE).is_some());
+    let mut q = QueryClient::new(&p);
+    q.wait_count("count", starts.len() as u64);
+    assert_eq!(q.ask_all(&queries), expected);
+}
