@@ -661,7 +661,10 @@ fn unreadable_file_is_retried_and_waiting_clients_are_told() {
     waiting.write_all(b"0\n").unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     assert_eq!(read_exact(&mut waiting, 6), b"hello\n");
-    assert!(srv.log.wait_for("the file can be opened now", PATIENCE).is_some());
+    assert!(srv
+        .log
+        .wait_for("the file can be opened now", PATIENCE)
+        .is_some());
     assert_eq!(
         srv.log.text().matches("Permission denied").count(),
         1,
@@ -703,7 +706,9 @@ fn old_format_and_damaged_magic_are_rebuilt() {
     let dir = tempdir();
     let path = dir.path().join("log");
     let idx = dir.path().join("log.idx");
-    let data: Vec<u8> = (0..300).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+    let data: Vec<u8> = (0..300)
+        .flat_map(|i| format!("line {i}\n").into_bytes())
+        .collect();
     append(&path, &data);
     let (starts, end) = naive_starts("newline", &data);
     let queries: Vec<String> = std::iter::once("count".to_string())
@@ -729,12 +734,19 @@ fn old_format_and_damaged_magic_are_rebuilt() {
     assert_eq!(q.ask_all(&queries), expected);
     stop(p);
     let written = std::fs::read(&idx).unwrap();
-    assert_eq!(&written[8..12], &2u32.to_le_bytes(), "rewritten as version 2");
+    assert_eq!(
+        &written[8..12],
+        &2u32.to_le_bytes(),
+        "rewritten as version 2"
+    );
     assert_eq!((written.len() - 64) % 12, 0);
 
     // A restart resumes from it (the log is known by inode and first bytes).
     let p = indexer(&path, &idx);
-    assert!(p.log.wait_for("resuming from the index", PATIENCE).is_some());
+    assert!(p
+        .log
+        .wait_for("resuming from the index", PATIENCE)
+        .is_some());
     stop(p);
 
     // One bit of the magic flipped: still clearly ours (name, size, header checksum), so
