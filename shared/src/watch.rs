@@ -54,9 +54,10 @@
 //!   own read (a follower's `sendfile`, a scanner's `pread`), microseconds apart, reaches
 //!   that reader: it reads the new bytes at offsets past its position. Each byte is still
 //!   one the file held at that offset while the reader read it, but the reader's stream
-//!   joins old and new content. The change is seen at the next event (its own `IN_MODIFY`
-//!   is still queued), the epoch is bumped then and the reader stops; nothing more is read
-//!   from the new content.
+//!   joins old and new content. The change's own `IN_MODIFY` is still queued: when the
+//!   watcher takes it in, the change is measured against the length it published last, and
+//!   if it shortened the file or changed the bytes before that length (as a truncation to
+//!   zero and regrowth does) the epoch is bumped then and the reader stops.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
