@@ -30,22 +30,24 @@ use tests::framed::{naive_starts, QueryClient};
 use tests::*;
 
 fn tailsrv(path: &Path) -> Proc {
-    let args = ["-p", "0", "--bind", "127.0.0.1", path.to_str().unwrap()];
+    tailsrv_with(path, &[])
+}
+
+fn tailsrv_with(path: &Path, extra: &[&str]) -> Proc {
+    let mut args = vec!["-p", "0", "--bind", "127.0.0.1"];
+    args.extend_from_slice(extra);
+    args.push(path.to_str().unwrap());
     Proc::start("tailsrv", &args)
 }
 
 fn indexer(path: &Path, index: &Path) -> Proc {
-    let args = [
-        "-p",
-        "0",
-        "--bind",
-        "127.0.0.1",
-        "--stride",
-        "4",
-        "--index",
-        index.to_str().unwrap(),
-        path.to_str().unwrap(),
-    ];
+    indexer_with(path, index, &[])
+}
+
+fn indexer_with(path: &Path, index: &Path, extra: &[&str]) -> Proc {
+    let mut args = vec!["-p", "0", "--bind", "127.0.0.1", "--stride", "4"];
+    args.extend_from_slice(extra);
+    args.extend(["--index", index.to_str().unwrap(), path.to_str().unwrap()]);
     Proc::start("tailsrv-indexer", &args)
 }
 
@@ -256,8 +258,9 @@ impl World {
     fn new(dir: &Path, n: usize) -> World {
         let path = dir.join(format!("log{n}"));
         std::fs::write(&path, b"").unwrap();
-        let srv = tailsrv(&path);
-        let idx = indexer(&path, &dir.join(format!("log{n}.idx")));
+        // Errors only: tens of thousands of truncations would otherwise be as many warnings.
+        let srv = tailsrv_with(&path, &["-qq"]);
+        let idx = indexer_with(&path, &dir.join(format!("log{n}.idx")), &["-qq"]);
         let q = QueryClient::new(&idx);
         World {
             path,
