@@ -8,7 +8,10 @@
 //! strides, or by reading the stride (at most K messages) with `pread`, outside the lock, and
 //! caching it. Answers are only ever given for complete messages the scanner has already
 //! seen, and a lookup that raced with a rebuild is refused rather than answered from a file
-//! that changed under it.
+//! that changed under it. A lookup that finds the log no longer splits where the index says
+//! (it was rewritten in a way the watcher cannot see, see `shared::watch`) is refused too,
+//! and flags the index's generation as suspect: the scanner, which waits on that flag as
+//! well as on the log, rebuilds the index from the start.
 
 use std::fs::File;
 use std::io;
@@ -57,6 +60,9 @@ pub struct Index {
     state: RwLock<State>,
     /// Notified after every update, for [`Index::wait_caught_up`].
     changed: Event,
+    /// The generation a lookup found not to match the log (0: none), and its wake-up.
+    suspect: AtomicU64,
+    suspected: Event,
 }
 
 /// How a log is split and indexed: one value from the command line to the index file's
@@ -109,6 +115,38 @@ impl Index {
             watch,
             state: RwLock::new(State::default()),
             changed: Event::new(),
+            suspect: AtomicU64::new(0),
+            suspected: Event::new(),
+        }
+    }
+
+    /// Whether a lookup found that the log no longer matches `generation` of the index.
+    pub fn is_suspect(&self, generation: u64) -> bool {
+        self.suspect.load(Ordering::Acquire) == generation
+    }
+
+    /// Waits until a lookup finds that the log no longer matches `generation`.
+    pub async fn wait_suspect(&self, generation: u64) {
+        loop {
+            if self.is_suspect(generation) {
+                return;
+            }
+            let listener = self.suspected.listen();
+            if self.is_suspect(generation) {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// Flags `generation` as not matching the log (if it is still the current one), so
+    /// the scanner rebuilds.
+    fn flag(&self, generation: u64) {
+        if self.read(|s| s.generation) == generation
+            && self.suspect.swap(generation, Ordering::AcqRel) != generation
+        {
+            log::warn!(generation = generation; "a lookup found that the log no longer matches the index");
+            self.suspected.notify(usize::MAX);
         }
     }
 
@@ -202,7 +240,7 @@ impl Index {
         }
         let mut seen = 0;
         let mut found = None;
-        self.scan(st.from, st.to, &mut scratch.buf, |e| {
+        self.scan(st.generation, st.from, st.to, &mut scratch.buf, |e| {
             seen += 1;
             if seen == i {
                 found = Some(e);
@@ -242,7 +280,7 @@ impl Index {
         }
         let mut number = first;
         let mut found = None;
-        self.scan(st.from, st.to, &mut scratch.buf, |e| {
+        self.scan(st.generation, st.from, st.to, &mut scratch.buf, |e| {
             if e > b {
                 found = Some(number);
             }
@@ -300,7 +338,7 @@ impl Index {
         starts.clear();
         let mut last = st.from;
         let mut ends = 0;
-        self.scan(st.from, st.to, buf, |e| {
+        self.scan(st.generation, st.from, st.to, buf, |e| {
             ends += 1;
             last = e;
             if ends < self.params.k() {
@@ -312,10 +350,12 @@ impl Index {
         self.confirm(st.generation, whole.then_some(0)).map(|_| ())
     }
 
-    /// Reads messages from `from` (a boundary) up to `end` (a boundary), calling `on_end`
-    /// with each end offset until it returns true.
+    /// Reads messages from `from` (a boundary) up to `end` (a boundary) as `generation`
+    /// knows them, calling `on_end` with each end offset until it returns true. A log that
+    /// ends early or does not split there no longer matches the index.
     fn scan(
         &self,
+        generation: u64,
         from: u64,
         end: u64,
         buf: &mut Vec<u8>,
@@ -333,29 +373,41 @@ impl Index {
             buf,
             on_end,
         )
-        .map_err(|e| {
-            log::warn!(offset = from; "lookup failed: {e}");
-            Refusal::new(
-                Code::Io,
-                format!("reading the log failed at byte {from}: {e}"),
-            )
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData => {
+                log::debug!(offset = from; "lookup: {e}");
+                self.mismatch(generation)
+            }
+            _ => {
+                log::warn!(offset = from; "lookup failed: {e}");
+                Refusal::new(
+                    Code::Io,
+                    format!("reading the log failed at byte {from}: {e}"),
+                )
+            }
         })
     }
 
     /// An answer found by scanning, if the index was not rebuilt meanwhile.
     fn confirm(&self, generation: u64, found: Option<u64>) -> Answer {
-        let now = self.read(|s| s.generation);
         match found {
-            Some(x) if now == generation => Ok(x),
-            _ if now != generation => Err(Refusal::new(
-                Code::Rebuilding,
-                "the index is being rebuilt; ask again",
-            )),
-            _ => Err(Refusal::new(
-                Code::Rebuilding,
-                "the log no longer matches the index; it will be rebuilt",
-            )),
+            Some(x) if self.read(|s| s.generation) == generation => Ok(x),
+            _ => Err(self.mismatch(generation)),
         }
+    }
+
+    /// The refusal for a lookup under `generation` that found no answer where the index
+    /// said one was: the index was rebuilt meanwhile, or the log changed under it (which
+    /// flags the generation for a rebuild).
+    fn mismatch(&self, generation: u64) -> Refusal {
+        if self.read(|s| s.generation) != generation {
+            return Refusal::new(Code::Rebuilding, "the index is being rebuilt; ask again");
+        }
+        self.flag(generation);
+        Refusal::new(
+            Code::Rebuilding,
+            "the log no longer matches the index; it will be rebuilt",
+        )
     }
 }
 

@@ -4,34 +4,39 @@
 //! Life of the scanner:
 //! 1. wait for the log to exist ([`shared::watch`] watches its directory meanwhile);
 //! 2. load the index file ([`crate::store`]); reuse it only if it is ours, for this framing,
-//!    stride and limit, for this inode, and its entries still match the log: the log must be
-//!    at least as long as the index says, and a sample of strides (the first, the last and a
-//!    few between) is re-split and must end exactly where the index says. Otherwise rebuild,
-//!    saying why in the log;
+//!    stride and limit, for this inode and these first bytes of the log, and its entries
+//!    still match the log: entries past the log's end are dropped (a machine crash can leave
+//!    entries that were never synced, see `store`), and a sample of strides (the first, the
+//!    last and a few between) is re-split and must end exactly where the index says.
+//!    Otherwise rebuild, saying why in the log;
 //! 3. resume from the last entry, so a restart rescans at most K-1 messages plus what was
 //!    appended while we were down;
 //! 4. loop: read everything new with `pread` (64 KiB at a time, published every 1 MiB), split it, publish the new count
-//!    and entries, append the entries to the file; then sleep until the watcher says the log
-//!    grew (no polling). A truncation (the watcher's epoch changes, or the log got shorter
-//!    than what we read) rebuilds from scratch. A framing error stops indexing where it
-//!    happened, is logged and published for queries, and waits for a truncation.
+//!    and entries, append the entries to the file (synced in batches: [`Store::sync_due`]);
+//!    then sleep until the watcher says the log grew (no polling), a lookup flags the index
+//!    as not matching the log, or a sync is due. A truncation (the watcher's epoch changes:
+//!    the log got shorter, or the bytes before its old end were rewritten, see
+//!    `shared::watch`), a log shorter than what we read, or a lookup that found the log no
+//!    longer splits where the index says ([`Index::wait_suspect`]) rebuilds from scratch. A
+//!    framing error stops indexing where it happened, is logged and published for queries,
+//!    and waits for one of those.
 //!
 //! The cold build is the same loop: with newline framing the per-chunk work is memchr and a
 //! counter per message, so it runs at memory speed like `wc -l`.
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_lite::future;
 use proto::framing::{FramingError, Splitter};
 use shared::watch::FileWatch;
 
 use crate::bulk::{self, Bulk};
 use crate::index::{self, Index};
-use crate::store::{Identity, Opened, Store};
+use crate::store::{self, Fence, Identity, Opened, Store};
 
 /// Bytes per `pread`: small enough that the copy out of the page cache lands in the CPU
 /// cache, where the delimiter count reads it again (1 MiB reads measured ~40% slower).
@@ -55,28 +60,33 @@ pub async fn run(
     let Some(file) = watch.file() else {
         unreachable!("wait_until returned before the file was open")
     };
-    let meta = file.metadata().map_err(|e| ctx(&watch, "stat", e))?;
     let params = Identity {
         params: index.params,
-        dev: meta.dev(),
-        ino: meta.ino(),
+        ino: store::inode(file).map_err(|e| ctx(&watch, "stat", e))?,
     };
-    let mut rebuild: Option<String> = None;
+    // Epoch before anything is read: a truncation from here on is noticed.
+    let mut epoch = watch.epoch();
+    let (loaded, mut entries) = load(&index, file, index_path, params)?;
+    let mut store = Pending::Ready(loaded);
+    let fence = Fence::default();
     loop {
-        // Epoch before anything is read: a truncation from here on is noticed.
-        let epoch = watch.epoch();
-        let (store, entries) = match rebuild.take() {
-            Some(why) => {
-                // Forget the old index before saying so: whoever reads the log line and
-                // then asks must not be answered from the log as it was.
-                publish(&index, Vec::new());
-                log::warn!(index:% = index_path.display(); "rebuilding the index from the start: {why}");
-                (Store::create(index_path, params)?, Vec::new())
-            }
-            None => load(&index, file, index_path, params)?,
-        };
-        let why = follow(&index, &watch, file, store, entries, epoch, threads).await?;
-        rebuild = Some(why);
+        let why = follow(&index, &watch, file, &mut store, entries, epoch, threads).await?;
+        epoch = watch.epoch();
+        // Forget the old index before saying so: whoever reads the log line and then asks
+        // must not be answered from the log as it was.
+        publish(&index, Vec::new());
+        log::warn!(index:% = index_path.display(); "rebuilding the index from the start: {why}");
+        // The new file (written and synced before it replaces the old one) is made on the
+        // blocking pool while the scan starts: queries need not wait for it. A file still
+        // being made for an earlier rebuild is let go; the fence keeps them in order.
+        let log = file.try_clone().map_err(|e| ctx(&watch, "dup of", e))?;
+        let path = index_path.to_owned();
+        let (fence, ticket) = (fence.clone(), fence.next());
+        let creating = shared::rt::spawn_blocking(move || {
+            Store::create_fenced(&path, params, &log, &fence, ticket)
+        });
+        store = Pending::Creating(creating, Vec::new());
+        entries = Vec::new();
     }
 }
 
@@ -88,7 +98,7 @@ fn load(
     params: Identity,
 ) -> io::Result<(Store, Vec<u64>)> {
     let shown = index_path.display();
-    match Store::open(index_path, params)? {
+    match Store::open(index_path, params, file)? {
         Opened::Created(store) => {
             log::info!(index:% = shown; "no index yet, building it from the start");
             Ok((store, Vec::new()))
@@ -97,21 +107,51 @@ fn load(
             log::warn!(index:% = shown; "rebuilding the index from the start: {why}");
             Ok((store, Vec::new()))
         }
-        Opened::Resumed(store, entries) => match verify(index, file, &entries) {
-            Ok(()) => {
-                let offset = entries.last().copied().unwrap_or(0);
-                let messages = entries.len() as u64 * index.params.k();
-                log::info!(
-                    index:% = shown, offset = offset, messages = messages;
-                    "resuming from the index at byte {offset} (message {messages})"
+        Opened::Resumed(mut store, mut entries) => {
+            let len = file
+                .metadata()
+                .map_err(|e| ctx_path(index_path, "stat of the log for", e))?
+                .len();
+            let keep = entries.partition_point(|&o| o <= len);
+            if keep < entries.len() {
+                log::warn!(
+                    index:% = shown, kept = keep, dropped = entries.len() - keep;
+                    "the log is {len} bytes, shorter than the indexed {}: dropping the entries \
+                     past its end (a machine crash, or a truncation while the indexer was down)",
+                    entries[entries.len() - 1]
                 );
-                Ok((store, entries))
+                entries.truncate(keep);
+                store.keep(keep as u64)?;
             }
-            Err(why) => {
-                log::warn!(index:% = shown; "rebuilding the index from the start: it does not match the log: {why}");
-                Ok((Store::create(index_path, params)?, Vec::new()))
-            }
-        },
+            resume(index, file, index_path, params, store, entries)
+        }
+    }
+}
+
+/// Resumes from `entries` if they still match the log, else starts over.
+fn resume(
+    index: &Index,
+    file: &File,
+    index_path: &Path,
+    params: Identity,
+    store: Store,
+    entries: Vec<u64>,
+) -> io::Result<(Store, Vec<u64>)> {
+    let shown = index_path.display();
+    match verify(index, file, &entries) {
+        Ok(()) => {
+            let offset = entries.last().copied().unwrap_or(0);
+            let messages = entries.len() as u64 * index.params.k();
+            log::info!(
+                index:% = shown, offset = offset, messages = messages;
+                "resuming from the index at byte {offset} (message {messages})"
+            );
+            Ok((store, entries))
+        }
+        Err(why) => {
+            log::warn!(index:% = shown; "rebuilding the index from the start: it does not match the log: {why}");
+            Ok((Store::create(index_path, params, file)?, Vec::new()))
+        }
     }
 }
 
@@ -168,7 +208,7 @@ async fn follow(
     index: &Index,
     watch: &FileWatch,
     file: &File,
-    mut store: Store,
+    store: &mut Pending,
     entries: Vec<u64>,
     epoch: u64,
     threads: usize,
@@ -183,7 +223,7 @@ async fn follow(
         new_starts: Vec::new(),
         buf: vec![0u8; CHUNK],
     };
-    publish(index, entries);
+    let generation = publish(index, entries);
     let bulk = match index.params.framing.delimiter() {
         Some(delim) if threads > 1 => Some(Bulk {
             delim,
@@ -194,10 +234,20 @@ async fn follow(
     };
     let started = Instant::now();
     let mut caught_up = false;
-    let truncated = || Ok("the log was truncated".to_string());
+    // Why the index must be rebuilt, if it must.
+    let stale = || {
+        if index.is_suspect(generation) {
+            Some("a lookup found that the log no longer matches it (rewritten in place?)")
+        } else if watch.epoch() != epoch {
+            Some("the log was truncated or rewritten")
+        } else {
+            None
+        }
+    };
+    let truncated = || Ok("the log was truncated or rewritten".to_string());
     loop {
-        if watch.epoch() != epoch {
-            return truncated();
+        if let Some(why) = stale() {
+            return Ok(why.to_string());
         }
         let len = watch.len();
         if len < p.splitter.offset() {
@@ -222,31 +272,131 @@ async fn follow(
                 s.end = end;
                 s.error = fed.as_ref().err().cloned();
             });
-            store.append(&p.new_starts)?;
+            store.append(&p.new_starts, file)?;
             p.new_starts.clear();
+            if store.sync_due().is_some_and(|at| at <= Instant::now()) {
+                store.settle(file).await?.sync(file).await?;
+            }
             if let Err(e) = fed {
                 log::error!(
                     path:% = watch.path().display(), offset = end, messages = p.count;
                     "indexing stopped: {e}"
                 );
-                watch.wait_until(|w| w.epoch() != epoch).await;
-                return truncated();
+                store.settle(file).await?.sync(file).await?;
+                let changed = watch.wait_until(|w| w.epoch() != epoch);
+                future::or(changed, index.wait_suspect(generation)).await;
+                return Ok(stale().unwrap_or("the log changed").to_string());
             }
             // A cold build of a big log must not starve the accept loop and queries.
-            futures_lite::future::yield_now().await;
+            future::yield_now().await;
         }
         if !caught_up {
             caught_up = true;
             index.update(|s| s.caught_up = true);
+            let entries = store.entries();
             log::info!(
                 path:% = watch.path().display(), messages = p.count,
-                offset = p.splitter.boundary(), entries = store.persisted(),
+                offset = p.splitter.boundary(), entries = entries,
                 seconds = started.elapsed().as_secs_f64();
                 "index is up to date, following the log"
             );
         }
-        watch.wait_for_growth(p.splitter.offset(), epoch).await;
+        // Sleep until the log grows, a lookup flags the index, a sync is due, or the index
+        // file being created exists.
+        let woke = async {
+            let grew = watch.wait_for_growth(p.splitter.offset(), epoch);
+            future::or(grew, index.wait_suspect(generation)).await;
+            Woke::Log
+        };
+        let due = store.sync_due();
+        let sync = async {
+            match due {
+                Some(at) => {
+                    async_io::Timer::at(at).await;
+                    Woke::Sync
+                }
+                None => future::pending().await,
+            }
+        };
+        let creating = store.is_creating();
+        let created = async {
+            match creating {
+                true => Woke::Created(store.settle(file).await.map(|_| ())),
+                false => future::pending().await,
+            }
+        };
+        match future::or(woke, future::or(sync, created)).await {
+            Woke::Log => {}
+            Woke::Sync => store.settle(file).await?.sync(file).await?,
+            Woke::Created(made) => made?,
+        }
     }
+}
+
+/// The index file: open, or being created on the blocking pool (a rebuild), with the
+/// entries found meanwhile.
+enum Pending {
+    Creating(shared::rt::Task<io::Result<Option<Store>>>, Vec<u64>),
+    Ready(Store),
+}
+
+impl Pending {
+    /// Appends entries to the file, or keeps them until it exists.
+    fn append(&mut self, offsets: &[u64], log: &File) -> io::Result<()> {
+        match self {
+            Pending::Ready(store) => store.append(offsets, log),
+            Pending::Creating(_, kept) => {
+                kept.extend_from_slice(offsets);
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits until the file exists and holds the entries kept meanwhile.
+    async fn settle(&mut self, log: &File) -> io::Result<&mut Store> {
+        if let Pending::Creating(task, kept) = self {
+            // Only the newest ticket is awaited, and it cannot be superseded meanwhile.
+            let mut store = task.await?.ok_or_else(|| {
+                io::Error::other("the index file was superseded while it was created")
+            })?;
+            store.append(kept, log)?;
+            *self = Pending::Ready(store);
+        }
+        match self {
+            Pending::Ready(store) => Ok(store),
+            Pending::Creating(..) => unreachable!("replaced just above"),
+        }
+    }
+
+    fn is_creating(&self) -> bool {
+        matches!(self, Pending::Creating(..))
+    }
+
+    /// Entries written, or kept for the file being created.
+    fn entries(&self) -> u64 {
+        match self {
+            Pending::Ready(store) => store.persisted(),
+            Pending::Creating(_, kept) => kept.len() as u64,
+        }
+    }
+
+    /// When a sync is due (never while the file is being created: nothing to sync yet).
+    fn sync_due(&self) -> Option<Instant> {
+        match self {
+            Pending::Ready(store) => store.sync_due(),
+            Pending::Creating(..) => None,
+        }
+    }
+}
+
+/// What woke an idle scanner.
+enum Woke {
+    /// The log grew or changed, or a lookup flagged the index.
+    Log,
+    /// A sync is due.
+    Sync,
+    /// The index file being created exists now (or could not be made).
+    Created(io::Result<()>),
 }
 
 /// Where the scanner is in the log, and what it found since the last publication.
@@ -328,9 +478,9 @@ impl Progress {
     }
 }
 
-/// Replaces what queries are answered from by `entries` (a new generation): the log as
-/// far as the last entry, nothing after it yet.
-fn publish(index: &Index, entries: Vec<u64>) {
+/// Replaces what queries are answered from by `entries` (a new generation, returned): the
+/// log as far as the last entry, nothing after it yet.
+fn publish(index: &Index, entries: Vec<u64>) -> u64 {
     let stride = index.params.k();
     index.update(|s| {
         s.generation += 1;
@@ -339,7 +489,12 @@ fn publish(index: &Index, entries: Vec<u64>) {
         s.starts = std::iter::once(0).chain(entries).collect();
         s.error = None;
         s.ready = true;
-    });
+        s.generation
+    })
+}
+
+fn ctx_path(path: &Path, what: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
 }
 
 fn ctx(watch: &FileWatch, what: &str, e: io::Error) -> io::Error {

@@ -79,12 +79,12 @@ pub fn check_index(index: &Path) -> Result<(), String> {
         Ok(meta) if !meta.is_file() => {
             return Err(format!("--index {shown} is not a regular file"));
         }
-        Ok(_) => {
-            let mut head = [0u8; 8];
-            let n = File::open(index)
-                .and_then(|mut f| f.read(&mut head))
+        Ok(meta) => {
+            let mut head = Vec::with_capacity(crate::store::HEADER_LEN as usize);
+            File::open(index)
+                .and_then(|f| f.take(crate::store::HEADER_LEN).read_to_end(&mut head))
                 .map_err(|e| format!("--index {shown}: cannot read it: {e}"))?;
-            if n > 0 && (n < head.len() || head != crate::store::MAGIC) {
+            if !head.is_empty() && !crate::store::is_ours(index, &head, meta.len()) {
                 return Err(format!(
                     "--index {shown} exists but is not a tailsrv-indexer index (no magic \
                      number); refusing to overwrite it: remove it or choose another --index"

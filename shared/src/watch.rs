@@ -14,9 +14,12 @@
 //! The lifecycle handled here is the one every binary needs:
 //! - absent: watch the parent directory for the name to appear (no polling), then switch to
 //!   watching the file itself;
+//! - unreadable (it exists but `open` fails, e.g. permission denied): logged once, published
+//!   through [`FileWatch::unreadable`], and opening is retried whenever the directory reports
+//!   the name again (`IN_ATTRIB` after a `chmod`/`chown`, `IN_CREATE`, `IN_MOVED_TO`);
 //! - growth: `IN_MODIFY` → new length, waiters woken;
-//! - truncation: the length went down → [`FileWatch::epoch`] is bumped so readers can tell
-//!   that bytes they already have may no longer be the file's;
+//! - truncation or rewrite: [`FileWatch::epoch`] is bumped so readers can tell that bytes they
+//!   already have may no longer be the file's (see "What counts as a truncation" below);
 //! - moved (`IN_MOVE_SELF`) or deleted (link count 0, seen through `IN_ATTRIB`: we hold the
 //!   file open, so `IN_DELETE_SELF` would never come) → [`FileWatch::gone`].
 //!
@@ -24,6 +27,37 @@
 //! open descriptor still reads the same bytes, which is what `--linger-after-file-is-gone`
 //! serves. Following the same path again after it is gone starts over with whatever is at
 //! the path then.
+//!
+//! # What counts as a truncation
+//!
+//! Comparing lengths alone misses a file truncated and regrown past its old length between
+//! two looks (`ftruncate(fd, 0)` then a big `write`, microseconds apart: both events arrive
+//! in one batch and `fstat` only sees the longer file). So besides the length the watcher
+//! keeps a fingerprint: the [`FINGERPRINT`] bytes just before the last length it published.
+//! On every batch of events for a file (`IN_MODIFY` comes for writes and truncations alike,
+//! `IN_ATTRIB` for the rest) it `fstat`s the file once and re-reads those bytes with one
+//! `pread` (which also reads the new fingerprint when the growth is under 4 KiB; a bigger
+//! growth costs a second `pread`). The epoch is bumped, before the new length is published,
+//! when the file is shorter than the last length, or when any fingerprint byte differs.
+//! This is per file per batch, never per follower.
+//!
+//! What this guarantees, with L the last length published and F = [`FINGERPRINT`]: a change
+//! that leaves the file shorter than L when the watcher looks, or that changes any of the
+//! bytes `L-F..L`, bumps the epoch before any reader is told of a length past L. Since
+//! readers only read below the published length, every byte a reader got is one the file
+//! held at that offset at the time of the read.
+//!
+//! What it does not guarantee:
+//! - a rewrite that leaves bytes `L-F..L` as they were (it changes only earlier bytes, or
+//!   writes the same bytes there) is not seen: nothing before `L-F` is re-read;
+//! - a truncation or rewrite that lands after the watcher's `pread` and before a reader's
+//!   own read (a follower's `sendfile`, a scanner's `pread`), microseconds apart, reaches
+//!   that reader: it reads the new bytes at offsets past its position. Each byte is still
+//!   one the file held at that offset while the reader read it, but the reader's stream
+//!   joins old and new content. The change's own `IN_MODIFY` is still queued: when the
+//!   watcher takes it in, the change is measured against the length it published last, and
+//!   if it shortened the file or changed the bytes before that length (as a truncation to
+//!   zero and regrowth does) the epoch is bumped then and the reader stops.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -31,7 +65,7 @@ use std::fmt;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -87,6 +121,29 @@ struct Inner {
     registry: Arc<Registry>,
     /// Whether leaving the path has been logged.
     announced: AtomicBool,
+    /// The last length published and the bytes just before it (only the watcher's refresh
+    /// takes this lock, once per batch).
+    fingerprint: Mutex<Fingerprint>,
+    /// Why the file exists but could not be opened, while that lasts.
+    unreadable: Mutex<Option<(io::ErrorKind, String)>>,
+}
+
+/// Bytes re-read before the last length seen, on every batch of events for a file (see the
+/// module docs). 32 bytes of a log rarely repeat at the same offset after a rewrite, and the
+/// read stays well inside one page.
+pub const FINGERPRINT: usize = 32;
+
+/// Growth up to which the old and new fingerprints are read with one `pread`.
+const ONE_READ: usize = 4096;
+
+/// The length last published and the [`FINGERPRINT`] bytes before it (fewer when the file is
+/// shorter).
+#[derive(Default)]
+struct Fingerprint {
+    len: u64,
+    bytes: [u8; FINGERPRINT],
+    /// How many of `bytes` are in use: `min(len, FINGERPRINT)`.
+    n: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -120,10 +177,22 @@ impl FileWatch {
         self.len() == 0
     }
 
-    /// Bumped every time the file is seen to shrink. A reader that remembers the epoch it
-    /// started in can tell that bytes it already read may have been replaced.
+    /// Bumped every time the file is seen to shrink, or the bytes before the last length
+    /// seen to change (see the module docs). A reader that remembers the epoch it started in
+    /// can tell that bytes it already read may have been replaced. It is bumped before the
+    /// new length is published: read [`FileWatch::len`] first, then the epoch.
     pub fn epoch(&self) -> u64 {
         self.inner.epoch.load(Ordering::Acquire)
+    }
+
+    /// While the file exists but cannot be opened: what a client waiting for it is told
+    /// (`error: unreadable: permission denied`, ...). Opening is retried on the directory's
+    /// events for the name, so this clears once a `chmod` makes the file readable.
+    pub fn unreadable(&self) -> Option<Refusal> {
+        let guard = self.inner.unreadable.lock().unwrap();
+        guard
+            .as_ref()
+            .map(|(kind, _)| follow_refusal(&io::Error::from(*kind)))
     }
 
     /// Whether the file has left its path (its inode may still be served).
@@ -270,9 +339,7 @@ impl Watcher {
             let touched = self.next_batch(&mut buf).await?;
             for (file, appeared) in touched {
                 if appeared && file.file().is_none() {
-                    if let Err(e) = self.follower.try_open(&file) {
-                        log::warn!(path:% = file.path().display(); "{e}");
-                    }
+                    self.follower.retry_open(&file);
                 }
                 self.follower.refresh(&file);
                 file.notify();
@@ -355,6 +422,8 @@ impl Follower {
                     wd: Mutex::new(None),
                     registry: self.registry.clone(),
                     announced: AtomicBool::new(false),
+                    fingerprint: Mutex::new(Fingerprint::default()),
+                    unreadable: Mutex::new(None),
                 }),
             };
             table
@@ -368,7 +437,9 @@ impl Follower {
                 Some(p) if !p.as_os_str().is_empty() => p,
                 _ => Path::new("."),
             };
-            let mask = WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::ONLYDIR;
+            // IN_ATTRIB: a file that exists but cannot be opened is retried after a chmod.
+            let mask =
+                WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::ATTRIB | WatchMask::ONLYDIR;
             self.add_watch(&file, dir, mask, Target::Dir)?;
             if !self.try_open(&file)? {
                 log::info!(path:% = path.display(); "file does not exist yet, waiting for it");
@@ -468,11 +539,42 @@ impl Follower {
         Ok(())
     }
 
+    /// [`Follower::try_open`] from the watcher, after the directory reported the name:
+    /// records (and logs once) why a file that exists cannot be opened, and clears it once
+    /// it opens or is gone.
+    fn retry_open(&self, file: &FileWatch) {
+        let result = self.try_open(file);
+        let mut unreadable = file.inner.unreadable.lock().unwrap();
+        match result {
+            Ok(_) => {
+                if unreadable.take().is_some() {
+                    log::info!(path:% = file.path().display(); "the file can be opened now");
+                }
+            }
+            Err(e) => {
+                let now = (e.kind(), e.to_string());
+                if unreadable.as_ref() != Some(&now) {
+                    log::warn!(path:% = file.path().display(); "{e}; retrying when its attributes change");
+                    *unreadable = Some(now);
+                }
+                drop(unreadable);
+                // Clients waiting past their header timeout are answered now.
+                file.notify();
+            }
+        }
+    }
+
     /// Opens the file if it exists and switches from watching the directory to watching it.
     /// Returns whether the file is open now.
     fn try_open(&self, file: &FileWatch) -> io::Result<bool> {
         let path = file.path();
-        let opened = match File::open(path) {
+        // O_NONBLOCK: opening a FIFO must not block the watcher until a writer comes (it is
+        // refused below); cleared again for the regular file that is kept.
+        let opened = match File::options()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(path)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => {
@@ -497,6 +599,14 @@ impl Follower {
                 ))
             }
         }
+        rustix::fs::fcntl_getfl(&opened)
+            .and_then(|fl| rustix::fs::fcntl_setfl(&opened, fl - rustix::fs::OFlags::NONBLOCK))
+            .map_err(|e| {
+                io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!("fcntl {}: {e}", path.display()),
+                )
+            })?;
         // Watch the inode we opened, not whatever the path names by now: /proc/self/fd/N is a
         // link to exactly that inode.
         let by_fd = format!("/proc/self/fd/{}", opened.as_raw_fd());
@@ -510,32 +620,54 @@ impl Follower {
         Ok(true)
     }
 
-    /// Re-reads length and link count of the open file and publishes what changed.
+    /// Re-reads length, fingerprint and link count of the open file and publishes what
+    /// changed (see the module docs).
     fn refresh(&self, file: &FileWatch) {
         let Some(f) = file.file() else {
             return;
         };
         let inner = &file.inner;
-        let meta = match f.metadata() {
-            Ok(m) => m,
-            Err(e) => {
-                log::warn!(path:% = inner.path.display(); "fstat failed: {e}");
-                return;
+        let mut fp = inner.fingerprint.lock().unwrap();
+        let old_len = fp.len;
+        // A read that comes up short means the file shrank between fstat and pread: look
+        // again (a few times; a file that keeps shrinking is taken as truncated).
+        let mut outcome = None;
+        let mut nlink = 1;
+        for _ in 0..4 {
+            let meta = match f.metadata() {
+                Ok(m) => m,
+                Err(e) => {
+                    log::warn!(path:% = inner.path.display(); "fstat failed: {e}");
+                    return;
+                }
+            };
+            nlink = meta.nlink();
+            outcome = check(f, &fp, meta.len());
+            if outcome.is_some() {
+                break;
             }
-        };
-        let new_len = meta.len();
-        let old_len = inner.len.load(Ordering::Acquire);
-        if new_len < old_len {
-            // Bump the epoch before the length, so a reader that sees the smaller length also
-            // sees that the file was truncated.
+        }
+        let (new_fp, why) = outcome.unwrap_or_else(|| {
+            let len = f.metadata().map_or(0, |m| m.len());
+            let unknown = Fingerprint {
+                len,
+                ..Fingerprint::default()
+            };
+            (unknown, Some(""))
+        });
+        if let Some(why) = why {
+            // Bump the epoch before the length, so a reader that sees the new length also
+            // sees that the bytes before it may have changed.
             inner.epoch.fetch_add(1, Ordering::AcqRel);
             log::warn!(
-                path:% = inner.path.display(), from = old_len, to = new_len;
-                "file was truncated"
+                path:% = inner.path.display(), from = old_len, to = new_fp.len;
+                "file was truncated{why}"
             );
         }
-        inner.len.store(new_len, Ordering::Release);
-        if meta.nlink() == 0 {
+        inner.len.store(new_fp.len, Ordering::Release);
+        *fp = new_fp;
+        drop(fp);
+        if nlink == 0 {
             file.set_gone(Gone::Deleted);
         }
         if let Some(gone) = file.gone() {
@@ -544,6 +676,70 @@ impl Follower {
             }
         }
     }
+}
+
+/// How a refresh found the file: the new fingerprint, and whether (and how, for the log
+/// line after "file was truncated") it was truncated or rewritten.
+type Checked = (Fingerprint, Option<&'static str>);
+
+const REWRITTEN: &str = " or rewritten (the bytes before its old end changed)";
+
+/// Compares the file, `len` bytes long by `fstat`, with the fingerprint `old`. None if a
+/// read came up short (the file shrank since the `fstat`).
+fn check(f: &File, old: &Fingerprint, len: u64) -> Option<Checked> {
+    if len < old.len {
+        return Some((fingerprint(f, len)?, Some("")));
+    }
+    let old_start = old.len - old.n as u64;
+    let span = len - old_start;
+    let (then, new) = if span <= ONE_READ as u64 {
+        // One pread covers the old fingerprint and the new one.
+        let mut buf = [0u8; ONE_READ];
+        let buf = &mut buf[..span as usize];
+        read_full(f, buf, old_start)?;
+        let n = len.min(FINGERPRINT as u64) as usize;
+        let mut new = Fingerprint {
+            len,
+            n,
+            ..Fingerprint::default()
+        };
+        new.bytes[..n].copy_from_slice(&buf[buf.len() - n..]);
+        let mut then = [0u8; FINGERPRINT];
+        then[..old.n].copy_from_slice(&buf[..old.n]);
+        (then, new)
+    } else {
+        let mut then = [0u8; FINGERPRINT];
+        read_full(f, &mut then[..old.n], old_start)?;
+        (then, fingerprint(f, len)?)
+    };
+    let same = then[..old.n] == old.bytes[..old.n];
+    Some((new, (!same).then_some(REWRITTEN)))
+}
+
+/// The fingerprint of a file `len` bytes long; None if the read comes up short.
+fn fingerprint(f: &File, len: u64) -> Option<Fingerprint> {
+    let n = len.min(FINGERPRINT as u64) as usize;
+    let mut fp = Fingerprint {
+        len,
+        n,
+        ..Fingerprint::default()
+    };
+    read_full(f, &mut fp.bytes[..n], len - n as u64)?;
+    Some(fp)
+}
+
+/// `pread` until `buf` is full; None if the file ends first or the read fails.
+fn read_full(f: &File, buf: &mut [u8], at: u64) -> Option<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], at + done as u64) {
+            Ok(0) => return None,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    Some(())
 }
 
 impl Registry {

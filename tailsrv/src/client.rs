@@ -5,9 +5,14 @@
 //!    or which file to stream from where, checked against [`Tree`]'s rule before anything
 //!    is sent.
 //! 2. [`serve_stream`] / [`place`]: wait for the file to exist and resolve the start offset
-//!    against it; answer `ok N LEN` first if the client asked for a confirmation.
+//!    against it; answer `ok N LEN` first if the client asked for a confirmation. A client still
+//!    waiting after the header timeout for a file that exists but cannot be opened is told
+//!    why (`error: unreadable: permission denied`) rather than left hanging; the watcher
+//!    keeps retrying the open, so clients that come after a `chmod` are served.
 //! 3. [`follow`]: loop: wait until the file is longer than what was sent, `sendfile` the
-//!    difference.
+//!    difference. The client is closed when the watcher's epoch changes (the file was
+//!    truncated, or the bytes before its old end rewritten: `shared::watch` says exactly
+//!    what is detected).
 //! 4. Meanwhile [`hangup`] watches the socket, so a client that leaves while the file is quiet
 //!    is released at once rather than at the next write.
 //!
@@ -101,10 +106,10 @@ pub(crate) async fn serve(
             }
         }
         (Ok(Request::Stream(req)), Served::File(file)) => {
-            serve_stream(&sock, peer, &file, req, None).await
+            serve_stream(&sock, peer, &file, req, None, header_timeout).await
         }
         (Ok(Request::Stream(req)), Served::Dir { tree, follower }) => {
-            serve_path(&sock, peer, &tree, &follower, req).await
+            serve_path(&sock, peer, &tree, &follower, req, header_timeout).await
         }
         // The parser only returns `List` in directory mode.
         (Ok(Request::List), Served::File(_)) => {}
@@ -119,6 +124,7 @@ async fn serve_path(
     tree: &Tree,
     follower: &Follower,
     req: StreamRequest,
+    patience: Duration,
 ) {
     let requested = req.path.clone().unwrap_or_default();
     let shown = String::from_utf8_lossy(&requested).into_owned();
@@ -139,24 +145,35 @@ async fn serve_path(
             return net::refuse(sock, &refusal).await;
         }
     };
-    serve_stream(sock, peer, &file, req, Some((tree, &shown))).await
+    serve_stream(sock, peer, &file, req, Some((tree, &shown)), patience).await
 }
 
 /// Places the client in the file, confirms if asked, then streams until the end. In
 /// directory mode (`dir`: the tree and the path as sent) the opened file is checked against
 /// the tree's rule, and the stream ends once a file that is gone has been sent whole.
+/// `patience` is how long to wait for a file that exists but cannot be opened.
 async fn serve_stream(
     sock: &Async<TcpStream>,
     peer: SocketAddr,
     file: &FileWatch,
     req: StreamRequest,
     dir: Option<(&Tree, &str)>,
+    patience: Duration,
 ) {
-    // The file may not exist yet; once it does, check what was really opened.
-    let Some(at) = place(sock, file, req.start).await else {
-        return;
-    };
     let shown = dir.map_or("", |(_, shown)| shown);
+    // The file may not exist yet; once it does, check what was really opened.
+    let at = match place(sock, file, req.start, patience).await {
+        Placed::At(at) => at,
+        Placed::HungUp => return,
+        Placed::Unreadable(why) => {
+            let refusal = match dir {
+                Some(_) => Refusal::new(why.code, format!("{shown:?}: {}", why.reason)),
+                None => why,
+            };
+            log::debug!(client:% = peer, path = shown; "refused: {refusal}");
+            return net::refuse(sock, &refusal).await;
+        }
+    };
     if let Some((tree, _)) = dir {
         if let Err(refusal) = tree.check_opened(at.file) {
             log::warn!(client:% = peer, path = shown; "refused after open: {refusal}");
@@ -189,32 +206,65 @@ struct Placement<'a> {
     epoch: u64,
 }
 
+/// How waiting for the file ended.
+enum Placed<'a> {
+    At(Placement<'a>),
+    HungUp,
+    /// The file exists but could not be opened for longer than the client's patience.
+    Unreadable(Refusal),
+}
+
 /// Waits until the file exists (or the client leaves), then resolves `start` against it.
+/// A file that exists but cannot be opened is waited for `patience` (the header timeout),
+/// then the client is told why.
 async fn place<'a>(
     sock: &Async<TcpStream>,
     watch: &'a FileWatch,
     start: Start,
-) -> Option<Placement<'a>> {
+    patience: Duration,
+) -> Placed<'a> {
     let exists = async {
-        watch.wait_until(|w| w.file().is_some()).await;
-        true
+        let opened = async {
+            watch.wait_until(|w| w.file().is_some()).await;
+            true
+        };
+        let waited = async {
+            async_io::Timer::after(patience).await;
+            false
+        };
+        if future::or(opened, waited).await {
+            return Some(Ok(()));
+        }
+        // From now on an unreadable file is an answer (an absent one is still waited for).
+        watch
+            .wait_until(|w| w.file().is_some() || w.unreadable().is_some())
+            .await;
+        Some(match (watch.file(), watch.unreadable()) {
+            (None, Some(why)) => Err(why),
+            _ => Ok(()),
+        })
     };
     let left = async {
         hangup(sock).await;
-        false
+        None
     };
-    if !future::or(exists, left).await {
-        return None;
+    match future::or(exists, left).await {
+        Some(Ok(())) => {}
+        Some(Err(why)) => return Placed::Unreadable(why),
+        None => return Placed::HungUp,
     }
     // Epoch before length: if a truncation lands in between, the first wait notices it.
     let epoch = watch.epoch();
     let len = watch.len();
-    Some(Placement {
-        file: watch.file()?,
-        offset: start.resolve(len),
-        len,
-        epoch,
-    })
+    match watch.file() {
+        Some(file) => Placed::At(Placement {
+            file,
+            offset: start.resolve(len),
+            len,
+            epoch,
+        }),
+        None => Placed::HungUp,
+    }
 }
 
 /// Streams the file from where the client was placed until it leaves (or, with
@@ -258,12 +308,15 @@ async fn stream(
                 w.len() > offset || w.epoch() != epoch || (until_gone && w.gone().is_some())
             })
             .await;
+        // Gone before the length, so the last bytes are still sent; the length before the
+        // epoch (the watcher bumps the epoch before it publishes a length), so a length
+        // published after a truncation or rewrite is never sent from.
+        let gone = until_gone && watch.gone().is_some();
+        let len = watch.len();
         if watch.epoch() != epoch {
             return End::Truncated;
         }
-        // Gone is checked before the length is read, so the last bytes are still sent.
-        let gone = until_gone && watch.gone().is_some();
-        let sent = send_range(sock, file, &mut offset, watch.len()).await;
+        let sent = send_range(sock, file, &mut offset, len).await;
         pos.store(offset, Relaxed);
         match sent {
             Ok(true) if gone => return End::Gone,

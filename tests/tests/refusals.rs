@@ -19,7 +19,7 @@ use tests::{bin, PATIENCE};
 enum Answer {
     /// Sends this line (a refusal) and closes.
     Refuse(&'static str),
-    /// Confirms the request (`ok 0`), sends these bytes and keeps the connection open.
+    /// Confirms the request (`ok 0 0`), sends these bytes and keeps the connection open.
     Serve(&'static [u8]),
 }
 
@@ -52,7 +52,7 @@ impl Scripted {
                         let _ = stream.write_all(refusal.as_bytes());
                     }
                     Answer::Serve(data) => {
-                        let _ = stream.write_all(b"ok 0\n");
+                        let _ = stream.write_all(b"ok 0 0\n");
                         let _ = stream.write_all(data);
                         held.push(stream);
                     }
