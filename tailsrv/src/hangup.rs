@@ -48,10 +48,17 @@ pub(crate) async fn gone(sock: &Async<TcpStream>) {
     // Phase 1: read and drop whatever the client sends until its FIN. The buffer lives only
     // inside the closure, so this future (part of every follower's task) holds none.
     loop {
-        match sock.read_with(|s| (&*s).read(&mut [0u8; 256])).await {
+        if sock.readable().await.is_err() {
+            return;
+        }
+        match sock.get_ref().read(&mut [0u8; 256]) {
             Ok(0) => break,
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
             Err(_) => return,
         }
     }
@@ -225,5 +232,22 @@ impl Drop for Watch<'_> {
     fn drop(&mut self) {
         let _ = epoll::delete(self.reaper.epoll.get_ref(), self.fd);
         self.reaper.lock().slots.remove(&self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every follower's task holds this future for its whole life, so a buffer held across
+    /// an await in it costs every follower that much memory (as `shared::net::finish`'s once
+    /// did): its size is a reactor registration's, not a buffer's.
+    #[test]
+    fn the_watch_holds_no_buffer_across_awaits() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let sock = Async::new(stream).unwrap();
+        let size = std::mem::size_of_val(&gone(&sock));
+        assert!(size <= 128, "the hang-up future is {size} bytes");
     }
 }
