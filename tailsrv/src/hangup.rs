@@ -45,8 +45,9 @@ use rustix::event::epoll;
 /// Completes when the client is gone: its connection was reset or failed, or it ended before
 /// its sending side did. A FIN alone does not complete it (see the module docs).
 pub(crate) async fn gone(sock: &Async<TcpStream>) {
-    // Phase 1: read and drop whatever the client sends until its FIN. The buffer lives only
-    // inside the closure, so this future (part of every follower's task) holds none.
+    // Phase 1: read and drop whatever the client sends until its FIN. The buffer is a
+    // temporary of one statement, never held across an await, so this future (part of every
+    // follower's task) holds none.
     loop {
         if sock.readable().await.is_err() {
             return;
