@@ -8,6 +8,13 @@
 //! goes out in one write, so a client that sends thousands of queries at once costs a few
 //! system calls, not thousands. A request line longer than the grammar's limit is answered
 //! with an error and the connection is closed: there is no sensible way to resynchronise.
+//!
+//! A client may shut down its sending side after its last request (`nc -N`, `ncat` and
+//! `socat` do when their input ends): a FIN only ends the reading. Every request that arrived
+//! before it is answered in order (a last one without its newline too), the answers are
+//! written, and only then is the connection closed; the close is clean, since nothing is
+//! left unread. This holds when the FIN arrives with a batch of requests, or while an answer
+//! is still being computed (a directory-mode index built on its first query).
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
@@ -83,7 +90,8 @@ async fn answer(indexed: &Indexed, conn: &mut Conn, line: &[u8]) -> Answer {
     ask(query.question, &index, &mut conn.scratch)
 }
 
-/// Serves one connection until the client closes it.
+/// Serves one connection until the client has shut down its sending side (and has been
+/// answered) or the connection fails.
 pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, indexed: Indexed) {
     let Some(sock) = net::register(stream, peer) else {
         return;

@@ -584,8 +584,8 @@ impl Follower {
                 ))
             }
         };
-        match opened.metadata() {
-            Ok(m) if m.is_file() => {}
+        let len = match opened.metadata() {
+            Ok(m) if m.is_file() => m.len(),
             Ok(_) => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -598,7 +598,7 @@ impl Follower {
                     format!("stat {}: {e}", path.display()),
                 ))
             }
-        }
+        };
         rustix::fs::fcntl_getfl(&opened)
             .and_then(|fl| rustix::fs::fcntl_setfl(&opened, fl - rustix::fs::OFlags::NONBLOCK))
             .map_err(|e| {
@@ -613,6 +613,9 @@ impl Follower {
         let mask =
             WatchMask::MODIFY | WatchMask::ATTRIB | WatchMask::MOVE_SELF | WatchMask::DELETE_SELF;
         self.add_watch(file, by_fd, mask, Target::File)?;
+        // The length before the file: a follower that sees the file open must never resolve
+        // `-N` against a length not yet published (it would start at byte 0).
+        file.inner.len.store(len, Ordering::Release);
         let _ = file.inner.file.set(opened);
         log::info!(path:% = path.display(); "following file");
         self.refresh(file);

@@ -13,13 +13,14 @@
 //!    difference. The client is closed when the watcher's epoch changes (the file was
 //!    truncated, or the bytes before its old end rewritten: `shared::watch` says exactly
 //!    what is detected).
-//! 4. Meanwhile [`hangup`] watches the socket, so a client that leaves while the file is quiet
-//!    is released at once rather than at the next write.
+//! 4. Meanwhile [`crate::hangup::gone`] watches the socket, so a client whose connection is
+//!    reset while the file is quiet is released at once rather than at the next write. A
+//!    client that shuts down its sending side (a FIN) has not left: it keeps receiving.
 //!
 //! A client costs one task and one socket; no buffer holds file data.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use shared::net::{self, LineError};
 use shared::tree::Tree;
 use shared::watch::{self, FileWatch, Follower};
 
+use crate::hangup::gone;
 use crate::sendfile::send_range;
 
 /// What the server serves: one file, or the files of a directory.
@@ -54,7 +56,7 @@ impl Served {
 /// Why a client's stream ended.
 #[derive(Debug)]
 enum End {
-    /// The client closed its side or reset the connection.
+    /// The connection was reset or failed (a FIN alone is not a hang-up).
     HungUp,
     /// The file shrank under the client: the bytes it has may no longer be the file's.
     Truncated,
@@ -67,7 +69,7 @@ enum End {
 impl std::fmt::Display for End {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            End::HungUp => f.write_str("client hung up"),
+            End::HungUp => f.write_str("client is gone (connection reset or failed)"),
             End::Truncated => f.write_str("file was truncated"),
             End::Gone => f.write_str("file was moved or deleted"),
             End::Socket(e) => write!(f, "write failed: {e}"),
@@ -245,7 +247,7 @@ async fn place<'a>(
         })
     };
     let left = async {
-        hangup(sock).await;
+        gone(sock).await;
         None
     };
     match future::or(exists, left).await {
@@ -281,7 +283,7 @@ async fn follow(
     pos: &AtomicU64,
 ) -> End {
     let hung_up = async {
-        hangup(sock).await;
+        gone(sock).await;
         End::HungUp
     };
     future::or(stream(sock, watch, at, until_gone, pos), hung_up).await
@@ -323,31 +325,6 @@ async fn stream(
             Ok(true) => {}
             Ok(false) => return End::Truncated,
             Err(e) => return End::Socket(e),
-        }
-    }
-}
-
-/// Completes when the client hangs up.
-///
-/// The protocol has nothing for the client to say after its request, so readability means
-/// the client is gone (EOF or reset) or is sending bytes we ignore. A half-close (FIN) counts
-/// as leaving: from our side it cannot be told apart from a close until we next write, and a
-/// follower of a quiet file may not be written to for hours.
-async fn hangup(sock: &Async<TcpStream>) {
-    let mut scratch = [0u8; 64];
-    loop {
-        if sock.readable().await.is_err() {
-            return;
-        }
-        match sock.get_ref().read(&mut scratch) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) => {}
-            Err(_) => return,
         }
     }
 }

@@ -8,12 +8,14 @@
 //!   binding, accepting and stopping.
 //! - `client`: the life of one client: request, wait, `sendfile`, repeat.
 //! - `sendfile`: moving file bytes to a socket on readiness, without copying.
+//! - `hangup`: noticing a client that is gone (reset, failed), not one that only half-closed.
 //!
 //! The file itself is watched by `shared::watch`, once for all clients.
 
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
 mod client;
+mod hangup;
 mod sendfile;
 mod server;
 
