@@ -1,0 +1,222 @@
+//! The restart check: before the first write, under the lock, find where the last complete
+//! write ended and cut off whatever a crash left after it.
+//!
+//! A crash can leave three kinds of torn tail, and each is recognised from the file and the
+//! journal alone:
+//! - a **partial message**: the splitter ([`proto::framing::Splitter`]) reaches the end of the
+//!   file inside a message, or on a malformed length prefix;
+//! - a **zero run**: after a power loss, blocks the file system had allocated but not written
+//!   read back as zeros. In the prefix framings and `nul`, zeros parse as empty messages,
+//!   which the collator never writes (it refuses them at the door), so trailing empty
+//!   messages are cut;
+//! - a **half-written batch**: complete messages that are only part of one write. The journal
+//!   ([`crate::dedupe`]) records where every write group ends *before* the group is written,
+//!   so the file is cut back to the last group end it records.
+//!
+//! What is cut is logged with its offset, length and reason. A cut larger than one request
+//! could ever leave is refused instead: that is not a torn tail but the wrong `--framing` or
+//! a file someone else wrote, and the collator stops rather than destroy it.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use proto::framing::{Framing, Splitter};
+
+/// Where the file's complete writes end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    /// The byte offset of the next message (the file's length after the cut).
+    pub end: u64,
+    /// How many messages the file holds (the next message number).
+    pub count: u64,
+    /// Bytes cut off the tail.
+    pub cut: u64,
+}
+
+/// Scans `file` (`len` bytes) and cuts its torn tail. `group_ends` are the journal's group
+/// ends, `(end, count)`, sorted by end (empty without a journal). `max_cut` is the most a
+/// crash can leave behind (one request and one message); a longer tail is an error.
+pub fn recover(
+    file: &File,
+    framing: Framing,
+    max_message: u64,
+    group_ends: &[(u64, u64)],
+    max_cut: u64,
+) -> io::Result<Recovered> {
+    let len = file.metadata()?.len();
+    let mut splitter = Splitter::new(framing, max_message);
+    let mut count = 0u64;
+    let mut prev = 0u64;
+    // The last non-empty message's end and count (zeros parse as empty messages).
+    let mut solid = (0u64, 0u64);
+    // The last journal group end that is also a message boundary with the journal's count.
+    let mut journal_match: Option<(u64, u64)> = None;
+    let mut journal_mismatch = false;
+    let mut j = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    let mut framing_error = None;
+    while at < len {
+        let want = (len - at).min(buf.len() as u64) as usize;
+        let n = file.read_at(&mut buf[..want], at)?;
+        if n == 0 {
+            break;
+        }
+        let chunk = &buf[..n];
+        let base = at;
+        let r = splitter.feed(chunk, |end| {
+            count += 1;
+            let empty = match framing {
+                Framing::Newline => false, // A `\n` alone: never a crash's zeros.
+                Framing::Nul => end - prev == 1,
+                Framing::U32Be => end - prev == 4,
+                Framing::Varint => {
+                    // Bytes of this message still in the chunk tell; a message that started in
+                    // an earlier chunk is non-empty (its prefix alone was not the whole of it).
+                    prev >= base
+                        && chunk[(prev - base) as usize..(end - base) as usize]
+                            .iter()
+                            .all(|&b| b & 0x7f == 0)
+                }
+            };
+            if !empty {
+                solid = (end, count);
+            }
+            while j < group_ends.len() && group_ends[j].0 < end {
+                j += 1;
+            }
+            if j < group_ends.len() && group_ends[j].0 == end {
+                if group_ends[j].1 == count {
+                    journal_match = Some((end, count));
+                } else {
+                    journal_mismatch = true;
+                }
+            }
+            prev = end;
+        });
+        if let Err(e) = r {
+            framing_error = Some(e);
+            break;
+        }
+        at += n as u64;
+    }
+    let mut end = (splitter.boundary(), count);
+    let mut reason = if framing_error.is_some() {
+        "malformed length prefix"
+    } else {
+        "partial message"
+    };
+    if solid.0 < end.0 {
+        end = solid;
+        reason = "run of empty messages (zeros)";
+    }
+    if journal_mismatch {
+        log::warn!(
+            "the journal's message counts do not match the file: ignoring the journal \
+             (was the file written by something else?)"
+        );
+    } else if let Some(m) = journal_match {
+        let after = group_ends.iter().any(|&(e, _)| e > m.0 && e <= end.0);
+        if after {
+            log::warn!("the journal names group ends that are not message boundaries: ignoring it");
+        } else if m.0 < end.0 {
+            end = m;
+            reason = "half-written group (batch)";
+        }
+    }
+    let cut = len - end.0;
+    if cut > 0 {
+        if cut > max_cut {
+            let why = match &framing_error {
+                Some(e) => format!("{e}"),
+                None => reason.to_owned(),
+            };
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the last {cut} bytes (from byte {}) are not complete {framing} messages \
+                     ({why}); that is more than a crash can leave (at most {max_cut}): wrong \
+                     --framing, or a file written by something else? Not cutting it",
+                    end.0
+                ),
+            ));
+        }
+        log::warn!(
+            offset = end.0, bytes = cut, reason;
+            "cutting a torn tail: {cut} bytes from byte {} ({reason})", end.0
+        );
+        file.set_len(end.0)?;
+        file.sync_all()?;
+    }
+    Ok(Recovered {
+        end: end.0,
+        count: end.1,
+        cut,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::collate::frame_into;
+
+    fn file_with(bytes: &[u8]) -> (tempfile::TempDir, File) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, bytes).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        (dir, f)
+    }
+
+    fn framed(framing: Framing, msgs: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in msgs {
+            frame_into(framing, m, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn torn_tails_are_cut() {
+        for framing in Framing::ALL {
+            let good = framed(framing, &[b"one", b"two", b"three"]);
+            let whole = good.len() as u64;
+            // A partial message.
+            let mut torn = good.clone();
+            torn.extend_from_slice(&framed(framing, &[b"four"])[..3]);
+            let (_d, f) = file_with(&torn);
+            let r = recover(&f, framing, 1000, &[], 1 << 20).unwrap();
+            assert_eq!((r.end, r.count), (whole, 3), "{framing}");
+            assert_eq!(f.metadata().unwrap().len(), whole);
+            // A zero run.
+            let mut zeros = good.clone();
+            zeros.extend_from_slice(&[0; 100]);
+            let (_d, f) = file_with(&zeros);
+            let r = recover(&f, framing, 1000, &[], 1 << 20).unwrap();
+            assert_eq!((r.end, r.count, r.cut), (whole, 3, 100), "{framing}");
+            // A half-written group: the journal says the last group ends after "one".
+            let one = framed(framing, &[b"one"]).len() as u64;
+            let (_d, f) = file_with(&good);
+            let r = recover(&f, framing, 1000, &[(0, 0), (one, 1)], 1 << 20).unwrap();
+            assert_eq!((r.end, r.count), (one, 1), "{framing}");
+            // Intact: nothing cut.
+            let (_d, f) = file_with(&good);
+            let r = recover(&f, framing, 1000, &[(one, 1), (whole, 3)], 1 << 20).unwrap();
+            assert_eq!((r.end, r.count, r.cut), (whole, 3, 0), "{framing}");
+        }
+    }
+
+    #[test]
+    fn too_much_to_cut_is_refused() {
+        let mut data = framed(Framing::Newline, &[b"a"]);
+        data.extend_from_slice(&[b'x'; 5000]);
+        let (_d, f) = file_with(&data);
+        assert!(recover(&f, Framing::Newline, 100, &[], 1000).is_err());
+        assert_eq!(f.metadata().unwrap().len(), data.len() as u64);
+    }
+}
