@@ -127,6 +127,8 @@ struct State {
     next_offset: u64,
     next_msgno: u64,
     producers: Producers,
+    /// Retries of requests still being written, answered when their original is.
+    retries: Vec<(String, u64, async_channel::Sender<Reply>)>,
     closing: bool,
     /// Set when the writer stopped for good (a failed sync): the reason.
     failed: Option<String>,
@@ -198,6 +200,7 @@ impl FileWriter {
                 next_offset: end,
                 next_msgno: count,
                 producers,
+                retries: Vec::new(),
                 closing: false,
                 failed: None,
             }),
@@ -261,13 +264,10 @@ impl FileWriter {
                         Check::Fresh => {}
                         Check::Duplicate(e) if e.committed => return Submitted::Done(Ok(e.ack)),
                         Check::Duplicate(_) => {
-                            return Submitted::Done(Err(Refusal::new(
-                                Code::Busy,
-                                format!(
-                                    "request {} of producer {} is still being written; ask again",
-                                    p.seq, p.id
-                                ),
-                            )))
+                            // The original is still being written: answer with its fate.
+                            let (tx, rx) = async_channel::bounded(1);
+                            s.retries.push((p.id.clone(), p.seq, tx));
+                            return Submitted::Wait(rx);
                         }
                         Check::Gap { expected } => {
                             return Submitted::Done(Err(Refusal::new(
@@ -441,6 +441,22 @@ fn write_loop(inner: &Inner, mut disk: Disk) -> io::Result<()> {
                     s.producers.commit(&p.id, p.seq);
                 }
             }
+            if !s.retries.is_empty() {
+                let retries = std::mem::take(&mut s.retries);
+                for (id, seq, tx) in retries {
+                    let original = jobs.iter().find(|j| {
+                        j.producer
+                            .as_ref()
+                            .is_some_and(|p| p.id == id && p.seq == seq)
+                    });
+                    match original {
+                        Some(j) => {
+                            let _ = tx.try_send(Ok(j.ack));
+                        }
+                        None => s.retries.push((id, seq, tx)),
+                    }
+                }
+            }
             (disk.journal.len() > dedupe::COMPACT_AT).then(|| {
                 let mut committed = s.producers.clone();
                 committed.drop_uncommitted();
@@ -534,6 +550,9 @@ fn undo(inner: &Inner, disk: &mut Disk, journal_len: u64, jobs: &[Job], e: &io::
     for job in jobs.iter().chain(&queued) {
         answer(job, Err(refusal.clone()));
     }
+    for (_, _, tx) in s.retries.drain(..) {
+        let _ = tx.try_send(Err(refusal.clone()));
+    }
     s.queued_bytes = 0;
     s.next_offset = disk.end;
     s.next_msgno = disk.count;
@@ -565,6 +584,9 @@ fn sync(inner: &Inner, disk: &mut Disk, jobs: &[Job]) -> io::Result<()> {
             let mut s = lock(&inner.state);
             s.failed = Some(why.clone());
             let queued = std::mem::take(&mut s.queue);
+            for (_, _, tx) in s.retries.drain(..) {
+                let _ = tx.try_send(Err(refusal.clone()));
+            }
             drop(s);
             for job in jobs.iter().chain(&queued) {
                 answer(job, Err(refusal.clone()));
