@@ -59,6 +59,7 @@ struct InFlight {
 /// The connection's input, buffered: headers, bodies and lines are cut from it.
 struct Input {
     sock: Arc<Async<TcpStream>>,
+    ctx: Arc<Ctx>,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -74,8 +75,11 @@ impl Input {
         &self.buf[self.start..self.end]
     }
 
-    /// Reads more; `Ok(0)` at the producer's FIN.
+    /// Reads more; `Ok(0)` at the producer's FIN, an `Interrupted` error once the collator
+    /// is shutting down (nothing more is read: what was read is answered, then the
+    /// connection is closed).
     async fn fill(&mut self) -> io::Result<usize> {
+        let stopping = self.ctx.stopping();
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -88,7 +92,12 @@ impl Input {
             self.buf.resize(self.buf.len() * 2, 0);
         }
         let (buf, end) = (&mut self.buf, self.end);
-        let n = self.sock.read_with(|s| (&*s).read(&mut buf[end..])).await?;
+        let read = self.sock.read_with(|s| (&*s).read(&mut buf[end..]));
+        let stop = async {
+            stopping.await;
+            Err(io::ErrorKind::Interrupted.into())
+        };
+        let n = future::or(read, stop).await?;
         self.end += n;
         Ok(n)
     }
@@ -175,9 +184,11 @@ pub async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
     let sock = Arc::new(sock);
     let inflight = Arc::new(InFlight::default());
     let (tx, rx) = async_channel::bounded::<Pending>(1024);
-    let answerer = rt::spawn(answer_loop(ctx.clone(), sock.clone(), rx, inflight.clone()));
+    let answerer = rt::spawn(answer_loop(sock.clone(), rx, inflight.clone()));
+    let _live = ctx.connection();
     let mut input = Input {
         sock: sock.clone(),
+        ctx: ctx.clone(),
         buf: vec![0; BUF],
         start: 0,
         end: 0,
@@ -185,12 +196,13 @@ pub async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
     let last = read_loop(&ctx, &mut input, &tx, &inflight).await;
     if let Some(refusal) = &last {
         log::debug!(client:% = peer; "closing: {refusal}");
-        ctx.owe();
         let _ = tx.send(Pending::Ready(refusal.render())).await;
     }
     drop(tx);
     answerer.await;
-    if last.is_some() {
+    if last.is_some() || ctx.is_stopping() {
+        // Drain the producer's input so that closing sends no reset, which could destroy
+        // answers it has not read yet.
         net::finish(&sock, b"", net::LINGER).await;
     } else {
         let _ = sock.get_ref().shutdown(std::net::Shutdown::Write);
@@ -226,10 +238,7 @@ async fn read_loop(
             Err(r) => return Some(r),
         };
         let send = |p: Pending| async {
-            ctx.owe();
-            if tx.send(p).await.is_err() {
-                ctx.paid();
-            }
+            let _ = tx.send(p).await;
         };
         let refuse = |r: Refusal| Pending::Ready(r.render());
         match request.command {
@@ -347,7 +356,11 @@ async fn lines(
     let settings = &ctx.settings;
     let mut discarding = false;
     loop {
-        let eof = matches!(input.fill().await, Ok(0) | Err(_));
+        let eof = match input.fill().await {
+            Ok(n) => n == 0,
+            // Shutting down or a broken socket: the unterminated line is not a message.
+            Err(_) => return,
+        };
         let data = input.buffered();
         let complete = if eof {
             data.len()
@@ -382,16 +395,12 @@ async fn lines(
         if count > 0 {
             wait_for_room(ctx, inflight).await;
             let p = submit(writer, group, count, None, inflight).await;
-            ctx.owe();
             if tx.send(p).await.is_err() {
-                ctx.paid();
                 return;
             }
         }
         for r in refusals {
-            ctx.owe();
             if tx.send(Pending::Ready(r.render())).await.is_err() {
-                ctx.paid();
                 return;
             }
         }
@@ -403,7 +412,6 @@ async fn lines(
 
 /// Writes the answers in request order until the reader is done and every answer is out.
 async fn answer_loop(
-    ctx: Arc<Ctx>,
     sock: Arc<Async<TcpStream>>,
     rx: async_channel::Receiver<Pending>,
     inflight: Arc<InFlight>,
@@ -432,7 +440,6 @@ async fn answer_loop(
             }
         };
         out.extend_from_slice(&line);
-        ctx.paid();
         // Answers that are ready together go out in one write.
         if rx.is_empty() || out.len() > 64 << 10 {
             if !broken && write_all(&sock, &out).await.is_err() {

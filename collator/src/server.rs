@@ -36,9 +36,12 @@ pub struct Ctx {
     pub header_timeout: Duration,
     files: Files,
     fatal: async_channel::Sender<io::Error>,
-    /// Answers owed to producers and not yet written to their sockets.
-    outstanding: AtomicUsize,
-    answered: Event,
+    /// Connections alive, and the event of one ending.
+    live: AtomicUsize,
+    ended: Event,
+    /// Set at SIGTERM: connections stop reading.
+    stopping: std::sync::atomic::AtomicBool,
+    stop: Event,
 }
 
 #[derive(Debug)]
@@ -133,15 +136,25 @@ impl Ctx {
         }
     }
 
-    /// Counts an answer owed.
-    pub fn owe(&self) {
-        self.outstanding.fetch_add(1, Ordering::SeqCst);
+    /// Counts a live connection until the guard is dropped.
+    pub fn connection(self: &Arc<Ctx>) -> Live {
+        self.live.fetch_add(1, Ordering::SeqCst);
+        Live(self.clone())
     }
 
-    /// Counts an answer written (or abandoned with its connection).
-    pub fn paid(&self) {
-        if self.outstanding.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.answered.notify(usize::MAX);
+    /// Whether the collator is shutting down.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Completes when the collator starts shutting down.
+    pub async fn stopping(&self) {
+        loop {
+            let l = self.stop.listen();
+            if self.is_stopping() {
+                return;
+            }
+            l.await;
         }
     }
 
@@ -154,6 +167,18 @@ impl Ctx {
                 .values()
                 .cloned()
                 .collect(),
+        }
+    }
+}
+
+/// A live connection (see [`Ctx::connection`]).
+#[derive(Debug)]
+pub struct Live(Arc<Ctx>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.ended.notify(usize::MAX);
         }
     }
 }
@@ -275,8 +300,10 @@ async fn serve(config: Config) -> io::Result<()> {
         header_timeout: config.header_timeout,
         files,
         fatal: fatal_tx,
-        outstanding: AtomicUsize::new(0),
-        answered: Event::new(),
+        live: AtomicUsize::new(0),
+        ended: Event::new(),
+        stopping: Default::default(),
+        stop: Event::new(),
     });
     let work = async {
         match fatal_rx.recv().await {
@@ -303,9 +330,11 @@ async fn serve(config: Config) -> io::Result<()> {
     Ok(())
 }
 
-/// SIGTERM: writers stop taking requests, write and sync what is queued; then the answers
-/// are given a few seconds to reach their producers.
+/// SIGTERM: connections stop reading, writers write and sync what is queued, and every
+/// connection writes its answers and closes (given a few seconds).
 async fn drain(ctx: &Arc<Ctx>) {
+    ctx.stopping.store(true, Ordering::SeqCst);
+    ctx.stop.notify(usize::MAX);
     let writers = ctx.writers();
     let n = writers.len();
     rt::spawn_blocking(move || {
@@ -316,8 +345,8 @@ async fn drain(ctx: &Arc<Ctx>) {
     .await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let listener = ctx.answered.listen();
-        if ctx.outstanding.load(Ordering::SeqCst) == 0 {
+        let listener = ctx.ended.listen();
+        if ctx.live.load(Ordering::SeqCst) == 0 {
             break;
         }
         let left = deadline.saturating_duration_since(Instant::now());

@@ -219,7 +219,6 @@ fn main() -> ExitCode {
         owed.insert(i, line);
     }
     emit(&mut owed, &mut printed);
-    drop(emit);
     if status == 0 && out_error.is_some() {
         status = 4;
     }
