@@ -355,12 +355,16 @@ async fn lines(
 ) {
     let settings = &ctx.settings;
     let mut discarding = false;
+    let mut eof = false;
     loop {
-        let eof = match input.fill().await {
-            Ok(n) => n == 0,
-            // Shutting down or a broken socket: the unterminated line is not a message.
-            Err(_) => return,
-        };
+        // Lines that came with the header (or a previous read) are written before reading.
+        if memchr::memchr(b'\n', input.buffered()).is_none() {
+            eof = match input.fill().await {
+                Ok(n) => n == 0,
+                // Shutting down or a broken socket: the unterminated line is not a message.
+                Err(_) => return,
+            };
+        }
         let data = input.buffered();
         let complete = if eof {
             data.len()
