@@ -12,6 +12,8 @@
 //!   `fdatasync` for everything queued), failures cut back or stop the collator.
 //! - [`recover`]: the restart check that cuts a torn tail.
 //! - [`dedupe`]: idempotent producers and the journal they (and the restart check) rely on.
+//! - [`watermark`]: the synced length, published in `FILE.synced` for tailsrv's
+//!   `--serve-up-to-synced`.
 //! - [`server`]: locking, set-up, serving on the shared skeleton, draining on SIGTERM.
 
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
@@ -20,6 +22,7 @@ pub mod conn;
 pub mod dedupe;
 pub mod recover;
 pub mod server;
+pub mod watermark;
 pub mod writer;
 
 use std::net::SocketAddr;

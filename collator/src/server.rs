@@ -24,7 +24,8 @@ use shared::server::Server;
 use shared::tree::Tree;
 use shared::watch::OnGone;
 
-use crate::writer::{FileWriter, Opened, Settings};
+use crate::watermark::{self, Watermark};
+use crate::writer::{FileWriter, Opened, Settings, Sync};
 use crate::{conn, dedupe, recover, Config, Target};
 
 /// What every connection shares.
@@ -116,7 +117,7 @@ impl Ctx {
             if let Some(parent) = journal.parent() {
                 std::fs::create_dir_all(parent).map_err(io_refusal)?;
             }
-            let w = open_writer(&real, &journal, &settings, fatal, |f| {
+            let w = open_writer(&real, &journal, None, &settings, fatal, |f| {
                 tree.check_opened(f)
                     .map_err(|r| io::Error::other(r.to_refusal(&requested).reason))
             })
@@ -188,6 +189,7 @@ impl Drop for Live {
 fn open_writer(
     path: &Path,
     journal: &Path,
+    watermark: Option<&Path>,
     settings: &Settings,
     fatal: async_channel::Sender<io::Error>,
     check: impl FnOnce(&File) -> io::Result<()>,
@@ -223,12 +225,21 @@ fn open_writer(
         "writing {} from byte {} (message {}), checked in {:.3}s",
         path.display(), r.end, r.count, started.elapsed().as_secs_f64()
     );
+    let watermark = match watermark {
+        Some(w) => {
+            // Only what is on disk is published.
+            file.sync_data().map_err(|e| ctx("syncing", e))?;
+            Some(Watermark::create(w, r.end)?)
+        }
+        None => None,
+    };
     let opened = Opened {
         file,
         journal,
         end: r.end,
         count: r.count,
         producers,
+        watermark,
     };
     FileWriter::start(path, opened, settings.clone(), fatal)
 }
@@ -261,11 +272,15 @@ async fn serve(config: Config) -> io::Result<()> {
     let (fatal_tx, fatal_rx) = async_channel::bounded::<io::Error>(16);
     let (files, served) = match &config.target {
         Target::File(path) => {
+            // The synced length is worth publishing only where syncs happen as writes go.
+            let synced_path = matches!(config.settings.sync, Sync::Data | Sync::Interval(_))
+                .then(|| watermark::path_for(path));
             let mut journal = path.clone().into_os_string();
             journal.push(".collator");
             let w = open_writer(
                 path,
                 Path::new(&journal),
+                synced_path.as_deref(),
                 &config.settings,
                 fatal_tx.clone(),
                 |_| Ok(()),

@@ -36,6 +36,7 @@ use proto::{Code, Refusal};
 use rustix::fs::{fallocate, FallocateFlags};
 
 use crate::dedupe::{self, Check, Entry, Journal, Producers};
+use crate::watermark::Watermark;
 
 /// When a request is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +100,8 @@ pub struct Opened {
     pub count: u64,
     /// The producers its journal remembers.
     pub producers: Producers,
+    /// Where the synced length is published (single-file mode).
+    pub watermark: Option<Watermark>,
 }
 
 /// The answer a submitter waits for.
@@ -168,6 +171,7 @@ struct Disk {
     count: u64,
     /// Written but not yet synced (interval mode).
     dirty: bool,
+    watermark: Option<Watermark>,
     last_sync: Instant,
 }
 
@@ -190,6 +194,7 @@ impl FileWriter {
             end,
             count,
             producers,
+            watermark,
         } = opened;
         let inner = Arc::new(Inner {
             path: path.to_owned(),
@@ -213,6 +218,7 @@ impl FileWriter {
             end,
             count,
             dirty: false,
+            watermark,
             last_sync: Instant::now(),
         };
         let thread_inner = inner.clone();
@@ -572,6 +578,11 @@ fn sync(inner: &Inner, disk: &mut Disk, jobs: &[Job]) -> io::Result<()> {
     match r {
         Ok(()) => {
             disk.dirty = false;
+            if let Some(w) = &mut disk.watermark {
+                if let Err(e) = w.publish(disk.end) {
+                    log::warn!(path:% = inner.path.display(); "cannot publish the synced length: {e}");
+                }
+            }
             Ok(())
         }
         Err(e) => {

@@ -29,6 +29,7 @@ use shared::tree::Tree;
 use shared::watch::{self, FileWatch, Follower};
 
 use crate::sendfile::send_range;
+use crate::synced::Synced;
 
 /// What the server serves: one file, or the files of a directory.
 #[derive(Clone, Debug)]
@@ -76,6 +77,7 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     served: Served,
     header_timeout: Duration,
+    synced: Option<Arc<Synced>>,
 ) {
     let Some(sock) = net::register(stream, peer) else {
         return;
@@ -101,7 +103,7 @@ pub(crate) async fn serve(
             }
         }
         (Ok(Request::Stream(req)), Served::File(file)) => {
-            serve_stream(&sock, peer, &file, req, None).await
+            serve_stream(&sock, peer, &file, req, None, synced.as_deref()).await
         }
         (Ok(Request::Stream(req)), Served::Dir { tree, follower }) => {
             serve_path(&sock, peer, &tree, &follower, req).await
@@ -139,7 +141,7 @@ async fn serve_path(
             return net::refuse(sock, &refusal).await;
         }
     };
-    serve_stream(sock, peer, &file, req, Some((tree, &shown))).await
+    serve_stream(sock, peer, &file, req, Some((tree, &shown)), None).await
 }
 
 /// Places the client in the file, confirms if asked, then streams until the end. In
@@ -151,9 +153,10 @@ async fn serve_stream(
     file: &FileWatch,
     req: StreamRequest,
     dir: Option<(&Tree, &str)>,
+    synced: Option<&Synced>,
 ) {
     // The file may not exist yet; once it does, check what was really opened.
-    let Some(at) = place(sock, file, req.start).await else {
+    let Some(at) = place(sock, file, req.start, synced).await else {
         return;
     };
     let shown = dir.map_or("", |(_, shown)| shown);
@@ -172,7 +175,7 @@ async fn serve_stream(
     }
     log::debug!(client:% = peer, path = shown, offset = at.offset; "client connected");
     let offset = AtomicU64::new(at.offset);
-    let end = follow(sock, file, at, dir.is_some(), &offset).await;
+    let end = follow(sock, file, at, dir.is_some(), &offset, synced).await;
     log::debug!(client:% = peer, path = shown, offset = offset.load(Relaxed); "client done: {end}");
 }
 
@@ -188,6 +191,7 @@ async fn place<'a>(
     sock: &Async<TcpStream>,
     watch: &'a FileWatch,
     start: Start,
+    synced: Option<&Synced>,
 ) -> Option<Placement<'a>> {
     let exists = async {
         watch.wait_until(|w| w.file().is_some()).await;
@@ -202,7 +206,7 @@ async fn place<'a>(
     }
     // Epoch before length: if a truncation lands in between, the first wait notices it.
     let epoch = watch.epoch();
-    let offset = start.resolve(watch.len());
+    let offset = start.resolve(synced.map_or(watch.len(), |s| s.cap(watch)));
     Some(Placement {
         file: watch.file()?,
         offset,
@@ -222,12 +226,13 @@ async fn follow(
     at: Placement<'_>,
     until_gone: bool,
     pos: &AtomicU64,
+    synced: Option<&Synced>,
 ) -> End {
     let hung_up = async {
         hangup(sock).await;
         End::HungUp
     };
-    future::or(stream(sock, watch, at, until_gone, pos), hung_up).await
+    future::or(stream(sock, watch, at, until_gone, pos, synced), hung_up).await
 }
 
 /// The sending half of [`follow`]: wait for the file to grow past `pos`, send, repeat.
@@ -237,6 +242,7 @@ async fn stream(
     at: Placement<'_>,
     until_gone: bool,
     pos: &AtomicU64,
+    synced: Option<&Synced>,
 ) -> End {
     let Placement {
         file,
@@ -245,17 +251,22 @@ async fn stream(
     } = at;
     loop {
         pos.store(offset, Relaxed);
-        watch
-            .wait_until(|w| {
-                w.len() > offset || w.epoch() != epoch || (until_gone && w.gone().is_some())
-            })
-            .await;
+        let ready = |w: &FileWatch| w.epoch() != epoch || (until_gone && w.gone().is_some());
+        match synced {
+            None => watch.wait_until(|w| w.len() > offset || ready(w)).await,
+            Some(s) => {
+                while s.cap(watch) <= offset && !ready(watch) {
+                    s.wait(watch, ready).await;
+                }
+            }
+        }
         if watch.epoch() != epoch {
             return End::Truncated;
         }
         // Gone is checked before the length is read, so the last bytes are still sent.
         let gone = until_gone && watch.gone().is_some();
-        let sent = send_range(sock, file, &mut offset, watch.len()).await;
+        let limit = synced.map_or(watch.len(), |s| s.cap(watch));
+        let sent = send_range(sock, file, &mut offset, limit).await;
         pos.store(offset, Relaxed);
         match sent {
             Ok(true) if gone => return End::Gone,

@@ -8,6 +8,7 @@
 //!   binding, accepting and stopping.
 //! - `client`: the life of one client: request, wait, `sendfile`, repeat.
 //! - `sendfile`: moving file bytes to a socket on readiness, without copying.
+//! - `synced`: `--serve-up-to-synced`, streaming only up to the collator's synced length.
 //!
 //! The file itself is watched by `shared::watch`, once for all clients.
 
@@ -16,5 +17,6 @@
 mod client;
 mod sendfile;
 mod server;
+mod synced;
 
 pub use server::{run, Config};

@@ -33,6 +33,11 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     max_clients: usize,
 
+    /// Stream only what is on disk: up to the synced length a tailsrv-collator in `--sync
+    /// data` (or `interval=MS`) mode publishes in FILE.synced. Single-file mode.
+    #[arg(long)]
+    serve_up_to_synced: bool,
+
     #[command(flatten)]
     log: shared::logging::LogArgs,
 
@@ -56,6 +61,7 @@ fn main() -> ExitCode {
         linger: args.linger_after_file_is_gone,
         header_timeout,
         max_clients: args.max_clients,
+        serve_up_to_synced: args.serve_up_to_synced,
     };
     match tailsrv::run(config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -734,3 +734,109 @@ fn many_connections(sync: &str) {
     assert!(c.wait_exit(PATIENCE).expect("exits").success(), "{sync}");
     check_file("newline", &std::fs::read(&file).unwrap(), &acked);
 }
+
+/// The last synced length the collator published in `FILE.synced`.
+fn synced(file: &Path) -> u64 {
+    let mut p = file.as_os_str().to_owned();
+    p.push(".synced");
+    let b = std::fs::read(p).unwrap_or_default();
+    let n = b.len() / 8;
+    if n == 0 {
+        return 0;
+    }
+    u64::from_be_bytes(b[(n - 1) * 8..n * 8].try_into().unwrap())
+}
+
+/// `--sync data` with tailsrv `--serve-up-to-synced`: a follower never holds a byte past the
+/// synced length, and receives every acknowledged message. Without a published length
+/// nothing is sent; a published length is an exact cap.
+#[test]
+fn followers_never_see_past_the_synced_length() {
+    // The cap by hand: bytes in the file, no sidecar, then a sidecar saying 5.
+    let dir = tempdir();
+    let file = dir.path().join("log");
+    std::fs::write(&file, b"0123456789").unwrap();
+    let ts = Proc::start(
+        "tailsrv",
+        &[
+            "-p",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--serve-up-to-synced",
+            file.to_str().unwrap(),
+        ],
+    );
+    let mut f = ts.connect();
+    f.write_all(b"0\n").unwrap();
+    f.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        f.read(&mut buf).is_err(),
+        "sent bytes with no synced length published"
+    );
+    let mut sidecar = file.as_os_str().to_owned();
+    sidecar.push(".synced");
+    std::fs::write(&sidecar, 5u64.to_be_bytes()).unwrap();
+    assert_eq!(read_exact(&mut f, 5), b"01234");
+    f.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(f.read(&mut buf).is_err(), "sent past the synced length");
+    drop((f, ts));
+
+    // With a collator writing in data mode.
+    let dir = tempdir();
+    let file = dir.path().join("log");
+    let c = collator(&file, &["--sync", "data"]);
+    let ts = Proc::start(
+        "tailsrv",
+        &[
+            "-p",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--serve-up-to-synced",
+            file.to_str().unwrap(),
+        ],
+    );
+    let mut f = ts.connect();
+    f.write_all(b"0\n").unwrap();
+    let addr = c.addr();
+    let producers: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut p = Producer::new_addr(addr);
+                for i in 0..100 {
+                    Producer::ok(&p.ask(&msg(&payload(t, i, 50))));
+                }
+            })
+        })
+        .collect();
+    let expected: u64 = (0..4)
+        .flat_map(|t| (0..100).map(move |i| payload(t, i, 50).len() as u64 + 1))
+        .sum();
+    let mut received = 0u64;
+    let mut reads = 0;
+    f.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut big = vec![0u8; 1 << 16];
+    while received < expected {
+        let n = f.read(&mut big).unwrap();
+        assert!(n > 0, "tailsrv closed the stream");
+        received += n as u64;
+        reads += 1;
+        // Read after the bytes arrived, so it can only be larger than it was when they left.
+        let limit = synced(&file);
+        assert!(
+            received <= limit,
+            "received {received} bytes, synced only {limit}"
+        );
+    }
+    for p in producers {
+        p.join().unwrap();
+    }
+    assert!(reads > 1);
+    let data = std::fs::read(&file).unwrap();
+    assert_eq!(data.len() as u64, received);
+    assert_eq!(framed::naive_starts("newline", &data).0.len(), 400);
+}
