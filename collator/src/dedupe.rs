@@ -10,19 +10,22 @@
 //! long as the journal is kept; the body of a retry is not compared with the original.
 //!
 //! **The journal** (`FILE.collator` beside the log, or under `--journal-dir` in directory
-//! mode) is a text file of records appended by the writer *before* each group's data:
+//! mode) is a text file of records appended by the writer *before* a group's data, for the
+//! requests that need one:
 //!
 //! ```text
-//! g END COUNT                               the group ends at byte END, COUNT messages
+//! b START END                               a request of several messages spans START..END
 //! p ID SEQ OFFSET MSGNO N END               producer ID's request SEQ: N messages at OFFSET
 //! ```
 //!
-//! Written first and (in `data` mode) synced together with the data, so on restart: a group
-//! whose end is past the recovered end was never completely written ([`crate::recover`]
-//! cuts back to the last complete group end), and a producer record whose END is past it
+//! Written first and (in `data` mode) synced with the data, so on restart: a batch that
+//! the recovered end cuts through was only partly written ([`crate::recover`] cuts back to
+//! its start: all or nothing), and a producer record whose END is past the recovered end
 //! describes data that is not there and is dropped, so the retry writes it again. Records
-//! that are kept describe data that is. The journal is rewritten compactly (atomically,
-//! by rename) at every start and whenever it grows past [`COMPACT_AT`].
+//! that are kept describe data that is. A group of single messages without ids (a message
+//! is whole or cut anyway) writes no record, and costs no journal sync. The journal is
+//! rewritten compactly (atomically, by rename) at every start and whenever it grows past
+//! [`COMPACT_AT`].
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -151,16 +154,16 @@ pub fn render_producer(id: &str, e: &Entry, out: &mut Vec<u8>) {
     );
 }
 
-/// Appends a `g` record.
-pub fn render_group(end: u64, count: u64, out: &mut Vec<u8>) {
-    let _ = writeln!(out, "g {end} {count}");
+/// Appends a `b` record.
+pub fn render_batch(start: u64, end: u64, out: &mut Vec<u8>) {
+    let _ = writeln!(out, "b {start} {end}");
 }
 
 /// What a journal held.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    /// Group ends `(end, count)`, sorted by end.
-    pub group_ends: Vec<(u64, u64)>,
+    /// Extents `(start, end)` of requests of several messages, sorted.
+    pub batches: Vec<(u64, u64)>,
     /// Producer records in journal order.
     records: Vec<(String, Entry)>,
 }
@@ -195,9 +198,9 @@ pub fn load(path: &Path) -> io::Result<Loaded> {
         let f: Vec<&str> = line.split(' ').collect();
         let n = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok());
         match f.first() {
-            Some(&"g") if f.len() == 3 => {
-                if let (Some(end), Some(count)) = (n(1), n(2)) {
-                    loaded.group_ends.push((end, count));
+            Some(&"b") if f.len() == 3 => {
+                if let (Some(start), Some(end)) = (n(1), n(2)) {
+                    loaded.batches.push((start, end));
                 }
             }
             Some(&"p") if f.len() == 7 => {
@@ -222,8 +225,8 @@ pub fn load(path: &Path) -> io::Result<Loaded> {
             }
         }
     }
-    loaded.group_ends.sort_unstable();
-    loaded.group_ends.dedup();
+    loaded.batches.sort_unstable();
+    loaded.batches.dedup();
     Ok(loaded)
 }
 
@@ -240,17 +243,11 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Replaces the journal at `path` with one that says the file ends at `end` with `count`
-    /// messages and holds `producers`' committed entries: written to a temporary file,
-    /// synced, renamed over the old one, and the directory synced.
-    pub fn rewrite(
-        path: &Path,
-        end: u64,
-        count: u64,
-        producers: &Producers,
-    ) -> io::Result<Journal> {
+    /// Replaces the journal at `path` with one that holds `producers`' committed entries
+    /// (batches already complete need no record): written to a temporary file, synced,
+    /// renamed over the old one, and the directory synced.
+    pub fn rewrite(path: &Path, producers: &Producers) -> io::Result<Journal> {
         let mut text = Vec::new();
-        render_group(end, count, &mut text);
         producers.render_into(&mut text);
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
@@ -371,14 +368,14 @@ mod tests {
         let path = dir.path().join("log.collator");
         let mut ps = Producers::default();
         ps.record("a", entry(1, 0));
-        let mut j = Journal::rewrite(&path, 10, 1, &ps).unwrap();
+        let mut j = Journal::rewrite(&path, &ps).unwrap();
         let mut more = Vec::new();
         render_producer("b", &entry(5, 10), &mut more);
-        render_group(20, 2, &mut more);
+        render_batch(10, 20, &mut more);
         more.extend_from_slice(b"p torn");
         j.append(&more).unwrap();
         let loaded = load(&path).unwrap();
-        assert_eq!(loaded.group_ends, [(10, 1), (20, 2)]);
+        assert_eq!(loaded.batches, [(10, 20)]);
         assert_eq!(
             loaded.producers(20).check(&p("b", 5)),
             Check::Duplicate(entry(5, 10))

@@ -9,9 +9,9 @@
 //!   read back as zeros. In the prefix framings and `nul`, zeros parse as empty messages,
 //!   which the collator never writes (it refuses them at the door), so trailing empty
 //!   messages are cut;
-//! - a **half-written batch**: complete messages that are only part of one write. The journal
-//!   ([`crate::dedupe`]) records where every write group ends *before* the group is written,
-//!   so the file is cut back to the last group end it records.
+//! - a **half-written batch**: complete messages that are only part of one request. The
+//!   journal ([`crate::dedupe`]) records the extent of every request of several messages
+//!   *before* writing it, so a batch the end cuts through is cut back to its start.
 //!
 //! What is cut is logged with its offset, length and reason. A cut larger than one request
 //! could ever leave is refused instead: that is not a torn tail but the wrong `--framing` or
@@ -34,14 +34,14 @@ pub struct Recovered {
     pub cut: u64,
 }
 
-/// Scans `file` (`len` bytes) and cuts its torn tail. `group_ends` are the journal's group
-/// ends, `(end, count)`, sorted by end (empty without a journal). `max_cut` is the most a
-/// crash can leave behind (one request and one message); a longer tail is an error.
+/// Scans `file` and cuts its torn tail. `batches` are the journal's extents of requests of
+/// several messages, `(start, end)`, sorted (empty without a journal). `max_cut` is the most
+/// a crash can leave behind; a longer tail is an error.
 pub fn recover(
     file: &File,
     framing: Framing,
     max_message: u64,
-    group_ends: &[(u64, u64)],
+    batches: &[(u64, u64)],
     max_cut: u64,
 ) -> io::Result<Recovered> {
     let len = file.metadata()?.len();
@@ -50,9 +50,11 @@ pub fn recover(
     let mut prev = 0u64;
     // The last non-empty message's end and count (zeros parse as empty messages).
     let mut solid = (0u64, 0u64);
-    // The last journal group end that is also a message boundary with the journal's count.
-    let mut journal_match: Option<(u64, u64)> = None;
-    let mut journal_mismatch = false;
+    // Message boundaries where a journalled batch starts, with the count there.
+    let mut batch_starts: Vec<(u64, u64)> = Vec::new();
+    if batches.first().is_some_and(|b| b.0 == 0) {
+        batch_starts.push((0, 0));
+    }
     let mut j = 0;
     let mut buf = vec![0u8; 1 << 20];
     let mut at = 0u64;
@@ -83,15 +85,11 @@ pub fn recover(
             if !empty {
                 solid = (end, count);
             }
-            while j < group_ends.len() && group_ends[j].0 < end {
+            while j < batches.len() && batches[j].0 < end {
                 j += 1;
             }
-            if j < group_ends.len() && group_ends[j].0 == end {
-                if group_ends[j].1 == count {
-                    journal_match = Some((end, count));
-                } else {
-                    journal_mismatch = true;
-                }
+            if j < batches.len() && batches[j].0 == end {
+                batch_starts.push((end, count));
             }
             prev = end;
         });
@@ -111,18 +109,17 @@ pub fn recover(
         end = solid;
         reason = "run of empty messages (zeros)";
     }
-    if journal_mismatch {
-        log::warn!(
-            "the journal's message counts do not match the file: ignoring the journal \
-             (was the file written by something else?)"
-        );
-    } else if let Some(m) = journal_match {
-        let after = group_ends.iter().any(|&(e, _)| e > m.0 && e <= end.0);
-        if after {
-            log::warn!("the journal names group ends that are not message boundaries: ignoring it");
-        } else if m.0 < end.0 {
-            end = m;
-            reason = "half-written group (batch)";
+    // A batch the end cuts through goes whole.
+    if let Some(&(start, _)) = batches.iter().find(|b| b.0 < end.0 && end.0 < b.1) {
+        match batch_starts.iter().find(|s| s.0 == start) {
+            Some(&at) => {
+                end = at;
+                reason = "half-written batch";
+            }
+            None => log::warn!(
+                "the journal names a batch at byte {start}, which is not a message boundary: \
+                 ignoring it (was the file written by something else?)"
+            ),
         }
     }
     let cut = len - end.0;
@@ -199,14 +196,18 @@ mod tests {
             let (_d, f) = file_with(&zeros);
             let r = recover(&f, framing, 1000, &[], 1 << 20).unwrap();
             assert_eq!((r.end, r.count, r.cut), (whole, 3, 100), "{framing}");
-            // A half-written group: the journal says the last group ends after "one".
+            // A half-written batch: the journal says a batch from "two" on goes further.
             let one = framed(framing, &[b"one"]).len() as u64;
             let (_d, f) = file_with(&good);
-            let r = recover(&f, framing, 1000, &[(0, 0), (one, 1)], 1 << 20).unwrap();
+            let r = recover(&f, framing, 1000, &[(one, whole + 10)], 1 << 20).unwrap();
             assert_eq!((r.end, r.count), (one, 1), "{framing}");
+            // A batch from the very start.
+            let (_d, f) = file_with(&good);
+            let r = recover(&f, framing, 1000, &[(0, whole + 10)], 1 << 20).unwrap();
+            assert_eq!((r.end, r.count), (0, 0), "{framing}");
             // Intact: nothing cut.
             let (_d, f) = file_with(&good);
-            let r = recover(&f, framing, 1000, &[(one, 1), (whole, 3)], 1 << 20).unwrap();
+            let r = recover(&f, framing, 1000, &[(0, one), (one, whole)], 1 << 20).unwrap();
             assert_eq!((r.end, r.count, r.cut), (whole, 3, 0), "{framing}");
         }
     }

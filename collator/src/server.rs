@@ -214,12 +214,12 @@ fn open_writer(
         &file,
         settings.framing,
         settings.max_message,
-        &loaded.group_ends,
+        &loaded.batches,
         max_cut,
     )
     .map_err(|e| ctx("recovering", e))?;
     let producers = loaded.producers(r.end);
-    let journal = dedupe::Journal::rewrite(journal, r.end, r.count, &producers)?;
+    let journal = dedupe::Journal::rewrite(journal, &producers)?;
     log::info!(
         path:% = path.display(), offset = r.end, messages = r.count, cut = r.cut;
         "writing {} from byte {} (message {}), checked in {:.3}s",

@@ -171,6 +171,10 @@ struct Disk {
     count: u64,
     /// Written but not yet synced (interval mode).
     dirty: bool,
+    /// Journal records appended since its last sync.
+    journal_dirty: bool,
+    /// How far space is reserved (`fallocate`).
+    reserved_to: u64,
     watermark: Option<Watermark>,
     last_sync: Instant,
 }
@@ -218,6 +222,8 @@ impl FileWriter {
             end,
             count,
             dirty: false,
+            journal_dirty: false,
+            reserved_to: end,
             watermark,
             last_sync: Instant::now(),
         };
@@ -423,7 +429,7 @@ fn write_loop(inner: &Inner, mut disk: Disk) -> io::Result<()> {
         }
         let count: u64 = jobs.iter().map(|j| j.ack.count).sum();
         let journal_len = disk.journal.len();
-        match write_group(&mut disk, &jobs, bytes, count) {
+        match write_group(&mut disk, &jobs, bytes) {
             Ok(()) => {}
             Err(e) => {
                 undo(inner, &mut disk, journal_len, &jobs, &e);
@@ -476,15 +482,19 @@ fn write_loop(inner: &Inner, mut disk: Disk) -> io::Result<()> {
                 sync(inner, &mut disk, &[])?;
             }
             let path = disk.journal.path().to_owned();
-            disk.journal = Journal::rewrite(&path, disk.end, disk.count, &producers)?;
+            disk.journal = Journal::rewrite(&path, &producers)?;
         }
     }
 }
 
 /// Journal records, space, then the data with `pwritev` (looping over short writes).
-fn write_group(disk: &mut Disk, jobs: &[Job], bytes: u64, count: u64) -> io::Result<()> {
+fn write_group(disk: &mut Disk, jobs: &[Job], bytes: u64) -> io::Result<()> {
     let mut records = Vec::with_capacity(64);
     for job in jobs {
+        if job.ack.count > 1 {
+            let end = job.ack.offset + job.data.len() as u64;
+            dedupe::render_batch(job.ack.offset, end, &mut records);
+        }
         if let Some(p) = &job.producer {
             let entry = Entry {
                 seq: p.seq,
@@ -495,13 +505,11 @@ fn write_group(disk: &mut Disk, jobs: &[Job], bytes: u64, count: u64) -> io::Res
             dedupe::render_producer(&p.id, &entry, &mut records);
         }
     }
-    dedupe::render_group(disk.end + bytes, disk.count + count, &mut records);
-    disk.journal.append(&records)?;
-    match fallocate(&disk.file, FallocateFlags::KEEP_SIZE, disk.end, bytes) {
-        Ok(()) => {}
-        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {}
-        Err(e) => return Err(e.into()),
+    if !records.is_empty() {
+        disk.journal.append(&records)?;
+        disk.journal_dirty = true;
     }
+    reserve(disk, bytes)?;
     let mut at = disk.end;
     let mut job = 0;
     let mut skip = 0usize; // Bytes of jobs[job] already written.
@@ -532,6 +540,35 @@ fn write_group(disk: &mut Disk, jobs: &[Job], bytes: u64, count: u64) -> io::Res
     Ok(())
 }
 
+/// Space for `bytes` more at the end, reserved with `fallocate` in steps of [`RESERVE`] (a
+/// call per write would double the cost of a small synced write), so a full disk is found
+/// before anything is written. File systems without `fallocate` skip this.
+fn reserve(disk: &mut Disk, bytes: u64) -> io::Result<()> {
+    let end = disk.end + bytes;
+    if end <= disk.reserved_to {
+        return Ok(());
+    }
+    let mut want = bytes.max(RESERVE);
+    loop {
+        match fallocate(&disk.file, FallocateFlags::KEEP_SIZE, disk.end, want) {
+            Ok(()) => {
+                disk.reserved_to = disk.end + want;
+                return Ok(());
+            }
+            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
+                disk.reserved_to = u64::MAX;
+                return Ok(());
+            }
+            // Less than a step left: reserve exactly what this group needs.
+            Err(e) if e == rustix::io::Errno::NOSPC && want > bytes => want = bytes,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Bytes reserved ahead of the end at a time.
+const RESERVE: u64 = 4 << 20;
+
 /// A failed write: cut file and journal back, refuse the group and everything queued.
 fn undo(inner: &Inner, disk: &mut Disk, journal_len: u64, jobs: &[Job], e: &io::Error) {
     let refusal = refusal_for(e);
@@ -540,6 +577,8 @@ fn undo(inner: &Inner, disk: &mut Disk, journal_len: u64, jobs: &[Job], e: &io::
     if let Err(e) = disk.file.set_len(disk.end) {
         log::error!(path:% = inner.path.display(); "cannot cut back to byte {}: {e}", disk.end);
     }
+    // Truncating frees what was reserved beyond the end.
+    disk.reserved_to = disk.end;
     if let Err(e) = disk.journal.truncate(journal_len) {
         log::error!(path:% = inner.path.display(); "cannot cut the journal back: {e}");
     }
@@ -570,10 +609,13 @@ fn undo(inner: &Inner, disk: &mut Disk, journal_len: u64, jobs: &[Job], e: &io::
 /// `fdatasync` of the journal and the data. A failure is final: every job in hand and every
 /// queued one is refused, and the error stops the collator.
 fn sync(inner: &Inner, disk: &mut Disk, jobs: &[Job]) -> io::Result<()> {
-    let r = disk
-        .journal
-        .sync()
-        .and_then(|()| rustix::fs::fdatasync(&disk.file).map_err(io::Error::from));
+    let journal = if disk.journal_dirty {
+        disk.journal.sync()
+    } else {
+        Ok(())
+    };
+    let r = journal.and_then(|()| rustix::fs::fdatasync(&disk.file).map_err(io::Error::from));
+    disk.journal_dirty = false;
     disk.last_sync = Instant::now();
     match r {
         Ok(()) => {

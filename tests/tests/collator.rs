@@ -413,10 +413,18 @@ fn torn_tails_are_cut_on_restart() {
         let tails: [(&str, Vec<u8>); 3] = [
             ("partial", one[..one.len() - 3].to_vec()),
             ("zeros", vec![0; 4096]),
-            // Complete messages, but no write group ends there: half of a batch.
+            // Two complete messages of a batch of three: its journal record was written
+            // first (as the collator does), the third message never was.
             ("half batch", [one.clone(), one.clone()].concat()),
         ];
+        let mut journal = file.as_os_str().to_owned();
+        journal.push(".collator");
         for (what, tail) in tails {
+            if what == "half batch" {
+                let start = good.len();
+                let record = format!("b {start} {}\n", start + 3 * one.len());
+                append(Path::new(&journal), record.as_bytes());
+            }
             append(&file, &tail);
             let c = collator(&file, &["--framing", framing]);
             assert!(
