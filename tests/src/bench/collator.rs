@@ -39,20 +39,26 @@ pub fn collator(plan: &Plan, data: &DataFile, table: &mut Table) -> Result<()> {
         .collect::<Result<_>>()?;
     let raw_write = raw_loop(plan, 1000, window, false)?;
 
-    // data mode: 1 and 16 connections, one message per request.
+    // data mode: 1 and 16 connections, one message per request. The disk's sync rate
+    // swings with the neighbours' I/O on a shared machine, so each figure is taken in turns
+    // with the raw loop, and the best of each is kept.
     for (conns, target, min) in [
         (1usize, "≥ 0.8× raw fdatasync", 0.8),
         (16, "≥ 4× raw fdatasync", 4.0),
     ] {
-        let rate = run_collator(plan, "data", conns, 100, 1, window)?;
-        let ratio = rate / raw_sync[0];
+        let (mut rate, mut raw) = (0f64, 0f64);
+        for _ in 0..plan.reps.max(2) {
+            raw = raw.max(raw_loop(plan, 100, window, true)?);
+            rate = rate.max(run_collator(plan, "data", conns, 100, 1, window)?);
+        }
+        let ratio = rate / raw;
         table.push(
             Row::new(
                 "collator",
                 &format!("data, {conns} conn, 100 B, 1 msg/request"),
             )
             .value(format!("{rate:.0} msg/s"))
-            .baseline(format!("{:.0} write+fdatasync/s", raw_sync[0]))
+            .baseline(format!("{raw:.0} write+fdatasync/s"))
             .ratio(ratio)
             .target(target, ratio >= min),
         );
@@ -224,6 +230,9 @@ fn restart(plan: &Plan, data: &DataFile) -> Result<f64> {
         .append(true)
         .open(&data.path)
         .map_err(|e| format!("restart: {e}"))?;
+    // The bench wrote the data file moments ago: flush it first, or the collator's sync
+    // after the cut would be timed flushing the bench's writes.
+    f.sync_all().map_err(|e| format!("restart: {e}"))?;
     (&f).write_all(b"half a li")
         .map_err(|e| format!("restart: {e}"))?;
     drop(f);
