@@ -169,6 +169,11 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// Whether the journal held no record at all.
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty() && self.records.is_empty()
+    }
+
     /// The producers whose requests are wholly within the first `end` bytes.
     pub fn producers(&self, end: u64) -> Producers {
         let mut p = Producers::default();
@@ -276,6 +281,22 @@ impl Journal {
             path: path.to_owned(),
             file,
             len: text.len() as u64,
+        })
+    }
+
+    /// Opens the journal at `path` empty (created if absent): for a journal that held no
+    /// records, where there is nothing to carry over and nothing to sync.
+    pub fn empty(path: &Path) -> io::Result<Journal> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| ctx(path, "opening", e))?;
+        Ok(Journal {
+            path: path.to_owned(),
+            file,
+            len: 0,
         })
     }
 

@@ -219,7 +219,11 @@ fn open_writer(
     )
     .map_err(|e| ctx("recovering", e))?;
     let producers = loaded.producers(r.end);
-    let journal = dedupe::Journal::rewrite(journal, &producers)?;
+    let journal = if loaded.is_empty() {
+        dedupe::Journal::empty(journal)?
+    } else {
+        dedupe::Journal::rewrite(journal, &producers)?
+    };
     log::info!(
         path:% = path.display(), offset = r.end, messages = r.count, cut = r.cut;
         "writing {} from byte {} (message {}), checked in {:.3}s",
