@@ -4,7 +4,9 @@
 //! A request may carry `id P seq S`. For each producer the collator remembers the positions
 //! of its last [`WINDOW`] requests. A retry of one of them is answered with its original
 //! position and writes nothing; the next one must be `S = last + 1` (a gap is refused with
-//! the sequence expected); a producer never seen before may start anywhere. **The window:**
+//! the sequence expected); a producer never seen before may start anywhere, and so may a
+//! restarted one: a sequence more than [`WINDOW`] ahead starts a new session (the client
+//! library starts its sequence from the clock in microseconds). **The window:**
 //! a retry more than [`WINDOW`] requests old is refused (`sequence-gap`), so a producer must
 //! not have more than [`WINDOW`] requests unacknowledged. Producers are remembered for as
 //! long as the journal is kept; the body of a retry is not compared with the original.
@@ -89,7 +91,9 @@ impl Producers {
         let (Some(first), Some(last)) = (window.front(), window.back()) else {
             return Check::Fresh;
         };
-        if p.seq == last.seq.wrapping_add(1) {
+        if p.seq == last.seq.wrapping_add(1) || p.seq > last.seq.saturating_add(WINDOW as u64) {
+            // Next in sequence, or so far ahead that no session could have skipped that many
+            // (a producer keeps at most WINDOW requests unanswered): a restarted producer.
             Check::Fresh
         } else if p.seq > last.seq {
             Check::Gap {
@@ -367,6 +371,11 @@ mod tests {
         assert_eq!(ps.check(&p("a", 8)), Check::Fresh);
         assert_eq!(ps.check(&p("a", 7)), Check::Duplicate(entry(7, 0)));
         assert_eq!(ps.check(&p("a", 9)), Check::Gap { expected: 8 });
+        assert_eq!(
+            ps.check(&p("a", 7 + WINDOW as u64)),
+            Check::Gap { expected: 8 }
+        );
+        assert_eq!(ps.check(&p("a", 8 + WINDOW as u64)), Check::Fresh);
         assert_eq!(ps.check(&p("a", 6)), Check::TooOld { oldest: 7 });
         for s in 8..8 + WINDOW as u64 {
             ps.record("a", entry(s, s * 10));

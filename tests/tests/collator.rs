@@ -481,7 +481,9 @@ fn bad_input() {
             "error: sequence-gap: producer p sent seq 7, expected 6",
         ),
         (b"msg 1 id p seq 5\nx".to_vec(), "ok "),
-        (b"msg 1\nz".to_vec(), "ok "),
+        // A restarted producer: far ahead of the window, a new session.
+        (b"msg 1 id p seq 1000\nw".to_vec(), "ok 2 1 1"),
+        (b"msg 1\nz".to_vec(), "ok 4 2 1"),
     ];
     let mut answers = Vec::new();
     for (req, want) in &cases {
@@ -495,7 +497,7 @@ fn bad_input() {
     }
     // The retry was answered with the original position, and nothing else was written.
     assert_eq!(answers[7], answers[9]);
-    assert_eq!(std::fs::read(&file).unwrap(), b"x\nz\n");
+    assert_eq!(std::fs::read(&file).unwrap(), b"x\nw\nz\n");
     // Header errors: one line, then the connection is closed.
     for (req, want) in [
         (&b"hello\n"[..], "error: bad-request:"),
@@ -515,8 +517,8 @@ fn bad_input() {
     let all = String::from_utf8(read_to_end(&mut s)).unwrap();
     let lines: Vec<&str> = all.lines().collect();
     assert_eq!(lines.len(), 3, "{all:?}");
-    assert_eq!(lines[0], "ok 4 2 1");
-    assert_eq!(lines[1], "end 6 3 newline");
+    assert_eq!(lines[0], "ok 6 3 1");
+    assert_eq!(lines[1], "end 8 4 newline");
     assert!(lines[2].starts_with("error: bad-request:"));
 }
 
