@@ -8,6 +8,8 @@
 //! - [`messages`]: whole messages only, cut with `proto::framing::Splitter`.
 //! - [`state`]: the position saved to a small state file, atomically and durably.
 //! - [`indexer`]: asking a tailsrv-indexer where message N starts.
+//! - [`writer`]: appending messages through a tailsrv-collator: batches, pipelining,
+//!   retries without duplicates, every position reported or the message handed back.
 //! - [`cat`]: `tscat`, the stream to an output with checkpoints; [`mirror`]: `tsmirror`,
 //!   the stream appended to a replica file.
 //!
@@ -25,6 +27,7 @@ pub mod indexer;
 pub mod messages;
 pub mod mirror;
 pub mod state;
+pub mod writer;
 
 use proto::Start;
 

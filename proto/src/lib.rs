@@ -4,6 +4,8 @@
 //! - [`request`]: what a client sends tailsrv (`N`, `-N`, `list`, `stream PATH from byte N`,
 //!   the optional ` ok` confirmation) and the server's `ok N LEN` answer.
 //! - [`query`]: the indexer's queries (`offset-of`, `count`, `message-at`) and answers.
+//! - [`collate`]: the collator's requests (`msg`, `batch`, `lines`, `end`, idempotence and
+//!   directory fields), its `ok`/`end` answers, and the checks of message and batch bodies.
 //! - [`refusal`]: `error: CODE: reason`, the one refusal line every server sends, with stable
 //!   codes that programs match instead of prose.
 //! - [`framing`]: where one message ends and the next begins (newline, NUL, u32be, varint).
@@ -14,6 +16,7 @@
 
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
+pub mod collate;
 pub mod framing;
 pub mod query;
 pub mod refusal;

@@ -47,13 +47,23 @@ pub enum Code {
     BadLog,
     /// `io`: the server failed to read or write its own files.
     Io,
+    /// `too-big`: a message or a request body is over the server's limit.
+    TooBig,
+    /// `bad-body`: a body does not match its header (count, sizes, an empty message, a
+    /// delimiter inside a single message).
+    BadBody,
+    /// `sequence-gap`: an idempotent producer skipped sequence numbers; the reason names the
+    /// one expected.
+    SequenceGap,
+    /// `disk-full`: the disk is full (nothing of the request was kept).
+    DiskFull,
     /// A code this version does not know (sent by a newer server).
     Other,
 }
 
 impl Code {
     /// Every code this version knows, in documentation order.
-    pub const ALL: [Code; 14] = [
+    pub const ALL: [Code; 18] = [
         Code::BadRequest,
         Code::TooLong,
         Code::Timeout,
@@ -68,6 +78,10 @@ impl Code {
         Code::Rebuilding,
         Code::BadLog,
         Code::Io,
+        Code::TooBig,
+        Code::BadBody,
+        Code::SequenceGap,
+        Code::DiskFull,
     ];
 
     /// The token on the wire.
@@ -87,6 +101,10 @@ impl Code {
             Code::Rebuilding => "rebuilding",
             Code::BadLog => "bad-log",
             Code::Io => "io",
+            Code::TooBig => "too-big",
+            Code::BadBody => "bad-body",
+            Code::SequenceGap => "sequence-gap",
+            Code::DiskFull => "disk-full",
             Code::Other => "other",
         }
     }
@@ -110,12 +128,18 @@ impl Code {
     }
 
     /// Whether the same request may succeed later without anything changing on the
-    /// client's side: the server is busy, at a kernel limit, or still preparing an answer.
+    /// client's side: the server is busy, at a kernel limit, still preparing an answer, or
+    /// out of disk space (which an operator may free).
     /// Everything else would be refused again and should not be retried.
     pub fn is_transient(self) -> bool {
         matches!(
             self,
-            Code::Timeout | Code::Busy | Code::WatchLimit | Code::Loading | Code::Rebuilding
+            Code::Timeout
+                | Code::Busy
+                | Code::WatchLimit
+                | Code::Loading
+                | Code::Rebuilding
+                | Code::DiskFull
         )
     }
 }

@@ -36,6 +36,7 @@ use shared::watch::{self, FileWatch, Follower};
 
 use crate::hangup::gone;
 use crate::sendfile::send_range;
+use crate::synced::Synced;
 
 /// What the server serves: one file, or the files of a directory.
 #[derive(Clone, Debug)]
@@ -83,6 +84,7 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     served: Served,
     header_timeout: Duration,
+    synced: Option<Arc<Synced>>,
 ) {
     let Some(sock) = net::register(stream, peer) else {
         return;
@@ -108,7 +110,16 @@ pub(crate) async fn serve(
             }
         }
         (Ok(Request::Stream(req)), Served::File(file)) => {
-            serve_stream(&sock, peer, &file, req, None, header_timeout).await
+            serve_stream(
+                &sock,
+                peer,
+                &file,
+                req,
+                None,
+                header_timeout,
+                synced.as_deref(),
+            )
+            .await
         }
         (Ok(Request::Stream(req)), Served::Dir { tree, follower }) => {
             serve_path(&sock, peer, &tree, &follower, req, header_timeout).await
@@ -147,7 +158,7 @@ async fn serve_path(
             return net::refuse(sock, &refusal).await;
         }
     };
-    serve_stream(sock, peer, &file, req, Some((tree, &shown)), patience).await
+    serve_stream(sock, peer, &file, req, Some((tree, &shown)), patience, None).await
 }
 
 /// Places the client in the file, confirms if asked, then streams until the end. In
@@ -161,10 +172,11 @@ async fn serve_stream(
     req: StreamRequest,
     dir: Option<(&Tree, &str)>,
     patience: Duration,
+    synced: Option<&Synced>,
 ) {
     let shown = dir.map_or("", |(_, shown)| shown);
     // The file may not exist yet; once it does, check what was really opened.
-    let at = match place(sock, file, req.start, patience).await {
+    let at = match place(sock, file, req.start, patience, synced).await {
         Placed::At(at) => at,
         Placed::HungUp => return,
         Placed::Unreadable(why) => {
@@ -195,7 +207,7 @@ async fn serve_stream(
     }
     log::debug!(client:% = peer, path = shown, offset = at.offset; "client connected");
     let offset = AtomicU64::new(at.offset);
-    let end = follow(sock, file, at, dir.is_some(), &offset).await;
+    let end = follow(sock, file, at, dir.is_some(), &offset, synced).await;
     log::debug!(client:% = peer, path = shown, offset = offset.load(Relaxed); "client done: {end}");
 }
 
@@ -224,6 +236,7 @@ async fn place<'a>(
     watch: &'a FileWatch,
     start: Start,
     patience: Duration,
+    synced: Option<&Synced>,
 ) -> Placed<'a> {
     let exists = async {
         let opened = async {
@@ -257,7 +270,8 @@ async fn place<'a>(
     }
     // Epoch before length: if a truncation lands in between, the first wait notices it.
     let epoch = watch.epoch();
-    let len = watch.len();
+    // What may be served: the file's length, or up to the synced length when asked.
+    let len = synced.map_or(watch.len(), |s| s.cap(watch));
     match watch.file() {
         Some(file) => Placed::At(Placement {
             file,
@@ -281,12 +295,13 @@ async fn follow(
     at: Placement<'_>,
     until_gone: bool,
     pos: &AtomicU64,
+    synced: Option<&Synced>,
 ) -> End {
     let hung_up = async {
         gone(sock).await;
         End::HungUp
     };
-    future::or(stream(sock, watch, at, until_gone, pos), hung_up).await
+    future::or(stream(sock, watch, at, until_gone, pos, synced), hung_up).await
 }
 
 /// The sending half of [`follow`]: wait for the file to grow past `pos`, send, repeat.
@@ -296,6 +311,7 @@ async fn stream(
     at: Placement<'_>,
     until_gone: bool,
     pos: &AtomicU64,
+    synced: Option<&Synced>,
 ) -> End {
     let Placement {
         file,
@@ -305,20 +321,24 @@ async fn stream(
     } = at;
     loop {
         pos.store(offset, Relaxed);
-        watch
-            .wait_until(|w| {
-                w.len() > offset || w.epoch() != epoch || (until_gone && w.gone().is_some())
-            })
-            .await;
+        let ready = |w: &FileWatch| w.epoch() != epoch || (until_gone && w.gone().is_some());
+        match synced {
+            None => watch.wait_until(|w| w.len() > offset || ready(w)).await,
+            Some(s) => {
+                while s.cap(watch) <= offset && !ready(watch) {
+                    s.wait(watch, ready).await;
+                }
+            }
+        }
         // Gone before the length, so the last bytes are still sent; the length before the
         // epoch (the watcher bumps the epoch before it publishes a length), so a length
         // published after a truncation or rewrite is never sent from.
         let gone = until_gone && watch.gone().is_some();
-        let len = watch.len();
+        let limit = synced.map_or(watch.len(), |s| s.cap(watch));
         if watch.epoch() != epoch {
             return End::Truncated;
         }
-        let sent = send_range(sock, file, &mut offset, len).await;
+        let sent = send_range(sock, file, &mut offset, limit).await;
         pos.store(offset, Relaxed);
         match sent {
             Ok(true) if gone => return End::Gone,

@@ -9,6 +9,7 @@
 //! - `client`: the life of one client: request, wait, `sendfile`, repeat.
 //! - `sendfile`: moving file bytes to a socket on readiness, without copying.
 //! - `hangup`: noticing a client that is gone (reset, failed), not one that only half-closed.
+//! - `synced`: `--serve-up-to-synced`, streaming only up to the collator's synced length.
 //!
 //! The file itself is watched by `shared::watch`, once for all clients.
 
@@ -18,5 +19,6 @@ mod client;
 mod hangup;
 mod sendfile;
 mod server;
+mod synced;
 
 pub use server::{run, Config};

@@ -39,6 +39,11 @@ struct Args {
     #[arg(long)]
     refuse_hardlinks: bool,
 
+    /// Stream only what is on disk: up to the synced length a tailsrv-collator in `--sync
+    /// data` (or `interval=MS`) mode publishes in FILE.synced. Single-file mode.
+    #[arg(long)]
+    serve_up_to_synced: bool,
+
     #[command(flatten)]
     log: shared::logging::LogArgs,
 
@@ -100,6 +105,7 @@ fn main() -> ExitCode {
         header_timeout,
         max_clients: args.max_clients,
         refuse_hardlinks: args.refuse_hardlinks,
+        serve_up_to_synced: args.serve_up_to_synced,
     };
     match tailsrv::run(config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,6 +20,7 @@ use shared::tree::Tree;
 use shared::watch::OnGone;
 
 use crate::client::{self, Served};
+use crate::synced::Synced;
 
 /// Everything `tailsrv` is told on its command line.
 #[derive(Debug, Clone)]
@@ -36,6 +37,8 @@ pub struct Config {
     pub max_clients: usize,
     /// Directory mode: refuse files with more than one hard link.
     pub refuse_hardlinks: bool,
+    /// Stream only up to the synced length a tailsrv-collator publishes in `FILE.synced`.
+    pub serve_up_to_synced: bool,
 }
 
 /// Runs the server until SIGINT/SIGTERM, or until the file is gone (single-file mode without
@@ -61,6 +64,21 @@ async fn serve(config: Config) -> io::Result<()> {
         log::info!(path:% = config.path.display(); "serving a file");
         Served::File(file)
     };
+    let synced = match &served {
+        Served::File(_) if config.serve_up_to_synced => {
+            let mut sidecar = config.path.clone().into_os_string();
+            sidecar.push(".synced");
+            let sidecar = server.watcher().follower().follow(sidecar.as_ref())?;
+            Some(Arc::new(Synced::new(sidecar)))
+        }
+        Served::Dir { .. } if config.serve_up_to_synced => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "--serve-up-to-synced is for a single file",
+            ))
+        }
+        _ => None,
+    };
     let on_gone = match served {
         Served::File(_) if !config.linger => OnGone::Stop,
         _ => OnGone::Linger,
@@ -75,8 +93,9 @@ async fn serve(config: Config) -> io::Result<()> {
         let slot = Slot::take(&active);
         let served = served.clone();
         let timeout = config.header_timeout;
+        let synced = synced.clone();
         rt::spawn(async move {
-            client::serve(stream, peer, served, timeout).await;
+            client::serve(stream, peer, served, timeout, synced).await;
             drop(slot);
         });
     };

@@ -21,6 +21,7 @@ pub enum Section {
     Storm,
     Indexer,
     Slow,
+    Collator,
 }
 
 /// The flags with the `--quick` defaults filled in.
@@ -97,10 +98,12 @@ pub fn run(args: &Args) -> Result<()> {
         "open-file limit {nofile} (raised to the hard limit; servers inherit it)"
     ));
 
-    let needs_data = args
-        .sections
-        .iter()
-        .any(|s| matches!(s, Section::Fanout | Section::Indexer | Section::Slow));
+    let needs_data = args.sections.iter().any(|s| {
+        matches!(
+            s,
+            Section::Fanout | Section::Indexer | Section::Slow | Section::Collator
+        )
+    });
     let data = if needs_data {
         eprintln!(
             "bench: writing {} MiB of log lines to {}",
@@ -125,6 +128,7 @@ pub fn run(args: &Args) -> Result<()> {
             Section::Storm => crate::storm::storm(&plan, &mut table),
             Section::Indexer => crate::indexer::indexer(&plan, data.expect("data"), &mut table),
             Section::Slow => crate::fanout::slow(&plan, data.expect("data"), &mut table),
+            Section::Collator => crate::collator::collator(&plan, data.expect("data"), &mut table),
         };
         if let Err(e) = result {
             eprintln!("bench: section {section:?} failed: {e}");

@@ -14,6 +14,8 @@ use clap::Parser;
 
 #[path = "../bench/baseline.rs"]
 mod baseline;
+#[path = "../bench/collator.rs"]
+mod collator;
 #[path = "../bench/data.rs"]
 mod data;
 #[path = "../bench/fanout.rs"]
@@ -41,11 +43,11 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
 
-    /// Sections to run, comma-separated: fanout,latency,idle,storm,indexer,slow.
+    /// Sections to run, comma-separated: fanout,latency,idle,storm,indexer,slow,collator.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "fanout,latency,idle,storm,indexer,slow"
+        default_value = "fanout,latency,idle,storm,indexer,slow,collator"
     )]
     sections: Vec<run::Section>,
 

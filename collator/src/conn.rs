@@ -1,0 +1,469 @@
+//! One producer's connection: read request headers and bodies, validate and frame them, hand
+//! them to the file's writer, and answer in request order.
+//!
+//! Two tasks per connection. The reader parses a request, reads its body, checks it
+//! ([`proto::collate::check_message`], [`proto::collate::check_batch`]) and submits it; what
+//! it gets back (an answer, or a channel the writer will answer on) goes into a queue that
+//! the answerer drains in order, writing one line per request. So requests pipeline freely
+//! and the answers still come back in the order asked.
+//!
+//! **Back-pressure:** the reader stops reading while this connection has more than its share
+//! of bytes in flight ([`conn_limit`]) or while the file's queue is full (the writer's
+//! submit waits), so a fast producer fills its socket buffers, not the collator's memory.
+//!
+//! **Bad input:** a body that does not match its header is refused and the connection goes
+//! on (the body's bytes are consumed either way, so the next header is where it should be).
+//! An unparseable header, one over [`MAX_HEADER`] or one that does not complete in time gets
+//! one error line, after the answers owed, and the connection is closed.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_io::{Async, Timer};
+use event_listener::Event;
+use futures_lite::future;
+use proto::collate::{
+    check_batch, check_message, frame_into, Answer, Command, Request, MAX_HEADER,
+};
+use proto::{Code, Refusal};
+use shared::{net, rt};
+
+use crate::server::Ctx;
+use crate::writer::{FileWriter, Submitted};
+
+/// Read buffer per connection; also the largest group of lines written at once in line mode.
+const BUF: usize = 64 << 10;
+
+/// Bytes one connection may have in flight: a quarter of the file's queue, at least one
+/// request.
+fn conn_limit(ctx: &Ctx) -> u64 {
+    (ctx.settings.max_pending / 4).max(ctx.settings.max_request)
+}
+
+/// What the answerer writes next.
+enum Pending {
+    Ready(Vec<u8>),
+    Wait(async_channel::Receiver<crate::writer::Reply>, u64),
+}
+
+/// Bytes in flight on this connection.
+#[derive(Default)]
+struct InFlight {
+    bytes: AtomicU64,
+    freed: Event,
+}
+
+/// The connection's input, buffered: headers, bodies and lines are cut from it.
+struct Input {
+    sock: Arc<Async<TcpStream>>,
+    ctx: Arc<Ctx>,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+enum HeaderError {
+    Eof,
+    Refused(Refusal),
+}
+
+impl Input {
+    fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Reads more; `Ok(0)` at the producer's FIN, an `Interrupted` error once the collator
+    /// is shutting down (nothing more is read: what was read is answered, then the
+    /// connection is closed).
+    async fn fill(&mut self) -> io::Result<usize> {
+        let stopping = self.ctx.stopping();
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        let (buf, end) = (&mut self.buf, self.end);
+        let read = self.sock.read_with(|s| (&*s).read(&mut buf[end..]));
+        let stop = async {
+            stopping.await;
+            Err(io::ErrorKind::Interrupted.into())
+        };
+        let n = future::or(read, stop).await?;
+        self.end += n;
+        Ok(n)
+    }
+
+    /// The next header line (without `\n`), complete within `timeout`.
+    async fn header(&mut self, timeout: Duration) -> Result<Vec<u8>, HeaderError> {
+        let read = async {
+            loop {
+                if let Some(i) = memchr::memchr(b'\n', self.buffered()) {
+                    let line = self.buffered()[..i].to_vec();
+                    self.start += i + 1;
+                    return Ok(line);
+                }
+                if self.end - self.start >= MAX_HEADER {
+                    return Err(HeaderError::Refused(Refusal::new(
+                        Code::TooLong,
+                        format!("request header longer than {MAX_HEADER} bytes without a newline"),
+                    )));
+                }
+                match self.fill().await {
+                    Ok(0) | Err(_) => return Err(HeaderError::Eof),
+                    Ok(_) => {}
+                }
+            }
+        };
+        let deadline = async {
+            Timer::after(timeout).await;
+            Err(HeaderError::Refused(Refusal::new(
+                Code::Timeout,
+                format!(
+                    "no complete request header within {}s",
+                    timeout.as_secs_f64()
+                ),
+            )))
+        };
+        future::or(read, deadline).await
+    }
+
+    /// Waits until at least one byte is buffered; false at FIN.
+    async fn wait_byte(&mut self) -> bool {
+        while self.start == self.end {
+            match self.fill().await {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+        true
+    }
+
+    /// Exactly `n` bytes of body.
+    async fn exact(&mut self, n: u64) -> io::Result<Vec<u8>> {
+        let n = n as usize;
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            if self.start == self.end && self.fill().await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let take = (n - out.len()).min(self.end - self.start);
+            out.extend_from_slice(&self.buf[self.start..self.start + take]);
+            self.start += take;
+        }
+        Ok(out)
+    }
+
+    /// Reads and drops `n` bytes (the body of a refused request).
+    async fn skip(&mut self, mut n: u64) -> io::Result<()> {
+        while n > 0 {
+            if self.start == self.end && self.fill().await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let take = n.min((self.end - self.start) as u64);
+            self.start += take as usize;
+            n -= take;
+        }
+        Ok(())
+    }
+}
+
+/// Serves one producer until it hangs up, sends a bad header, or the socket fails.
+pub async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
+    let Some(sock) = net::register(stream, peer) else {
+        return;
+    };
+    let sock = Arc::new(sock);
+    let inflight = Arc::new(InFlight::default());
+    let (tx, rx) = async_channel::bounded::<Pending>(1024);
+    let answerer = rt::spawn(answer_loop(sock.clone(), rx, inflight.clone()));
+    let _live = ctx.connection();
+    let mut input = Input {
+        sock: sock.clone(),
+        ctx: ctx.clone(),
+        buf: vec![0; BUF],
+        start: 0,
+        end: 0,
+    };
+    let last = read_loop(&ctx, &mut input, &tx, &inflight).await;
+    if let Some(refusal) = &last {
+        log::debug!(client:% = peer; "closing: {refusal}");
+        let _ = tx.send(Pending::Ready(refusal.render())).await;
+    }
+    drop(tx);
+    answerer.await;
+    if last.is_some() || ctx.is_stopping() {
+        // Drain the producer's input so that closing sends no reset, which could destroy
+        // answers it has not read yet.
+        net::finish(&sock, b"", net::LINGER).await;
+    } else {
+        let _ = sock.get_ref().shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// Reads requests until FIN (`None`) or a header error (`Some`, to be sent before closing).
+async fn read_loop(
+    ctx: &Ctx,
+    input: &mut Input,
+    tx: &async_channel::Sender<Pending>,
+    inflight: &InFlight,
+) -> Option<Refusal> {
+    let settings = &ctx.settings;
+    let mut first = true;
+    loop {
+        // The first header must come within the timeout; later ones may be a long time
+        // coming (a producer idles between requests), the timeout runs from their first byte.
+        if !first && !input.wait_byte().await {
+            return None;
+        }
+        let line = match input.header(ctx.header_timeout).await {
+            Ok(l) => l,
+            Err(HeaderError::Eof) => return None,
+            Err(HeaderError::Refused(r)) => return Some(r),
+        };
+        first = false;
+        if proto::trim_line(&line).is_empty() {
+            continue; // A blank line from a person at nc.
+        }
+        let request = match Request::parse(ctx.mode(), &line) {
+            Ok(r) => r,
+            Err(r) => return Some(r),
+        };
+        let send = |p: Pending| async {
+            let _ = tx.send(p).await;
+        };
+        let refuse = |r: Refusal| Pending::Ready(r.render());
+        match request.command {
+            Command::End => {
+                let end = match ctx.writer(request.path.as_deref(), false).await {
+                    Ok(Some(w)) => Answer::End(w.end()).render(),
+                    Ok(None) => Answer::End(ctx.empty_end()).render(),
+                    Err(r) => r.render(),
+                };
+                send(Pending::Ready(end)).await;
+            }
+            Command::Msg { len } | Command::Batch { len, .. } => {
+                let limit = match request.command {
+                    Command::Msg { .. } => settings.max_message,
+                    _ => settings.max_request,
+                };
+                if len > limit {
+                    if input.skip(len).await.is_err() {
+                        return None;
+                    }
+                    send(refuse(Refusal::new(
+                        Code::TooBig,
+                        format!("a body of {len} bytes is over the limit of {limit}"),
+                    )))
+                    .await;
+                    continue;
+                }
+                let Ok(body) = input.exact(len).await else {
+                    return None;
+                };
+                let framed = match request.command {
+                    Command::Msg { .. } => {
+                        check_message(settings.framing, &body, settings.max_message).map(|()| {
+                            let mut out = Vec::with_capacity(body.len() + 10);
+                            frame_into(settings.framing, &body, &mut out);
+                            (out, 1)
+                        })
+                    }
+                    Command::Batch { count, .. } => {
+                        check_batch(settings.framing, &body, count, settings.max_message)
+                            .map(|()| (body, count))
+                    }
+                    _ => unreachable!(),
+                };
+                let (data, count) = match framed {
+                    Ok(f) => f,
+                    Err(r) => {
+                        send(refuse(r)).await;
+                        continue;
+                    }
+                };
+                let writer = match ctx.writer(request.path.as_deref(), true).await {
+                    Ok(Some(w)) => w,
+                    Ok(None) => unreachable!("created"),
+                    Err(r) => {
+                        send(refuse(r)).await;
+                        continue;
+                    }
+                };
+                wait_for_room(ctx, inflight).await;
+                send(submit(&writer, data, count, request.producer, inflight).await).await;
+            }
+            Command::Lines => {
+                let writer = match ctx.writer(request.path.as_deref(), true).await {
+                    Ok(Some(w)) => w,
+                    Ok(None) => unreachable!("created"),
+                    Err(r) => return Some(r),
+                };
+                lines(ctx, input, &writer, tx, inflight).await;
+                return None;
+            }
+        }
+    }
+}
+
+async fn wait_for_room(ctx: &Ctx, inflight: &InFlight) {
+    let limit = conn_limit(ctx);
+    loop {
+        let listener = inflight.freed.listen();
+        if inflight.bytes.load(Ordering::SeqCst) < limit {
+            return;
+        }
+        listener.await;
+    }
+}
+
+async fn submit(
+    writer: &FileWriter,
+    data: Vec<u8>,
+    count: u64,
+    producer: Option<proto::collate::Producer>,
+    inflight: &InFlight,
+) -> Pending {
+    let len = data.len() as u64;
+    match writer.submit(data, count, producer).await {
+        Submitted::Done(Ok(ack)) => Pending::Ready(Answer::Ok(ack).render()),
+        Submitted::Done(Err(r)) => Pending::Ready(r.render()),
+        Submitted::Wait(rx) => {
+            inflight.bytes.fetch_add(len, Ordering::SeqCst);
+            Pending::Wait(rx, len)
+        }
+    }
+}
+
+/// Line mode: every `\n` line is a message, each read's complete lines one group, until FIN
+/// (an unterminated last line is a message too). A line over `--max-message` is refused and
+/// skipped up to its newline.
+async fn lines(
+    ctx: &Ctx,
+    input: &mut Input,
+    writer: &FileWriter,
+    tx: &async_channel::Sender<Pending>,
+    inflight: &InFlight,
+) {
+    let settings = &ctx.settings;
+    let mut discarding = false;
+    let mut eof = false;
+    loop {
+        // Lines that came with the header (or a previous read) are written before reading.
+        if memchr::memchr(b'\n', input.buffered()).is_none() {
+            eof = match input.fill().await {
+                Ok(n) => n == 0,
+                // Shutting down or a broken socket: the unterminated line is not a message.
+                Err(_) => return,
+            };
+        }
+        let data = input.buffered();
+        let complete = if eof {
+            data.len()
+        } else {
+            memchr::memrchr(b'\n', data).map_or(0, |i| i + 1)
+        };
+        let mut group = Vec::with_capacity(complete + complete / 8);
+        let mut count = 0u64;
+        let mut refusals = Vec::new();
+        for line in data[..complete].split(|&b| b == b'\n') {
+            if std::mem::take(&mut discarding) || line.is_empty() {
+                continue;
+            }
+            match check_message(settings.framing, line, settings.max_message) {
+                Ok(()) => {
+                    frame_into(settings.framing, line, &mut group);
+                    count += 1;
+                }
+                Err(r) => refusals.push(r),
+            }
+        }
+        // `split` yields an empty last piece after a final `\n`: nothing to discard there.
+        input.start += complete;
+        if !eof && input.end - input.start > settings.max_message as usize + 1 {
+            refusals.push(Refusal::new(
+                Code::TooBig,
+                format!("a line over the limit of {} bytes", settings.max_message),
+            ));
+            input.start = input.end;
+            discarding = true;
+        }
+        if count > 0 {
+            wait_for_room(ctx, inflight).await;
+            let p = submit(writer, group, count, None, inflight).await;
+            if tx.send(p).await.is_err() {
+                return;
+            }
+        }
+        for r in refusals {
+            if tx.send(Pending::Ready(r.render())).await.is_err() {
+                return;
+            }
+        }
+        if eof {
+            return;
+        }
+    }
+}
+
+/// Writes the answers in request order until the reader is done and every answer is out.
+async fn answer_loop(
+    sock: Arc<Async<TcpStream>>,
+    rx: async_channel::Receiver<Pending>,
+    inflight: Arc<InFlight>,
+) {
+    let mut out = Vec::with_capacity(4096);
+    let mut broken = false;
+    while let Ok(p) = rx.recv().await {
+        let line = match p {
+            Pending::Ready(line) => line,
+            Pending::Wait(reply, len) => {
+                if reply.is_empty() && !out.is_empty() {
+                    // Do not hold answers back while waiting for a later one.
+                    if !broken && write_all(&sock, &out).await.is_err() {
+                        broken = true;
+                    }
+                    out.clear();
+                }
+                let r = reply.recv().await;
+                inflight.bytes.fetch_sub(len, Ordering::SeqCst);
+                inflight.freed.notify(usize::MAX);
+                match r {
+                    Ok(Ok(ack)) => Answer::Ok(ack).render(),
+                    Ok(Err(refusal)) => refusal.render(),
+                    Err(_) => Refusal::new(Code::Io, "the writer stopped").render(),
+                }
+            }
+        };
+        out.extend_from_slice(&line);
+        // Answers that are ready together go out in one write.
+        if rx.is_empty() || out.len() > 64 << 10 {
+            if !broken && write_all(&sock, &out).await.is_err() {
+                broken = true;
+            }
+            out.clear();
+        }
+    }
+    if !out.is_empty() && !broken {
+        let _ = write_all(&sock, &out).await;
+    }
+}
+
+async fn write_all(sock: &Async<TcpStream>, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = sock.write_with(|s| (&*s).write(buf)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+    }
+    Ok(())
+}

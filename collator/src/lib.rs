@@ -1,0 +1,60 @@
+//! tailsrv-collator: the write side. Producers append whole messages over TCP and are told
+//! where each landed (byte offset and message number), with the durability they chose.
+//!
+//! It is the file's only writer and runs beside tailsrv (which streams the file) and
+//! tailsrv-indexer (which numbers its messages): three small processes on one file make a
+//! Kafka-lite. The message numbers it answers are the indexer's, because both count the
+//! complete messages of the same file with the same framing.
+//!
+//! - [`conn`]: one producer's connection: the protocol ([`proto::collate`]), validation,
+//!   answers in request order, back-pressure.
+//! - [`writer`]: one file's writer thread: group commit (one `pwritev` and at most one
+//!   `fdatasync` for everything queued), failures cut back or stop the collator.
+//! - [`recover`]: the restart check that cuts a torn tail.
+//! - [`dedupe`]: idempotent producers and the journal they (and the restart check) rely on.
+//! - [`watermark`]: the synced length, published in `FILE.synced` for tailsrv's
+//!   `--serve-up-to-synced`.
+//! - [`server`]: locking, set-up, serving on the shared skeleton, draining on SIGTERM.
+
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+
+pub mod conn;
+pub mod dedupe;
+pub mod recover;
+pub mod server;
+pub mod watermark;
+pub mod writer;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use server::run;
+pub use writer::{Settings, Sync};
+
+/// What the collator writes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// One file; its journal is `FILE.collator` beside it.
+    File(PathBuf),
+    /// The files of a directory, named by each request; journals under `journal_dir`.
+    Dir {
+        /// The directory.
+        root: PathBuf,
+        /// Where the journals go (outside `root`).
+        journal_dir: PathBuf,
+    },
+}
+
+/// Everything `tailsrv-collator` is told on its command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// What is written.
+    pub target: Target,
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// Framing, sync mode and limits.
+    pub settings: Settings,
+    /// How long a request header may take.
+    pub header_timeout: Duration,
+}

@@ -1,0 +1,651 @@
+//! One file's writer: the only code that appends to it, and the group commit.
+//!
+//! Connections validate and frame requests, then [`FileWriter::submit`] them. Submitting
+//! reserves the request's position at once (offset and message number are the queue's running
+//! end), checks idempotence, and queues it; a dedicated thread per file takes *everything*
+//! queued, from every connection, writes the journal records and then the data with one
+//! `pwritev`, syncs once if the mode says so, and answers all of it. Whatever arrives during
+//! a write or a sync joins the next group: there is no timer and no artificial delay, so one
+//! producer gets the latency of one write, and sixteen share one `fdatasync`.
+//!
+//! When the answer goes out depends on [`Sync`]: `none` at queueing, `write` after the
+//! write, `data` after the `fdatasync` of journal and data, `interval` after the write with
+//! `fdatasync` every interval and at shutdown.
+//!
+//! **Failures.** A write that fails (disk full, a short write) is undone: the data file and
+//! the journal are cut back to the last good end, the group and everything queued behind it
+//! (whose reserved positions are now wrong) get `error:`, and the writer goes on. Space is
+//! reserved with `fallocate` before writing, so a full disk is usually found before a byte
+//! is written. A failed `fdatasync` is never retried — the kernel may have dropped the dirty
+//! pages and a second sync would report success for data that is gone — so every pending
+//! request gets `error:` and the collator exits non-zero; the restart check takes over.
+//!
+//! **Back-pressure.** At most `--max-pending` bytes are queued per file; a submitter waits
+//! for room (and its connection stops being read) until the writer frees it.
+
+use std::fs::File;
+use std::io::{self, IoSlice};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use event_listener::Event;
+use proto::collate::{Ack, End, Producer};
+use proto::framing::Framing;
+use proto::{Code, Refusal};
+use rustix::fs::{fallocate, FallocateFlags};
+
+use crate::dedupe::{self, Check, Entry, Journal, Producers};
+use crate::watermark::Watermark;
+
+/// When a request is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// Once validated and queued.
+    None,
+    /// After `write(2)` returned.
+    Write,
+    /// After `fdatasync`, with group commit.
+    Data,
+    /// After the write; `fdatasync` in the background every interval.
+    Interval(Duration),
+}
+
+impl std::str::FromStr for Sync {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Sync, String> {
+        match s {
+            "none" => Ok(Sync::None),
+            "write" => Ok(Sync::Write),
+            "data" => Ok(Sync::Data),
+            _ => match s
+                .strip_prefix("interval=")
+                .and_then(|ms| ms.parse::<u64>().ok())
+            {
+                Some(ms) if ms > 0 => Ok(Sync::Interval(Duration::from_millis(ms))),
+                _ => Err(format!(
+                    "unknown sync mode {s:?} (expected none, write, data or interval=MS)"
+                )),
+            },
+        }
+    }
+}
+
+/// What every file's writer is told.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How messages are framed in the file.
+    pub framing: Framing,
+    /// When requests are acknowledged.
+    pub sync: Sync,
+    /// Longest message.
+    pub max_message: u64,
+    /// Longest request body.
+    pub max_request: u64,
+    /// Most bytes queued per file.
+    pub max_pending: u64,
+}
+
+/// A file ready for its writer: open, locked, its torn tail cut, its journal rewritten.
+#[derive(Debug)]
+pub struct Opened {
+    /// The file, open for writing.
+    pub file: File,
+    /// Its journal.
+    pub journal: Journal,
+    /// Where its last complete message ends.
+    pub end: u64,
+    /// How many messages it holds.
+    pub count: u64,
+    /// The producers its journal remembers.
+    pub producers: Producers,
+    /// Where the synced length is published (single-file mode).
+    pub watermark: Option<Watermark>,
+}
+
+/// The answer a submitter waits for.
+pub type Reply = Result<Ack, Refusal>;
+
+/// A submitted request: answered already, or to be answered by the writer.
+#[derive(Debug)]
+pub enum Submitted {
+    /// The answer.
+    Done(Reply),
+    /// The answer will arrive here.
+    Wait(async_channel::Receiver<Reply>),
+}
+
+struct Job {
+    data: Vec<u8>,
+    ack: Ack,
+    producer: Option<Producer>,
+    reply: Option<async_channel::Sender<Reply>>,
+}
+
+struct State {
+    queue: Vec<Job>,
+    queued_bytes: u64,
+    /// The running end: where the next queued request goes.
+    next_offset: u64,
+    next_msgno: u64,
+    producers: Producers,
+    /// Retries of requests still being written, answered when their original is.
+    retries: Vec<(String, u64, async_channel::Sender<Reply>)>,
+    closing: bool,
+    /// Set when the writer stopped for good (a failed sync): the reason.
+    failed: Option<String>,
+}
+
+struct Inner {
+    path: PathBuf,
+    settings: Settings,
+    state: Mutex<State>,
+    /// Wakes the writer thread.
+    work: Condvar,
+    /// Wakes submitters waiting for room.
+    room: Event,
+}
+
+/// A file's writer (cheap to clone).
+#[derive(Clone)]
+pub struct FileWriter {
+    inner: Arc<Inner>,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for FileWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileWriter")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+/// Everything the writer thread owns.
+struct Disk {
+    file: File,
+    journal: Journal,
+    /// End of the last good write and its message count.
+    end: u64,
+    count: u64,
+    /// Written but not yet synced (interval mode).
+    dirty: bool,
+    /// Journal records appended since its last sync.
+    journal_dirty: bool,
+    /// How far space is reserved (`fallocate`).
+    reserved_to: u64,
+    watermark: Option<Watermark>,
+    last_sync: Instant,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl FileWriter {
+    /// Starts the writer of the file at `path`, opened, locked and recovered. `fatal` gets
+    /// the error that stops it for good.
+    pub fn start(
+        path: &Path,
+        opened: Opened,
+        settings: Settings,
+        fatal: async_channel::Sender<io::Error>,
+    ) -> io::Result<FileWriter> {
+        let Opened {
+            file,
+            journal,
+            end,
+            count,
+            producers,
+            watermark,
+        } = opened;
+        let inner = Arc::new(Inner {
+            path: path.to_owned(),
+            settings,
+            state: Mutex::new(State {
+                queue: Vec::new(),
+                queued_bytes: 0,
+                next_offset: end,
+                next_msgno: count,
+                producers,
+                retries: Vec::new(),
+                closing: false,
+                failed: None,
+            }),
+            work: Condvar::new(),
+            room: Event::new(),
+        });
+        let disk = Disk {
+            file,
+            journal,
+            end,
+            count,
+            dirty: false,
+            journal_dirty: false,
+            reserved_to: end,
+            watermark,
+            last_sync: Instant::now(),
+        };
+        let thread_inner = inner.clone();
+        let name = format!("writer {}", path.display());
+        let thread = std::thread::Builder::new()
+            .name("collator-writer".into())
+            .spawn(move || {
+                if let Err(e) = write_loop(&thread_inner, disk) {
+                    log::error!(path:% = thread_inner.path.display(); "{name} stopped: {e}");
+                    let _ = fatal.try_send(e);
+                }
+            })?;
+        Ok(FileWriter {
+            inner,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        })
+    }
+
+    /// The running end (everything queued included), and the framing.
+    pub fn end(&self) -> End {
+        let s = lock(&self.inner.state);
+        End {
+            offset: s.next_offset,
+            msgno: s.next_msgno,
+            framing: self.inner.settings.framing,
+        }
+    }
+
+    /// Queues `count` framed messages (`data`, validated), waiting for room if the file's
+    /// queue is full.
+    pub async fn submit(&self, data: Vec<u8>, count: u64, producer: Option<Producer>) -> Submitted {
+        let len = data.len() as u64;
+        let mut data = Some(data);
+        loop {
+            let listener;
+            {
+                let mut s = lock(&self.inner.state);
+                if let Some(why) = &s.failed {
+                    return Submitted::Done(Err(Refusal::new(Code::Io, why.clone())));
+                }
+                if s.closing {
+                    return Submitted::Done(Err(Refusal::new(
+                        Code::Busy,
+                        "the collator is shutting down",
+                    )));
+                }
+                if let Some(p) = &producer {
+                    match s.producers.check(p) {
+                        Check::Fresh => {}
+                        Check::Duplicate(e) if e.committed => return Submitted::Done(Ok(e.ack)),
+                        Check::Duplicate(_) => {
+                            // The original is still being written: answer with its fate.
+                            let (tx, rx) = async_channel::bounded(1);
+                            s.retries.push((p.id.clone(), p.seq, tx));
+                            return Submitted::Wait(rx);
+                        }
+                        Check::Gap { expected } => {
+                            return Submitted::Done(Err(Refusal::new(
+                                Code::SequenceGap,
+                                format!(
+                                    "producer {} sent seq {}, expected {expected}",
+                                    p.id, p.seq
+                                ),
+                            )))
+                        }
+                        Check::TooOld { oldest } => {
+                            return Submitted::Done(Err(Refusal::new(
+                                Code::SequenceGap,
+                                format!(
+                                    "producer {} sent seq {}, older than the oldest remembered \
+                                     ({oldest}, a window of {} requests): its fate is unknown",
+                                    p.id,
+                                    p.seq,
+                                    dedupe::WINDOW
+                                ),
+                            )))
+                        }
+                    }
+                }
+                if s.queued_bytes == 0 || s.queued_bytes + len <= self.inner.settings.max_pending {
+                    let ack = Ack {
+                        offset: s.next_offset,
+                        msgno: s.next_msgno,
+                        count,
+                    };
+                    s.next_offset += len;
+                    s.next_msgno += count;
+                    s.queued_bytes += len;
+                    if let Some(p) = &producer {
+                        s.producers.record(
+                            &p.id,
+                            Entry {
+                                seq: p.seq,
+                                ack,
+                                end: ack.offset + len,
+                                committed: false,
+                            },
+                        );
+                    }
+                    let (reply, answer) = if self.inner.settings.sync == Sync::None {
+                        (None, Submitted::Done(Ok(ack)))
+                    } else {
+                        let (tx, rx) = async_channel::bounded(1);
+                        (Some(tx), Submitted::Wait(rx))
+                    };
+                    s.queue.push(Job {
+                        data: data.take().unwrap_or_default(),
+                        ack,
+                        producer,
+                        reply,
+                    });
+                    drop(s);
+                    self.inner.work.notify_one();
+                    return answer;
+                }
+                listener = self.inner.room.listen();
+            }
+            listener.await;
+        }
+    }
+
+    /// Stops taking requests, writes (and syncs) what is queued, and waits for the thread.
+    pub fn close(&self) {
+        lock(&self.inner.state).closing = true;
+        self.inner.work.notify_all();
+        self.inner.room.notify(usize::MAX);
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+fn refusal_for(e: &io::Error) -> Refusal {
+    let full = matches!(
+        e.raw_os_error(),
+        Some(c) if c == rustix::io::Errno::NOSPC.raw_os_error()
+            || c == rustix::io::Errno::DQUOT.raw_os_error()
+    );
+    if full {
+        Refusal::new(
+            Code::DiskFull,
+            "the disk is full; nothing of the request was written",
+        )
+    } else {
+        Refusal::new(
+            Code::Io,
+            format!("writing failed ({e}); nothing of the request was written"),
+        )
+    }
+}
+
+fn answer(job: &Job, reply: Reply) {
+    if let Some(tx) = &job.reply {
+        let _ = tx.try_send(reply);
+    }
+}
+
+/// The writer thread: groups until closed and drained, or until a sync fails.
+fn write_loop(inner: &Inner, mut disk: Disk) -> io::Result<()> {
+    let interval = match inner.settings.sync {
+        Sync::Interval(d) => Some(d),
+        _ => None,
+    };
+    loop {
+        let (jobs, bytes) = {
+            let mut s = lock(&inner.state);
+            loop {
+                if !s.queue.is_empty() || s.closing {
+                    break;
+                }
+                match interval {
+                    Some(d) if disk.dirty => {
+                        let left = d.saturating_sub(disk.last_sync.elapsed());
+                        if left.is_zero() {
+                            break;
+                        }
+                        s = inner
+                            .work
+                            .wait_timeout(s, left)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                    }
+                    _ => s = inner.work.wait(s).unwrap_or_else(|p| p.into_inner()),
+                }
+            }
+            if s.queue.is_empty() && s.closing {
+                drop(s);
+                if disk.dirty || inner.settings.sync != Sync::Data {
+                    sync(inner, &mut disk, &[])?;
+                }
+                return Ok(());
+            }
+            let jobs = std::mem::take(&mut s.queue);
+            let bytes: u64 = jobs.iter().map(|j| j.data.len() as u64).sum();
+            (jobs, bytes)
+        };
+        if jobs.is_empty() {
+            // The interval ran out: background sync.
+            sync(inner, &mut disk, &[])?;
+            continue;
+        }
+        let count: u64 = jobs.iter().map(|j| j.ack.count).sum();
+        let journal_len = disk.journal.len();
+        match write_group(&mut disk, &jobs, bytes) {
+            Ok(()) => {}
+            Err(e) => {
+                undo(inner, &mut disk, journal_len, &jobs, &e);
+                continue;
+            }
+        }
+        disk.end += bytes;
+        disk.count += count;
+        disk.dirty = true;
+        if inner.settings.sync == Sync::Data {
+            sync(inner, &mut disk, &jobs)?;
+        }
+        for job in &jobs {
+            answer(job, Ok(job.ack));
+        }
+        let compact = {
+            let mut s = lock(&inner.state);
+            s.queued_bytes -= bytes;
+            for job in &jobs {
+                if let Some(p) = &job.producer {
+                    s.producers.commit(&p.id, p.seq);
+                }
+            }
+            if !s.retries.is_empty() {
+                let retries = std::mem::take(&mut s.retries);
+                for (id, seq, tx) in retries {
+                    let original = jobs.iter().find(|j| {
+                        j.producer
+                            .as_ref()
+                            .is_some_and(|p| p.id == id && p.seq == seq)
+                    });
+                    match original {
+                        Some(j) => {
+                            let _ = tx.try_send(Ok(j.ack));
+                        }
+                        None => s.retries.push((id, seq, tx)),
+                    }
+                }
+            }
+            (disk.journal.len() > dedupe::COMPACT_AT).then(|| {
+                let mut committed = s.producers.clone();
+                committed.drop_uncommitted();
+                committed
+            })
+        };
+        inner.room.notify(usize::MAX);
+        if let Some(producers) = compact {
+            // Everything in the file up to disk.end is written; in data mode synced too.
+            if inner.settings.sync != Sync::Data {
+                sync(inner, &mut disk, &[])?;
+            }
+            let path = disk.journal.path().to_owned();
+            disk.journal = Journal::rewrite(&path, &producers)?;
+        }
+    }
+}
+
+/// Journal records, space, then the data with `pwritev` (looping over short writes).
+fn write_group(disk: &mut Disk, jobs: &[Job], bytes: u64) -> io::Result<()> {
+    let mut records = Vec::with_capacity(64);
+    for job in jobs {
+        if job.ack.count > 1 {
+            let end = job.ack.offset + job.data.len() as u64;
+            dedupe::render_batch(job.ack.offset, end, &mut records);
+        }
+        if let Some(p) = &job.producer {
+            let entry = Entry {
+                seq: p.seq,
+                ack: job.ack,
+                end: job.ack.offset + job.data.len() as u64,
+                committed: true,
+            };
+            dedupe::render_producer(&p.id, &entry, &mut records);
+        }
+    }
+    if !records.is_empty() {
+        disk.journal.append(&records)?;
+        disk.journal_dirty = true;
+    }
+    reserve(disk, bytes)?;
+    let mut at = disk.end;
+    let mut job = 0;
+    let mut skip = 0usize; // Bytes of jobs[job] already written.
+    while job < jobs.len() {
+        let slices: Vec<IoSlice<'_>> = jobs[job..]
+            .iter()
+            .take(1024)
+            .enumerate()
+            .map(|(i, j)| IoSlice::new(if i == 0 { &j.data[skip..] } else { &j.data }))
+            .collect();
+        let mut n = rustix::io::pwritev(&disk.file, &slices, at)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
+        }
+        at += n as u64;
+        while n > 0 && job < jobs.len() {
+            let left = jobs[job].data.len() - skip;
+            if n >= left {
+                n -= left;
+                job += 1;
+                skip = 0;
+            } else {
+                skip += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Space for `bytes` more at the end, reserved with `fallocate` in steps of [`RESERVE`] (a
+/// call per write would double the cost of a small synced write), so a full disk is found
+/// before anything is written. File systems without `fallocate` skip this.
+fn reserve(disk: &mut Disk, bytes: u64) -> io::Result<()> {
+    let end = disk.end + bytes;
+    if end <= disk.reserved_to {
+        return Ok(());
+    }
+    let mut want = bytes.max(RESERVE);
+    loop {
+        match fallocate(&disk.file, FallocateFlags::KEEP_SIZE, disk.end, want) {
+            Ok(()) => {
+                disk.reserved_to = disk.end + want;
+                return Ok(());
+            }
+            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
+                disk.reserved_to = u64::MAX;
+                return Ok(());
+            }
+            // Less than a step left: reserve exactly what this group needs.
+            Err(e) if e == rustix::io::Errno::NOSPC && want > bytes => want = bytes,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Bytes reserved ahead of the end at a time.
+const RESERVE: u64 = 4 << 20;
+
+/// A failed write: cut file and journal back, refuse the group and everything queued.
+fn undo(inner: &Inner, disk: &mut Disk, journal_len: u64, jobs: &[Job], e: &io::Error) {
+    let refusal = refusal_for(e);
+    log::error!(path:% = inner.path.display(), offset = disk.end;
+        "write failed, cutting back to byte {}: {e}", disk.end);
+    if let Err(e) = disk.file.set_len(disk.end) {
+        log::error!(path:% = inner.path.display(); "cannot cut back to byte {}: {e}", disk.end);
+    }
+    // Truncating frees what was reserved beyond the end.
+    disk.reserved_to = disk.end;
+    if let Err(e) = disk.journal.truncate(journal_len) {
+        log::error!(path:% = inner.path.display(); "cannot cut the journal back: {e}");
+    }
+    let mut s = lock(&inner.state);
+    let queued = std::mem::take(&mut s.queue);
+    let lost_acks = jobs
+        .iter()
+        .chain(&queued)
+        .filter(|j| j.reply.is_none())
+        .count();
+    if lost_acks > 0 {
+        log::error!("{lost_acks} requests acknowledged at queueing (--sync none) were not written");
+    }
+    for job in jobs.iter().chain(&queued) {
+        answer(job, Err(refusal.clone()));
+    }
+    for (_, _, tx) in s.retries.drain(..) {
+        let _ = tx.try_send(Err(refusal.clone()));
+    }
+    s.queued_bytes = 0;
+    s.next_offset = disk.end;
+    s.next_msgno = disk.count;
+    s.producers.drop_uncommitted();
+    drop(s);
+    inner.room.notify(usize::MAX);
+}
+
+/// `fdatasync` of the journal and the data. A failure is final: every job in hand and every
+/// queued one is refused, and the error stops the collator.
+fn sync(inner: &Inner, disk: &mut Disk, jobs: &[Job]) -> io::Result<()> {
+    let journal = if disk.journal_dirty {
+        disk.journal.sync()
+    } else {
+        Ok(())
+    };
+    let r = journal.and_then(|()| rustix::fs::fdatasync(&disk.file).map_err(io::Error::from));
+    disk.journal_dirty = false;
+    disk.last_sync = Instant::now();
+    match r {
+        Ok(()) => {
+            disk.dirty = false;
+            if let Some(w) = &mut disk.watermark {
+                if let Err(e) = w.publish(disk.end) {
+                    log::warn!(path:% = inner.path.display(); "cannot publish the synced length: {e}");
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let why = format!(
+                "fdatasync of {} failed ({e}); not retried (the kernel may have dropped the \
+                 data): the collator stops, and its restart check decides what is in the file",
+                inner.path.display()
+            );
+            let refusal = Refusal::new(Code::Io, why.clone());
+            let mut s = lock(&inner.state);
+            s.failed = Some(why.clone());
+            let queued = std::mem::take(&mut s.queue);
+            for (_, _, tx) in s.retries.drain(..) {
+                let _ = tx.try_send(Err(refusal.clone()));
+            }
+            drop(s);
+            for job in jobs.iter().chain(&queued) {
+                answer(job, Err(refusal.clone()));
+            }
+            inner.room.notify(usize::MAX);
+            Err(io::Error::new(e.kind(), why))
+        }
+    }
+}

@@ -1,0 +1,852 @@
+//! tailsrv-collator end to end: the real binaries (collator, indexer, tailsrv, tswrite), real
+//! TCP on 127.0.0.1, files in temp directories.
+//!
+//! Ground truth never comes from the collator's code: payloads are generated here, and the
+//! file is checked with the tests' own framing scanner (`tests::framed`): every acknowledged
+//! message must be in the file exactly once, starting at its acknowledged offset, as the
+//! message with its acknowledged number.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+use tests::framed::{self, QueryClient, FRAMINGS};
+use tests::*;
+
+const BIN: &str = "tailsrv-collator";
+
+fn collator(file: &Path, extra: &[&str]) -> Proc {
+    let mut args = vec!["-p", "0", "--bind", "127.0.0.1"];
+    args.extend_from_slice(extra);
+    let file = file.to_str().unwrap();
+    args.push(file);
+    Proc::start(BIN, &args)
+}
+
+/// A producer connection: requests out, answer lines in.
+struct Producer {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Producer {
+    fn new(p: &Proc) -> Producer {
+        let s = p.connect();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        Producer {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.reader.read_line(&mut l).unwrap();
+        l.trim_end().to_owned()
+    }
+
+    fn ask(&mut self, bytes: &[u8]) -> String {
+        self.send(bytes);
+        self.line()
+    }
+
+    /// `ok OFFSET MSGNO COUNT` as numbers.
+    fn ok(line: &str) -> (u64, u64, u64) {
+        let f: Vec<u64> = line
+            .strip_prefix("ok ")
+            .unwrap_or_else(|| panic!("not an ok answer: {line:?}"))
+            .split(' ')
+            .map(|n| n.parse().unwrap())
+            .collect();
+        (f[0], f[1], f[2])
+    }
+}
+
+fn msg(payload: &[u8]) -> Vec<u8> {
+    let mut r = format!("msg {}\n", payload.len()).into_bytes();
+    r.extend_from_slice(payload);
+    r
+}
+
+fn batch(framing: &str, payloads: &[Vec<u8>]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for p in payloads {
+        framed::encode(framing, p, &mut body);
+    }
+    let mut r = format!("batch {} {}\n", payloads.len(), body.len()).into_bytes();
+    r.extend_from_slice(&body);
+    r
+}
+
+/// A payload that names itself and never holds a delimiter (`framed::encode` would alter it).
+fn payload(producer: usize, i: usize, len: usize) -> Vec<u8> {
+    let mut p = format!("p{producer}m{i}:").into_bytes();
+    p.extend((0..len).map(|j| b'a' + ((i * 7 + j * 13 + producer) % 26) as u8));
+    p
+}
+
+/// Checks every acknowledged message against the file: at its offset, as its number, and the
+/// file holds nothing else.
+fn check_file(framing: &str, data: &[u8], acked: &[(u64, u64, Vec<u8>)]) {
+    let (starts, end) = framed::naive_starts(framing, data);
+    assert_eq!(
+        end,
+        data.len() as u64,
+        "{framing}: the file ends inside a message"
+    );
+    assert_eq!(
+        starts.len(),
+        acked.len(),
+        "{framing}: the file holds {} messages, {} were acknowledged",
+        starts.len(),
+        acked.len()
+    );
+    let mut seen = vec![false; starts.len()];
+    for (offset, msgno, p) in acked {
+        let n = *msgno as usize;
+        assert!(!seen[n], "{framing}: message {n} acknowledged twice");
+        seen[n] = true;
+        assert_eq!(
+            starts[n], *offset,
+            "{framing}: message {n} is not at its offset"
+        );
+        let mut want = Vec::new();
+        framed::encode(framing, p, &mut want);
+        let at = *offset as usize;
+        assert_eq!(
+            &data[at..at + want.len()],
+            &want[..],
+            "{framing}: message {n}"
+        );
+    }
+}
+
+/// Four producers at once (single messages pipelined, batches, line mode, tswrite), on a
+/// file that an indexer and tailsrv follow: every acknowledged message is in the file once,
+/// where it was acknowledged; the indexer's `offset-of` agrees; tailsrv streams the file.
+#[test]
+fn concurrent_producers_every_framing() {
+    for framing in FRAMINGS {
+        let dir = tempdir();
+        let file = dir.path().join("log");
+        let c = collator(&file, &["--framing", framing, "--sync", "data"]);
+        let ix = Proc::start(
+            "tailsrv-indexer",
+            &[
+                "-p",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--framing",
+                framing,
+                "--stride",
+                "3",
+                file.to_str().unwrap(),
+            ],
+        );
+        let ts = Proc::start(
+            "tailsrv",
+            &["-p", "0", "--bind", "127.0.0.1", file.to_str().unwrap()],
+        );
+        let mut follower = ts.connect();
+        follower.write_all(b"0\n").unwrap();
+        const N: usize = 150;
+        let addr = c.addr();
+        let singles = std::thread::spawn(move || {
+            let mut p = Producer::new_addr(addr);
+            let all: Vec<Vec<u8>> = (0..N).map(|i| payload(0, i, i % 50 + 1)).collect();
+            let mut wire = Vec::new();
+            for m in &all {
+                wire.extend_from_slice(&msg(m));
+            }
+            p.send(&wire);
+            all.into_iter()
+                .map(|m| {
+                    let (o, n, c) = Producer::ok(&p.line());
+                    assert_eq!(c, 1);
+                    (o, n, m)
+                })
+                .collect::<Vec<_>>()
+        });
+        let fr = framing.to_owned();
+        let batches = std::thread::spawn(move || {
+            let mut p = Producer::new_addr(addr);
+            let mut out = Vec::new();
+            for b in 0..N / 10 {
+                let ms: Vec<Vec<u8>> = (0..10).map(|i| payload(1, b * 10 + i, 200 + i)).collect();
+                let (o, n, c) = Producer::ok(&p.ask(&batch(&fr, &ms)));
+                assert_eq!(c, 10);
+                let mut off = o;
+                for (i, m) in ms.into_iter().enumerate() {
+                    let mut enc = Vec::new();
+                    framed::encode(&fr, &m, &mut enc);
+                    out.push((off, n + i as u64, m));
+                    off += enc.len() as u64;
+                }
+            }
+            out
+        });
+        let fr = framing.to_owned();
+        let lines = std::thread::spawn(move || {
+            let mut p = Producer::new_addr(addr);
+            let ms: Vec<Vec<u8>> = (0..N).map(|i| payload(2, i, i % 30 + 1)).collect();
+            let mut wire = b"lines\n".to_vec();
+            for m in &ms {
+                wire.extend_from_slice(m);
+                wire.push(b'\n');
+            }
+            p.send(&wire);
+            p.writer.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut out = Vec::new();
+            let mut next = 0;
+            while next < ms.len() {
+                let (o, n, c) = Producer::ok(&p.line());
+                let mut off = o;
+                for i in 0..c {
+                    let m = ms[next].clone();
+                    let mut enc = Vec::new();
+                    framed::encode(&fr, &m, &mut enc);
+                    out.push((off, n + i, m));
+                    off += enc.len() as u64;
+                    next += 1;
+                }
+            }
+            out
+        });
+        // tswrite: lines on stdin, `BYTE MSG` per line on stdout.
+        let ms: Vec<Vec<u8>> = (0..N).map(|i| payload(3, i, i % 40 + 1)).collect();
+        let mut input = Vec::new();
+        for m in &ms {
+            input.extend_from_slice(m);
+            input.push(b'\n');
+        }
+        let printed = tswrite(&[&addr.to_string(), "--id", "tw"], &input);
+        assert!(printed.status.success(), "tswrite: {:?}", printed.status);
+        let mut acked: Vec<(u64, u64, Vec<u8>)> = String::from_utf8(printed.stdout)
+            .unwrap()
+            .lines()
+            .zip(ms)
+            .map(|(l, m)| {
+                let (b, n) = l.split_once(' ').unwrap();
+                (b.parse().unwrap(), n.parse().unwrap(), m)
+            })
+            .collect();
+        assert_eq!(acked.len(), N);
+        for t in [singles, batches, lines] {
+            acked.extend(t.join().unwrap());
+        }
+        let data = std::fs::read(&file).unwrap();
+        check_file(framing, &data, &acked);
+        // The indexer numbers them the same way.
+        let mut q = QueryClient::new(&ix);
+        q.wait_count("count", acked.len() as u64);
+        let asks: Vec<String> = acked.iter().map(|a| format!("offset-of {}", a.1)).collect();
+        let answers = q.ask_all(&asks);
+        for (a, ans) in acked.iter().zip(answers) {
+            assert_eq!(
+                ans,
+                a.0.to_string(),
+                "{framing}: indexer on message {}",
+                a.1
+            );
+        }
+        // tailsrv streams exactly the file.
+        assert_eq!(read_exact(&mut follower, data.len()), data, "{framing}");
+    }
+}
+
+impl Producer {
+    fn new_addr(addr: std::net::SocketAddr) -> Producer {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        Producer {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+        }
+    }
+}
+
+fn tswrite(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    let mut child = Command::new(bin("tswrite"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sin = child.stdin.take().unwrap();
+    let input = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = sin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    if !out.status.success() {
+        eprintln!("tswrite stderr: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    out
+}
+
+/// The collator is killed with SIGKILL 25 times while tswrite (an idempotent `Writer`)
+/// writes through it; each time a new collator starts on the same file and port. Every
+/// message is acknowledged, is in the file exactly once, at its acknowledged position.
+#[test]
+fn kill_9_during_writes_loses_and_duplicates_nothing() {
+    let dir = tempdir();
+    let file = dir.path().join("log");
+    let framing = "u32be";
+    let mut c = collator(&file, &["--framing", framing]);
+    let port = c.addr().port().to_string();
+    const N: usize = 40_000;
+    let ms: Vec<Vec<u8>> = (0..N).map(|i| payload(9, i, i % 60 + 1)).collect();
+    let mut input = Vec::new();
+    for m in &ms {
+        input.extend_from_slice(m);
+        input.push(b'\n');
+    }
+    let mut child = Command::new(bin("tswrite"))
+        .args([
+            &format!("127.0.0.1:{port}"),
+            "--id",
+            "killer",
+            "--batch-bytes",
+            "2000",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut sin = child.stdin.take().unwrap();
+    // Fed slowly, so the kills land while messages are flowing.
+    let feeder = std::thread::spawn(move || {
+        for chunk in input.chunks(input.len() / 400 + 1) {
+            sin.write_all(chunk).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).unwrap();
+        s
+    });
+    let started = Instant::now();
+    let mut kills = 0;
+    let mut cuts = 0;
+    let mut restart_ends = std::collections::BTreeSet::new();
+    while kills < 25 && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(80));
+        c.signal(Signal::KILL);
+        c.wait_exit(PATIENCE).expect("killed collator exits");
+        kills += 1;
+        c = Proc::start(
+            BIN,
+            &[
+                "-p",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--framing",
+                framing,
+                file.to_str().unwrap(),
+            ],
+        );
+        if c.log.text().contains("cutting a torn tail") {
+            cuts += 1;
+        }
+        restart_ends.insert(std::fs::metadata(&file).unwrap().len());
+    }
+    feeder.join().unwrap();
+    let status = child.wait().unwrap();
+    let out = reader.join().unwrap();
+    assert!(status.success(), "tswrite failed: {status:?}");
+    assert!(kills >= 20, "only {kills} kills");
+    // The kills landed while data was flowing: the file grew between most restarts.
+    assert!(
+        restart_ends.len() >= 15,
+        "the file grew between only {} of {kills} restarts",
+        restart_ends.len()
+    );
+    let acked: Vec<(u64, u64, Vec<u8>)> = out
+        .lines()
+        .zip(&ms)
+        .map(|(l, m)| {
+            let (b, n) = l
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
+            (b.parse().unwrap(), n.parse().unwrap(), m.clone())
+        })
+        .collect();
+    assert_eq!(acked.len(), N, "one line per message");
+    let data = std::fs::read(&file).unwrap();
+    check_file(framing, &data, &acked);
+    eprintln!("{kills} kills, {cuts} restarts cut a torn tail");
+}
+
+/// Torn tails made by hand (a partial message, a run of zeros, a half-written batch) are
+/// cut at the next start, and the log says what was cut.
+#[test]
+fn torn_tails_are_cut_on_restart() {
+    for framing in FRAMINGS {
+        let dir = tempdir();
+        let file = dir.path().join("log");
+        let mut c = collator(&file, &["--framing", framing]);
+        let mut p = Producer::new(&c);
+        let ms: Vec<Vec<u8>> = (0..5).map(|i| payload(0, i, 10)).collect();
+        let (_, _, n) = Producer::ok(&p.ask(&batch(framing, &ms)));
+        assert_eq!(n, 5);
+        drop(p);
+        c.signal(Signal::TERM);
+        assert!(c.wait_exit(PATIENCE).unwrap().success());
+        let good = std::fs::read(&file).unwrap();
+        let mut one = Vec::new();
+        framed::encode(framing, b"extra message", &mut one);
+        let tails: [(&str, Vec<u8>); 3] = [
+            ("partial", one[..one.len() - 3].to_vec()),
+            ("zeros", vec![0; 4096]),
+            // Two complete messages of a batch of three: its journal record was written
+            // first (as the collator does), the third message never was.
+            ("half batch", [one.clone(), one.clone()].concat()),
+        ];
+        let mut journal = file.as_os_str().to_owned();
+        journal.push(".collator");
+        for (what, tail) in tails {
+            if what == "half batch" {
+                let start = good.len();
+                let record = format!("b {start} {}\n", start + 3 * one.len());
+                append(Path::new(&journal), record.as_bytes());
+            }
+            append(&file, &tail);
+            let c = collator(&file, &["--framing", framing]);
+            assert!(
+                c.log.wait_for("cutting a torn tail", PATIENCE).is_some(),
+                "{framing} {what}: nothing cut; log:\n{}",
+                c.log.text()
+            );
+            assert_eq!(std::fs::read(&file).unwrap(), good, "{framing} {what}");
+            let mut p = Producer::new(&c);
+            assert_eq!(
+                p.ask(b"end\n"),
+                format!("end {} 5 {framing}", good.len()),
+                "{framing} {what}"
+            );
+        }
+    }
+}
+
+/// Every kind of bad input: refused with its code, and the connection stays usable when the
+/// body could be skipped; a bad header gets one error line and the connection is closed.
+#[test]
+fn bad_input() {
+    let dir = tempdir();
+    let file = dir.path().join("log");
+    let c = collator(
+        &file,
+        &[
+            "--max-message",
+            "100",
+            "--max-request",
+            "1000",
+            "--header-timeout",
+            "1",
+        ],
+    );
+    let mut p = Producer::new(&c);
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (msg(b""), "error: bad-body:"),
+        (msg(b"a\nb"), "error: bad-body:"),
+        (msg(&[b'x'; 101]), "error: too-big:"),
+        (
+            batch("newline", &[b"a".to_vec(), b"b".to_vec()]).replace_count(3),
+            "error: bad-body:",
+        ),
+        (b"batch 2 4\nab\nc".to_vec(), "error: bad-body:"),
+        (b"batch 2 3\na\n\n".to_vec(), "error: bad-body:"),
+        (
+            [b"batch 1 1001\n".to_vec(), vec![b'x'; 1001]].concat(),
+            "error: too-big:",
+        ),
+        (b"msg 1 id p seq 5\nx".to_vec(), "ok "),
+        (
+            b"msg 1 id p seq 7\nx".to_vec(),
+            "error: sequence-gap: producer p sent seq 7, expected 6",
+        ),
+        (b"msg 1 id p seq 5\nx".to_vec(), "ok "),
+        // A restarted producer: far ahead of the window, a new session.
+        (b"msg 1 id p seq 1000\nw".to_vec(), "ok 2 1 1"),
+        (b"msg 1\nz".to_vec(), "ok 4 2 1"),
+    ];
+    let mut answers = Vec::new();
+    for (req, want) in &cases {
+        let a = p.ask(req);
+        assert!(
+            a.starts_with(want),
+            "{:?}: {a:?}",
+            String::from_utf8_lossy(req)
+        );
+        answers.push(a);
+    }
+    // The retry was answered with the original position, and nothing else was written.
+    assert_eq!(answers[7], answers[9]);
+    assert_eq!(std::fs::read(&file).unwrap(), b"x\nw\nz\n");
+    // Header errors: one line, then the connection is closed.
+    for (req, want) in [
+        (&b"hello\n"[..], "error: bad-request:"),
+        (&[b'm'; 5000][..], "error: too-long:"),
+        (b"msg 1", "error: timeout:"),
+        (b"msg 2 to x\nab", "error: wrong-mode:"),
+    ] {
+        let mut s = c.connect();
+        s.write_all(req).unwrap();
+        let all = String::from_utf8(read_to_end(&mut s)).unwrap();
+        assert!(all.starts_with(want), "{all:?}");
+        assert_eq!(all.lines().count(), 1, "{all:?}");
+    }
+    // Answers owed before a bad header still come first.
+    let mut s = c.connect();
+    s.write_all(b"msg 1\nqend\nnonsense\n").unwrap();
+    let all = String::from_utf8(read_to_end(&mut s)).unwrap();
+    let lines: Vec<&str> = all.lines().collect();
+    assert_eq!(lines.len(), 3, "{all:?}");
+    assert_eq!(lines[0], "ok 6 3 1");
+    assert_eq!(lines[1], "end 8 4 newline");
+    assert!(lines[2].starts_with("error: bad-request:"));
+}
+
+trait ReplaceCount {
+    fn replace_count(self, n: u64) -> Vec<u8>;
+}
+
+impl ReplaceCount for Vec<u8> {
+    /// Rewrites a `batch C L` header's count.
+    fn replace_count(self, n: u64) -> Vec<u8> {
+        let nl = self.iter().position(|&b| b == b'\n').unwrap();
+        let head = String::from_utf8(self[..nl].to_vec()).unwrap();
+        let len = head.rsplit(' ').next().unwrap();
+        [format!("batch {n} {len}").into_bytes(), self[nl..].to_vec()].concat()
+    }
+}
+
+/// A second collator on the same file exits at once, saying why; the first is unharmed.
+#[test]
+fn second_collator_on_the_same_file_is_refused() {
+    let dir = tempdir();
+    let file = dir.path().join("log");
+    let c = collator(&file, &[]);
+    let mut second = Proc::spawn(
+        BIN,
+        &["-p", "0", "--bind", "127.0.0.1", file.to_str().unwrap()],
+    );
+    let status = second.wait_exit(PATIENCE).expect("second collator exits");
+    assert!(!status.success());
+    assert!(
+        second
+            .log
+            .wait_for("another collator is writing", PATIENCE)
+            .is_some(),
+        "{}",
+        second.log.text()
+    );
+    let mut p = Producer::new(&c);
+    assert_eq!(p.ask(&msg(b"still here")), "ok 0 0 1");
+}
+
+/// SIGTERM while requests are in flight: every request sent before it is answered `ok`
+/// (none lost), the collator exits 0, and the file holds exactly what was acknowledged.
+#[test]
+fn sigterm_drains_in_flight_requests() {
+    let dir = tempdir();
+    let file = dir.path().join("log");
+    let mut c = collator(&file, &["--sync", "data"]);
+    let mut p = Producer::new(&c);
+    let ms: Vec<Vec<u8>> = (0..2000).map(|i| payload(0, i, 20)).collect();
+    let mut wire = Vec::new();
+    for m in &ms {
+        wire.extend_from_slice(&msg(m));
+    }
+    p.send(&wire);
+    let first = p.line();
+    c.signal(Signal::TERM);
+    let mut acked = vec![first];
+    loop {
+        let mut l = String::new();
+        match p.reader.read_line(&mut l) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => acked.push(l.trim_end().to_owned()),
+        }
+    }
+    assert!(c.wait_exit(PATIENCE).expect("exits").success());
+    let oks: Vec<(u64, u64, Vec<u8>)> = acked
+        .iter()
+        .take_while(|l| l.starts_with("ok "))
+        .zip(&ms)
+        .map(|(l, m)| {
+            let (o, n, _) = Producer::ok(l);
+            (o, n, m.clone())
+        })
+        .collect();
+    // Requests read after the signal may be refused as `busy`, never lost.
+    for l in &acked[oks.len()..] {
+        assert!(l.starts_with("error: busy:"), "{l:?}");
+    }
+    check_file("newline", &std::fs::read(&file).unwrap(), &oks);
+}
+
+/// Directory mode: `to PATH` under tailsrv's rule; files created on first write.
+#[test]
+fn directory_mode() {
+    let dir = tempdir();
+    let root = dir.path().join("logs");
+    std::fs::create_dir_all(root.join("app")).unwrap();
+    std::fs::write(root.join(".ignore"), "secret*\n").unwrap();
+    let journals = dir.path().join("journals");
+    let c = Proc::start(
+        BIN,
+        &[
+            "-p",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--journal-dir",
+            journals.to_str().unwrap(),
+            root.to_str().unwrap(),
+        ],
+    );
+    let mut p = Producer::new(&c);
+    assert_eq!(p.ask(b"end to app/a.log\n"), "end 0 0 newline");
+    assert!(!root.join("app/a.log").exists(), "`end` creates nothing");
+    assert_eq!(p.ask(b"msg 2 to app/a.log\nhi"), "ok 0 0 1");
+    assert_eq!(p.ask(b"msg 3 to app/a.log\nyou"), "ok 3 1 1");
+    assert_eq!(p.ask(b"msg 1 to b.log\nx"), "ok 0 0 1");
+    assert_eq!(std::fs::read(root.join("app/a.log")).unwrap(), b"hi\nyou\n");
+    for bad in [
+        &b"msg 1 to ../outside\nx"[..],
+        b"msg 1 to /etc/passwd\nx",
+        b"msg 1 to secret.log\nx",
+        b"msg 1 to app/../b.log\nx",
+    ] {
+        let a = p.ask(bad);
+        assert!(a.starts_with("error: not-served:"), "{a:?}");
+    }
+    assert!(p
+        .ask(b"msg 1 to nodir/x.log\nx")
+        .starts_with("error: not-found:"));
+    assert!(p.ask(b"msg 1\nx").starts_with("error: wrong-mode:"));
+    assert!(!dir.path().join("outside").exists());
+    assert!(!root.join("secret.log").exists());
+}
+
+/// A full disk: the request that does not fit is refused with `disk-full`, nothing of it
+/// stays in the file, and the collator goes on serving. Needs root (a small tmpfs).
+#[test]
+fn disk_full_cuts_back_and_keeps_serving() {
+    let dir = tempdir();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=256k",
+            "tmpfs",
+            mnt.to_str().unwrap(),
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs (not root?)");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&mnt);
+    let file = mnt.join("log");
+    let mut c = collator(&file, &["--max-message", "100000"]);
+    let mut p = Producer::new(&c);
+    let mut acked = Vec::new();
+    let mut full = None;
+    for i in 0..100 {
+        let m = payload(0, i, 30_000);
+        let a = p.ask(&msg(&m));
+        if a.starts_with("ok ") {
+            let (o, n, _) = Producer::ok(&a);
+            acked.push((o, n, m));
+        } else {
+            full = Some(a);
+            break;
+        }
+    }
+    let full = full.expect("the disk never filled");
+    assert!(full.starts_with("error: disk-full:"), "{full:?}");
+    let data = std::fs::read(&file).unwrap();
+    check_file("newline", &data, &acked);
+    // Still serving: a small message fits in what is left... or is refused the same way.
+    let a = p.ask(&msg(b"small"));
+    assert!(
+        a.starts_with("ok ") || a.starts_with("error: disk-full:"),
+        "{a:?}"
+    );
+    assert!(p.ask(b"end\n").starts_with("end "));
+    c.signal(Signal::TERM);
+    c.wait_exit(PATIENCE);
+}
+
+/// The answers of many producers at once add up, in every sync mode: no two requests share
+/// a position, and the file holds exactly what was acknowledged.
+#[test]
+fn many_connections_share_the_file() {
+    for sync in ["none", "write", "data", "interval=20"] {
+        many_connections(sync);
+    }
+}
+
+fn many_connections(sync: &str) {
+    let dir = tempdir();
+    let file = dir.path().join("log");
+    let mut c = collator(&file, &["--sync", sync]);
+    let addr = c.addr();
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut p = Producer::new_addr(addr);
+                (0..50)
+                    .map(|i| {
+                        let m = payload(t, i, 10);
+                        let (o, n, _) = Producer::ok(&p.ask(&msg(&m)));
+                        (o, n, m)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let acked: Vec<_> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let by_no: HashMap<u64, u64> = acked.iter().map(|a| (a.1, a.0)).collect();
+    assert_eq!(by_no.len(), acked.len(), "{sync}");
+    // `none` acknowledges at queueing: the write may still be under way; SIGTERM finishes it.
+    c.signal(Signal::TERM);
+    assert!(c.wait_exit(PATIENCE).expect("exits").success(), "{sync}");
+    check_file("newline", &std::fs::read(&file).unwrap(), &acked);
+}
+
+/// The last synced length the collator published in `FILE.synced`.
+fn synced(file: &Path) -> u64 {
+    let mut p = file.as_os_str().to_owned();
+    p.push(".synced");
+    let b = std::fs::read(p).unwrap_or_default();
+    let n = b.len() / 8;
+    if n == 0 {
+        return 0;
+    }
+    u64::from_be_bytes(b[(n - 1) * 8..n * 8].try_into().unwrap())
+}
+
+/// `--sync data` with tailsrv `--serve-up-to-synced`: a follower never holds a byte past the
+/// synced length, and receives every acknowledged message. Without a published length
+/// nothing is sent; a published length is an exact cap.
+#[test]
+fn followers_never_see_past_the_synced_length() {
+    // The cap by hand: bytes in the file, no sidecar, then a sidecar saying 5.
+    let dir = tempdir();
+    let file = dir.path().join("log");
+    std::fs::write(&file, b"0123456789").unwrap();
+    let ts = Proc::start(
+        "tailsrv",
+        &[
+            "-p",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--serve-up-to-synced",
+            file.to_str().unwrap(),
+        ],
+    );
+    let mut f = ts.connect();
+    f.write_all(b"0\n").unwrap();
+    f.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        f.read(&mut buf).is_err(),
+        "sent bytes with no synced length published"
+    );
+    let mut sidecar = file.as_os_str().to_owned();
+    sidecar.push(".synced");
+    std::fs::write(&sidecar, 5u64.to_be_bytes()).unwrap();
+    assert_eq!(read_exact(&mut f, 5), b"01234");
+    f.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(f.read(&mut buf).is_err(), "sent past the synced length");
+    drop((f, ts));
+
+    // With a collator writing in data mode.
+    let dir = tempdir();
+    let file = dir.path().join("log");
+    let c = collator(&file, &["--sync", "data"]);
+    let ts = Proc::start(
+        "tailsrv",
+        &[
+            "-p",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--serve-up-to-synced",
+            file.to_str().unwrap(),
+        ],
+    );
+    let mut f = ts.connect();
+    f.write_all(b"0\n").unwrap();
+    let addr = c.addr();
+    let producers: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut p = Producer::new_addr(addr);
+                for i in 0..100 {
+                    Producer::ok(&p.ask(&msg(&payload(t, i, 50))));
+                }
+            })
+        })
+        .collect();
+    let expected: u64 = (0..4)
+        .flat_map(|t| (0..100).map(move |i| payload(t, i, 50).len() as u64 + 1))
+        .sum();
+    let mut received = 0u64;
+    let mut reads = 0;
+    f.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut big = vec![0u8; 1 << 16];
+    while received < expected {
+        let n = f.read(&mut big).unwrap();
+        assert!(n > 0, "tailsrv closed the stream");
+        received += n as u64;
+        reads += 1;
+        // Read after the bytes arrived, so it can only be larger than it was when they left.
+        let limit = synced(&file);
+        assert!(
+            received <= limit,
+            "received {received} bytes, synced only {limit}"
+        );
+    }
+    for p in producers {
+        p.join().unwrap();
+    }
+    assert!(reads > 1);
+    let data = std::fs::read(&file).unwrap();
+    assert_eq!(data.len() as u64, received);
+    assert_eq!(framed::naive_starts("newline", &data).0.len(), 400);
+}
