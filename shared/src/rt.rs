@@ -9,7 +9,8 @@
 //! # Where a woken task runs
 //!
 //! Tasks started with [`spawn`] are `async-task` tasks with a schedule function of our own.
-//! A woken task normally goes to async-std's executor threads. The exception is the file
+//! A woken task normally goes to async-std's executor threads: it is queued for one of the
+//! runners, a long-lived async-std task per executor thread that polls queued tasks in turn. The exception is the file
 //! watcher: it reads inotify on a thread of its own and publishes a file's new length inside
 //! [`run_woken_here`]. Tasks woken inside that call (the followers waiting for that file to
 //! grow) are polled right there, on the watcher's thread, once, in the order they were
@@ -18,9 +19,10 @@
 //! cross-thread wake-ups (tens of µs each on a VM, see BENCHMARKS.md).
 //!
 //! Bounds, so that polling inline never costs the others:
-//! - only the first [`INLINE`] woken tasks are polled on the watcher's thread; the rest are
-//!   handed to the executor *first*, in batches of [`BATCH`], so that with many followers the
-//!   executor's threads send in parallel with the watcher's;
+//! - only the first half of the woken tasks, and at most [`INLINE`], are polled on the
+//!   watcher's thread; the rest are handed to the executor *first*, so that the executor's
+//!   threads send in parallel with the watcher's (with 10 followers, 5 are sent from each
+//!   core; with 1,000, 8 from the watcher's thread and 992 by the executor's);
 //! - inline polling stops after [`BUDGET`]; what is left goes to the executor;
 //! - a task is polled inline at most once per call: if it wakes itself again (a yield, a
 //!   wake that raced with its poll) it goes to the executor;
@@ -31,12 +33,15 @@
 //! executor's threads in the reactor, as before.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_task::Runnable;
+use event_listener::Event;
 
 /// Runs a future to completion on the current thread, driving the executor's threads.
 pub fn block_on<T>(future: impl Future<Output = T>) -> T {
@@ -101,9 +106,6 @@ pub fn spawn_blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stat
 /// Woken tasks polled on the waking thread per [`run_woken_here`] call, at most.
 pub const INLINE: usize = 8;
 
-/// Woken tasks handed to the executor as one of its tasks (polled one after the other).
-pub const BATCH: usize = 16;
-
 /// How long [`run_woken_here`] polls woken tasks before it hands the rest to the executor.
 pub const BUDGET: Duration = Duration::from_micros(500);
 
@@ -121,8 +123,10 @@ pub fn run_woken_here<T>(wake: impl FnOnce() -> T) -> T {
     let woken = WOKEN
         .with(|w| std::mem::replace(&mut *w.borrow_mut(), outer))
         .unwrap_or_default();
+    // Half here, half to the executor (whose threads run on the other core), up to INLINE.
+    let inline = woken.len().div_ceil(2).min(INLINE);
     let mut woken = woken.into_iter();
-    let here: Vec<Runnable> = woken.by_ref().take(INLINE).collect();
+    let here: Vec<Runnable> = woken.by_ref().take(inline).collect();
     to_executor(woken);
     let start = Instant::now();
     let mut here = here.into_iter();
@@ -151,34 +155,88 @@ fn schedule(runnable: Runnable) {
         Err(_) => Some(runnable),
     });
     if let Some(runnable) = runnable {
-        drop(async_std::task::spawn(async move {
-            trace::mark(trace::Point::Polled);
-            runnable.run();
-        }));
+        to_executor(std::iter::once(runnable));
     }
 }
 
-/// Hands tasks to the executor, [`BATCH`] per executor task.
+/// The woken tasks waiting for an executor thread, and the runners that poll them: one
+/// long-lived async-std task per executor thread, each taking tasks off the queue in turn.
+/// A wake costs a queue push and, when a runner is idle, waking it: no allocation, and one
+/// hand-off to the executor, as scheduling an async-std task directly would.
+struct Runners {
+    queue: Mutex<VecDeque<Runnable>>,
+    /// Notified when tasks are queued; idle runners wait on it.
+    queued: Event,
+}
+
+static RUNNERS: OnceLock<Runners> = OnceLock::new();
+
+fn runners() -> &'static Runners {
+    RUNNERS.get_or_init(|| {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        for _ in 0..threads {
+            drop(async_std::task::spawn(run_queued()));
+        }
+        Runners {
+            queue: Mutex::default(),
+            queued: Event::new(),
+        }
+    })
+}
+
+/// A runner: polls queued tasks in order; yields to the executor after [`RUN_IN_A_ROW`] so
+/// that the executor's other tasks get their turn, and sleeps while the queue is empty.
+async fn run_queued() {
+    let runners = runners();
+    loop {
+        let mut ran = 0;
+        while let Some(runnable) = runners.pop() {
+            trace::mark(trace::Point::Polled);
+            runnable.run();
+            ran += 1;
+            if ran == RUN_IN_A_ROW {
+                ran = 0;
+                futures_lite::future::yield_now().await;
+            }
+        }
+        let listener = runners.queued.listen();
+        if runners.is_empty() {
+            listener.await;
+        }
+    }
+}
+
+/// Tasks a runner polls before it yields to the executor.
+const RUN_IN_A_ROW: usize = 64;
+
+impl Runners {
+    fn pop(&self) -> Option<Runnable> {
+        self.lock().pop_front()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Runnable>> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Queues tasks for the runners and wakes as many idle runners as there are tasks.
 fn to_executor(runnables: impl Iterator<Item = Runnable>) {
-    let mut batch = Vec::new();
-    for runnable in runnables {
-        batch.push(runnable);
-        if batch.len() == BATCH {
-            run_on_executor(std::mem::take(&mut batch));
-        }
+    let runners = runners();
+    let n = {
+        let mut queue = runners.lock();
+        let before = queue.len();
+        queue.extend(runnables);
+        queue.len() - before
+    };
+    if n > 0 {
+        runners.queued.notify_additional(n);
     }
-    if !batch.is_empty() {
-        run_on_executor(batch);
-    }
-}
-
-fn run_on_executor(batch: Vec<Runnable>) {
-    drop(async_std::task::spawn(async move {
-        for runnable in batch {
-            trace::mark(trace::Point::Polled);
-            runnable.run();
-        }
-    }));
 }
 
 #[cfg(test)]
@@ -186,36 +244,44 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+    use std::time::Duration;
 
     /// Tasks woken inside `run_woken_here` are polled before it returns, on the calling
-    /// thread; a task that keeps waking itself is polled there only once.
+    /// thread (half of them, the first woken; the other half on the executor).
     #[test]
     fn woken_tasks_run_on_the_waking_thread() {
         let event = Arc::new(event_listener::Event::new());
         let polled_on = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let done = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
-        for _ in 0..3 {
-            let (event, polled_on, done) = (event.clone(), polled_on.clone(), done.clone());
+        for _ in 0..4 {
+            let (event, polled_on) = (event.clone(), polled_on.clone());
             let listener = event.listen();
             tasks.push(spawn(async move {
                 listener.await;
                 polled_on.lock().unwrap().push(std::thread::current().id());
-                done.fetch_add(1, Ordering::SeqCst);
             }));
         }
         // Let the executor poll each task once, so that each is waiting on its listener.
         std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(done.load(Ordering::SeqCst), 0);
+        assert!(polled_on.lock().unwrap().is_empty());
         run_woken_here(|| event.notify(usize::MAX));
-        assert_eq!(done.load(Ordering::SeqCst), 3, "all three ran before the call returned");
         let me = std::thread::current().id();
-        assert!(polled_on.lock().unwrap().iter().all(|t| *t == me));
+        let here = polled_on
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| **t == me)
+            .count();
+        assert_eq!(
+            here, 2,
+            "half of the woken tasks ran here before the call returned"
+        );
         block_on(async {
             for t in tasks {
                 t.await;
             }
         });
+        assert_eq!(polled_on.lock().unwrap().len(), 4);
     }
 
     /// Over [`INLINE`] woken tasks: the rest still run, on the executor.
@@ -223,7 +289,7 @@ mod tests {
     fn many_woken_tasks_all_run() {
         let event = Arc::new(event_listener::Event::new());
         let done = Arc::new(AtomicUsize::new(0));
-        let n = INLINE + 3 * BATCH + 1;
+        let n = INLINE * 10 + 1;
         let mut tasks = Vec::new();
         for _ in 0..n {
             let (event, done) = (event.clone(), done.clone());

@@ -449,10 +449,19 @@ mod tests {
         let dir = tempfile_dir();
         let watcher = shared::watch::Watcher::new().unwrap();
         let file = watcher.follower().follow(&dir.join("log")).unwrap();
-        let future = serve(stream, peer, Served::File(file), Duration::from_secs(1), None);
+        let future = serve(
+            stream,
+            peer,
+            Served::File(file),
+            Duration::from_secs(1),
+            None,
+        );
         let size = std::mem::size_of_val(&future);
         eprintln!("serve future: {size} bytes");
-        assert!(size <= SERVE_BOUND, "the serve future is {size} bytes (bound {SERVE_BOUND})");
+        assert!(
+            size <= SERVE_BOUND,
+            "the serve future is {size} bytes (bound {SERVE_BOUND})"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -413,8 +413,12 @@ impl ThreadFloor {
                                 let len = meta.len();
                                 while offset < len {
                                     let count = (len - offset) as usize;
-                                    match rustix::fs::sendfile(&sock, &*file, Some(&mut offset), count)
-                                    {
+                                    match rustix::fs::sendfile(
+                                        &sock,
+                                        &*file,
+                                        Some(&mut offset),
+                                        count,
+                                    ) {
                                         Ok(0) | Err(_) => return,
                                         Ok(_) => {}
                                     }

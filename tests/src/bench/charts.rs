@@ -91,7 +91,9 @@ fn cdf(path: &Path, title: &str, series: &[(String, Vec<u64>)]) -> Drawn {
         chart
             .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
             .label(label.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()
@@ -107,7 +109,12 @@ fn cdf(path: &Path, title: &str, series: &[(String, Vec<u64>)]) -> Drawn {
 fn bars(path: &Path, title: &str, unit: &str, groups: &[(String, Vec<(String, f64)>)]) -> Drawn {
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
-    let width = groups.iter().map(|(_, b)| b.len()).max().unwrap_or(1).max(1);
+    let width = groups
+        .iter()
+        .map(|(_, b)| b.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let top = groups
         .iter()
         .flat_map(|(_, b)| b.iter().map(|(_, v)| *v))

@@ -16,7 +16,7 @@ use crate::baseline::SendfileServer;
 use crate::data::DataFile;
 use crate::fleet::{self, discard, Fleet, Handler, Sink, Step};
 use crate::procs::Server;
-use crate::report::{Chart, gibps, Row, Table};
+use crate::report::{gibps, Chart, Row, Table};
 use crate::run::{Plan, Result};
 
 /// The longest one bulk run may take before it counts as failed.

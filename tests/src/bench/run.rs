@@ -86,7 +86,10 @@ pub fn run(args: &Args) -> Result<()> {
         followers: args.followers.clone(),
         rate: args.rate.max(1),
         latency_secs: args.latency_secs.unwrap_or(if quick { 2.0 } else { 10.0 }),
-        latency_rounds: args.latency_rounds.unwrap_or(if quick { 1 } else { 3 }).max(1),
+        latency_rounds: args
+            .latency_rounds
+            .unwrap_or(if quick { 1 } else { 3 })
+            .max(1),
         trace: args.trace.clone(),
         idle_followers: args.idle_followers,
         idle_secs: args.idle_secs.unwrap_or(if quick { 2.0 } else { 5.0 }),
