@@ -263,6 +263,9 @@ struct Table {
 /// runs it ([`Watcher::run`]); any task follows files through a [`Follower`].
 pub struct Watcher {
     inotify: Inotify,
+    /// Written to stop the watcher's thread. Made with the inotify descriptor, not when
+    /// [`Watcher::run`] starts: by then a storm of clients may have taken every descriptor.
+    stop: Arc<OwnedFd>,
     follower: Follower,
 }
 
@@ -317,8 +320,11 @@ impl Watcher {
         let inotify =
             Inotify::init().map_err(|e| io::Error::new(e.kind(), format!("inotify_init: {e}")))?;
         let watches = inotify.watches();
+        let stop = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+            .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("eventfd: {e}")))?;
         Ok(Watcher {
             inotify,
+            stop: Arc::new(stop),
             follower: Follower {
                 registry: Arc::new(Registry {
                     watches: Mutex::new(watches),
@@ -342,9 +348,7 @@ impl Watcher {
     /// event reaches a follower's `sendfile` with no thread hand-off in between. Dropping
     /// this future stops the thread.
     pub async fn run(self, on_gone: OnGone) -> io::Result<Gone> {
-        let stop = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-            .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("eventfd: {e}")))?;
-        let stop = Arc::new(stop);
+        let stop = self.stop.clone();
         let (tx, rx) = async_channel::bounded(1);
         let thread_stop = stop.clone();
         std::thread::Builder::new()
