@@ -2,10 +2,15 @@
 //! interested task when one of them changes.
 //!
 //! Why this shape: thousands of clients wait on the same file. Polling it would cost CPU per
-//! client per tick, so instead a single [`Watcher`] task reads inotify events, re-`fstat`s each
-//! file that had events once per batch, publishes its new length in an atomic, and wakes every
-//! task waiting on that file once through an [`event_listener::Event`]. A quiet file costs
-//! nothing.
+//! client per tick, so instead a single [`Watcher`] thread reads inotify events, re-`fstat`s
+//! each file that had events once per batch, publishes its new length in an atomic, and wakes
+//! every task waiting on that file once through an [`event_listener::Event`]. A quiet file
+//! costs nothing: the thread sleeps in `poll(2)`.
+//!
+//! The tasks it wakes are polled on that same thread before it reads the next batch (up to
+//! a bound; `crate::rt::run_woken_here` has the rules), so a follower's `sendfile` follows
+//! the kernel's "the file grew" with no hand-off to another thread. BENCHMARKS.md (issue #13)
+//! has the breakdown of that path.
 //!
 //! One inotify instance serves every file (the kernel allows only 128 instances per user by
 //! default), with one watch per followed file, shared by all of its followers through
