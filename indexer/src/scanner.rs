@@ -49,6 +49,9 @@ const CHUNK: usize = 64 << 10;
 /// Bytes read between two publications of the index (lock, entry write, yield).
 const BATCH: u64 = 1 << 20;
 
+/// How often a long first pass logs its progress.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How far behind the log the scanner must be for a batch to go to the blocking pool.
 const OFFLOAD: u64 = 4 << 20;
 
@@ -240,6 +243,9 @@ async fn follow(
     };
     let started = Instant::now();
     let mut caught_up = false;
+    // A long first pass (a cold build of a big log) says how it is getting on.
+    let mut progress_at = started + PROGRESS_EVERY;
+    let from = p.splitter.offset();
     // Why the index must be rebuilt, if it must.
     let stale = || {
         if index.is_suspect(generation) {
@@ -304,6 +310,18 @@ async fn follow(
                 return Ok(stale().unwrap_or("the log changed").to_string());
             }
             // A cold build of a big log must not starve the accept loop and queries.
+            if !caught_up && Instant::now() >= progress_at {
+                progress_at = Instant::now() + PROGRESS_EVERY;
+                let done = p.splitter.offset();
+                let rate = (done - from) as f64 / started.elapsed().as_secs_f64();
+                log::info!(
+                    path:% = watch.path().display(), offset = done, length = len,
+                    messages = p.count;
+                    "building the index: {} of {} MiB, {:.0} MiB/s, about {:.0} s to go",
+                    done >> 20, len >> 20, rate / f64::from(1 << 20),
+                    (len - done) as f64 / rate.max(1.0)
+                );
+            }
             future::yield_now().await;
         }
         if !caught_up {
