@@ -207,7 +207,12 @@ async fn session(
     };
     let state = match stream.get_info().await {
         Ok(i) => i.state,
-        Err(e) => return Ok(Ended::Retry(format!("reading stream {:?}: {e}", opts.stream))),
+        Err(e) => {
+            return Ok(Ended::Retry(format!(
+                "reading stream {:?}: {e}",
+                opts.stream
+            )))
+        }
     };
     let mut expected = opts.origin + out.count;
     if expected < state.first_sequence {
@@ -226,11 +231,19 @@ async fn session(
     let floor = match stream.consumer_info(&opts.durable).await {
         Ok(info) => Some(info.ack_floor.stream_sequence),
         Err(e) if e.to_string().contains("not found") => None,
-        Err(e) => return Ok(Ended::Retry(format!("reading consumer {:?}: {e}", opts.durable))),
+        Err(e) => {
+            return Ok(Ended::Retry(format!(
+                "reading consumer {:?}: {e}",
+                opts.durable
+            )))
+        }
     };
     if floor.is_some() {
         if let Err(e) = stream.delete_consumer(&opts.durable).await {
-            return Ok(Ended::Retry(format!("resetting consumer {:?}: {e}", opts.durable)));
+            return Ok(Ended::Retry(format!(
+                "resetting consumer {:?}: {e}",
+                opts.durable
+            )));
         }
     }
     let start = match floor {
@@ -248,7 +261,12 @@ async fn session(
     };
     let consumer = match stream.create_consumer(config).await {
         Ok(c) => c,
-        Err(e) => return Ok(Ended::Retry(format!("creating consumer {:?}: {e}", opts.durable))),
+        Err(e) => {
+            return Ok(Ended::Retry(format!(
+                "creating consumer {:?}: {e}",
+                opts.durable
+            )))
+        }
     };
     let mut messages = match consumer
         .stream()
@@ -258,7 +276,12 @@ async fn session(
         .await
     {
         Ok(m) => m,
-        Err(e) => return Ok(Ended::Retry(format!("pulling from {:?}: {e}", opts.durable))),
+        Err(e) => {
+            return Ok(Ended::Retry(format!(
+                "pulling from {:?}: {e}",
+                opts.durable
+            )))
+        }
     };
     log::info!(
         "consumer {:?} delivers stream {:?} from sequence {start}",

@@ -136,7 +136,9 @@ pub fn subject_matches(pattern: &str, subject: &str) -> bool {
 /// Checks that `subject` is a literal subject a message can be published to.
 pub fn check_subject(subject: &str) -> Result<(), String> {
     let bad = subject.is_empty()
-        || subject.split('.').any(|t| t.is_empty() || t == "*" || t == ">")
+        || subject
+            .split('.')
+            .any(|t| t.is_empty() || t == "*" || t == ">")
         || subject.chars().any(|c| c.is_whitespace() || c.is_control());
     if bad {
         return Err(format!(
@@ -205,7 +207,8 @@ pub(crate) async fn open_stream(
             }
             GetStreamErrorKind::JetStream(je)
                 if je.error_code() == jetstream::ErrorCode::JETSTREAM_NOT_ENABLED
-                    || je.error_code() == jetstream::ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT =>
+                    || je.error_code()
+                        == jetstream::ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT =>
             {
                 return Err(Error::Stream(format!(
                     "JetStream is not enabled on this NATS server (or account): {je}"

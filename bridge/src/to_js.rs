@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use async_nats::jetstream::{self, context::PublishError};
 use bytes::Bytes;
@@ -117,7 +117,16 @@ pub async fn run(opts: Options, stop: Arc<AtomicBool>) -> Result<(), Error> {
         if stop.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let outcome = session(&opts, &client, &js, &stop, &mut backoff, &mut progress, &mut count).await;
+        let outcome = session(
+            &opts,
+            &client,
+            &js,
+            &stop,
+            &mut backoff,
+            &mut progress,
+            &mut count,
+        )
+        .await;
         progress.finish();
         match outcome? {
             Ended::Done => {
@@ -138,7 +147,11 @@ pub async fn run(opts: Options, stop: Arc<AtomicBool>) -> Result<(), Error> {
 }
 
 /// A publish whose ack is awaited, with where its message ends.
-type Pending = (Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>, u64, u64);
+type Pending = (
+    Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>,
+    u64,
+    u64,
+);
 
 /// One run from a resume point until a failure: open the stream, read where to resume,
 /// follow the log from there and publish with a window of acks in flight.
@@ -152,7 +165,8 @@ async fn session(
     count: &mut u64,
 ) -> Result<Ended, Error> {
     let mut stream =
-        match nats::open_stream(js, &opts.stream, Some(&opts.subject), opts.create.as_ref()).await? {
+        match nats::open_stream(js, &opts.stream, Some(&opts.subject), opts.create.as_ref()).await?
+        {
             Ok(s) => s,
             Err(why) => return Ok(Ended::Retry(why)),
         };
@@ -179,7 +193,16 @@ async fn session(
         std::thread::Builder::new()
             .name("follow".into())
             .spawn(move || {
-                follow_log(cfg, resume.next, framing, max, exit_at_end, &tx, session_stop, &known_len)
+                follow_log(
+                    cfg,
+                    resume.next,
+                    framing,
+                    max,
+                    exit_at_end,
+                    &tx,
+                    session_stop,
+                    &known_len,
+                )
             })
             .map_err(|e| Error::Unreachable(format!("cannot start the follower thread: {e}")))?
     };
@@ -197,6 +220,7 @@ async fn session(
     let mut acked_next = resume.next;
     let mut feed_done = false;
     let mut caught_up = false;
+    let mut fatal: Option<Error> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         // Fill the window.
@@ -214,17 +238,25 @@ async fn session(
             match js.send_publish(subject.clone(), publish).await {
                 Ok(ack) => inflight.push_back((Box::pin(ack.into_future()), m.start, m.end)),
                 Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                    return Err(Error::Message(format!(
+                    // Everything before it is still carried: stop reading, drain the acks.
+                    fatal = Some(Error::Message(format!(
                         "the message at byte {} of the log is {} bytes, over the server's max_payload of {max_payload} (with headers): raise max_payload in nats-server's configuration",
                         m.start,
                         m.end - m.start
-                    )))
+                    )));
+                    queued.clear();
+                    session_stop.store(true, Ordering::Relaxed);
+                    feed_done = true;
+                    break;
                 }
                 Err(e) => return Ok(Ended::Retry(format!("publish failed: {e}"))),
             }
         }
         if inflight.is_empty() && queued.is_empty() && (feed_done || caught_up) {
-            return Ok(Ended::Done);
+            return match fatal {
+                Some(e) => Err(e),
+                None => Ok(Ended::Done),
+            };
         }
         let want_feed = queued.is_empty() && !feed_done && !caught_up;
         tokio::select! {
@@ -263,7 +295,11 @@ async fn session(
             feed = thread.rx.recv(), if want_feed => match feed {
                 Some(Feed::Batch(batch)) => queued.extend(batch),
                 Some(Feed::CaughtUp) => caught_up = true,
-                Some(Feed::Failed(e)) => return Err(e),
+                Some(Feed::Failed(e)) => {
+                    // What came before the failure is still carried.
+                    fatal = Some(e);
+                    feed_done = true;
+                }
                 None => feed_done = true,
             },
             _ = tick.tick() => {
@@ -276,7 +312,10 @@ async fn session(
             }
         }
         let len = known_len.load(Ordering::Relaxed);
-        progress.tick(*count, &format!("{} bytes behind", len.saturating_sub(acked_next)));
+        progress.tick(
+            *count,
+            &format!("{} bytes behind", len.saturating_sub(acked_next)),
+        );
     }
 }
 
@@ -358,7 +397,9 @@ async fn resume_point(stream: &mut Stream, opts: &Options) -> nats::Attempt<Resu
     };
     if let Some(b) = opts.from_byte {
         if b != next {
-            log::warn!("--from-byte {b} ignored: the stream already holds the log up to byte {next}");
+            log::warn!(
+                "--from-byte {b} ignored: the stream already holds the log up to byte {next}"
+            );
         }
     }
     Ok(Ok(Resume {
@@ -374,7 +415,10 @@ fn payload_range(framing: Framing, framed: &[u8]) -> (usize, usize) {
         Framing::U32Be => (4.min(framed.len()), framed.len()),
         Framing::Varint => {
             // The splitter accepted this prefix: it ends at the first byte without the high bit.
-            let prefix = framed.iter().position(|b| b & 0x80 == 0).map_or(framed.len(), |i| i + 1);
+            let prefix = framed
+                .iter()
+                .position(|b| b & 0x80 == 0)
+                .map_or(framed.len(), |i| i + 1);
             (prefix, framed.len())
         }
     }
@@ -421,7 +465,9 @@ fn follow_log(
                     }
                 }
                 if let Some(e) = messages.error() {
-                    let e = Error::Message(format!("the log cannot be cut into {framing} messages: {e}"));
+                    let e = Error::Message(format!(
+                        "the log cannot be cut into {framing} messages: {e}"
+                    ));
                     let _ = tx.blocking_send(Feed::Failed(e));
                     return;
                 }

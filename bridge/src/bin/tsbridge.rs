@@ -114,7 +114,12 @@ struct ToArgs {
     replicas: usize,
 
     /// Dedupe window of a stream created with --create-stream, in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 120, requires = "create_stream")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 120,
+        requires = "create_stream"
+    )]
     duplicate_window: u64,
 
     /// Publishes awaiting their ack at once, at most.
@@ -205,7 +210,9 @@ fn to_options(a: ToArgs) -> Result<bridge::to_js::Options, String> {
         .clone()
         .unwrap_or_else(|| a.path.clone().unwrap_or_else(|| servers[0].clone()));
     if log_id.is_empty() || log_id.chars().any(|c| c.is_control()) {
-        return Err(format!("--log-id {log_id:?} must be non-empty, without control characters"));
+        return Err(format!(
+            "--log-id {log_id:?} must be non-empty, without control characters"
+        ));
     }
     let retry = match seconds("--tailsrv-give-up-after", &a.tailsrv_give_up_after)? {
         None => Retry::Forever,
@@ -259,14 +266,18 @@ fn main() -> ExitCode {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second signal ends the process at once.
-        let registered = signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, stop.clone())
-            .and_then(|_| signal_hook::flag::register(sig, stop.clone()));
+        let registered =
+            signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, stop.clone())
+                .and_then(|_| signal_hook::flag::register(sig, stop.clone()));
         if let Err(e) = registered {
             log::error!("cannot handle signals: {e}");
             return ExitCode::FAILURE;
         }
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             log::error!("cannot start the runtime: {e}");
