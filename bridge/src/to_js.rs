@@ -280,12 +280,12 @@ async fn session(
                             PublishErrorKind::WrongLastSequence => format!(
                                 "the stream did not take the message at byte {start} in order (a message before it was lost in flight)"
                             ),
-                            PublishErrorKind::StreamNotFound => {
-                                return Err(Error::Stream(format!(
-                                    "no stream takes subject {:?} any more (stream {:?} deleted?)",
-                                    opts.subject, opts.stream
-                                )))
-                            }
+                            // "No responders": also what a stream says while its leader
+                            // is being elected. The next session checks it still exists.
+                            PublishErrorKind::StreamNotFound => format!(
+                                "no stream answered for the message at byte {start} (leader election, or stream {:?} deleted)",
+                                opts.stream
+                            ),
                             _ => format!("no ack for the message at byte {start}: {e}"),
                         };
                         return Ok(Ended::Retry(why));

@@ -244,21 +244,41 @@ pub fn read_stream(urls: &str, stream: &str) -> Vec<Stored> {
             .await
             .expect("connect");
         let js = async_nats::jetstream::new(client);
-        let mut s = js.get_stream(stream).await.expect("get stream");
-        let last = s.info().await.expect("stream info").state.last_sequence;
+        // Right after a failover the JetStream API may time out for a while: retry.
+        let deadline = Instant::now() + PATIENCE;
+        let (last, consumer) = loop {
+            let attempt = async {
+                let mut s = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+                let last = s
+                    .info()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .state
+                    .last_sequence;
+                let consumer = s
+                    .create_consumer(pull::Config {
+                        deliver_policy: DeliverPolicy::All,
+                        ack_policy: AckPolicy::None,
+                        inactive_threshold: Duration::from_secs(60),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>((last, consumer))
+            };
+            match attempt.await {
+                Ok(r) => break r,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("reading stream {stream}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("reading stream {stream}: {e}"),
+            }
+        };
         let mut out = Vec::new();
         if last == 0 {
             return out;
         }
-        let consumer = s
-            .create_consumer(pull::Config {
-                deliver_policy: DeliverPolicy::All,
-                ack_policy: AckPolicy::None,
-                inactive_threshold: Duration::from_secs(60),
-                ..Default::default()
-            })
-            .await
-            .expect("consumer");
         let mut msgs = consumer
             .stream()
             .max_messages_per_batch(1000)

@@ -393,13 +393,15 @@ fn clear_errors() {
     let urls = small.urls();
     let run = |p: &mut Proc, what: &str, code: i32, needle: &str| {
         let status = finish(p, what);
+        // The harness reads the log on a thread: the last line may arrive after the exit.
+        let found = p.log.wait_for(needle, PATIENCE).is_some();
         let text = p.log.text();
         assert_eq!(
             status.code(),
             Some(code),
             "{what}: exit status; log:\n{text}"
         );
-        assert!(text.contains(needle), "{what}: no {needle:?} in:\n{text}");
+        assert!(found, "{what}: no {needle:?} in:\n{text}");
     };
     let mut p = to_js(&urls, &server, "NOPE", "newline", &[]);
     run(&mut p, "missing stream", 4, "does not exist");
