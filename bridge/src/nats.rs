@@ -220,13 +220,21 @@ pub(crate) async fn open_stream(
             _ => return Ok(Err(format!("looking up stream {name:?}: {e}"))),
         },
     };
+    // One stream per log: its sequences are then the log's message numbers (dense), which
+    // is what both directions rely on.
+    let subjects = &stream.cached_info().config.subjects;
     if let Some(subject) = subject {
-        let subjects = &stream.cached_info().config.subjects;
         if !subjects.iter().any(|p| subject_matches(p, subject)) {
             return Err(Error::Stream(format!(
                 "stream {name:?} takes subjects {subjects:?}, which do not include {subject:?}: pass the subject the stream takes, or another stream"
             )));
         }
+    }
+    let literal = subjects.len() == 1 && check_subject(&subjects[0]).is_ok();
+    if !literal {
+        return Err(Error::Stream(format!(
+            "stream {name:?} takes subjects {subjects:?}: tsbridge needs a stream of its own for each log, with that log's one subject (no wildcards), so that its sequences number the log's messages"
+        )));
     }
     Ok(Ok(stream))
 }

@@ -10,6 +10,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crate::PATIENCE;
@@ -230,6 +231,9 @@ pub struct Stored {
     pub payload: Vec<u8>,
 }
 
+/// Numbers the durable consumers of [`read_stream`]: each read has its own.
+static READS: AtomicU64 = AtomicU64::new(0);
+
 /// Every message of `stream`, in order, read with async-nats (an ephemeral ordered pass).
 pub fn read_stream(urls: &str, stream: &str) -> Vec<Stored> {
     use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
@@ -243,9 +247,11 @@ pub fn read_stream(urls: &str, stream: &str) -> Vec<Stored> {
         let client = async_nats::connect(servers.as_slice())
             .await
             .expect("connect");
-        let js = async_nats::jetstream::new(client);
+        let js = async_nats::jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(5))
+            .build(client);
         // Right after a failover the JetStream API may time out for a while: retry.
-        let deadline = Instant::now() + PATIENCE;
+        let deadline = Instant::now() + 3 * PATIENCE;
         let (last, consumer) = loop {
             let attempt = async {
                 let mut s = js.get_stream(stream).await.map_err(|e| e.to_string())?;
@@ -257,6 +263,9 @@ pub fn read_stream(urls: &str, stream: &str) -> Vec<Stored> {
                     .last_sequence;
                 let consumer = s
                     .create_consumer(pull::Config {
+                        // Durable, so it has the stream's replicas: an ephemeral one is R1
+                        // and may be placed on a server a failover test has killed.
+                        durable_name: Some(format!("check-{}", READS.fetch_add(1, Relaxed))),
                         deliver_policy: DeliverPolicy::All,
                         ack_policy: AckPolicy::None,
                         inactive_threshold: Duration::from_secs(60),

@@ -469,6 +469,12 @@ fn clear_errors() {
     );
     let mut second = from_js(&urls, "BIG", "newline", &out, &[]);
     run(&mut second, "second writer", 3, "in use");
+    assert!(
+        eventually(PATIENCE, || std::fs::read(&out).unwrap_or_default()
+            == b"short\n"),
+        "from-jetstream does not write; log:\n{}",
+        first.log.text()
+    );
     first.signal(Signal::TERM);
     finish_ok(&mut first, "from-jetstream");
     assert_eq!(std::fs::read(&out).unwrap(), b"short\n");
