@@ -223,6 +223,16 @@ async fn session(
             state.first_sequence
         )));
     }
+    if expected > state.last_sequence + 1 {
+        return Err(Error::Stream(format!(
+            "{} holds {} messages from sequence {}, more than stream {:?} has ever had (last sequence {}): another stream, or a recreated one?",
+            out.path.display(),
+            out.count,
+            opts.origin,
+            opts.stream,
+            state.last_sequence
+        )));
+    }
     let target = state.last_sequence;
     if opts.exit_at_end && expected > target {
         return Ok(Ended::Done);

@@ -82,8 +82,6 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// Header naming the log a message came from (`--log-id`).
-pub const HEADER_LOG: &str = "Tailsrv-Log";
 /// Header with the byte offset where the message starts in the log.
 pub const HEADER_OFFSET: &str = "Tailsrv-Offset";
 /// Header with the byte offset where the next message starts (where a resume continues).

@@ -8,8 +8,8 @@
 //!   this log only, so sequences are predictable, and a message is stored only right after its
 //!   predecessor. With many publishes in flight, a lost one (a leader change drops it) makes
 //!   every later one fail instead of leaving a gap;
-//! - `Tailsrv-Log`, `Tailsrv-Offset` and `Tailsrv-Next`: the log, where the message starts,
-//!   and where the next one starts.
+//! - `Tailsrv-Offset` and `Tailsrv-Next`: where the message starts and where the next one
+//!   starts (the log is named by the id; every header byte is stored three times with R=3).
 //!
 //! So the stream is always a gap-free, duplicate-free prefix of the log's messages, and its
 //! last message says where the log continues. On start, and after any failure (a lost ack, a
@@ -41,7 +41,10 @@ use tokio::sync::mpsc;
 
 use crate::nats::{self, Backoff, Create};
 use crate::progress::Progress;
-use crate::{Error, HEADER_LOG, HEADER_NEXT, HEADER_OFFSET};
+use crate::{Error, HEADER_NEXT, HEADER_OFFSET};
+
+/// JetStream's dedupe header.
+const MSG_ID: &str = "Nats-Msg-Id";
 
 /// What to bridge and how.
 #[derive(Debug, Clone)]
@@ -109,7 +112,12 @@ enum Ended {
 /// Runs until stopped (or the end with `--exit-at-end`); `stop` is raised by signals.
 pub async fn run(opts: Options, stop: Arc<AtomicBool>) -> Result<(), Error> {
     let client = nats::connect(&opts.nats, "tsbridge to-jetstream").await?;
-    let js = jetstream::new(client.clone());
+    // Room for the window plus the permits of a failed session's abandoned acks (async-nats
+    // holds those until their ack or its ack timeout); when full, publishing waits.
+    let js = jetstream::ContextBuilder::new()
+        .max_ack_inflight(opts.window.saturating_mul(4))
+        .backpressure_on_inflight(true)
+        .build(client.clone());
     let mut backoff = Backoff::new(opts.nats.give_up_after);
     let mut progress = Progress::new(opts.progress);
     let mut count = 0u64;
@@ -231,7 +239,6 @@ async fn session(
                 .payload(m.payload)
                 .message_id(&id)
                 .expected_last_sequence(expected_last)
-                .header(HEADER_LOG, opts.log_id.as_str())
                 .header(HEADER_OFFSET, m.start.to_string().as_str())
                 .header(HEADER_NEXT, m.end.to_string().as_str());
             expected_last += 1;
@@ -371,9 +378,11 @@ async fn resume_point(stream: &mut Stream, opts: &Options) -> nats::Attempt<Resu
     // (A publish of a bridge killed a moment ago may still land after it: it carries the
     // same id and expected sequence as the one this session sends, so one is a duplicate.)
     let header = |name: &str| last.headers.get(name).map(|v| v.as_str().to_owned());
-    match header(HEADER_LOG) {
-        Some(log) if log == opts.log_id => {}
-        Some(log) => {
+    // Its id is LOG:OFFSET: the log it came from.
+    let id = header(MSG_ID).unwrap_or_default();
+    match id.rsplit_once(':') {
+        Some((log, _)) if log == opts.log_id => {}
+        Some((log, _)) => {
             return Err(Error::Stream(format!(
                 "the last message on {:?} came from log {log:?}, not {:?} (--log-id): one subject and stream per log",
                 opts.subject, opts.log_id
@@ -381,7 +390,7 @@ async fn resume_point(stream: &mut Stream, opts: &Options) -> nats::Attempt<Resu
         }
         None => {
             return Err(Error::Stream(format!(
-                "the last message on {:?} (sequence {}) has no {HEADER_LOG} header: it was not published by tsbridge, so where the log continues is unknown",
+                "the last message on {:?} (sequence {}) has no {MSG_ID} of the form LOG:OFFSET: it was not published by tsbridge, so where the log continues is unknown",
                 opts.subject, last.sequence
             )))
         }

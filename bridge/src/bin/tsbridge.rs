@@ -94,7 +94,7 @@ struct ToArgs {
     #[arg(long, value_name = "BYTES", default_value_t = proto::framing::DEFAULT_MAX_MESSAGE)]
     max_message: u64,
 
-    /// The log's identity, in every message id (LOG:OFFSET) and in the Tailsrv-Log header.
+    /// The log's identity, in every message id (LOG:OFFSET).
     /// Default: the --path in directory mode, else the first server's HOST:PORT. Give the same
     /// one to a bridge that follows a replica.
     #[arg(long, value_name = "ID")]
