@@ -135,7 +135,9 @@ pub async fn run(opts: Options, stop: &AtomicBool) -> Result<(), Error> {
         out.count,
         opts.origin + out.count
     );
-    let client = nats::connect(&opts.nats, "tsbridge from-jetstream").await?;
+    let Some(client) = nats::connect(&opts.nats, "tsbridge from-jetstream", stop).await? else {
+        return Ok(());
+    };
     let js = jetstream::new(client);
     let mut backoff = Backoff::new(opts.nats.give_up_after);
     let mut progress = Progress::new(opts.progress);
@@ -157,7 +159,7 @@ pub async fn run(opts: Options, stop: &AtomicBool) -> Result<(), Error> {
             }
             Ended::Retry(why) => {
                 log::warn!("{why}; resuming from the file");
-                if let Err(waited) = backoff.wait().await {
+                if let Err(waited) = backoff.wait(stop).await {
                     return Err(Error::Unreachable(format!(
                         "no progress for {:.0} s, giving up: {why}",
                         waited.as_secs_f64()

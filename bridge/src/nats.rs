@@ -3,6 +3,7 @@
 //! backoff until `--give-up-after`), and checking the stream before anything flows.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, context::GetStreamErrorKind, stream};
@@ -48,25 +49,39 @@ impl Backoff {
         self.next = Duration::from_millis(100);
     }
 
-    /// Waits before the next attempt, or says it is time to give up (`Err(waited)`).
-    pub(crate) async fn wait(&mut self) -> Result<(), Duration> {
+    /// Waits before the next attempt (cut short when `stop` is raised), or says it is time to
+    /// give up (`Err(waited)`).
+    pub(crate) async fn wait(&mut self, stop: &AtomicBool) -> Result<(), Duration> {
         let waited = self.last_progress.elapsed();
         if let Some(limit) = self.give_up_after {
             if waited >= limit {
                 return Err(waited);
             }
         }
-        tokio::time::sleep(self.next).await;
+        let until = Instant::now() + self.next;
+        while !stop.load(Ordering::Relaxed) {
+            let Some(left) = until.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+        }
         self.next = (self.next * 2).min(Duration::from_secs(5));
         Ok(())
     }
 }
 
 /// Connects, retrying with backoff while the cluster is unreachable. Refused credentials fail
-/// at once.
-pub async fn connect(opts: &Options, name: &str) -> Result<async_nats::Client, Error> {
+/// at once. `None` when `stop` was raised meanwhile.
+pub async fn connect(
+    opts: &Options,
+    name: &str,
+    stop: &AtomicBool,
+) -> Result<Option<async_nats::Client>, Error> {
     let mut backoff = Backoff::new(opts.give_up_after);
     loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
         let mut co = async_nats::ConnectOptions::new()
             .name(name)
             .connection_timeout(Duration::from_secs(5))
@@ -92,7 +107,7 @@ pub async fn connect(opts: &Options, name: &str) -> Result<async_nats::Client, E
         match co.connect(opts.servers.as_slice()).await {
             Ok(client) => {
                 log::info!("connected to NATS at {}", opts.servers.join(","));
-                return Ok(client);
+                return Ok(Some(client));
             }
             Err(e) => match e.kind() {
                 ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
@@ -105,7 +120,7 @@ pub async fn connect(opts: &Options, name: &str) -> Result<async_nats::Client, E
                 }
                 _ => {
                     log::warn!("cannot connect to NATS at {}: {e}", opts.servers.join(","));
-                    if let Err(waited) = backoff.wait().await {
+                    if let Err(waited) = backoff.wait(stop).await {
                         return Err(Error::Unreachable(format!(
                             "NATS unreachable at {}, gave up after {:.0} s: {e}",
                             opts.servers.join(","),

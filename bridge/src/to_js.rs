@@ -111,7 +111,9 @@ enum Ended {
 
 /// Runs until stopped (or the end with `--exit-at-end`); `stop` is raised by signals.
 pub async fn run(opts: Options, stop: Arc<AtomicBool>) -> Result<(), Error> {
-    let client = nats::connect(&opts.nats, "tsbridge to-jetstream").await?;
+    let Some(client) = nats::connect(&opts.nats, "tsbridge to-jetstream", &stop).await? else {
+        return Ok(());
+    };
     // Room for the window plus the permits of a failed session's abandoned acks (async-nats
     // holds those until their ack or its ack timeout); when full, publishing waits.
     let js = jetstream::ContextBuilder::new()
@@ -143,7 +145,7 @@ pub async fn run(opts: Options, stop: Arc<AtomicBool>) -> Result<(), Error> {
             }
             Ended::Retry(why) => {
                 log::warn!("{why}; resuming from the stream");
-                if let Err(waited) = backoff.wait().await {
+                if let Err(waited) = backoff.wait(&stop).await {
                     return Err(Error::Unreachable(format!(
                         "no progress for {:.0} s, giving up: {why}",
                         waited.as_secs_f64()
