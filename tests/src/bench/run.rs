@@ -22,6 +22,7 @@ pub enum Section {
     Indexer,
     Slow,
     Collator,
+    Bridge,
 }
 
 /// The flags with the `--quick` defaults filled in.
@@ -129,6 +130,7 @@ pub fn run(args: &Args) -> Result<()> {
             Section::Indexer => crate::indexer::indexer(&plan, data.expect("data"), &mut table),
             Section::Slow => crate::fanout::slow(&plan, data.expect("data"), &mut table),
             Section::Collator => crate::collator::collator(&plan, data.expect("data"), &mut table),
+            Section::Bridge => crate::bridge::bridge(&plan, &mut table),
         };
         if let Err(e) = result {
             eprintln!("bench: section {section:?} failed: {e}");

@@ -14,6 +14,8 @@ use clap::Parser;
 
 #[path = "../bench/baseline.rs"]
 mod baseline;
+#[path = "../bench/bridge.rs"]
+mod bridge;
 #[path = "../bench/collator.rs"]
 mod collator;
 #[path = "../bench/data.rs"]
@@ -43,11 +45,11 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
 
-    /// Sections to run, comma-separated: fanout,latency,idle,storm,indexer,slow,collator.
+    /// Sections to run, comma-separated: fanout,latency,idle,storm,indexer,slow,collator,bridge.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "fanout,latency,idle,storm,indexer,slow,collator"
+        default_value = "fanout,latency,idle,storm,indexer,slow,collator,bridge"
     )]
     sections: Vec<run::Section>,
 
