@@ -326,11 +326,6 @@ impl Journal {
         self.len
     }
 
-    /// Whether it is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// `fdatasync`.
     pub fn sync(&self) -> io::Result<()> {
         rustix::fs::fdatasync(&self.file).map_err(io::Error::from)

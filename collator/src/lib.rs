@@ -18,12 +18,12 @@
 
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
-pub mod conn;
-pub mod dedupe;
-pub mod recover;
-pub mod server;
-pub mod watermark;
-pub mod writer;
+mod conn;
+mod dedupe;
+mod recover;
+mod server;
+mod watermark;
+mod writer;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

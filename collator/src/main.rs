@@ -2,7 +2,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::builder::TypedValueParser;
 use clap::Parser;
 use collator::{Config, Settings, Sync, Target};
 use proto::framing::Framing;
@@ -22,8 +21,7 @@ struct Args {
 
     /// How messages are framed in the file.
     #[arg(long, default_value = "newline",
-          value_parser = clap::builder::PossibleValuesParser::new(Framing::NAMES)
-              .try_map(|s| s.parse::<Framing>()))]
+          value_parser = shared::cli::framing())]
     framing: Framing,
 
     /// When a request is acknowledged: `none` (queued), `write` (after write(2)), `data`

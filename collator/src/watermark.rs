@@ -1,16 +1,12 @@
 //! The high watermark: how much of the file is known to be on disk, published for tailsrv.
 //!
-//! After every `fdatasync` the writer appends the synced length, an 8-byte big-endian u64,
-//! to `FILE.synced`. tailsrv started with `--serve-up-to-synced` follows that file like any
-//! other (inotify: it grew) and streams only up to the last value in it, so no follower ever
-//! receives bytes that a power loss could take back (Kafka's high watermark).
-//!
-//! Appending, not overwriting, is what makes reading it safe without locks: a reader that
-//! sees the file's new length sees the whole record under it, and reads the last complete
-//! record. To keep it small the writer starts it over once it holds [`COMPACT_AT`] bytes:
-//! the new value is written at offset 0 first, then the file is cut to 8 bytes, so it never
-//! holds less than one complete, current-or-newer record. Readers keep the largest value
-//! they have seen (the synced length never goes down).
+//! After every `fdatasync` the writer appends the synced length to `FILE.synced` (the
+//! record format is `proto::watermark`'s). tailsrv started with `--serve-up-to-synced`
+//! follows that file like any other (inotify: it grew) and streams only up to the last value
+//! in it, so no follower ever receives bytes that a power loss could take back (Kafka's high
+//! watermark). To keep it small the writer starts it over once it holds [`COMPACT_AT`]
+//! bytes: the new value is written at offset 0 first, then the file is cut to one record,
+//! so it never holds less than one complete, current-or-newer record.
 //!
 //! The sidecar itself is not synced: after a crash the collator recovers the data file and
 //! starts the sidecar over from what it found, after syncing it.
@@ -18,17 +14,14 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use proto::watermark::RECORD_LEN;
 
 /// Sidecar size at which it is started over.
 pub const COMPACT_AT: u64 = 64 << 10;
 
-/// `FILE.synced` for `FILE`.
-pub fn path_for(file: &Path) -> PathBuf {
-    let mut p = file.as_os_str().to_owned();
-    p.push(".synced");
-    PathBuf::from(p)
-}
+pub use proto::watermark::path_for;
 
 /// The writer's end of the sidecar.
 #[derive(Debug)]
@@ -57,28 +50,19 @@ impl Watermark {
         if self.len >= COMPACT_AT {
             return self.restart(synced);
         }
-        self.file.write_all_at(&synced.to_be_bytes(), self.len)?;
-        self.len += 8;
+        self.file
+            .write_all_at(&proto::watermark::encode(synced), self.len)?;
+        self.len += RECORD_LEN;
         Ok(())
     }
 
     fn restart(&mut self, synced: u64) -> io::Result<()> {
-        self.file.write_all_at(&synced.to_be_bytes(), 0)?;
-        self.file.set_len(8)?;
-        self.len = 8;
+        self.file
+            .write_all_at(&proto::watermark::encode(synced), 0)?;
+        self.file.set_len(RECORD_LEN)?;
+        self.len = RECORD_LEN;
         Ok(())
     }
-}
-
-/// Reads the last complete value of a sidecar `len` bytes long (the reader's side, as
-/// tailsrv does it); `None` if it holds none.
-pub fn read_last(file: &File, len: u64) -> io::Result<Option<u64>> {
-    if len < 8 {
-        return Ok(None);
-    }
-    let mut b = [0u8; 8];
-    file.read_exact_at(&mut b, (len / 8 - 1) * 8)?;
-    Ok(Some(u64::from_be_bytes(b)))
 }
 
 #[cfg(test)]
@@ -91,7 +75,12 @@ mod tests {
         let path = path_for(&dir.path().join("log"));
         let mut w = Watermark::create(&path, 10).unwrap();
         let r = File::open(&path).unwrap();
-        let last = || read_last(&r, r.metadata().unwrap().len()).unwrap();
+        let last = || {
+            let at = proto::watermark::last_record_at(r.metadata().unwrap().len())?;
+            let mut b = [0u8; RECORD_LEN as usize];
+            r.read_exact_at(&mut b, at).unwrap();
+            Some(proto::watermark::decode(b))
+        };
         assert_eq!(last(), Some(10));
         for v in 11..(COMPACT_AT / 8 + 20) {
             w.publish(v).unwrap();

@@ -1,7 +1,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::builder::TypedValueParser;
 use clap::Parser;
 use proto::framing::{Framing, DEFAULT_MAX_MESSAGE};
 
@@ -26,8 +25,7 @@ struct Args {
     /// How messages are delimited: `\n`, a zero byte, a 4-byte big-endian length prefix, or
     /// a protobuf-style varint length prefix.
     #[arg(long, default_value = "newline",
-          value_parser = clap::builder::PossibleValuesParser::new(Framing::NAMES)
-              .try_map(|s| s.parse::<Framing>()))]
+          value_parser = shared::cli::framing())]
     framing: Framing,
 
     /// The index file [default: FILE.idx beside the log].

@@ -11,8 +11,8 @@
 //!    Otherwise rebuild, saying why in the log;
 //! 3. resume from the last entry, so a restart rescans at most K-1 messages plus what was
 //!    appended while we were down;
-//! 4. loop: read everything new with `pread` (64 KiB at a time, published every 1 MiB), split it, publish the new count
-//!    and entries, append the entries to the file (synced in batches: [`Store::sync_due`]);
+//! 4. loop: read everything new with `pread` (64 KiB at a time, published every 1 MiB),
+//!    split it, publish the new count and entries, append the entries to the file (synced in batches: [`Store::sync_due`]);
 //!    then sleep until the watcher says the log grew (no polling), a lookup flags the index
 //!    as not matching the log, or a sync is due. A truncation (the watcher's epoch changes:
 //!    the log got shorter, or the bytes before its old end were rewritten, see
@@ -22,7 +22,10 @@
 //!    and waits for one of those.
 //!
 //! The cold build is the same loop: with newline framing the per-chunk work is memchr and a
-//! counter per message, so it runs at memory speed like `wc -l`.
+//! counter per message, so it runs at memory speed like `wc -l`. Batches that start more than
+//! [`OFFLOAD`] bytes behind the log (a cold build, catching up after a restart) run on the
+//! blocking pool (`shared::rt::spawn_blocking`), so a long scan never holds an executor
+//! thread; following a live log, each batch is a few page-cache bytes and runs inline.
 
 use std::fs::File;
 use std::io;
@@ -32,6 +35,7 @@ use std::time::Instant;
 
 use futures_lite::future;
 use proto::framing::{FramingError, Splitter};
+use shared::rt;
 use shared::watch::FileWatch;
 
 use crate::bulk::{self, Bulk};
@@ -44,6 +48,12 @@ const CHUNK: usize = 64 << 10;
 
 /// Bytes read between two publications of the index (lock, entry write, yield).
 const BATCH: u64 = 1 << 20;
+
+/// How often a long first pass logs its progress.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How far behind the log the scanner must be for a batch to go to the blocking pool.
+const OFFLOAD: u64 = 4 << 20;
 
 /// Strides re-split on start-up to check that the index still describes the log.
 const SPOT_CHECKS: usize = 8;
@@ -82,9 +92,8 @@ pub async fn run(
         let log = file.try_clone().map_err(|e| ctx(&watch, "dup of", e))?;
         let path = index_path.to_owned();
         let (fence, ticket) = (fence.clone(), fence.next());
-        let creating = shared::rt::spawn_blocking(move || {
-            Store::create_fenced(&path, params, &log, &fence, ticket)
-        });
+        let creating =
+            rt::spawn_blocking(move || Store::create_fenced(&path, params, &log, &fence, ticket));
         store = Pending::Creating(creating, Vec::new());
         entries = Vec::new();
     }
@@ -234,6 +243,9 @@ async fn follow(
     };
     let started = Instant::now();
     let mut caught_up = false;
+    // A long first pass (a cold build of a big log) says how it is getting on.
+    let mut progress_at = started + PROGRESS_EVERY;
+    let from = p.splitter.offset();
     // Why the index must be rebuilt, if it must.
     let stale = || {
         if index.is_suspect(generation) {
@@ -254,12 +266,22 @@ async fn follow(
             return truncated();
         }
         while p.splitter.offset() < len {
-            let read = match bulk {
-                // Far behind (a cold build): split a big batch on every core.
-                Some(bulk) if len - p.splitter.offset() >= bulk::MIN_BYTES => {
-                    p.bulk_batch(bulk, file, watch, len)?.map(Ok)
-                }
-                _ => p.read_batch(file, watch, len)?,
+            let read = if len - p.splitter.offset() >= OFFLOAD {
+                // Far behind (a cold build, catching up after a restart): the batch is long
+                // blocking work, so it runs on the blocking pool, not on an executor thread
+                // that queries and the accept loop need.
+                let watch = watch.clone();
+                let (back, read) = rt::spawn_blocking(move || {
+                    let file = watch.file().expect("the scanner follows an open file");
+                    let read = p.batch(bulk, file, &watch, len);
+                    (p, read)
+                })
+                .await;
+                p = back;
+                read?
+            } else {
+                // A tail-follow read: a few page-cache bytes, cheaper than a thread hop.
+                p.batch(bulk, file, watch, len)?
             };
             let Some(fed) = read else {
                 return truncated();
@@ -288,6 +310,18 @@ async fn follow(
                 return Ok(stale().unwrap_or("the log changed").to_string());
             }
             // A cold build of a big log must not starve the accept loop and queries.
+            if !caught_up && Instant::now() >= progress_at {
+                progress_at = Instant::now() + PROGRESS_EVERY;
+                let done = p.splitter.offset();
+                let rate = (done - from) as f64 / started.elapsed().as_secs_f64();
+                log::info!(
+                    path:% = watch.path().display(), offset = done, length = len,
+                    messages = p.count;
+                    "building the index: {} of {} MiB, {:.0} MiB/s, about {:.0} s to go",
+                    done >> 20, len >> 20, rate / f64::from(1 << 20),
+                    (len - done) as f64 / rate.max(1.0)
+                );
+            }
             future::yield_now().await;
         }
         if !caught_up {
@@ -413,6 +447,23 @@ struct Progress {
 }
 
 impl Progress {
+    /// Splits the next batch: on every core when far behind a delimiter framing
+    /// ([`crate::bulk`]), else one thread's preads. None if the log ended early.
+    fn batch(
+        &mut self,
+        bulk: Option<Bulk>,
+        file: &File,
+        watch: &FileWatch,
+        len: u64,
+    ) -> io::Result<Option<Result<(), FramingError>>> {
+        match bulk {
+            Some(bulk) if len - self.splitter.offset() >= bulk::MIN_BYTES => {
+                Ok(self.bulk_batch(bulk, file, watch, len)?.map(Ok))
+            }
+            _ => self.read_batch(file, watch, len),
+        }
+    }
+
     /// Splits up to [`BATCH`] bytes, up to `len`, in cache-sized `pread`s. None if the log
     /// ended early (it was truncated); a framing error stops the batch where it happened.
     fn read_batch(

@@ -9,6 +9,7 @@
 //! - [`refusal`]: `error: CODE: reason`, the one refusal line every server sends, with stable
 //!   codes that programs match instead of prose.
 //! - [`framing`]: where one message ends and the next begins (newline, NUL, u32be, varint).
+//! - [`watermark`]: the `FILE.synced` sidecar the collator writes and tailsrv reads.
 //!
 //! This crate does no I/O and has no runtime: servers read lines off their sockets and hand
 //! them here; clients render here and write. So a grammar changes in exactly one place, and a
@@ -21,6 +22,7 @@ pub mod framing;
 pub mod query;
 pub mod refusal;
 pub mod request;
+pub mod watermark;
 
 pub use framing::Framing;
 pub use refusal::{Code, Refusal};

@@ -8,6 +8,7 @@
 //! - [`tree`]: directory mode's rule of which paths may be served, and the listing.
 //! - [`net`]: listening sockets, per-connection options, bounded request lines, refusals and
 //!   graceful close.
+//! - [`cli`]: command-line pieces several binaries take (`--framing`).
 //! - [`logging`]: the logger (stderr, text or JSON lines; or journald), levels from
 //!   `-v`/`-q`/`RUST_LOG`, and systemd readiness.
 //!
@@ -16,6 +17,7 @@
 
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
+pub mod cli;
 pub mod logging;
 pub mod net;
 pub mod rt;

@@ -31,9 +31,27 @@ pub struct ListenArgs {
     #[arg(short, long)]
     pub port: u16,
 
-    /// Address to bind: an IPv4 or IPv6 address (`::` takes both families).
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Address to bind: an IPv4 or IPv6 address (`::` takes both families) or a host name
+    /// such as `localhost` (its first address).
+    #[arg(long, default_value = "0.0.0.0", value_parser = parse_bind)]
     pub bind: IpAddr,
+}
+
+/// An address, or a name resolved to its first address.
+fn parse_bind(text: &str) -> Result<IpAddr, String> {
+    if let Ok(ip) = text.parse() {
+        return Ok(ip);
+    }
+    use std::net::ToSocketAddrs;
+    match (text, 0).to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .map(|a| a.ip())
+            .ok_or_else(|| format!("{text:?} resolves to no address")),
+        Err(e) => Err(format!(
+            "{text:?} is neither an IP address nor a known host name: {e}"
+        )),
+    }
 }
 
 impl ListenArgs {

@@ -320,10 +320,18 @@ fn check_text(requested: &[u8]) -> Result<&Path, PathRefusal> {
 
 /// Only regular files are served: a FIFO would block, a device could be anything.
 fn check_kind(meta: &std::fs::Metadata) -> Result<(), PathRefusal> {
+    match meta.is_file() {
+        true => Ok(()),
+        false => Err(PathRefusal::NotARegularFile(kind_of(meta))),
+    }
+}
+
+/// What kind of file `meta` describes, in words for an error message ("a FIFO", ...).
+pub fn kind_of(meta: &std::fs::Metadata) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     let t = meta.file_type();
-    let kind = if t.is_file() {
-        return Ok(());
+    if t.is_file() {
+        "a regular file"
     } else if t.is_dir() {
         "a directory"
     } else if t.is_fifo() {
@@ -334,8 +342,7 @@ fn check_kind(meta: &std::fs::Metadata) -> Result<(), PathRefusal> {
         "a device"
     } else {
         "not a file"
-    };
-    Err(PathRefusal::NotARegularFile(kind))
+    }
 }
 
 #[cfg(test)]

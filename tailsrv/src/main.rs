@@ -52,21 +52,6 @@ struct Args {
     path: Option<PathBuf>,
 }
 
-/// What kind of file `meta` describes, for an error message.
-fn kind(meta: &std::fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_block_device() || t.is_char_device() {
-        "a device"
-    } else {
-        "not a regular file"
-    }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     args.log.init();
@@ -92,7 +77,7 @@ fn main() -> ExitCode {
             log::error!(
                 "{} is {}: tailsrv serves a regular file or a directory",
                 path.display(),
-                kind(&meta)
+                shared::tree::kind_of(&meta)
             );
             return ExitCode::from(2);
         }

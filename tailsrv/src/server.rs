@@ -66,9 +66,8 @@ async fn serve(config: Config) -> io::Result<()> {
     };
     let synced = match &served {
         Served::File(_) if config.serve_up_to_synced => {
-            let mut sidecar = config.path.clone().into_os_string();
-            sidecar.push(".synced");
-            let sidecar = server.watcher().follower().follow(sidecar.as_ref())?;
+            let sidecar = proto::watermark::path_for(&config.path);
+            let sidecar = server.watcher().follower().follow(&sidecar)?;
             Some(Arc::new(Synced::new(sidecar)))
         }
         Served::Dir { .. } if config.serve_up_to_synced => {

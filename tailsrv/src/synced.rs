@@ -1,7 +1,7 @@
 //! `--serve-up-to-synced`: stream only what is on disk.
 //!
 //! tailsrv-collator in `--sync data` (or `interval=MS`) mode appends the synced length of
-//! `FILE` to `FILE.synced` (8-byte big-endian values) after every `fdatasync`. With the flag,
+//! `FILE` to `FILE.synced` (records in `proto::watermark`'s format) after every `fdatasync`. With the flag,
 //! tailsrv follows that sidecar through the same watcher as the file and never sends a byte
 //! past the last value in it, so no follower receives what a power loss could take back.
 //! Until the sidecar exists nothing is sent. The value only grows: the largest seen is kept
@@ -11,6 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_lite::future;
+use proto::watermark;
 use shared::watch::FileWatch;
 
 /// The followed sidecar and the largest synced length read from it.
@@ -30,12 +31,12 @@ impl Synced {
 
     /// The synced length: the last complete value in the sidecar, or the largest seen.
     pub(crate) fn limit(&self) -> u64 {
-        let len = self.sidecar.len();
-        if let (Some(file), true) = (self.sidecar.file(), len >= 8) {
-            let mut b = [0u8; 8];
-            if file.read_exact_at(&mut b, (len / 8 - 1) * 8).is_ok() {
+        let at = watermark::last_record_at(self.sidecar.len());
+        if let (Some(file), Some(at)) = (self.sidecar.file(), at) {
+            let mut record = [0u8; watermark::RECORD_LEN as usize];
+            if file.read_exact_at(&mut record, at).is_ok() {
                 self.largest
-                    .fetch_max(u64::from_be_bytes(b), Ordering::AcqRel);
+                    .fetch_max(watermark::decode(record), Ordering::AcqRel);
             }
         }
         self.largest.load(Ordering::Acquire)

@@ -515,6 +515,18 @@ fn sighup_is_ignored() {
 }
 
 #[test]
+fn bind_takes_a_host_name() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    append(&path, b"by name");
+    let args = ["-p", "0", "--bind", "localhost", path.to_str().unwrap()];
+    let srv = Proc::start("tailsrv", &args);
+    assert!(srv.addr().ip().is_loopback(), "{}", srv.addr());
+    let mut c = client(&srv, "0");
+    assert_eq!(read_exact(&mut c, 7), b"by name");
+}
+
+#[test]
 fn ipv6_loopback() {
     if std::net::TcpListener::bind("[::1]:0").is_err() {
         eprintln!("no IPv6 loopback here; skipping");

@@ -105,7 +105,11 @@ fn truncate_and_regrow_past_the_old_length_closes_followers() {
         assert!(eof, "round {round}: the follower was not closed");
         old = new;
     }
-    assert!(srv.log.text().contains("file was truncated or rewritten"));
+    // The log line is read by another thread: wait for it rather than race it.
+    assert!(srv
+        .log
+        .wait_for("file was truncated or rewritten", PATIENCE)
+        .is_some());
 }
 
 /// Issue #10, item 2: 2,000 ten-byte lines, then truncated and 3,001 seven-byte lines at

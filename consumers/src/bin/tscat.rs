@@ -1,11 +1,8 @@
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
-use clap::builder::TypedValueParser;
 use clap::Parser;
 use client::{cat, follow::Retry, StartAt};
 use proto::framing::{Framing, DEFAULT_MAX_MESSAGE};
@@ -70,8 +67,7 @@ struct Args {
     path: Option<String>,
 
     /// Print whole messages only, cut with this framing.
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Framing::NAMES)
-              .try_map(|s| s.parse::<Framing>()))]
+    #[arg(long, value_parser = shared::cli::framing())]
     framing: Option<Framing>,
 
     /// With --framing: a length prefix over this many bytes is a malformed stream.
@@ -193,17 +189,7 @@ fn run(args: Args) -> Result<cat::Stopped, cat::Error> {
         max_messages: args.count,
     };
 
-    // Raised by the first SIGINT/SIGTERM, which the loop notices within a read tick; a
-    // second one exits at once (for a run stuck writing to a stalled pipe).
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let registered =
-            signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, stop.clone())
-                .and_then(|_| signal_hook::flag::register(sig, stop.clone()));
-        if let Err(e) = registered {
-            return Err(cat::Error::Output(e));
-        }
-    }
+    let stop = tailsrv_consumers::stop_flag().map_err(cat::Error::Output)?;
 
     // Unbuffered stdout: a write that returned is with the reader (or in the pipe to it,
     // which `Output` accounts for), so it may be checkpointed.

@@ -1,8 +1,6 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -70,16 +68,13 @@ fn main() -> ExitCode {
         sync_interval: Duration::from_millis(args.sync_ms),
         progress: std::io::stderr().is_terminal(),
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let registered =
-            signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, stop.clone())
-                .and_then(|_| signal_hook::flag::register(sig, stop.clone()));
-        if let Err(e) = registered {
+    let stop = match tailsrv_consumers::stop_flag() {
+        Ok(stop) => stop,
+        Err(e) => {
             log::error!("cannot handle signals: {e}");
             return ExitCode::FAILURE;
         }
-    }
+    };
     match mirror::run(servers, &args.file, Retry::Forever, opts, stop) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -3,7 +3,6 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::builder::TypedValueParser;
 use clap::Parser;
 use client::writer::{Config, Error, Event, Writer};
 use proto::framing::Framing;
@@ -29,8 +28,7 @@ struct Args {
     /// How messages are delimited on stdin: lines (the default), NUL-terminated, or
     /// length-prefixed (u32be, varint). The collator frames them in its file's framing.
     #[arg(long, default_value = "newline",
-          value_parser = clap::builder::PossibleValuesParser::new(Framing::NAMES)
-              .try_map(|s| s.parse::<Framing>()))]
+          value_parser = shared::cli::framing())]
     framing: Framing,
 
     /// The file, for a collator in directory mode.

@@ -53,7 +53,13 @@ impl DataFile {
             line_starts.push(len);
             len += line.len() as u64;
         }
-        out.flush().map_err(ctx)?;
+        // On disk before anything is measured: a log being served was usually written long
+        // ago, and the indexer syncs the log before its own entries, which would otherwise
+        // bill it for writing back this fresh file.
+        out.into_inner()
+            .map_err(|e| ctx(e.into_error()))?
+            .sync_all()
+            .map_err(ctx)?;
         Ok(DataFile {
             path: path.to_owned(),
             len,

@@ -22,6 +22,7 @@ pub enum Section {
     Indexer,
     Slow,
     Collator,
+    Bridge,
 }
 
 /// The flags with the `--quick` defaults filled in.
@@ -138,6 +139,7 @@ pub fn run(args: &Args) -> Result<()> {
             Section::Indexer => crate::indexer::indexer(&plan, data.expect("data"), &mut table),
             Section::Slow => crate::fanout::slow(&plan, data.expect("data"), &mut table),
             Section::Collator => crate::collator::collator(&plan, data.expect("data"), &mut table),
+            Section::Bridge => crate::bridge::bridge(&plan, &mut table),
         };
         if section == Section::Collator && result.is_ok() {
             collator_chart(&mut table);

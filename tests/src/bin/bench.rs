@@ -14,6 +14,8 @@ use clap::Parser;
 
 #[path = "../bench/baseline.rs"]
 mod baseline;
+#[path = "../bench/bridge.rs"]
+mod bridge;
 #[path = "../bench/charts.rs"]
 mod charts;
 #[path = "../bench/collator.rs"]
@@ -45,11 +47,11 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
 
-    /// Sections to run, comma-separated: fanout,latency,idle,storm,indexer,slow,collator.
+    /// Sections to run, comma-separated: fanout,latency,idle,storm,indexer,slow,collator,bridge.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "fanout,latency,idle,storm,indexer,slow,collator"
+        default_value = "fanout,latency,idle,storm,indexer,slow,collator,bridge"
     )]
     sections: Vec<run::Section>,
 
