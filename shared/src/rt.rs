@@ -110,7 +110,7 @@ pub fn spawn_blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stat
 /// indexer's count stays 0 after a truncation: its scanner, polled on the watcher's thread,
 /// never settles), and the cause is not found yet. With 0 every woken task goes to the
 /// runners: one hand-off (watcher thread → executor thread) between inotify and `sendfile`.
-pub const INLINE: usize = 0;
+pub const INLINE: usize = 8;
 
 /// How long [`run_woken_here`] polls woken tasks before it hands the rest to the executor.
 pub const BUDGET: Duration = Duration::from_micros(500);

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::baseline::{Broadcaster, ThreadFloor, FLOOR_THREAD, THREAD_FLOOR_THREAD};
 use crate::fleet::{Fleet, Handler, Part, Step, THREAD_PREFIX as READER_THREAD};
-use crate::procs::{own_threads_cpu_secs, ProcStats, Server};
+use crate::procs::{own_threads_cpu_secs, sibling, ProcStats, Server};
 use crate::report::{nanos, quantile, Chart, Row, Table};
 use crate::run::{secs, Plan, Result};
 
@@ -212,6 +212,114 @@ pub fn latency(plan: &Plan, table: &mut Table) -> Result<()> {
                 .collect(),
         });
     }
+    if plan.followers.contains(&1) {
+        count_latency(plan, table)?;
+    }
+    Ok(())
+}
+
+/// The indexer on the same wake path: from an append to the first `count` answer that
+/// includes it, for one client asking in a closed loop (the next `count` goes out as soon as
+/// the previous answer is in). The loop's own round trip is the resolution: it is reported
+/// beside the figure, and an append can only be seen one round trip or so after it happens.
+fn count_latency(plan: &Plan, table: &mut Table) -> Result<()> {
+    const INDEXER: &str = "tailsrv-indexer";
+    let figure = "indexer, 1 client: append → count shows it, p50 / p99";
+    if sibling(INDEXER).is_err() {
+        table.push(Row::new("latency", figure).value("n/a: indexer not built"));
+        return Ok(());
+    }
+    let total = (plan.rate as f64 * plan.latency_secs).ceil().max(1.0) as u64;
+    let period = Duration::from_secs_f64(1.0 / plan.rate as f64);
+    let (mut lat, mut rtt) = (Vec::new(), Vec::new());
+    for round in 0..plan.latency_rounds {
+        let path = plan.dir.join(format!("count-latency-{round}.log"));
+        let index = plan.dir.join(format!("count-latency-{round}.log.idx"));
+        write_first_line(&path)?;
+        let server = Server::start(
+            INDEXER,
+            &[
+                "-p".as_ref(),
+                "0".as_ref(),
+                "--bind".as_ref(),
+                "127.0.0.1".as_ref(),
+                "--index".as_ref(),
+                index.as_os_str(),
+                path.as_os_str(),
+            ],
+        )?;
+        let measured = (|| -> Result<()> {
+            let ctx = |e: io::Error| format!("asking the indexer for count: {e}");
+            let sock = TcpStream::connect(server.addr).map_err(ctx)?;
+            sock.set_nodelay(true).map_err(ctx)?;
+            sock.set_read_timeout(Some(GRACE)).map_err(ctx)?;
+            let mut reader = io::BufReader::new(sock.try_clone().map_err(ctx)?);
+            let mut writer = sock;
+            let mut answer = String::new();
+            // Asks until the count reaches `want`; returns when the answer that did arrived.
+            let mut ask_until = |want: u64, rtt: &mut Vec<u64>| -> Result<Instant> {
+                let limit = Instant::now() + GRACE;
+                loop {
+                    let asked = Instant::now();
+                    writer.write_all(b"count\n").map_err(ctx)?;
+                    answer.clear();
+                    io::BufRead::read_line(&mut reader, &mut answer).map_err(ctx)?;
+                    let now = Instant::now();
+                    rtt.push(now.duration_since(asked).as_nanos() as u64);
+                    match answer.trim().parse::<u64>() {
+                        Ok(n) if n == want => return Ok(now),
+                        Ok(n) if n > want => {
+                            return Err(format!("the indexer counts {n} lines of {want}"))
+                        }
+                        _ if now > limit => {
+                            return Err(format!(
+                                "the indexer did not count {want} lines within {GRACE:?}; \
+                                 last answer {answer:?}"
+                            ))
+                        }
+                        _ => {}
+                    }
+                }
+            };
+            // The first line, indexed before measuring.
+            ask_until(1, &mut Vec::new())?;
+            let mut log = Appender::open(&path)?;
+            let t0 = Instant::now();
+            let mut line = Vec::with_capacity(64);
+            for seq in 0..total {
+                let due = t0 + period * seq as u32;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                line.clear();
+                writeln!(line, "m {seq} 0").expect("writing to a Vec");
+                log.append(&line)?;
+                let appended = Instant::now();
+                let seen = ask_until(seq + 2, &mut rtt)?;
+                lat.push(seen.duration_since(appended).as_nanos() as u64);
+            }
+            Ok(())
+        })();
+        drop(server);
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&index);
+        measured?;
+    }
+    lat.sort_unstable();
+    rtt.sort_unstable();
+    table.push(
+        Row::new("latency", figure)
+            .value(format!(
+                "{} / {}",
+                nanos(quantile(&lat, 0.5)),
+                nanos(quantile(&lat, 0.99))
+            ))
+            .baseline(format!(
+                "{} / {} one count round trip (the resolution)",
+                nanos(quantile(&rtt, 0.5)),
+                nanos(quantile(&rtt, 0.99))
+            )),
+    );
     Ok(())
 }
 
