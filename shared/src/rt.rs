@@ -105,11 +105,11 @@ pub fn spawn_blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stat
 
 /// Woken tasks polled on the waking thread per [`run_woken_here`] call, at most.
 ///
-/// 0 for now: with 8, the indexer's truncation property test
-/// (`tests/tests/truncation.rs`, `random_appends_truncations_and_rewrites`) fails (the
-/// indexer's count stays 0 after a truncation: its scanner, polled on the watcher's thread,
-/// never settles), and the cause is not found yet. With 0 every woken task goes to the
-/// runners: one hand-off (watcher thread → executor thread) between inotify and `sendfile`.
+/// A task polled there holds up the watcher (and so every other file's followers) for as
+/// long as its poll lasts, so a task that may be polled there must never loop without
+/// awaiting on something only the watcher can change: the indexer's scanner once did (a
+/// short read made it rebuild, read the same stale length and rebuild again), and the
+/// watcher never got to publish the length that would have ended the loop.
 pub const INLINE: usize = 8;
 
 /// How long [`run_woken_here`] polls woken tasks before it hands the rest to the executor.
@@ -130,11 +130,7 @@ pub fn run_woken_here<T>(wake: impl FnOnce() -> T) -> T {
         .with(|w| std::mem::replace(&mut *w.borrow_mut(), outer))
         .unwrap_or_default();
     // Half here, half to the executor (whose threads run on the other core), up to INLINE.
-    // An array, not `.min(INLINE)`: clippy rejects that while INLINE is 0.
-    let inline = [woken.len().div_ceil(2), INLINE]
-        .into_iter()
-        .min()
-        .unwrap_or(0);
+    let inline = woken.len().div_ceil(2).min(INLINE);
     let mut woken = woken.into_iter();
     let here: Vec<Runnable> = woken.by_ref().take(inline).collect();
     to_executor(woken);
@@ -282,8 +278,8 @@ mod tests {
             .iter()
             .filter(|t| **t == me)
             .count();
-        // Half of them, at most INLINE (0 while inline polling is off).
-        let half = [2, INLINE].into_iter().min().unwrap_or(0);
+        // Half of them, at most INLINE.
+        let half = INLINE.min(2);
         assert_eq!(
             here, half,
             "half of the woken tasks (at most INLINE) ran here"
