@@ -6,7 +6,8 @@
 //! and the connection stays usable after an error. Clients may pipeline: each `read()` takes
 //! whatever requests have arrived, all of them are answered into one buffer, and that buffer
 //! goes out in one write, so a client that sends thousands of queries at once costs a few
-//! system calls, not thousands. A request line longer than the grammar's limit is answered
+//! system calls, not thousands. After each batch the task yields, so connections are
+//! answered in turn, batch by batch, however fast one client refills its pipeline. A request line longer than the grammar's limit is answered
 //! with an error and the connection is closed: there is no sensible way to resynchronise.
 //!
 //! A client may shut down its sending side after its last request (`nc -N`, `ncat` and
@@ -155,6 +156,12 @@ async fn converse(sock: &Async<TcpStream>, indexed: &Indexed) -> io::Result<()> 
         }
         write_all(sock, &out).await?;
         out.clear();
+        // Let the other connections' tasks run before reading again. A client that keeps its
+        // pipeline full always has more requests waiting, so the next read never waits, and
+        // without this one task could answer batch after batch while the connections queued
+        // behind it on this thread wait (the bench's p50 300 µs / p99 36 ms without the
+        // stride cache). Yielding puts this task at the back of the queue.
+        futures_lite::future::yield_now().await;
     }
 }
 

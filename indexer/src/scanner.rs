@@ -31,7 +31,7 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use proto::framing::{FramingError, Splitter};
@@ -284,6 +284,12 @@ async fn follow(
                 p.batch(bulk, file, watch, len)?
             };
             let Some(fed) = read else {
+                // The log ended before the length the watcher published: it changed after
+                // the watcher last looked. Rebuilding at once would read that same stale
+                // length, come up short again and go round without ever waiting (on the
+                // watcher's own thread, where woken tasks are polled, the watcher would
+                // never get to look). So wait until the watcher has seen the change.
+                watcher_caught_up(watch, epoch, len).await;
                 return truncated();
             };
             // Publish and persist once per batch.
@@ -365,6 +371,21 @@ async fn follow(
             Woke::Created(made) => made?,
         }
     }
+}
+
+/// How long a scanner whose read came up short waits for the watcher to publish the
+/// change before it rebuilds anyway (a rewrite the watcher cannot tell from the old log
+/// leaves its epoch and length alone).
+const SHORT_READ_WAIT: Duration = Duration::from_millis(100);
+
+/// Waits until the watcher has published an epoch other than `epoch` or a length other
+/// than `len`, or [`SHORT_READ_WAIT`] has passed.
+async fn watcher_caught_up(watch: &FileWatch, epoch: u64, len: u64) {
+    let moved = watch.wait_until(|w| w.epoch() != epoch || w.len() != len);
+    let timeout = async {
+        async_io::Timer::after(SHORT_READ_WAIT).await;
+    };
+    future::or(moved, timeout).await;
 }
 
 /// The index file: open, or being created on the blocking pool (a rebuild), with the

@@ -53,6 +53,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use proto::framing::Framing;
@@ -330,12 +331,13 @@ impl Store {
         fence: &Fence,
         ticket: u64,
     ) -> io::Result<Option<Store>> {
-        let newest = fence.0.lock().unwrap_or_else(|p| p.into_inner());
-        if *newest != ticket {
+        let (newest, creating) = &*fence.0;
+        let one_at_a_time = creating.lock().unwrap_or_else(|p| p.into_inner());
+        if newest.load(Ordering::SeqCst) != ticket {
             return Ok(None);
         }
         let store = Store::create(path, id, log)?;
-        drop(newest);
+        drop(one_at_a_time);
         Ok(Some(store))
     }
 
@@ -418,16 +420,16 @@ impl Store {
 }
 
 /// Orders the index files a scanner creates while it rebuilds (see
-/// [`Store::create_fenced`]): the newest ticket handed out.
+/// [`Store::create_fenced`]): the newest ticket handed out, and a lock held while a file is
+/// made. Handing out a ticket never waits for a file being made (that takes an fsync or
+/// two), so the scanner never blocks the thread it runs on.
 #[derive(Debug, Clone, Default)]
-pub struct Fence(std::sync::Arc<std::sync::Mutex<u64>>);
+pub struct Fence(std::sync::Arc<(AtomicU64, std::sync::Mutex<()>)>);
 
 impl Fence {
     /// A ticket newer than every one handed out before.
     pub fn next(&self) -> u64 {
-        let mut newest = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *newest += 1;
-        *newest
+        self.0 .0.fetch_add(1, Ordering::SeqCst) + 1
     }
 }
 

@@ -2,10 +2,15 @@
 //! interested task when one of them changes.
 //!
 //! Why this shape: thousands of clients wait on the same file. Polling it would cost CPU per
-//! client per tick, so instead a single [`Watcher`] task reads inotify events, re-`fstat`s each
-//! file that had events once per batch, publishes its new length in an atomic, and wakes every
-//! task waiting on that file once through an [`event_listener::Event`]. A quiet file costs
-//! nothing.
+//! client per tick, so instead a single [`Watcher`] thread reads inotify events, re-`fstat`s
+//! each file that had events once per batch, publishes its new length in an atomic, and wakes
+//! every task waiting on that file once through an [`event_listener::Event`]. A quiet file
+//! costs nothing: the thread sleeps in `poll(2)`.
+//!
+//! The tasks it wakes are polled on that same thread before it reads the next batch (up to
+//! a bound; `crate::rt::run_woken_here` has the rules), so a follower's `sendfile` follows
+//! the kernel's "the file grew" with no hand-off to another thread. BENCHMARKS.md (issue #13)
+//! has the breakdown of that path.
 //!
 //! One inotify instance serves every file (the kernel allows only 128 instances per user by
 //! default), with one watch per followed file, shared by all of its followers through
@@ -64,16 +69,18 @@ use std::ffi::OsString;
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use async_io::Async;
 use event_listener::Event;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use proto::{Code, Refusal};
+use rustix::event::{EventfdFlags, PollFd, PollFlags};
+
+use crate::rt;
 
 /// Why a followed file is no longer at its path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,7 +267,10 @@ struct Table {
 /// Drives the followed files' [`FileWatch`]es: owns the inotify descriptor. Exactly one task
 /// runs it ([`Watcher::run`]); any task follows files through a [`Follower`].
 pub struct Watcher {
-    inotify: Async<Inotify>,
+    inotify: Inotify,
+    /// Written to stop the watcher's thread. Made with the inotify descriptor, not when
+    /// [`Watcher::run`] starts: by then a storm of clients may have taken every descriptor.
+    stop: Arc<OwnedFd>,
     follower: Follower,
 }
 
@@ -315,8 +325,11 @@ impl Watcher {
         let inotify =
             Inotify::init().map_err(|e| io::Error::new(e.kind(), format!("inotify_init: {e}")))?;
         let watches = inotify.watches();
+        let stop = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+            .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("eventfd: {e}")))?;
         Ok(Watcher {
-            inotify: Async::new(inotify)?,
+            inotify,
+            stop: Arc::new(stop),
             follower: Follower {
                 registry: Arc::new(Registry {
                     watches: Mutex::new(watches),
@@ -333,16 +346,58 @@ impl Watcher {
 
     /// Reads inotify events and updates the followed files, until a file is gone (with
     /// [`OnGone::Stop`]; returns why) or reading inotify fails.
-    pub async fn run(mut self, on_gone: OnGone) -> io::Result<Gone> {
+    ///
+    /// The reading happens on a thread of its own (`watcher`), which sleeps in `poll(2)`
+    /// until inotify has events: the kernel wakes that thread directly, and the tasks waiting
+    /// for a file that grew are polled right there ([`rt::run_woken_here`]), so a growth
+    /// event reaches a follower's `sendfile` with no thread hand-off in between. Dropping
+    /// this future stops the thread.
+    pub async fn run(self, on_gone: OnGone) -> io::Result<Gone> {
+        let stop = self.stop.clone();
+        let (tx, rx) = async_channel::bounded(1);
+        let thread_stop = stop.clone();
+        std::thread::Builder::new()
+            .name("watcher".into())
+            .spawn(move || {
+                let result = self.watch(on_gone, &thread_stop);
+                let _ = tx.try_send(result);
+            })
+            .map_err(|e| io::Error::new(e.kind(), format!("starting the watcher thread: {e}")))?;
+        /// Tells the thread to stop when `run` ends or is dropped.
+        struct StopOnDrop(Arc<OwnedFd>);
+        impl Drop for StopOnDrop {
+            fn drop(&mut self) {
+                let _ = rustix::io::write(&*self.0, &1u64.to_ne_bytes());
+            }
+        }
+        let _stop = StopOnDrop(stop);
+        rx.recv()
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("the watcher thread ended")))
+    }
+
+    /// The watcher thread's loop (see [`Watcher::run`]); returns when `stop` is readable.
+    fn watch(mut self, on_gone: OnGone, stop: &OwnedFd) -> io::Result<Gone> {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let touched = self.next_batch(&mut buf).await?;
-            for (file, appeared) in touched {
-                if appeared && file.file().is_none() {
-                    self.follower.retry_open(&file);
+            let Some(touched) = self.next_batch(&mut buf, stop)? else {
+                return Err(io::Error::other("the watcher was stopped"));
+            };
+            for (file, appeared) in &touched {
+                if *appeared && file.file().is_none() {
+                    self.follower.retry_open(file);
                 }
-                self.follower.refresh(&file);
-                file.notify();
+                self.follower.refresh(file);
+            }
+            rt::trace::mark(rt::trace::Point::Published);
+            // Every follower of these files is polled here, before the next batch is read.
+            rt::run_woken_here(|| {
+                for (file, _) in &touched {
+                    file.notify();
+                }
+                rt::trace::mark(rt::trace::Point::Notified);
+            });
+            for (file, _) in &touched {
                 if let Some(gone) = file.gone() {
                     if on_gone == OnGone::Stop {
                         return Ok(gone);
@@ -353,21 +408,40 @@ impl Watcher {
     }
 
     /// Waits for inotify to be readable; returns the files that had events, each with whether
-    /// its name appeared in its directory.
-    async fn next_batch(&mut self, buf: &mut [u8]) -> io::Result<Vec<(FileWatch, bool)>> {
+    /// its name appeared in its directory, or None once `stop` is readable.
+    fn next_batch(
+        &mut self,
+        buf: &mut [u8],
+        stop: &OwnedFd,
+    ) -> io::Result<Option<Vec<(FileWatch, bool)>>> {
         loop {
-            // SAFETY: reading events neither closes nor replaces the inotify descriptor, which
-            // is all `Async::get_mut` asks us not to do.
-            let inotify = unsafe { self.inotify.get_mut() };
-            match inotify.read_events(buf) {
+            match self.inotify.read_events(buf) {
                 Ok(events) => {
                     let events: Vec<(WatchDescriptor, EventMask, Option<OsString>)> = events
                         .map(|e| (e.wd, e.mask, e.name.map(|n| n.to_owned())))
                         .collect();
-                    return Ok(self.follower.dispatch(events));
+                    rt::trace::mark(rt::trace::Point::Read);
+                    return Ok(Some(self.follower.dispatch(events)));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.inotify.readable().await?;
+                    let mut fds = [
+                        PollFd::new(&self.inotify, PollFlags::IN),
+                        PollFd::new(stop, PollFlags::IN),
+                    ];
+                    match rustix::event::poll(&mut fds, None) {
+                        Ok(_) => {}
+                        Err(rustix::io::Errno::INTR) => continue,
+                        Err(e) => {
+                            return Err(io::Error::new(
+                                io::Error::from(e).kind(),
+                                format!("waiting for inotify events: {e}"),
+                            ))
+                        }
+                    }
+                    rt::trace::mark(rt::trace::Point::Readable);
+                    if !fds[1].revents().is_empty() {
+                        return Ok(None);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {

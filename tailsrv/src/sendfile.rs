@@ -10,6 +10,7 @@ use std::io;
 use std::net::TcpStream;
 
 use async_io::Async;
+use shared::rt::trace::{mark, Point};
 
 /// After this many bytes sent without the socket ever filling up, yield to the executor so
 /// one fast reader of a big backlog cannot starve the others sharing its thread.
@@ -35,7 +36,10 @@ pub async fn send_range(
         let mut offset = *pos;
         let sent = sock
             .write_with(|s| {
-                rustix::fs::sendfile(s, file, Some(&mut offset), count).map_err(io::Error::from)
+                mark(Point::SendStart);
+                let sent = rustix::fs::sendfile(s, file, Some(&mut offset), count);
+                mark(Point::SendEnd);
+                sent.map_err(io::Error::from)
             })
             .await?;
         if sent == 0 {

@@ -427,9 +427,10 @@ impl World {
                     .map(|((a, e), q)| format!("{q:?} answered {a:?}, expected {e:?}"));
                 panic!(
                     "{ctx}: the indexer did not settle on the naive scan of the {}-byte \
-                     file: {}",
+                     file: {}\nindexer log:\n{}",
                     self.file.len(),
-                    wrong.unwrap_or_default()
+                    wrong.unwrap_or_default(),
+                    self.idx.log.text()
                 );
             }
             std::thread::sleep(pause);

@@ -11,6 +11,10 @@
 //!   blocking `sendfile` over every accepted socket. Nothing can deliver an append to N
 //!   loopback followers with less work per follower, so its latency is this machine's floor
 //!   for broadcasting, measured beside tailsrv with the same writer and readers.
+//! - [`ThreadFloor`]: the other latency floor, the classic design (tailsrv 0.8): one thread
+//!   per follower parked on a condition variable, woken by a thread that blocks in `read` on
+//!   inotify; each follower's thread then `sendfile`s what is new. One hand-off per append
+//!   (inotify thread → follower thread), a thread and its stack per follower.
 //!
 //! All are stopped by [`Drop`]: the accept loop is woken by a connection to itself, client
 //! sockets are shut down so their threads' blocking calls return, and every thread is joined.
@@ -296,6 +300,176 @@ impl Drop for Broadcaster {
             let _ = t.join();
         }
         self.followers.lock().unwrap().clear();
+    }
+}
+
+/// Name prefix of the [`ThreadFloor`]'s threads, for counting their CPU.
+pub const THREAD_FLOOR_THREAD: &str = "tpc-floor";
+
+/// What the inotify thread of a [`ThreadFloor`] shares with the follower threads: how many
+/// batches of events it has seen, and whether to stop.
+#[derive(Default)]
+struct Generation {
+    seen: u64,
+    stop: bool,
+}
+
+type Shared = Arc<(Mutex<Generation>, std::sync::Condvar)>;
+
+/// The thread-per-follower floor (see the module docs). Followers start at the end of the
+/// file as it is when accepted, like the [`Broadcaster`]'s; a follower's thread ends when a
+/// send fails.
+pub struct ThreadFloor {
+    addr: SocketAddr,
+    path: std::path::PathBuf,
+    shared: Shared,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+    watch: Option<JoinHandle<()>>,
+    clients: Registry,
+}
+
+impl ThreadFloor {
+    pub fn start(path: &Path) -> Result<ThreadFloor> {
+        use rustix::fs::inotify;
+        let file =
+            Arc::new(File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?);
+        let listener = (|| {
+            let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+            sock.set_reuse_address(true)?;
+            sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+            sock.listen(65_535)?;
+            io::Result::Ok(TcpListener::from(sock))
+        })()
+        .map_err(|e| format!("thread floor listener: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let ino = inotify::init(inotify::CreateFlags::CLOEXEC)
+            .map_err(|e| format!("inotify_init: {e}"))?;
+        inotify::add_watch(
+            &ino,
+            path,
+            inotify::WatchFlags::MODIFY | inotify::WatchFlags::CLOSE_WRITE,
+        )
+        .map_err(|e| format!("inotify_add_watch: {e}"))?;
+        let shared: Shared = Arc::default();
+        let watch = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("{THREAD_FLOOR_THREAD}-ino"))
+                .spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match rustix::io::read(&ino, &mut buf) {
+                            Ok(_) => {}
+                            Err(rustix::io::Errno::INTR) => continue,
+                            Err(_) => return,
+                        }
+                        let (lock, cv) = &*shared;
+                        let mut g = lock.lock().unwrap();
+                        g.seen += 1;
+                        cv.notify_all();
+                        if g.stop {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| format!("spawning the inotify thread: {e}"))?
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients: Registry = Arc::default();
+        let accept = {
+            let (stop, clients, shared) = (stop.clone(), clients.clone(), shared.clone());
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(sock) = conn else { continue };
+                    let _ = sock.set_nodelay(true);
+                    let Ok(handle) = sock.try_clone() else {
+                        continue;
+                    };
+                    let Ok(meta) = file.metadata() else { continue };
+                    let (file, shared) = (file.clone(), shared.clone());
+                    let mut offset = meta.len();
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("{THREAD_FLOOR_THREAD}-f"))
+                        .stack_size(STACK)
+                        .spawn(move || {
+                            let mut seen = 0;
+                            loop {
+                                {
+                                    let (lock, cv) = &*shared;
+                                    let mut g = lock.lock().unwrap();
+                                    while g.seen == seen && !g.stop {
+                                        g = cv.wait(g).unwrap();
+                                    }
+                                    if g.stop {
+                                        return;
+                                    }
+                                    seen = g.seen;
+                                }
+                                let Ok(meta) = file.metadata() else { return };
+                                let len = meta.len();
+                                while offset < len {
+                                    let count = (len - offset) as usize;
+                                    match rustix::fs::sendfile(
+                                        &sock,
+                                        &*file,
+                                        Some(&mut offset),
+                                        count,
+                                    ) {
+                                        Ok(0) | Err(_) => return,
+                                        Ok(_) => {}
+                                    }
+                                }
+                            }
+                        });
+                    let Ok(t) = spawned else { continue };
+                    clients.lock().unwrap().push((handle, t));
+                }
+            })
+        };
+        Ok(ThreadFloor {
+            addr,
+            path: path.to_owned(),
+            shared,
+            stop,
+            accept: Some(accept),
+            watch: Some(watch),
+            clients,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for ThreadFloor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+        {
+            let (lock, cv) = &*self.shared;
+            lock.lock().unwrap().stop = true;
+            cv.notify_all();
+        }
+        // Wake the inotify thread's read: opening for writing and closing is IN_CLOSE_WRITE.
+        drop(std::fs::OpenOptions::new().append(true).open(&self.path));
+        if let Some(t) = self.watch.take() {
+            let _ = t.join();
+        }
+        let clients = std::mem::take(&mut *self.clients.lock().unwrap());
+        for (sock, _) in &clients {
+            let _ = sock.shutdown(Shutdown::Both);
+        }
+        for (_, t) in clients {
+            let _ = t.join();
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use crate::baseline::SendfileServer;
 use crate::data::DataFile;
 use crate::fleet::{self, discard, Fleet, Handler, Sink, Step};
 use crate::procs::Server;
-use crate::report::{gibps, Row, Table};
+use crate::report::{gibps, Chart, Row, Table};
 use crate::run::{Plan, Result};
 
 /// The longest one bulk run may take before it counts as failed.
@@ -28,6 +28,7 @@ const SLOW_READERS: usize = 100;
 pub fn fanout(plan: &Plan, data: &DataFile, table: &mut Table) -> Result<()> {
     let tailsrv = start_tailsrv(data)?;
     let baseline = SendfileServer::start(&data.path)?;
+    let mut groups = Vec::new();
     for &n in &plan.fanout_clients {
         // The in-process baseline holds both ends of every connection.
         let n = plan.cap(n.max(1), table).min(plan.max_conns() / 3);
@@ -48,7 +49,21 @@ pub fn fanout(plan: &Plan, data: &DataFile, table: &mut Table) -> Result<()> {
             row = row.target("≥ 0.90× sendfile", ratio >= 0.9);
         }
         table.push(row);
+        let gib = |secs: f64| total as f64 / secs / (1u64 << 30) as f64;
+        groups.push((
+            format!("{n} clients"),
+            vec![
+                ("tailsrv".to_string(), gib(best.0)),
+                ("sendfile, thread per client".to_string(), gib(best.1)),
+            ],
+        ));
     }
+    table.chart(Chart::Bars {
+        name: "fanout".into(),
+        title: "Fan-out: total throughput, each client its share of the file".into(),
+        unit: "GiB/s".into(),
+        groups,
+    });
     Ok(())
 }
 

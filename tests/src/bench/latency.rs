@@ -24,10 +24,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::baseline::{Broadcaster, FLOOR_THREAD};
+use crate::baseline::{Broadcaster, ThreadFloor, FLOOR_THREAD, THREAD_FLOOR_THREAD};
 use crate::fleet::{Fleet, Handler, Part, Step, THREAD_PREFIX as READER_THREAD};
-use crate::procs::{own_threads_cpu_secs, ProcStats, Server};
-use crate::report::{nanos, quantile, Row, Table};
+use crate::procs::{own_threads_cpu_secs, sibling, ProcStats, Server};
+use crate::report::{nanos, quantile, Chart, Row, Table};
 use crate::run::{secs, Plan, Result};
 
 /// How long followers get to connect and attach.
@@ -40,115 +40,377 @@ const SYNC_EVERY: Duration = Duration::from_millis(100);
 /// After the last measured line, how long followers get to receive it.
 const GRACE: Duration = Duration::from_secs(10);
 
+/// Above this many followers the thread-per-client floor is not run (a thread each).
+const THREAD_FLOOR_MAX: usize = 1000;
+
+/// The servers a latency round measures, in the order they take turns.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Tailsrv,
+    Floor,
+    Threads,
+}
+
+impl Who {
+    fn label(self) -> &'static str {
+        match self {
+            Who::Tailsrv => "tailsrv",
+            Who::Floor => "one-thread floor",
+            Who::Threads => "thread per client",
+        }
+    }
+}
+
 pub fn latency(plan: &Plan, table: &mut Table) -> Result<()> {
     let total = (plan.rate as f64 * plan.latency_secs).ceil().max(1.0) as u64;
     for &n in &plan.followers {
         let n = plan.cap(n.max(1), table);
-        let ours = {
-            let path = plan.dir.join(format!("latency-{n}.log"));
-            let tailsrv = start_tailsrv(&path)?;
-            let pid = tailsrv.pid();
-            measure(
-                plan,
-                tailsrv.addr,
-                &path,
-                n,
-                total,
-                || {},
-                || Ok(ProcStats::read(pid)?.cpu_secs),
-            )?
-        };
-        // The floor holds both ends of each connection in this process.
+        // The floors hold both ends of each connection in this process.
         let floor_n = n.min(plan.max_conns() / 2);
         if floor_n < n {
             table.note(format!(
-                "latency: the open-file limit {} caps the floor's followers to {floor_n} \
-                 (it holds both ends of each connection) where tailsrv had {n}",
+                "latency: the open-file limit {} caps the floors' followers to {floor_n} \
+                 (they hold both ends of each connection) where tailsrv had {n}",
                 plan.nofile
             ));
         }
-        let floor = {
-            let path = plan.dir.join(format!("floor-{n}.log"));
-            write_first_line(&path)?;
-            let floor = Broadcaster::start(&path)?;
-            measure(
-                plan,
-                floor.addr(),
-                &path,
-                floor_n,
-                total,
-                || floor.wake(),
-                || own_threads_cpu_secs(FLOOR_THREAD),
-            )?
-        };
-        let q = |r: &Measured, p| nanos(quantile(&r.lat, p));
-        let quantiles = |r: &Measured| {
-            format!(
-                "{} / {} / {} / {}",
-                q(r, 0.5),
-                q(r, 0.99),
-                q(r, 0.999),
-                nanos(*r.lat.last().unwrap_or(&0))
-            )
-        };
-        let p99 = quantile(&ours.lat, 0.99);
-        let floor_p99 = quantile(&floor.lat, 0.99);
+        let threads = floor_n <= THREAD_FLOOR_MAX;
+        if !threads {
+            table.note(format!(
+                "latency: the thread-per-client floor is run up to {THREAD_FLOOR_MAX} followers, \
+                 not with {n} (a thread each)"
+            ));
+        }
+        let mut who = vec![Who::Tailsrv, Who::Floor];
+        if threads {
+            who.push(Who::Threads);
+        }
+        // Rounds in turns: tailsrv, the one-thread floor, the thread-per-client floor; the
+        // medians over rounds are reported.
+        let mut rounds: Vec<Vec<Measured>> = who.iter().map(|_| Vec::new()).collect();
+        for round in 0..plan.latency_rounds {
+            for (i, &w) in who.iter().enumerate() {
+                let path = plan.dir.join(format!("latency-{n}-{round}-{i}.log"));
+                write_first_line(&path)?;
+                let trace = (w == Who::Tailsrv && n == 1)
+                    .then_some(plan.trace.as_ref())
+                    .flatten();
+                let mut m = match w {
+                    Who::Tailsrv => {
+                        let tailsrv = start_tailsrv(&path, trace)?;
+                        let pid = tailsrv.pid();
+                        let cpu = || Ok(ProcStats::read(pid)?.cpu_secs);
+                        measure(
+                            plan,
+                            tailsrv.addr,
+                            &path,
+                            n,
+                            total,
+                            || {},
+                            cpu,
+                            trace.is_some(),
+                        )?
+                    }
+                    Who::Floor => {
+                        let floor = Broadcaster::start(&path)?;
+                        let cpu = || own_threads_cpu_secs(FLOOR_THREAD);
+                        let wake = || floor.wake();
+                        measure(plan, floor.addr(), &path, floor_n, total, wake, cpu, false)?
+                    }
+                    Who::Threads => {
+                        let floor = ThreadFloor::start(&path)?;
+                        let cpu = || own_threads_cpu_secs(THREAD_FLOOR_THREAD);
+                        measure(plan, floor.addr(), &path, floor_n, total, || {}, cpu, false)?
+                    }
+                };
+                m.who = w.label();
+                if let (Some(trace), Some(raw)) = (trace, &m.raw) {
+                    breakdown(trace, raw, table)?;
+                }
+                let _ = std::fs::remove_file(&path);
+                rounds[i].push(m);
+            }
+        }
+        let summary: Vec<Summary> = rounds.iter().map(|r| Summary::of(r)).collect();
+        let ours = &summary[0];
+        let floor = &summary[1];
         let mut row = Row::new("latency", &format!("{n} followers: p50 / p99 / p999 / max"))
-            .value(quantiles(&ours))
-            .baseline(format!("{} floor", quantiles(&floor)))
-            .ratio(p99 as f64 / floor_p99 as f64);
+            .value(ours.quantiles())
+            .baseline(format!("{} floor", floor.quantiles()))
+            .ratio(ours.p99 as f64 / floor.p99 as f64);
         row = match n {
-            1000 => row.target("p99 ≤ 5 ms", p99 <= 5_000_000),
-            10_000 => row.target("p99 ≤ 50 ms", p99 <= 50_000_000),
+            1000 => row.target(
+                "p99 ≤ 0.75× floor",
+                ours.p99 as f64 <= 0.75 * floor.p99 as f64,
+            ),
+            10_000 => row.target("p99 ≤ 50 ms", ours.p99 <= 50_000_000),
             _ => row,
         };
         table.push(row);
-        table.push(
-            Row::new("latency", &format!("{n} followers: CPU, % of a core"))
-                .value(format!(
-                    "tailsrv {:.0} %, readers {:.0} %",
-                    ours.server_cpu, ours.readers_cpu
-                ))
-                .baseline(format!(
-                    "floor {:.0} %, readers {:.0} %",
-                    floor.server_cpu, floor.readers_cpu
-                )),
-        );
-        let delivered = |r: &Measured, n: usize| {
-            let expected = total * n as u64;
-            let mut s = format!("{} of {expected}", r.delivered);
-            if r.disorder > 0 {
-                s += &format!(", {} out of order", r.disorder);
+        if let Some(tpc) = summary.get(2) {
+            let ratio50 = ours.p50 as f64 / tpc.p50 as f64;
+            let ratio99 = ours.p99 as f64 / tpc.p99 as f64;
+            let mut row = Row::new(
+                "latency",
+                &format!("{n} followers vs thread per client: p50 / p99"),
+            )
+            .value(format!("{} / {}", nanos(ours.p50), nanos(ours.p99)))
+            .baseline(format!(
+                "{} / {} thread per client",
+                nanos(tpc.p50),
+                nanos(tpc.p99)
+            ))
+            .ratio(ratio99);
+            if n <= 10 {
+                row = row.target(
+                    format!("p50, p99 ≤ 1.0× (p50 {ratio50:.2}×)"),
+                    ratio50 <= 1.0 && ratio99 <= 1.0,
+                );
             }
-            (s, r.delivered == expected && r.disorder == 0)
+            table.push(row);
+        }
+        let cpu = |s: &Summary| {
+            format!(
+                "{} {:.0} % ({:.1} µs/line), readers {:.0} %",
+                s.who, s.server_cpu, s.cpu_per_line_us, s.readers_cpu
+            )
         };
-        let (ours_text, all) = delivered(&ours, n);
-        let (floor_text, _) = delivered(&floor, floor_n);
+        table.push(
+            Row::new(
+                "latency",
+                &format!("{n} followers: CPU, % of a core (per line delivered)"),
+            )
+            .value(cpu(ours))
+            .baseline(summary[1..].iter().map(cpu).collect::<Vec<_>>().join("; ")),
+        );
+        let (ours_text, all) = ours.delivered(total, n);
+        let floor_text = summary[1..]
+            .iter()
+            .map(|s| format!("{} {}", s.delivered(total, floor_n).0, s.who))
+            .collect::<Vec<_>>()
+            .join("; ");
         table.push(
             Row::new("latency", &format!("{n} followers: lines delivered"))
                 .value(ours_text)
-                .baseline(format!("{floor_text} floor"))
+                .baseline(floor_text)
                 .target("all, in order", all),
         );
+        table.chart(Chart::Cdf {
+            name: format!("latency-{n}"),
+            title: format!(
+                "Append → delivery latency, {n} followers, {} lines/s",
+                plan.rate
+            ),
+            series: rounds
+                .into_iter()
+                .zip(&who)
+                .map(|(r, w)| {
+                    let mut all: Vec<u64> = r.into_iter().flat_map(|m| m.lat).collect();
+                    all.sort_unstable();
+                    (w.label().to_string(), all)
+                })
+                .collect(),
+        });
+    }
+    if plan.followers.contains(&1) {
+        count_latency(plan, table)?;
     }
     Ok(())
 }
 
-/// One latency run's results against one server.
-struct Measured {
-    /// Every (line, follower) latency, ascending (ns).
-    lat: Vec<u64>,
+/// The indexer on the same wake path: from an append to the first `count` answer that
+/// includes it, for one client asking in a closed loop (the next `count` goes out as soon as
+/// the previous answer is in). The loop's own round trip is the resolution: it is reported
+/// beside the figure (measured while nothing is appended), and an append can only be seen
+/// one round trip or so after it happens.
+fn count_latency(plan: &Plan, table: &mut Table) -> Result<()> {
+    const INDEXER: &str = "tailsrv-indexer";
+    const IDLE_ASKS: usize = 1000;
+    let figure = "indexer, 1 client: append → count shows it, p50 / p99";
+    if sibling(INDEXER).is_err() {
+        table.push(Row::new("latency", figure).value("n/a: indexer not built"));
+        return Ok(());
+    }
+    let total = (plan.rate as f64 * plan.latency_secs).ceil().max(1.0) as u64;
+    let period = Duration::from_secs_f64(1.0 / plan.rate as f64);
+    let (mut lat, mut rtt) = (Vec::new(), Vec::new());
+    for round in 0..plan.latency_rounds {
+        let path = plan.dir.join(format!("count-latency-{round}.log"));
+        let index = plan.dir.join(format!("count-latency-{round}.log.idx"));
+        write_first_line(&path)?;
+        let server = Server::start(
+            INDEXER,
+            &[
+                "-p".as_ref(),
+                "0".as_ref(),
+                "--bind".as_ref(),
+                "127.0.0.1".as_ref(),
+                "--index".as_ref(),
+                index.as_os_str(),
+                path.as_os_str(),
+            ],
+        )?;
+        let measured = (|| -> Result<()> {
+            let ctx = |e: io::Error| format!("asking the indexer for count: {e}");
+            let sock = TcpStream::connect(server.addr).map_err(ctx)?;
+            sock.set_nodelay(true).map_err(ctx)?;
+            sock.set_read_timeout(Some(GRACE)).map_err(ctx)?;
+            let mut reader = io::BufReader::new(sock.try_clone().map_err(ctx)?);
+            let mut writer = sock;
+            let mut answer = String::new();
+            // Asks until the count reaches `want`; returns when the answer that did arrived.
+            let mut ask_until = |want: u64, rtt: &mut Vec<u64>| -> Result<Instant> {
+                let limit = Instant::now() + GRACE;
+                loop {
+                    let asked = Instant::now();
+                    writer.write_all(b"count\n").map_err(ctx)?;
+                    answer.clear();
+                    io::BufRead::read_line(&mut reader, &mut answer).map_err(ctx)?;
+                    let now = Instant::now();
+                    rtt.push(now.duration_since(asked).as_nanos() as u64);
+                    match answer.trim().parse::<u64>() {
+                        Ok(n) if n == want => return Ok(now),
+                        Ok(n) if n > want => {
+                            return Err(format!("the indexer counts {n} lines of {want}"))
+                        }
+                        _ if now > limit => {
+                            return Err(format!(
+                                "the indexer did not count {want} lines within {GRACE:?}; \
+                                 last answer {answer:?}"
+                            ))
+                        }
+                        _ => {}
+                    }
+                }
+            };
+            // The first line, indexed before measuring; then the resolution: a round trip
+            // while nothing is appended.
+            ask_until(1, &mut Vec::new())?;
+            for _ in 0..IDLE_ASKS {
+                ask_until(1, &mut rtt)?;
+            }
+            let mut log = Appender::open(&path)?;
+            let t0 = Instant::now();
+            let mut line = Vec::with_capacity(64);
+            for seq in 0..total {
+                let due = t0 + period * seq as u32;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                line.clear();
+                writeln!(line, "m {seq} 0").expect("writing to a Vec");
+                log.append(&line)?;
+                let appended = Instant::now();
+                let seen = ask_until(seq + 2, &mut Vec::new())?;
+                lat.push(seen.duration_since(appended).as_nanos() as u64);
+            }
+            Ok(())
+        })();
+        drop(server);
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&index);
+        measured?;
+    }
+    lat.sort_unstable();
+    rtt.sort_unstable();
+    table.push(
+        Row::new("latency", figure)
+            .value(format!(
+                "{} / {}",
+                nanos(quantile(&lat, 0.5)),
+                nanos(quantile(&lat, 0.99))
+            ))
+            .baseline(format!(
+                "{} / {} one `count` round trip, nothing appended (the resolution)",
+                nanos(quantile(&rtt, 0.5)),
+                nanos(quantile(&rtt, 0.99))
+            )),
+    );
+    Ok(())
+}
+
+/// One server's rounds, reduced to medians.
+struct Summary {
+    who: &'static str,
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+    server_cpu: f64,
+    readers_cpu: f64,
+    cpu_per_line_us: f64,
     delivered: u64,
     disorder: u64,
-    /// CPU of the server (tailsrv, or the floor's sending thread) and of the bench's reader
-    /// threads over the measured window, in % of one core.
+    rounds: u64,
+}
+
+impl Summary {
+    fn of(rounds: &[Measured]) -> Summary {
+        let med = |f: &dyn Fn(&Measured) -> f64| {
+            let mut v: Vec<f64> = rounds.iter().map(f).collect();
+            v.sort_by(|a, b| a.total_cmp(b));
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        let q = |p: f64| med(&|m: &Measured| quantile(&m.lat, p) as f64) as u64;
+        Summary {
+            who: rounds.first().map_or("", |m| m.who),
+            p50: q(0.5),
+            p99: q(0.99),
+            p999: q(0.999),
+            max: med(&|m: &Measured| *m.lat.last().unwrap_or(&0) as f64) as u64,
+            server_cpu: med(&|m: &Measured| m.server_cpu),
+            readers_cpu: med(&|m: &Measured| m.readers_cpu),
+            cpu_per_line_us: med(&|m: &Measured| {
+                m.server_cpu_secs / (m.delivered.max(1) as f64) * 1e6
+            }),
+            delivered: rounds.iter().map(|m| m.delivered).sum(),
+            disorder: rounds.iter().map(|m| m.disorder).sum(),
+            rounds: rounds.len() as u64,
+        }
+    }
+
+    fn quantiles(&self) -> String {
+        format!(
+            "{} / {} / {} / {}",
+            nanos(self.p50),
+            nanos(self.p99),
+            nanos(self.p999),
+            nanos(self.max)
+        )
+    }
+
+    /// "D of E" over every round, and whether all arrived in order.
+    fn delivered(&self, total: u64, n: usize) -> (String, bool) {
+        let expected = total * n as u64 * self.rounds;
+        let mut s = format!("{} of {expected}", self.delivered);
+        if self.disorder > 0 {
+            s += &format!(", {} out of order", self.disorder);
+        }
+        (s, self.delivered == expected && self.disorder == 0)
+    }
+}
+
+/// One latency run's results against one server.
+struct Measured {
+    who: &'static str,
+    /// Every (line, follower) latency, ascending (ns).
+    lat: Vec<u64>,
+    /// With one follower and `--trace`: (append, receipt) of each measured line, in
+    /// CLOCK_MONOTONIC ns.
+    raw: Option<Vec<(u64, u64)>>,
+    delivered: u64,
+    disorder: u64,
+    /// CPU of the server (tailsrv, or the floor's threads) and of the bench's reader
+    /// threads over the measured window, in % of one core; and the server's in seconds.
     server_cpu: f64,
+    server_cpu_secs: f64,
     readers_cpu: f64,
 }
 
 /// Attaches `n` followers to the server at `addr`, then appends `total` measured lines to
 /// `path` at the plan's rate, calling `appended` right after each write. `server_cpu` reads
 /// the server's CPU seconds so far.
+#[allow(clippy::too_many_arguments)]
 fn measure(
     plan: &Plan,
     addr: SocketAddr,
@@ -157,12 +419,15 @@ fn measure(
     total: u64,
     appended: impl Fn(),
     server_cpu: impl Fn() -> Result<f64>,
+    keep_raw: bool,
 ) -> Result<Measured> {
     let origin = Instant::now();
+    let mono_origin = monotonic_ns();
+    let mut stamps = Vec::with_capacity(if keep_raw { total as usize } else { 0 });
     let deadline = origin + ATTACH_LIMIT + secs(plan.latency_secs) + GRACE;
     let (fleet, attached) = followers(addr, n, plan.client_threads, deadline, origin, total);
     let mut log = Appender::open(path)?;
-    let windowed: Result<(f64, f64)> = (|| {
+    let windowed: Result<(f64, f64, f64)> = (|| {
         attach(&mut log, &attached, n, &appended)?;
         // Measured lines at a fixed rate, on an absolute schedule so a late tick does not
         // shift the ones after it.
@@ -180,11 +445,15 @@ fn measure(
             writeln!(line, "m {seq} {stamp}").expect("writing to a Vec");
             log.append(&line)?;
             appended();
+            if keep_raw {
+                stamps.push(stamp);
+            }
         }
         let wall = t0.elapsed().as_secs_f64();
         let (server1, readers1) = (server_cpu()?, own_threads_cpu_secs(READER_THREAD)?);
         Ok((
             (server1 - server0) / wall * 100.0,
+            server1 - server0,
             (readers1 - readers0) / wall * 100.0,
         ))
     })();
@@ -192,22 +461,130 @@ fn measure(
         fleet.stop();
     }
     let parts = fleet.join();
-    let (server_cpu, readers_cpu) = windowed?;
+    let (server_cpu, server_cpu_secs, readers_cpu) = windowed?;
     let (mut lat, delivered, disorder) = merge(parts);
+    // One follower receives the lines in order: its latencies pair with the stamps.
+    let raw = (keep_raw && n == 1 && lat.len() == stamps.len()).then(|| {
+        stamps
+            .iter()
+            .zip(&lat)
+            .map(|(s, l)| (mono_origin + s, mono_origin + s + l))
+            .collect()
+    });
     lat.sort_unstable();
     Ok(Measured {
+        who: "",
         lat,
+        raw,
         delivered,
         disorder,
         server_cpu,
+        server_cpu_secs,
         readers_cpu,
     })
+}
+
+/// CLOCK_MONOTONIC now, in ns (what `Instant` reads, and what tailsrv's trace writes).
+fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Points of tailsrv's trace (`shared::rt::trace`), in path order.
+const POINTS: [&str; 7] = [
+    "readable",
+    "read",
+    "published",
+    "notified",
+    "polled",
+    "send_start",
+    "send_end",
+];
+
+/// The append → delivery breakdown for one follower: for each measured line, the first
+/// trace mark of each point after its append, and the receipt; medians and p99 of each
+/// step, as rows of the table. Needs tailsrv built with `--features shared/latency-trace`.
+fn breakdown(trace: &Path, raw: &[(u64, u64)], table: &mut Table) -> Result<()> {
+    // The trace thread writes every 20 ms.
+    std::thread::sleep(Duration::from_millis(100));
+    let text = std::fs::read_to_string(trace)
+        .map_err(|e| format!("reading the trace {}: {e}", trace.display()))?;
+    let mut marks: Vec<Vec<u64>> = vec![Vec::new(); POINTS.len()];
+    for line in text.lines() {
+        let mut words = line.split(' ');
+        let (Some(name), Some(Some(t))) = (words.next(), words.next().map(|w| w.parse().ok()))
+        else {
+            continue;
+        };
+        if let Some(i) = POINTS.iter().position(|p| *p == name) {
+            marks[i].push(t);
+        }
+    }
+    if marks.iter().all(|m| m.is_empty()) {
+        table.note(format!(
+            "latency trace {}: no marks (tailsrv built without --features shared/latency-trace?)",
+            trace.display()
+        ));
+        return Ok(());
+    }
+    for m in &mut marks {
+        m.sort_unstable();
+    }
+    // steps[k]: time from the previous point to point k (k = POINTS.len(): to receipt).
+    let mut steps: Vec<Vec<u64>> = vec![Vec::new(); POINTS.len() + 1];
+    let mut complete = 0;
+    for &(append, received) in raw {
+        let mut at = append;
+        let mut times = Vec::with_capacity(POINTS.len());
+        let mut missing = 0;
+        for m in &marks {
+            let i = m.partition_point(|&t| t < at);
+            match m.get(i) {
+                Some(&t) if t <= received => {
+                    times.push(t);
+                    at = t;
+                }
+                // `readable` is skipped when events were already queued (no `poll`):
+                // that step then counts as 0.
+                _ => {
+                    missing += 1;
+                    times.push(at);
+                }
+            }
+        }
+        if missing > 1 {
+            continue;
+        }
+        complete += 1;
+        let mut prev = append;
+        for (k, &t) in times.iter().chain([received].iter()).enumerate() {
+            steps[k].push(t - prev);
+            prev = t;
+        }
+    }
+    let names: Vec<String> = std::iter::once("append → readable".to_string())
+        .chain((1..POINTS.len()).map(|k| format!("{} → {}", POINTS[k - 1], POINTS[k])))
+        .chain(std::iter::once("send_end → recv returned".to_string()))
+        .collect();
+    for (name, mut v) in names.into_iter().zip(steps) {
+        v.sort_unstable();
+        table.push(
+            Row::new("trace", &format!("1 follower: {name}"))
+                .value(format!(
+                    "p50 {} / p99 {}",
+                    nanos(quantile(&v, 0.5)),
+                    nanos(quantile(&v, 0.99))
+                ))
+                .baseline(format!("{complete} of {} lines traced", raw.len())),
+        );
+    }
+    Ok(())
 }
 
 pub fn idle(plan: &Plan, table: &mut Table) -> Result<()> {
     let n = plan.cap(plan.idle_followers.max(1), table);
     let path = plan.dir.join("idle.log");
-    let tailsrv = start_tailsrv(&path)?;
+    let tailsrv = start_tailsrv(&path, None)?;
     let origin = Instant::now();
     let mut log = Appender::open(&path)?;
     // One follower first, so that what the runtime sets up for its first client (worker
@@ -255,7 +632,7 @@ pub fn idle(plan: &Plan, table: &mut Table) -> Result<()> {
                 before.rss_bytes as f64 / 1048576.0,
                 after.rss_bytes as f64 / 1048576.0
             ))
-            .target("≤ 4 KiB", per <= 4096.0),
+            .target("≤ 2 KiB", per <= 2048.0),
     );
     table.push(
         Row::new("idle", &format!("threads with {n} followers"))
@@ -279,8 +656,13 @@ pub fn idle(plan: &Plan, table: &mut Table) -> Result<()> {
     Ok(())
 }
 
-fn start_tailsrv(path: &Path) -> Result<Server> {
+fn start_tailsrv(path: &Path, trace: Option<&std::path::PathBuf>) -> Result<Server> {
     write_first_line(path)?;
+    // The child inherits it; a tailsrv built without the trace feature ignores it.
+    match trace {
+        Some(t) => std::env::set_var("TAILSRV_TRACE", t),
+        None => std::env::remove_var("TAILSRV_TRACE"),
+    }
     Server::start(
         "tailsrv",
         &[

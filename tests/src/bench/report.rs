@@ -47,6 +47,22 @@ impl Row {
         self
     }
 
+    pub fn section(&self) -> &str {
+        &self.section
+    }
+
+    pub fn figure(&self) -> &str {
+        &self.figure
+    }
+
+    pub fn cell_value(&self) -> &str {
+        &self.value
+    }
+
+    pub fn cell_baseline(&self) -> &str {
+        &self.baseline
+    }
+
     /// The target, and whether this run met it.
     pub fn target(mut self, t: impl Into<String>, met: bool) -> Row {
         self.target = t.into();
@@ -59,9 +75,37 @@ impl Row {
 pub struct Table {
     rows: Vec<Row>,
     notes: Vec<String>,
+    /// What `--charts DIR` draws (crate::charts), collected by the sections as they run.
+    pub charts: Vec<Chart>,
+}
+
+/// One picture of what a section measured.
+pub enum Chart {
+    /// Latency CDFs: one curve per (server, sorted latencies in ns).
+    Cdf {
+        name: String,
+        title: String,
+        series: Vec<(String, Vec<u64>)>,
+    },
+    /// Throughput bars: per group (a client count, a size), tailsrv's bar beside its
+    /// baselines' ((label, value) each, in `unit`).
+    Bars {
+        name: String,
+        title: String,
+        unit: String,
+        groups: Vec<(String, Vec<(String, f64)>)>,
+    },
 }
 
 impl Table {
+    pub fn rows(&self) -> impl Iterator<Item = &Row> {
+        self.rows.iter()
+    }
+
+    pub fn chart(&mut self, chart: Chart) {
+        self.charts.push(chart);
+    }
+
     pub fn push(&mut self, row: Row) {
         eprintln!(
             "bench:   {} / {}: {} (baseline {}) {}",

@@ -32,6 +32,10 @@ pub struct Plan {
     pub followers: Vec<usize>,
     pub rate: u32,
     pub latency_secs: f64,
+    /// Latency rounds (tailsrv and the floors in turns); medians are reported.
+    pub latency_rounds: usize,
+    /// `--trace FILE`: tailsrv's latency trace for the 1-follower breakdown.
+    pub trace: Option<PathBuf>,
     pub idle_followers: usize,
     pub idle_secs: f64,
     pub storm_clients: usize,
@@ -83,6 +87,11 @@ pub fn run(args: &Args) -> Result<()> {
         followers: args.followers.clone(),
         rate: args.rate.max(1),
         latency_secs: args.latency_secs.unwrap_or(if quick { 2.0 } else { 10.0 }),
+        latency_rounds: args
+            .latency_rounds
+            .unwrap_or(if quick { 1 } else { 3 })
+            .max(1),
+        trace: args.trace.clone(),
         idle_followers: args.idle_followers,
         idle_secs: args.idle_secs.unwrap_or(if quick { 2.0 } else { 5.0 }),
         storm_clients: args.storm_clients,
@@ -132,12 +141,19 @@ pub fn run(args: &Args) -> Result<()> {
             Section::Collator => crate::collator::collator(&plan, data.expect("data"), &mut table),
             Section::Bridge => crate::bridge::bridge(&plan, &mut table),
         };
+        if section == Section::Collator && result.is_ok() {
+            collator_chart(&mut table);
+        }
         if let Err(e) = result {
             eprintln!("bench: section {section:?} failed: {e}");
             table.push(Row::new(&format!("{section:?}").to_lowercase(), "error").value(e));
         }
     }
     table.print();
+    if let Some(dir) = &args.charts {
+        crate::charts::write(dir, &table.charts)?;
+        eprintln!("bench: charts written to {}", dir.display());
+    }
     Ok(())
 }
 
@@ -164,4 +180,38 @@ fn raise_hard_fd_limit() {
 /// Seconds as a `Duration`, for the float flags.
 pub fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.001))
+}
+
+/// The collator's write throughput beside its raw-disk baselines, as bars, from the rows its
+/// section pushed (collator.rs keeps to the table; the figures are the leading numbers of
+/// its value and baseline cells).
+fn collator_chart(table: &mut Table) {
+    let lead = |s: &str| -> Option<f64> {
+        let end = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        s[..end].parse().ok()
+    };
+    let groups: Vec<(String, Vec<(String, f64)>)> = table
+        .rows()
+        .filter(|r| r.section() == "collator" && r.cell_value().ends_with("msg/s"))
+        .filter_map(|r| {
+            let ours = lead(r.cell_value())?;
+            let base = lead(r.cell_baseline());
+            let mut bars = vec![("collator".to_string(), ours)];
+            if let Some(b) = base {
+                let what = r.cell_baseline().split_once(' ').map_or("", |(_, w)| w);
+                bars.push((format!("raw {what}"), b));
+            }
+            Some((r.figure().replace(", 1 msg/request", ""), bars))
+        })
+        .collect();
+    if !groups.is_empty() {
+        table.chart(crate::report::Chart::Bars {
+            name: "collator".into(),
+            title: "Collator: appends per second beside the disk's raw loop".into(),
+            unit: "messages/s".into(),
+            groups,
+        });
+    }
 }

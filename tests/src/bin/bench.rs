@@ -16,6 +16,8 @@ use clap::Parser;
 mod baseline;
 #[path = "../bench/bridge.rs"]
 mod bridge;
+#[path = "../bench/charts.rs"]
+mod charts;
 #[path = "../bench/collator.rs"]
 mod collator;
 #[path = "../bench/data.rs"]
@@ -73,6 +75,22 @@ pub struct Args {
     /// Seconds the latency writer runs per follower count. Default 10, or 2 with --quick.
     #[arg(long, value_name = "SECS")]
     latency_secs: Option<f64>,
+
+    /// Latency rounds: tailsrv, the one-thread floor and the thread-per-client floor take
+    /// turns this many times; each figure is the median over rounds. Default 3, or 1 with
+    /// --quick.
+    #[arg(long, value_name = "N")]
+    latency_rounds: Option<usize>,
+
+    /// Write tailsrv's latency trace to FILE during the 1-follower latency run and print the
+    /// append → delivery breakdown (needs tailsrv built with
+    /// `--features shared/latency-trace`).
+    #[arg(long, value_name = "FILE")]
+    trace: Option<std::path::PathBuf>,
+
+    /// Write SVG charts of what was measured into DIR (created if needed).
+    #[arg(long, value_name = "DIR")]
+    charts: Option<std::path::PathBuf>,
 
     /// Followers connected for the idle-cost section.
     #[arg(long, default_value_t = 10_000)]
