@@ -17,12 +17,12 @@ use std::collections::VecDeque;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::{self, stream};
 use crate::nats::{self, Nats};
 use crate::procs::{sibling, Server};
 use crate::report::{Row, Table};
 use crate::run::{Plan, Result};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, stream};
 
 const WINDOW: usize = 1024;
 

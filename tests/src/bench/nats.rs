@@ -115,9 +115,11 @@ impl Nats {
             }
         }
         if n > 1 {
-            while !nats.logs.iter().any(|l| {
-                std::fs::read_to_string(l).is_ok_and(|t| t.contains("metadata leader"))
-            }) {
+            while !nats
+                .logs
+                .iter()
+                .any(|l| std::fs::read_to_string(l).is_ok_and(|t| t.contains("metadata leader")))
+            {
                 if Instant::now() >= deadline {
                     return Err(format!(
                         "no JetStream metadata leader within {STARTUP:?}; log of n1:\n{}",
