@@ -17,31 +17,24 @@ use std::collections::VecDeque;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::{self, stream};
-use tests::nats::Cluster;
-
+use crate::nats::{self, Nats};
 use crate::procs::{sibling, Server};
 use crate::report::{Row, Table};
 use crate::run::{Plan, Result};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, stream};
 
 const WINDOW: usize = 1024;
 
 pub fn bridge(plan: &Plan, table: &mut Table) -> Result<()> {
-    let have_nats = Command::new("nats-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !have_nats || sibling("tsbridge").is_err() {
+    if !nats::available() || sibling("tsbridge").is_err() {
         table.push(
             Row::new("bridge", "all figures")
                 .value("n/a: nats-server not installed or tsbridge not built"),
         );
         return Ok(());
     }
-    let cluster = Cluster::start(3, "");
+    let cluster = Nats::start(&plan.dir.join("nats-bridge"), 3)?;
     let urls = cluster.urls();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -107,17 +100,9 @@ pub fn bridge(plan: &Plan, table: &mut Table) -> Result<()> {
     }
     table.note(format!(
         "bridge: 3 nats-server ({}) on loopback, file storage, R=3; raw and bridge both keep {WINDOW} acks in flight",
-        nats_version()
+        nats::version()
     ));
     Ok(())
-}
-
-fn nats_version() -> String {
-    Command::new("nats-server")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
 }
 
 /// A fresh R=3 stream `name` with the subject `bench.NAME`.

@@ -6,7 +6,15 @@
 //! - **`data` mode:** 1 and 16 connections, one message per request, each waiting for its
 //!   answer. Group commit is what lets 16 beat the raw loop: they share each `fdatasync`.
 //! - **`write` mode:** 1 connection, one message per request, answered before the next
-//!   (100 B and 1000 B); and 1000 B pipelined from one connection.
+//!   (100 B and 1000 B); 16 connections, 100 B, one message per request; and 1000 B
+//!   pipelined from one connection.
+//! - **Peer, NATS JetStream** (issue #12): with `nats-server` on PATH, one server on loopback
+//!   (file storage, one R=1 stream) takes turns with the collator on each `write` shape: the
+//!   bench's own async-nats client publishes with ack, synchronously (each ack awaited before
+//!   the next publish) from 1 and 16 connections, or asynchronously with a window of acks in
+//!   flight for the pipelined shape. JetStream does not fsync per message by default, so
+//!   `write` mode (answered once written, not synced) is the fair comparison. The stream is
+//!   checked to hold every acknowledged message.
 //! - **Restart:** a torn tail (half a line) on the data file; the time from start to
 //!   `listening on`, the scan without an index included.
 //!
@@ -20,12 +28,26 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
+use std::collections::VecDeque;
+
+use async_nats::jetstream::{self, stream};
+
 use crate::data::DataFile;
+use crate::nats::{self, Nats};
 use crate::procs::{sibling, Server};
 use crate::report::{Row, Table};
 use crate::run::{Plan, Result};
 
 const COLLATOR: &str = "tailsrv-collator";
+
+/// Requests in flight on the collator's pipelined run.
+const PIPELINE: usize = 256;
+/// Acks in flight on JetStream's async publish (tsbridge's default `--window`, as the bridge
+/// section's raw publisher).
+const JS_WINDOW: usize = 1024;
+/// The peer's stream and subject.
+const STREAM: &str = "PEER";
+const SUBJECT: &str = "bench.peer";
 
 pub fn collator(plan: &Plan, data: &DataFile, table: &mut Table) -> Result<()> {
     if sibling(COLLATOR).is_err() {
@@ -63,9 +85,45 @@ pub fn collator(plan: &Plan, data: &DataFile, table: &mut Table) -> Result<()> {
             .target(target, ratio >= min),
         );
     }
-    // write mode, 1 connection, one message per request, answered before the next.
+    // write mode, the shapes the issue compares with NATS JetStream: 1 connection one
+    // message per request (100 B, 1000 B), 16 connections one message per request, 1000 B
+    // pipelined from one connection. With nats-server installed, the collator and JetStream
+    // take turns on each shape (best of each kept); without it, the collator runs once.
+    let (peer, peer_note) = if !nats::available() {
+        (
+            None,
+            "NATS JetStream not compared in this run (nats-server not on PATH)".to_string(),
+        )
+    } else {
+        match Peer::start(plan) {
+            Ok(p) => (Some(p), String::new()),
+            Err(e) => (
+                None,
+                format!("NATS JetStream not compared in this run: {e}"),
+            ),
+        }
+    };
+    let turns = if peer.is_some() { plan.reps.max(2) } else { 1 };
+    let shape = |conns: usize, size: usize, depth: usize| -> Result<(f64, Option<f64>)> {
+        let (mut rate, mut js) = (0f64, None::<f64>);
+        for _ in 0..turns {
+            rate = rate.max(run_collator(plan, "write", conns, size, depth, window)?);
+            if let Some(p) = &peer {
+                let r = p.publish(conns, size, if depth == 1 { 1 } else { JS_WINDOW }, window)?;
+                js = Some(js.unwrap_or(0f64).max(r));
+            }
+        }
+        Ok((rate, js))
+    };
+    let one: Vec<(f64, Option<f64>)> = [100usize, 1000]
+        .into_iter()
+        .map(|size| shape(1, size, 1))
+        .collect::<Result<_>>()?;
+    let sixteen = shape(16, 100, 1)?;
+    let piped = shape(1, 1000, PIPELINE)?;
+
     for (i, size) in [100usize, 1000].into_iter().enumerate() {
-        let rate = run_collator(plan, "write", 1, size, 1, window)?;
+        let rate = one[i].0;
         table.push(
             Row::new(
                 "collator",
@@ -76,8 +134,7 @@ pub fn collator(plan: &Plan, data: &DataFile, table: &mut Table) -> Result<()> {
             .ratio(rate / raw_sync[i]),
         );
     }
-    // write mode, pipelined 1000 B from one connection.
-    let rate = run_collator(plan, "write", 1, 1000, 256, window)?;
+    let rate = piped.0;
     table.push(
         Row::new("collator", "write, 1 conn, 1000 B, pipelined")
             .value(format!("{rate:.0} msg/s"))
@@ -85,6 +142,48 @@ pub fn collator(plan: &Plan, data: &DataFile, table: &mut Table) -> Result<()> {
             .ratio(rate / raw_write)
             .target("≥ 150k msg/s", rate >= 150_000.0),
     );
+    // The same shapes beside JetStream, one row per target of the issue.
+    let versus = [
+        (
+            "write, 1 conn, 100 B, 1 msg/request, vs JetStream",
+            one[0],
+            "sync publish",
+            1.5,
+        ),
+        (
+            "write, 1 conn, 1000 B, 1 msg/request, vs JetStream",
+            one[1],
+            "sync publish",
+            1.5,
+        ),
+        (
+            "write, 16 conn, 100 B, 1 msg/request, vs JetStream",
+            sixteen,
+            "sync publish, 16 conn",
+            1.0,
+        ),
+        (
+            "write, 1 conn, 1000 B, pipelined, vs JetStream",
+            piped,
+            "async publish",
+            1.0,
+        ),
+    ];
+    for (figure, (rate, js), what, min) in versus {
+        let row = Row::new("collator", figure).value(format!("{rate:.0} msg/s"));
+        let target = format!(
+            "≥ {min:.1}× JetStream {}",
+            what.split(',').next().unwrap_or(what)
+        );
+        table.push(match js {
+            Some(js) => row
+                .baseline(format!("{js:.0} msg/s JetStream {what}"))
+                .ratio(rate / js)
+                .target(target, rate / js >= min),
+            None => row.baseline("n/a: JetStream not run (see the note)"),
+        });
+    }
+    drop(peer);
     // Restart with a torn tail on the data file, beside `wc -l` on the same file.
     let secs = restart(plan, data)?;
     let wc = wc_l(data)?;
@@ -99,11 +198,23 @@ pub fn collator(plan: &Plan, data: &DataFile, table: &mut Table) -> Result<()> {
         .ratio(wc / secs)
         .target("≤ 0.5 s (1 GiB)", secs <= limit),
     );
-    table.note(
-        "collator: NATS JetStream not compared in this run (not installed); baselines are this \
-         disk's raw write(2) and write+fdatasync loops"
-            .into(),
-    );
+    if peer_note.is_empty() {
+        table.note(format!(
+            "collator: JetStream peer: one nats-server ({}) on loopback, file storage, one R=1 \
+             stream, the bench's own async-nats client on one thread; sync publish awaits each \
+             ack before the next publish, async publish keeps {JS_WINDOW} acks in flight (the \
+             collator's pipelined run keeps {PIPELINE} requests in flight). JetStream does not \
+             fsync per message by default, so it is compared with the collator's `write` mode \
+             (answered once written, not synced); each pair taken in turns, best of {} each",
+            nats::version(),
+            plan.reps.max(2)
+        ));
+    } else {
+        table.note(format!(
+            "collator: {peer_note}; baselines are this disk's raw write(2) and \
+             write+fdatasync loops"
+        ));
+    }
     Ok(())
 }
 
@@ -278,4 +389,146 @@ fn restart(plan: &Plan, data: &DataFile) -> Result<f64> {
         ));
     }
     Ok(secs)
+}
+
+/// NATS JetStream as the collator's peer: one nats-server, one file-storage R=1 stream, and
+/// the runtime the bench's own client runs on (tokio, current thread).
+struct Peer {
+    // Dropped first: the runtime (and its connections) before the server.
+    rt: tokio::runtime::Runtime,
+    url: String,
+    _nats: Nats,
+}
+
+/// Bound on any one JetStream request (connect, ack, stream info).
+const JS_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Peer {
+    fn start(plan: &Plan) -> Result<Peer> {
+        let nats = Nats::start(&plan.dir.join("nats-collator"), 1)?;
+        let url = nats.urls();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio: {e}"))?;
+        let peer = Peer {
+            rt,
+            url,
+            _nats: nats,
+        };
+        peer.rt.block_on(async {
+            let js = connect(&peer.url).await?;
+            tokio::time::timeout(
+                JS_TIMEOUT * 2,
+                js.create_stream(stream::Config {
+                    name: STREAM.to_owned(),
+                    subjects: vec![SUBJECT.to_owned()],
+                    storage: stream::StorageType::File,
+                    num_replicas: 1,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(|_| "creating the JetStream stream: timed out".to_string())?
+            .map_err(|e| format!("creating the JetStream stream: {e}"))?;
+            Ok::<_, String>(())
+        })?;
+        Ok(peer)
+    }
+
+    /// Messages per second acknowledged by JetStream from `conns` connections, each
+    /// publishing `size`-byte messages with up to `window` acks in flight (1: synchronous
+    /// publish, each ack awaited before the next publish) for `secs`. The stream is checked
+    /// to hold every acknowledged message, then purged.
+    fn publish(&self, conns: usize, size: usize, window: usize, secs: Duration) -> Result<f64> {
+        self.rt.block_on(async {
+            let mut clients = Vec::with_capacity(conns);
+            for _ in 0..conns {
+                clients.push(connect(&self.url).await?);
+            }
+            let payload = bytes::Bytes::from(vec![b'm'; size]);
+            let mut set = tokio::task::JoinSet::new();
+            for js in clients {
+                set.spawn(publisher(js, payload.clone(), window, secs));
+            }
+            let (mut total, mut longest) = (0u64, 0f64);
+            let bound = secs + JS_TIMEOUT * 2;
+            while let Some(done) = tokio::time::timeout(bound, set.join_next())
+                .await
+                .map_err(|_| format!("JetStream publishers still running after {bound:?}"))?
+            {
+                let (n, s) = done.map_err(|e| format!("JetStream publisher: {e}"))??;
+                total += n;
+                longest = longest.max(s);
+            }
+            let js = connect(&self.url).await?;
+            let mut st = tokio::time::timeout(JS_TIMEOUT, js.get_stream(STREAM))
+                .await
+                .map_err(|_| "JetStream stream lookup timed out".to_string())?
+                .map_err(|e| format!("JetStream stream lookup: {e}"))?;
+            let stored = tokio::time::timeout(JS_TIMEOUT, st.info())
+                .await
+                .map_err(|_| "JetStream stream info timed out".to_string())?
+                .map_err(|e| format!("JetStream stream info: {e}"))?
+                .state
+                .messages;
+            if stored < total {
+                return Err(format!(
+                    "the stream holds {stored} messages, {total} were acknowledged"
+                ));
+            }
+            tokio::time::timeout(JS_TIMEOUT * 4, st.purge())
+                .await
+                .map_err(|_| "JetStream purge timed out".to_string())?
+                .map_err(|e| format!("JetStream purge: {e}"))?;
+            Ok(total as f64 / longest)
+        })
+    }
+}
+
+/// A JetStream context on a fresh connection to `url`, every request bounded by JS_TIMEOUT.
+async fn connect(url: &str) -> Result<jetstream::Context> {
+    let client = tokio::time::timeout(
+        JS_TIMEOUT,
+        async_nats::ConnectOptions::new()
+            .connection_timeout(JS_TIMEOUT)
+            .connect(url),
+    )
+    .await
+    .map_err(|_| format!("connecting to {url}: timed out"))?
+    .map_err(|e| format!("connecting to {url}: {e}"))?;
+    Ok(jetstream::ContextBuilder::new()
+        .timeout(JS_TIMEOUT)
+        .build(client))
+}
+
+/// One connection publishing until `secs` is over, up to `window` acks in flight: the
+/// messages acknowledged and the seconds it took (to the last ack).
+async fn publisher(
+    js: jetstream::Context,
+    payload: bytes::Bytes,
+    window: usize,
+    secs: Duration,
+) -> Result<(u64, f64)> {
+    let mut inflight: VecDeque<jetstream::context::PublishAckFuture> =
+        VecDeque::with_capacity(window);
+    let start = Instant::now();
+    let mut acked = 0u64;
+    while start.elapsed() < secs {
+        let ack = js
+            .publish(SUBJECT, payload.clone())
+            .await
+            .map_err(|e| format!("JetStream publish: {e}"))?;
+        inflight.push_back(ack);
+        if inflight.len() >= window {
+            let ack = inflight.pop_front().expect("full");
+            ack.await.map_err(|e| format!("JetStream ack: {e}"))?;
+            acked += 1;
+        }
+    }
+    for ack in inflight {
+        ack.await.map_err(|e| format!("JetStream ack: {e}"))?;
+        acked += 1;
+    }
+    Ok((acked, start.elapsed().as_secs_f64()))
 }

@@ -182,7 +182,7 @@ pub fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.001))
 }
 
-/// The collator's write throughput beside its raw-disk baselines, as bars, from the rows its
+/// The collator's write throughput beside its raw-disk baselines and JetStream, as bars, from the rows its
 /// section pushed (collator.rs keeps to the table; the figures are the leading numbers of
 /// its value and baseline cells).
 fn collator_chart(table: &mut Table) {
@@ -201,7 +201,12 @@ fn collator_chart(table: &mut Table) {
             let mut bars = vec![("collator".to_string(), ours)];
             if let Some(b) = base {
                 let what = r.cell_baseline().split_once(' ').map_or("", |(_, w)| w);
-                bars.push((format!("raw {what}"), b));
+                // "N msg/s JetStream sync publish" is the peer, anything else a raw loop.
+                let label = match what.strip_prefix("msg/s ") {
+                    Some(peer) => peer.to_string(),
+                    None => format!("raw {what}"),
+                };
+                bars.push((label, b));
             }
             Some((r.figure().replace(", 1 msg/request", ""), bars))
         })

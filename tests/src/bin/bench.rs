@@ -30,6 +30,8 @@ mod fleet;
 mod indexer;
 #[path = "../bench/latency.rs"]
 mod latency;
+#[path = "../bench/nats.rs"]
+mod nats;
 #[path = "../bench/procs.rs"]
 mod procs;
 #[path = "../bench/report.rs"]
