@@ -442,9 +442,15 @@ fn write_loop(inner: &Inner, mut disk: Disk) -> io::Result<()> {
         if inner.settings.sync == Sync::Data {
             sync(inner, &mut disk, &jobs)?;
         }
-        for job in &jobs {
-            answer(job, Ok(job.ack));
-        }
+        // The connections' answer tasks woken here are polled on this thread (a few, see
+        // `shared::rt::run_woken_here`), so an acknowledgement goes out right after its
+        // write or sync, without a hand-off to an executor thread. They only write to their
+        // sockets and wait again: they never wait on this thread, nor take `state`.
+        shared::rt::run_woken_here(|| {
+            for job in &jobs {
+                answer(job, Ok(job.ack));
+            }
+        });
         let compact = {
             let mut s = lock(&inner.state);
             s.queued_bytes -= bytes;
