@@ -10,10 +10,12 @@
 //!
 //! Tasks started with [`spawn`] are `async-task` tasks with a schedule function of our own.
 //! A woken task normally goes to async-std's executor threads: it is queued for one of the
-//! runners, a long-lived async-std task per executor thread that polls queued tasks in turn. The exception is the file
-//! watcher: it reads inotify on a thread of its own and publishes a file's new length inside
-//! [`run_woken_here`]. Tasks woken inside that call (the followers waiting for that file to
-//! grow) are polled right there, on the watcher's thread, once, in the order they were
+//! runners, a long-lived async-std task per executor thread that polls queued tasks in
+//! turn. The exception is a thread that exists to wake tasks. The file watcher reads inotify
+//! on a thread of its own and publishes a file's new length inside [`run_woken_here`]; the
+//! collator's writer thread answers a written group inside it. Tasks woken inside that call
+//! (the followers waiting for that file to grow, the connections waiting for their
+//! acknowledgements) are polled right there, on that thread, once, in the order they were
 //! woken, instead of being handed to an executor thread: "the kernel says the file grew" →
 //! `sendfile` involves no thread hand-off at all, where the executor would cost one or two
 //! cross-thread wake-ups (tens of µs each on a VM, see BENCHMARKS.md).
