@@ -41,6 +41,17 @@ type Serve = Arc<dyn Fn(&mut TcpStream) -> io::Result<()> + Send + Sync>;
 /// Every client thread and a handle on its socket, to shut it down and join it.
 type Registry = Arc<Mutex<Vec<(TcpStream, JoinHandle<()>)>>>;
 
+/// Shuts every registered client's socket down, then joins its thread.
+fn release(clients: &Registry) {
+    let clients = std::mem::take(&mut *clients.lock().unwrap());
+    for (sock, _) in &clients {
+        let _ = sock.shutdown(Shutdown::Both);
+    }
+    for (_, t) in clients {
+        let _ = t.join();
+    }
+}
+
 /// A blocking, thread-per-connection server on 127.0.0.1.
 struct ThreadServer {
     addr: SocketAddr,
@@ -106,13 +117,7 @@ impl Drop for ThreadServer {
         if let Some(t) = self.accept.take() {
             let _ = t.join();
         }
-        let clients = std::mem::take(&mut *self.clients.lock().unwrap());
-        for (sock, _) in &clients {
-            let _ = sock.shutdown(Shutdown::Both);
-        }
-        for (_, t) in clients {
-            let _ = t.join();
-        }
+        release(&self.clients);
     }
 }
 
@@ -207,33 +212,47 @@ pub struct Broadcaster {
     followers: Followers,
 }
 
+/// A 127.0.0.1 listener on a free port with a backlog as large as tailsrv's, so attaching
+/// thousands of followers at once costs a floor no SYN retransmits either.
+fn floor_listener() -> io::Result<TcpListener> {
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    sock.listen(65_535)?;
+    Ok(TcpListener::from(sock))
+}
+
+/// Accepts connections on its own thread until `stop` (checked after each accept), handing
+/// each to `each` with TCP_NODELAY set.
+fn accept_each(
+    listener: TcpListener,
+    stop: Arc<AtomicBool>,
+    mut each: impl FnMut(TcpStream) + Send + 'static,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let Ok(sock) = conn else { continue };
+            let _ = sock.set_nodelay(true);
+            each(sock);
+        }
+    })
+}
+
 impl Broadcaster {
     pub fn start(path: &Path) -> Result<Broadcaster> {
         let file =
             Arc::new(File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?);
-        // A backlog as large as tailsrv's, so attaching thousands of followers at once costs
-        // no SYN retransmits here either.
-        let listener = (|| {
-            let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-            sock.set_reuse_address(true)?;
-            sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
-            sock.listen(65_535)?;
-            io::Result::Ok(TcpListener::from(sock))
-        })()
-        .map_err(|e| format!("floor listener: {e}"))?;
+        let listener = floor_listener().map_err(|e| format!("floor listener: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let stop = Arc::new(AtomicBool::new(false));
         let followers: Followers = Arc::default();
         let accept = {
-            let (stop, followers, file) = (stop.clone(), followers.clone(), file.clone());
-            std::thread::spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let Ok(sock) = conn else { continue };
-                    let _ = sock.set_nodelay(true);
-                    let Ok(meta) = file.metadata() else { continue };
+            let (followers, file) = (followers.clone(), file.clone());
+            accept_each(listener, stop.clone(), move |sock| {
+                if let Ok(meta) = file.metadata() {
                     followers.lock().unwrap().push((sock, meta.len()));
                 }
             })
@@ -334,14 +353,7 @@ impl ThreadFloor {
         use rustix::fs::inotify;
         let file =
             Arc::new(File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?);
-        let listener = (|| {
-            let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-            sock.set_reuse_address(true)?;
-            sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
-            sock.listen(65_535)?;
-            io::Result::Ok(TcpListener::from(sock))
-        })()
-        .map_err(|e| format!("thread floor listener: {e}"))?;
+        let listener = floor_listener().map_err(|e| format!("thread floor listener: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let ino = inotify::init(inotify::CreateFlags::CLOEXEC)
             .map_err(|e| format!("inotify_init: {e}"))?;
@@ -378,54 +390,44 @@ impl ThreadFloor {
         let stop = Arc::new(AtomicBool::new(false));
         let clients: Registry = Arc::default();
         let accept = {
-            let (stop, clients, shared) = (stop.clone(), clients.clone(), shared.clone());
-            std::thread::spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let Ok(sock) = conn else { continue };
-                    let _ = sock.set_nodelay(true);
-                    let Ok(handle) = sock.try_clone() else {
-                        continue;
-                    };
-                    let Ok(meta) = file.metadata() else { continue };
-                    let (file, shared) = (file.clone(), shared.clone());
-                    let mut offset = meta.len();
-                    let spawned = std::thread::Builder::new()
-                        .name(format!("{THREAD_FLOOR_THREAD}-f"))
-                        .stack_size(STACK)
-                        .spawn(move || {
-                            let mut seen = 0;
-                            loop {
-                                {
-                                    let (lock, cv) = &*shared;
-                                    let mut g = lock.lock().unwrap();
-                                    while g.seen == seen && !g.stop {
-                                        g = cv.wait(g).unwrap();
-                                    }
-                                    if g.stop {
-                                        return;
-                                    }
-                                    seen = g.seen;
+            let (clients, shared) = (clients.clone(), shared.clone());
+            accept_each(listener, stop.clone(), move |sock| {
+                let Ok(handle) = sock.try_clone() else {
+                    return;
+                };
+                let Ok(meta) = file.metadata() else { return };
+                let (file, shared) = (file.clone(), shared.clone());
+                let mut offset = meta.len();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("{THREAD_FLOOR_THREAD}-f"))
+                    .stack_size(STACK)
+                    .spawn(move || {
+                        let mut seen = 0;
+                        loop {
+                            {
+                                let (lock, cv) = &*shared;
+                                let mut g = lock.lock().unwrap();
+                                while g.seen == seen && !g.stop {
+                                    g = cv.wait(g).unwrap();
                                 }
-                                let Ok(meta) = file.metadata() else { return };
-                                let len = meta.len();
-                                while offset < len {
-                                    let count = (len - offset) as usize;
-                                    match rustix::fs::sendfile(
-                                        &sock,
-                                        &*file,
-                                        Some(&mut offset),
-                                        count,
-                                    ) {
-                                        Ok(0) | Err(_) => return,
-                                        Ok(_) => {}
-                                    }
+                                if g.stop {
+                                    return;
+                                }
+                                seen = g.seen;
+                            }
+                            let Ok(meta) = file.metadata() else { return };
+                            let len = meta.len();
+                            while offset < len {
+                                let count = (len - offset) as usize;
+                                match rustix::fs::sendfile(&sock, &*file, Some(&mut offset), count)
+                                {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(_) => {}
                                 }
                             }
-                        });
-                    let Ok(t) = spawned else { continue };
+                        }
+                    });
+                if let Ok(t) = spawned {
                     clients.lock().unwrap().push((handle, t));
                 }
             })
@@ -463,13 +465,7 @@ impl Drop for ThreadFloor {
         if let Some(t) = self.watch.take() {
             let _ = t.join();
         }
-        let clients = std::mem::take(&mut *self.clients.lock().unwrap());
-        for (sock, _) in &clients {
-            let _ = sock.shutdown(Shutdown::Both);
-        }
-        for (_, t) in clients {
-            let _ = t.join();
-        }
+        release(&self.clients);
     }
 }
 

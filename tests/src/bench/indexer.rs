@@ -25,7 +25,7 @@ use crate::procs::{sibling, Server};
 use crate::report::{nanos, quantile, Chart, Row, Table};
 use crate::run::{secs, Plan, Result};
 
-const INDEXER: &str = "tailsrv-indexer";
+pub const INDEXER: &str = "tailsrv-indexer";
 
 /// The longest a cold build may take before it counts as failed.
 const BUILD_LIMIT: Duration = Duration::from_secs(300);
@@ -181,6 +181,17 @@ pub fn indexer(plan: &Plan, data: &DataFile, table: &mut Table) -> Result<()> {
 /// build is cold) and waits until it has counted every line.
 fn start_indexer(data: &DataFile, index: &std::path::Path, extra: &[&str]) -> Result<Server> {
     let _ = std::fs::remove_file(index);
+    let server = spawn_indexer(&data.path, index, extra)?;
+    wait_count(server.addr, data.lines())?;
+    Ok(server)
+}
+
+/// Starts `tailsrv-indexer` on 127.0.0.1 (port 0) for `log`, its index at `index`.
+pub fn spawn_indexer(
+    log: &std::path::Path,
+    index: &std::path::Path,
+    extra: &[&str],
+) -> Result<Server> {
     let mut args: Vec<&std::ffi::OsStr> = vec![
         "-p".as_ref(),
         "0".as_ref(),
@@ -190,10 +201,8 @@ fn start_indexer(data: &DataFile, index: &std::path::Path, extra: &[&str]) -> Re
         index.as_os_str(),
     ];
     args.extend(extra.iter().map(std::ffi::OsStr::new));
-    args.push(data.path.as_os_str());
-    let server = Server::start(INDEXER, &args)?;
-    wait_count(server.addr, data.lines())?;
-    Ok(server)
+    args.push(log.as_os_str());
+    Server::start(INDEXER, &args)
 }
 
 /// Keeps the round with the higher request rate.

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::baseline::{Broadcaster, ThreadFloor, FLOOR_THREAD, THREAD_FLOOR_THREAD};
 use crate::fleet::{Fleet, Handler, Part, Step, THREAD_PREFIX as READER_THREAD};
+use crate::indexer::{spawn_indexer, INDEXER};
 use crate::procs::{own_threads_cpu_secs, sibling, ProcStats, Server};
 use crate::report::{nanos, quantile, Chart, Row, Table};
 use crate::run::{secs, Plan, Result};
@@ -224,7 +225,6 @@ pub fn latency(plan: &Plan, table: &mut Table) -> Result<()> {
 /// beside the figure (measured while nothing is appended), and an append can only be seen
 /// one round trip or so after it happens.
 fn count_latency(plan: &Plan, table: &mut Table) -> Result<()> {
-    const INDEXER: &str = "tailsrv-indexer";
     const IDLE_ASKS: usize = 1000;
     let figure = "indexer, 1 client: append → count shows it, p50 / p99";
     if sibling(INDEXER).is_err() {
@@ -238,18 +238,7 @@ fn count_latency(plan: &Plan, table: &mut Table) -> Result<()> {
         let path = plan.dir.join(format!("count-latency-{round}.log"));
         let index = plan.dir.join(format!("count-latency-{round}.log.idx"));
         write_first_line(&path)?;
-        let server = Server::start(
-            INDEXER,
-            &[
-                "-p".as_ref(),
-                "0".as_ref(),
-                "--bind".as_ref(),
-                "127.0.0.1".as_ref(),
-                "--index".as_ref(),
-                index.as_os_str(),
-                path.as_os_str(),
-            ],
-        )?;
+        let server = spawn_indexer(&path, &index, &[])?;
         let measured = (|| -> Result<()> {
             let ctx = |e: io::Error| format!("asking the indexer for count: {e}");
             let sock = TcpStream::connect(server.addr).map_err(ctx)?;
@@ -293,10 +282,7 @@ fn count_latency(plan: &Plan, table: &mut Table) -> Result<()> {
             let t0 = Instant::now();
             let mut line = Vec::with_capacity(64);
             for seq in 0..total {
-                let due = t0 + period * seq as u32;
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
+                sleep_until_due(t0, period, seq);
                 line.clear();
                 writeln!(line, "m {seq} 0").expect("writing to a Vec");
                 log.append(&line)?;
@@ -327,6 +313,15 @@ fn count_latency(plan: &Plan, table: &mut Table) -> Result<()> {
             )),
     );
     Ok(())
+}
+
+/// Sleeps until line `seq` of a fixed-rate schedule that started at `t0` is due: an absolute
+/// schedule, so a late tick does not shift the ones after it.
+fn sleep_until_due(t0: Instant, period: Duration, seq: u64) {
+    let due = t0 + period * seq as u32;
+    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+        std::thread::sleep(wait);
+    }
 }
 
 /// One server's rounds, reduced to medians.
@@ -436,10 +431,7 @@ fn measure(
         let t0 = Instant::now();
         let mut line = Vec::with_capacity(64);
         for seq in 0..total {
-            let due = t0 + period * seq as u32;
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
+            sleep_until_due(t0, period, seq);
             line.clear();
             let stamp = origin.elapsed().as_nanos() as u64;
             writeln!(line, "m {seq} {stamp}").expect("writing to a Vec");
