@@ -21,7 +21,6 @@ mod fanout;
 mod fleet;
 mod indexer;
 mod latency;
-mod nats;
 mod procs;
 mod report;
 mod run;
