@@ -17,18 +17,28 @@ use std::time::{Duration, Instant};
 /// Generous bound for anything a busy 2-core CI machine should do "at once".
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
-/// Path of a workspace binary built by cargo for the same profile as this test.
+/// Path of a workspace binary built by cargo for the same profile as the running program:
+/// next to it (the bench, `target/release/bench`) or one directory up (a test executable,
+/// `target/<profile>/deps/TEST`).
+pub fn bin_path(name: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("locating this executable: {e}"))?;
+    let dir = exe.parent().ok_or("this executable has no directory")?;
+    for candidate in [Some(dir), dir.parent()].into_iter().flatten() {
+        let path = candidate.join(name);
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
+    Err(format!(
+        "{name} is not built next to {}: run `cargo build --workspace` first (the README's \
+         test command does; the bench needs `cargo build --release --workspace`)",
+        exe.display()
+    ))
+}
+
+/// [`bin_path`], for tests: a binary that is not built fails the test with that message.
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test-binary> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is not built: run `cargo build --workspace` first (the README's test command does)",
-        path.display()
-    );
-    path
+    bin_path(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Everything a child process has logged so far, with a way to wait for a line.
@@ -85,7 +95,7 @@ impl Log {
 /// A running binary of ours. Killed (by pid) when dropped.
 pub struct Proc {
     child: Child,
-    /// Its stdout and stderr, line by line (femme logs to stdout).
+    /// Its stdout and stderr, line by line (the servers log to stderr).
     pub log: Log,
     /// The address from its `listening on` line, if it printed one.
     pub addr: Option<SocketAddr>,
@@ -94,24 +104,44 @@ pub struct Proc {
 impl Proc {
     /// Starts `name` with `args` and waits for its `listening on ADDR` line.
     pub fn start<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S]) -> Proc {
-        let mut p = Proc::spawn(name, args);
-        p.addr = Some(p.wait_listening(name));
-        p
+        Proc::try_start(name, args).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn wait_listening(&self, name: &str) -> SocketAddr {
+    /// [`Proc::start`] that reports failure instead of panicking (the bench's starter).
+    pub fn try_start<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S]) -> Result<Proc, String> {
+        Proc::try_start_cmd(name, Command::new(bin_path(name)?).args(args))
+    }
+
+    /// Starts `cmd` (the binary `name`) and waits for its `listening on ADDR` line. On a
+    /// failure the child is killed before the error is returned.
+    pub fn try_start_cmd(name: &str, cmd: &mut Command) -> Result<Proc, String> {
+        let mut p = Proc::try_spawn_cmd(name, cmd)?;
+        p.addr = Some(p.wait_listening(name)?);
+        Ok(p)
+    }
+
+    /// Wraps a child that does not log its address (a peer such as redis): the caller knows it.
+    pub fn adopt(child: Child, addr: SocketAddr) -> Proc {
+        Proc {
+            child,
+            log: Log::default(),
+            addr: Some(addr),
+        }
+    }
+
+    fn wait_listening(&self, name: &str) -> Result<SocketAddr, String> {
         let Some(rest) = self.log.wait_for("listening on ", PATIENCE) else {
-            panic!(
-                "{name} did not report its address; log:\n{}",
+            return Err(format!(
+                "{name} did not report its address within {PATIENCE:?}; log:\n{}",
                 self.log.text()
-            );
+            ));
         };
         let addr: String = rest["listening on ".len()..]
             .chars()
             .take_while(|c| !c.is_whitespace() && *c != '"' && *c != '\u{1b}')
             .collect();
         addr.parse()
-            .unwrap_or_else(|e| panic!("bad address {addr:?}: {e}"))
+            .map_err(|e| format!("{name} logged a bad address {addr:?}: {e}"))
     }
 
     /// Number of file descriptors the process has open.
@@ -123,7 +153,8 @@ impl Proc {
 
     /// Starts `name` with `args` without waiting for anything.
     pub fn spawn<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S]) -> Proc {
-        Proc::spawn_cmd(name, Command::new(bin(name)).args(args))
+        Proc::try_spawn_cmd(name, Command::new(bin(name)).args(args))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Like [`Proc::start`], with the child's open-file limit set to `nofile`.
@@ -146,19 +177,17 @@ impl Proc {
                 Ok(())
             });
         }
-        let mut p = Proc::spawn_cmd(name, &mut cmd);
-        p.addr = Some(p.wait_listening(name));
-        p
+        Proc::try_start_cmd(name, &mut cmd).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn spawn_cmd(name: &str, cmd: &mut Command) -> Proc {
+    fn try_spawn_cmd(name: &str, cmd: &mut Command) -> Result<Proc, String> {
         let mut child = cmd
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+            .map_err(|e| format!("starting {name}: {e}"))?;
         let log = Log::default();
         for out in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
@@ -174,11 +203,11 @@ impl Proc {
                 }
             });
         }
-        Proc {
+        Ok(Proc {
             child,
             log,
             addr: None,
-        }
+        })
     }
 
     /// The address it listens on.

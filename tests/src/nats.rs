@@ -1,6 +1,8 @@
-//! NATS servers for the bridge tests and bench: `nats-server` processes (Debian's package)
-//! started here on free loopback ports, with JetStream store dirs in a temp dir, killed by pid
-//! (one at a time, for failover tests, or all on drop).
+//! NATS servers for the bridge tests and the bench: `nats-server` processes (Debian's package)
+//! started here on free loopback ports, with JetStream store dirs in a scratch dir, killed by
+//! pid (one at a time, for failover tests, or all on drop, also when starting fails half-way).
+//! Every wait is bounded; [`Cluster::try_start_in`] reports failures as errors (the bench),
+//! [`Cluster::start`] panics with them (the tests).
 //!
 //! Ground truth about a stream is read here with async-nats directly (an ordered pass over
 //! the whole stream, headers included), never through tsbridge's code.
@@ -8,7 +10,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -18,13 +20,7 @@ use crate::PATIENCE;
 /// Whether `nats-server` can be run. Without it a test prints a note and skips, except under
 /// `CI=true`, where `.ci/run` installs it and its absence fails the test.
 pub fn available() -> bool {
-    let ok = Command::new("nats-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+    let ok = installed();
     if !ok {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -35,12 +31,32 @@ pub fn available() -> bool {
     ok
 }
 
+/// Whether `nats-server` can be run from PATH (no CI rule: the bench's question).
+pub fn installed() -> bool {
+    Command::new("nats-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `nats-server: v2.9.10`, or empty if it cannot be run.
+pub fn version() -> String {
+    Command::new("nats-server")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
 /// A free loopback port (bound, then released for the server to take).
-fn free_port() -> u16 {
+fn free_port() -> Result<u16, String> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+        .map(|a| a.port())
+        .map_err(|e| format!("finding a free port: {e}"))
 }
 
 /// One nats-server.
@@ -67,7 +83,7 @@ impl Node {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn start(&mut self) {
+    fn start(&mut self) -> Result<(), String> {
         let child = Command::new("nats-server")
             .arg("-c")
             .arg(&self.conf)
@@ -77,8 +93,9 @@ impl Node {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("starting nats-server");
+            .map_err(|e| format!("starting nats-server {}: {e}", self.name))?;
         self.child = Some(child);
+        Ok(())
     }
 
     /// SIGKILL, by pid.
@@ -109,7 +126,8 @@ impl Node {
 pub struct Cluster {
     /// The servers, `n1`, `n2`, ...
     pub nodes: Vec<Node>,
-    _dir: tempfile::TempDir,
+    /// The scratch directory when the cluster made its own (removed on drop).
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Cluster {
@@ -118,17 +136,31 @@ impl Cluster {
     /// every server accepts clients and, for a cluster, a metadata leader is elected.
     pub fn start(n: usize, extra: &str) -> Cluster {
         let dir = crate::tempdir();
-        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut cluster =
+            Cluster::try_start_in(dir.path(), n, extra).unwrap_or_else(|e| panic!("{e}"));
+        cluster._dir = Some(dir);
+        cluster
+    }
+
+    /// [`Cluster::start`] with configurations, logs and stores in `dir` (created if needed),
+    /// reporting failures as errors; the servers already started are killed first.
+    pub fn try_start_in(dir: &Path, n: usize, extra: &str) -> Result<Cluster, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
         let route_list = routes
             .iter()
             .map(|p| format!("nats-route://127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let mut nodes = Vec::new();
+        // The guard exists before the first child, so an error below kills what started.
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            _dir: None,
+        };
         for (i, route) in routes.iter().enumerate() {
             let name = format!("n{}", i + 1);
-            let (port, http) = (free_port(), free_port());
-            let store = dir.path().join(format!("store-{name}"));
+            let (port, http) = (free_port()?, free_port()?);
+            let store = dir.join(format!("store-{name}"));
             let mut conf = format!(
                 "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{http}\n\
                  jetstream {{ store_dir: \"{}\" }}\n",
@@ -141,29 +173,28 @@ impl Cluster {
             }
             conf.push_str(extra);
             conf.push('\n');
-            let path = dir.path().join(format!("{name}.conf"));
-            std::fs::write(&path, conf).unwrap();
-            let mut node = Node {
+            let path = dir.join(format!("{name}.conf"));
+            std::fs::write(&path, conf).map_err(|e| format!("writing {}: {e}", path.display()))?;
+            cluster.nodes.push(Node {
                 name,
                 port,
                 http,
                 conf: path,
-                log: dir.path().join(format!("{}.log", i + 1)),
+                log: dir.join(format!("{}.log", i + 1)),
                 child: None,
-            };
-            node.start();
-            nodes.push(node);
+            });
+            cluster.nodes.last_mut().expect("just pushed").start()?;
         }
-        let cluster = Cluster { nodes, _dir: dir };
         let deadline = Instant::now() + PATIENCE;
         for node in &cluster.nodes {
             while TcpStream::connect(("127.0.0.1", node.port)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "{} does not accept clients; log:\n{}",
-                    node.name,
-                    node.log()
-                );
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "{} does not accept clients within {PATIENCE:?}; log:\n{}",
+                        node.name,
+                        node.log()
+                    ));
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -173,15 +204,16 @@ impl Cluster {
                 .iter()
                 .any(|n| n.log().contains("metadata leader"))
             {
-                assert!(
-                    Instant::now() < deadline,
-                    "no JetStream metadata leader; log of n1:\n{}",
-                    cluster.nodes[0].log()
-                );
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "no JetStream metadata leader within {PATIENCE:?}; log of n1:\n{}",
+                        cluster.nodes[0].log()
+                    ));
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        cluster
+        Ok(cluster)
     }
 
     /// Every server's client address, comma-separated (what `--nats` takes).

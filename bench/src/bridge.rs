@@ -17,24 +17,24 @@ use std::collections::VecDeque;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use crate::nats::{self, Nats};
 use crate::procs::{sibling, Server};
 use crate::report::{Row, Table};
 use crate::run::{Plan, Result};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
+use tests::nats::{self, Cluster as Nats};
 
 const WINDOW: usize = 1024;
 
 pub fn bridge(plan: &Plan, table: &mut Table) -> Result<()> {
-    if !nats::available() || sibling("tsbridge").is_err() {
+    if !nats::installed() || sibling("tsbridge").is_err() {
         table.push(
             Row::new("bridge", "all figures")
                 .value("n/a: nats-server not installed or tsbridge not built"),
         );
         return Ok(());
     }
-    let cluster = Nats::start(&plan.dir.join("nats-bridge"), 3)?;
+    let cluster = Nats::try_start_in(&plan.dir.join("nats-bridge"), 3, "")?;
     let urls = cluster.urls();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

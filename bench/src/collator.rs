@@ -33,10 +33,10 @@ use std::collections::VecDeque;
 use async_nats::jetstream::{self, stream};
 
 use crate::data::DataFile;
-use crate::nats::{self, Nats};
 use crate::procs::{sibling, Server};
 use crate::report::{Row, Table};
 use crate::run::{Plan, Result};
+use tests::nats::{self, Cluster as Nats};
 
 const COLLATOR: &str = "tailsrv-collator";
 
@@ -89,7 +89,7 @@ pub fn collator(plan: &Plan, data: &DataFile, table: &mut Table) -> Result<()> {
     // message per request (100 B, 1000 B), 16 connections one message per request, 1000 B
     // pipelined from one connection. With nats-server installed, the collator and JetStream
     // take turns on each shape (best of each kept); without it, the collator runs once.
-    let (peer, peer_note) = if !nats::available() {
+    let (peer, peer_note) = if !nats::installed() {
         (
             None,
             "NATS JetStream not compared in this run (nats-server not on PATH)".to_string(),
@@ -405,7 +405,7 @@ const JS_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Peer {
     fn start(plan: &Plan) -> Result<Peer> {
-        let nats = Nats::start(&plan.dir.join("nats-collator"), 1)?;
+        let nats = Nats::try_start_in(&plan.dir.join("nats-collator"), 1, "")?;
         let url = nats.urls();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

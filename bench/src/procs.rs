@@ -2,115 +2,55 @@
 //!
 //! A [`Server`] is one of our release binaries, found next to the bench executable (so the
 //! bench measures exactly the build it came with), started on 127.0.0.1 with `-p 0`; its port
-//! comes from its `listening on ADDR` log line. It is killed by pid when dropped, so a section
-//! that fails half-way still leaves nothing running. The test harness's `Proc` does the same
-//! for test binaries but panics on failure and looks in `target/<profile>/` from `deps/`; the
-//! bench reports errors instead and lives one directory higher.
+//! comes from its `listening on ADDR` log line. Starting, the log and killing by pid on drop
+//! are the test harness's ([`tests::Proc`], whose `try_` starters report errors instead of
+//! panicking); this module adds only what the bench reads about a running server.
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Instant;
 
 use crate::run::Result;
 
-/// How long a server gets to announce its address.
-const STARTUP: Duration = Duration::from_secs(20);
-
 /// Path of a binary built next to the bench (`target/release/NAME`).
 pub fn sibling(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe().map_err(|e| format!("locating the bench executable: {e}"))?;
-    let path = exe.with_file_name(name);
-    if path.exists() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "{} is not built: run `cargo build --release --workspace`",
-            path.display()
-        ))
-    }
+    tests::bin_path(name)
 }
 
-/// A child process, killed (by pid) and reaped when dropped.
+/// A server under test, killed (by pid) and reaped when dropped.
 pub struct Server {
-    child: Child,
+    proc: tests::Proc,
     pub addr: SocketAddr,
 }
 
 impl Server {
     /// Starts our binary `name` with `args` and waits for its `listening on ADDR` line.
     pub fn start<S: AsRef<OsStr>>(name: &str, args: &[S]) -> Result<Server> {
-        let mut cmd = Command::new(sibling(name)?);
-        cmd.args(args);
-        Server::start_cmd(name, cmd)
-    }
-
-    /// Starts `cmd` and waits for its `listening on ADDR` line on stderr (the log).
-    pub fn start_cmd(name: &str, mut cmd: Command) -> Result<Server> {
-        let mut child = cmd
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("starting {name}: {e}"))?;
-        let log = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = mpsc::channel();
-        // Drains the log for the child's whole life, so it never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(log).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = listening_addr(&line) {
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let server = |addr| Server { child, addr };
-        match rx.recv_timeout(STARTUP) {
-            Ok(addr) => Ok(server(addr)),
-            Err(_) => {
-                // Dropping the guard kills it.
-                drop(server(SocketAddr::from(([127, 0, 0, 1], 0))));
-                Err(format!(
-                    "{name} did not log `listening on ADDR` within {STARTUP:?}"
-                ))
-            }
-        }
+        Ok(Server::wrap(tests::Proc::try_start(name, args)?))
     }
 
     /// Wraps a child that does not log its address (redis): the caller knows it.
     pub fn adopt(child: Child, addr: SocketAddr) -> Server {
-        Server { child, addr }
+        Server::wrap(tests::Proc::adopt(child, addr))
+    }
+
+    fn wrap(proc: tests::Proc) -> Server {
+        Server {
+            addr: proc.addr(),
+            proc,
+        }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.proc.pid()
     }
 
     /// What /proc says about it now.
     pub fn stats(&self) -> Result<ProcStats> {
         ProcStats::read(self.pid())
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The address in a `listening on ADDR` log line (JSON or text).
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
-    let addr: String = rest
-        .chars()
-        .take_while(|c| !c.is_whitespace() && *c != '"' && *c != '\u{1b}')
-        .collect();
-    addr.parse().ok()
 }
 
 /// A process's footprint, from /proc/PID/{status,stat,fd}.

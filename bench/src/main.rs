@@ -6,39 +6,24 @@
 //! `wc -l`, redis), because on a shared, noisy machine only the ratio is worth comparing.
 //!
 //! Run: `cargo build --release --workspace && target/release/bench [--quick] [--sections ...]`.
-//! The sections live in `tests/src/bench/`, one module each; this file only parses flags.
+//! The sections live in this crate's modules, one each; this file only parses flags.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-#[path = "../bench/baseline.rs"]
 mod baseline;
-#[path = "../bench/bridge.rs"]
 mod bridge;
-#[path = "../bench/charts.rs"]
 mod charts;
-#[path = "../bench/collator.rs"]
 mod collator;
-#[path = "../bench/data.rs"]
 mod data;
-#[path = "../bench/fanout.rs"]
 mod fanout;
-#[path = "../bench/fleet.rs"]
 mod fleet;
-#[path = "../bench/indexer.rs"]
 mod indexer;
-#[path = "../bench/latency.rs"]
 mod latency;
-#[path = "../bench/nats.rs"]
-mod nats;
-#[path = "../bench/procs.rs"]
 mod procs;
-#[path = "../bench/report.rs"]
 mod report;
-#[path = "../bench/run.rs"]
 mod run;
-#[path = "../bench/storm.rs"]
 mod storm;
 
 /// Benchmarks tailsrv and tailsrv-indexer against same-run baselines; prints one table.
