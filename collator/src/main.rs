@@ -21,7 +21,7 @@ struct Args {
 
     /// How messages are framed in the file.
     #[arg(long, default_value = "newline",
-          value_parser = shared::cli::framing())]
+          value_parser = cli::framing())]
     framing: Framing,
 
     /// When a request is acknowledged: `none` (queued), `write` (after write(2)), `data`
@@ -52,7 +52,7 @@ struct Args {
     journal_dir: Option<PathBuf>,
 
     #[command(flatten)]
-    log: shared::logging::LogArgs,
+    log: cli::LogArgs,
 
     /// The log to append to (created if absent), or a directory whose files requests name.
     path: PathBuf,

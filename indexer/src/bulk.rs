@@ -13,7 +13,7 @@
 //! its own running total at once and only then locates its entries, in blocks still in cache.
 //! So the threads hand each other one number per segment and never wait for each other's
 //! locating; each byte is copied once and counted once, as in the one-thread path
-//! ([`shared::framing::Splitter::feed_sparse`]). With two cores this splits a log faster
+//! ([`proto::framing::Splitter::feed_sparse`]). With two cores this splits a log faster
 //! than `wc -l` counts it.
 
 use std::collections::VecDeque;

@@ -25,7 +25,7 @@ struct Args {
     /// How messages are delimited: `\n`, a zero byte, a 4-byte big-endian length prefix, or
     /// a protobuf-style varint length prefix.
     #[arg(long, default_value = "newline",
-          value_parser = shared::cli::framing())]
+          value_parser = cli::framing())]
     framing: Framing,
 
     /// The index file [default: FILE.idx beside the log].
@@ -64,7 +64,7 @@ struct Args {
     refuse_hardlinks: bool,
 
     #[command(flatten)]
-    log: shared::logging::LogArgs,
+    log: cli::LogArgs,
 
     /// The log file to index (it need not exist yet), or with --index-dir a directory whose
     /// files are indexed.

@@ -1,5 +1,5 @@
 //! Server infrastructure, written once for every tailsrv server (tailsrv, tailsrv-indexer,
-//! and the collator to come):
+//! tailsrv-collator):
 //!
 //! - [`server`]: the skeleton: listen flags, signals, the watcher, the accept loop, shutdown.
 //! - [`rt`]: the runtime seam, the one file that names the executor.
@@ -8,17 +8,13 @@
 //! - [`tree`]: directory mode's rule of which paths may be served, and the listing.
 //! - [`net`]: listening sockets, per-connection options, bounded request lines, refusals and
 //!   graceful close.
-//! - [`cli`]: command-line pieces several binaries take (`--framing`).
-//! - [`logging`]: the logger (stderr, text or JSON lines; or journald), levels from
-//!   `-v`/`-q`/`RUST_LOG`, and systemd readiness.
 //!
-//! The wire grammars live in `proto`, the client side in `client`: a program that only
-//! consumes streams depends on neither inotify nor this crate.
+//! The wire grammars live in `proto`, the client side in `client`, the flags and the logger
+//! every binary takes in `cli`: a program that only consumes streams depends on neither
+//! inotify nor this crate.
 
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
-pub mod cli;
-pub mod logging;
 pub mod net;
 pub mod rt;
 pub mod server;

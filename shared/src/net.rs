@@ -39,7 +39,7 @@ pub fn listen(addr: SocketAddr) -> io::Result<Async<TcpListener>> {
     let listener: TcpListener = socket.into();
     let listener = Async::new(listener).map_err(|e| ctx("registering", e))?;
     let local = listener.get_ref().local_addr()?;
-    log::info!(target: crate::logging::ANNOUNCE, addr:% = local; "listening on {local}");
+    log::info!(target: cli::ANNOUNCE, addr:% = local; "listening on {local}");
     Ok(listener)
 }
 

@@ -21,8 +21,8 @@ use std::path::Path;
 use async_signal::{Signal, Signals};
 use futures_lite::{future, StreamExt};
 
+use crate::net;
 use crate::watch::{OnGone, Watcher};
-use crate::{logging, net};
 
 /// The listening flags every server takes.
 #[derive(Debug, Clone, clap::Args)]
@@ -99,7 +99,7 @@ impl Server {
             watcher,
         } = self;
         let listener = net::listen(addr)?;
-        logging::notify_ready();
+        cli::notify_ready();
         let follow = async {
             let gone = watcher.run(on_gone).await?;
             log::info!(path:% = served.display(); "file was {gone}, shutting down");

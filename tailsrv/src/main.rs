@@ -45,7 +45,7 @@ struct Args {
     serve_up_to_synced: bool,
 
     #[command(flatten)]
-    log: shared::logging::LogArgs,
+    log: cli::LogArgs,
 
     /// The file to serve (it need not exist yet), or a directory whose files are served
     /// [default: the current directory].

@@ -1,7 +1,7 @@
 //! The tests' own view of the four framings and of the indexer's protocol.
 //!
 //! The encoder and the naive scanner are written from the framing definitions and share no
-//! code with `shared::framing`, so the indexer and the consumers are checked against offsets
+//! code with `proto::framing`, so the indexer and the consumers are checked against offsets
 //! they did not compute. The naive scan looks at every byte: slow, obviously right.
 
 use std::io::{BufRead, BufReader, Write};

@@ -516,7 +516,7 @@ fn tsmirror_interrupted_many_times_stays_byte_identical() {
     assert!(copy == lines.data, "replica differs from the source");
 }
 
-/// One message, by the tests' own encoder (independent of shared::framing).
+/// One message, by the tests' own encoder (independent of proto::framing).
 fn encode(framing: &str, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     tests::framed::encode(framing, payload, &mut out);

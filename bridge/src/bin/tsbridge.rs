@@ -28,7 +28,7 @@ struct Cli {
     cmd: Cmd,
 
     #[command(flatten)]
-    log: shared::logging::LogArgs,
+    log: cli::LogArgs,
 }
 
 #[derive(Subcommand, Debug)]

@@ -67,7 +67,7 @@ struct Args {
     path: Option<String>,
 
     /// Print whole messages only, cut with this framing.
-    #[arg(long, value_parser = shared::cli::framing())]
+    #[arg(long, value_parser = cli::framing())]
     framing: Option<Framing>,
 
     /// With --framing: a length prefix over this many bytes is a malformed stream.
@@ -112,7 +112,7 @@ struct Args {
     give_up_after: f64,
 
     #[command(flatten)]
-    log: shared::logging::LogArgs,
+    log: cli::LogArgs,
 
     /// The tailsrv to follow (put first in the server list).
     server: Option<String>,

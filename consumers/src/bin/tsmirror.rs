@@ -39,7 +39,7 @@ struct Args {
     sync_ms: u64,
 
     #[command(flatten)]
-    log: shared::logging::LogArgs,
+    log: cli::LogArgs,
 
     /// The tailsrv to mirror; a comma-separated list fails over to the next.
     #[arg(value_name = "HOST:PORT")]

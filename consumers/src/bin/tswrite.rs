@@ -28,7 +28,7 @@ struct Args {
     /// How messages are delimited on stdin: lines (the default), NUL-terminated, or
     /// length-prefixed (u32be, varint). The collator frames them in its file's framing.
     #[arg(long, default_value = "newline",
-          value_parser = shared::cli::framing())]
+          value_parser = cli::framing())]
     framing: Framing,
 
     /// The file, for a collator in directory mode.
@@ -56,7 +56,7 @@ struct Args {
     max_message: u64,
 
     #[command(flatten)]
-    log: shared::logging::LogArgs,
+    log: cli::LogArgs,
 
     /// Collators, comma-separated, tried in order: HOST:PORT[,HOST:PORT...].
     servers: String,

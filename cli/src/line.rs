@@ -1,198 +1,16 @@
-//! Logging for every binary (tailsrv, tailsrv-indexer, tscat, tsmirror): one line per record
-//! on **stderr** — readable text on a terminal, one JSON object per line otherwise
-//! (`--log-format` overrides) — or the systemd journal with `--journald` in builds with the
-//! `systemd` feature. The level comes from `-v`/`-q` when given, else `RUST_LOG`, else the
-//! program's default (`info`; tscat's is `warn`).
-//!
-//! Records carry their context as key-values (`path`, `client`, `offset`, ...): `key=value`
-//! after the message in text, fields of the object in JSON, values rendered with `Display`.
-//!
-//! A log line never stops the program: each line is built in memory and written with one
-//! `write_all` on the locked stderr, and a failed write (a closed pipe, a full disk) is
-//! dropped. `listening on ADDR` is logged with the [`ANNOUNCE`] target, which the level filter
-//! always lets through, so scripts learn a `-p 0` port even with `-q`.
-//!
-//! This replaces femme, which wrote to stdout (data, for tscat) and unwrapped its write
-//! errors, so `tailsrv ... | head -1` died at its next log line.
+//! One record as one line: readable text for a terminal, one JSON object for everything
+//! else. Records carry their context as key-values (`path`, `client`, `offset`, ...):
+//! `key=value` after the message in text, fields of the object in JSON, values rendered with
+//! `Display`. Timestamps are RFC 3339 in UTC from std's clock (a small civil-from-days
+//! conversion, no time crate).
 
 use std::fmt::{self, Write as _};
-use std::io::{IsTerminal, Write as _};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::kv::{Error as KvError, Key, Value, VisitSource, VisitValue};
-use log::{Level, LevelFilter, Log, Metadata, Record};
+use log::{Level, Record};
 
-/// The target of records printed whatever the level (`listening on ADDR`):
-/// `log::info!(target: logging::ANNOUNCE, ...)`.
-pub const ANNOUNCE: &str = "announce";
-
-/// How lines on stderr look.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// `2026-11-26T00:47:32.123Z INFO  message key=value ...`
-    Text,
-    /// `{"time":"2026-11-26T00:47:32.123Z","level":"info","msg":"message","key":"value"}`
-    Json,
-}
-
-/// The logging flags every binary takes.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct LogArgs {
-    /// More log output (-v debug, -vv trace). Overrides RUST_LOG.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    pub verbose: u8,
-    /// Less log output (-q warnings and errors only, -qq errors only; `listening on` is
-    /// always printed). Overrides RUST_LOG.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
-    pub quiet: u8,
-    /// Log line format on stderr [default: text when stderr is a terminal, else json].
-    #[arg(long, value_enum, value_name = "FORMAT", global = true)]
-    pub log_format: Option<LogFormat>,
-    /// Send logs to the systemd journal instead of stderr (needs a build with the `systemd`
-    /// feature).
-    #[arg(long, global = true)]
-    pub journald: bool,
-}
-
-impl LogArgs {
-    /// The level these flags (or `RUST_LOG`) ask for, `info` if nothing does.
-    pub fn level(&self) -> LevelFilter {
-        self.level_or(LevelFilter::Info)
-    }
-
-    /// The level these flags (or `RUST_LOG`) ask for, `default` if nothing does.
-    pub fn level_or(&self, default: LevelFilter) -> LevelFilter {
-        if self.verbose > 0 || self.quiet > 0 {
-            let steps = [
-                LevelFilter::Off,
-                LevelFilter::Error,
-                LevelFilter::Warn,
-                LevelFilter::Info,
-                LevelFilter::Debug,
-                LevelFilter::Trace,
-            ];
-            let i = (3 + self.verbose as i32 - self.quiet as i32).clamp(1, 5) as usize;
-            return steps[i];
-        }
-        std::env::var("RUST_LOG")
-            .ok()
-            .and_then(|v| parse_rust_log(&v))
-            .unwrap_or(default)
-    }
-
-    /// The format asked for, or the automatic choice: text for a person at a terminal, JSON
-    /// for a pipe, a file or a supervisor.
-    pub fn format(&self) -> LogFormat {
-        self.log_format.unwrap_or_else(|| {
-            if std::io::stderr().is_terminal() {
-                LogFormat::Text
-            } else {
-                LogFormat::Json
-            }
-        })
-    }
-
-    /// Installs the logger at `info` unless the flags say otherwise. Call once, first thing in
-    /// `main`. Exits with status 2 on `--journald` in a build without the `systemd` feature.
-    pub fn init(&self) {
-        self.init_with_default(LevelFilter::Info)
-    }
-
-    /// [`LogArgs::init`] with another default level (tscat: `warn`).
-    pub fn init_with_default(&self, default: LevelFilter) {
-        let level = self.level_or(default);
-        let format = self.format();
-        let mut sink = Sink::Stderr(format);
-        let mut journal_error = None;
-        if self.journald {
-            match journal() {
-                Ok(journal) => sink = journal,
-                Err(e) => journal_error = Some(e),
-            }
-        }
-        // The logger filters by level itself (so that ANNOUNCE records pass); the global
-        // maximum must let `info` records reach it.
-        if log::set_boxed_logger(Box::new(Logger { level, sink })).is_ok() {
-            log::set_max_level(level.max(LevelFilter::Info));
-        }
-        if let Some(e) = journal_error {
-            log::warn!("cannot log to the journal ({e}), logging to stderr");
-        }
-    }
-}
-
-/// Reads the level out of a `RUST_LOG` value: `debug`, or the last `target=level` directive.
-fn parse_rust_log(value: &str) -> Option<LevelFilter> {
-    value
-        .split(',')
-        .filter_map(|d| d.rsplit('=').next())
-        .filter_map(|l| l.trim().parse().ok())
-        .next_back()
-}
-
-/// Where records go.
-enum Sink {
-    Stderr(LogFormat),
-    #[cfg(feature = "systemd")]
-    Journal(systemd_journal_logger::JournalLog),
-}
-
-#[cfg(feature = "systemd")]
-fn journal() -> std::io::Result<Sink> {
-    systemd_journal_logger::JournalLog::new().map(Sink::Journal)
-}
-
-/// Without the `systemd` feature `--journald` is a usage error (exit 2, like clap's), with
-/// the command that builds a binary that has it.
-#[cfg(not(feature = "systemd"))]
-fn journal() -> std::io::Result<Sink> {
-    let program = std::env::current_exe().ok();
-    let program = program
-        .as_deref()
-        .and_then(|p| p.file_name())
-        .and_then(|n| n.to_str());
-    // tscat and tsmirror are binaries of the tailsrv package.
-    let package = match program {
-        Some("tailsrv-indexer") => "tailsrv-indexer",
-        _ => "tailsrv",
-    };
-    let _ = writeln!(
-        std::io::stderr(),
-        "error: --journald needs a build with the systemd feature: \
-         cargo build --release -p {package} --features systemd"
-    );
-    std::process::exit(2);
-}
-
-/// The logger: a level filter that lets [`ANNOUNCE`] through, in front of a [`Sink`].
-struct Logger {
-    level: LevelFilter,
-    sink: Sink,
-}
-
-impl Log for Logger {
-    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.level() <= self.level || metadata.target() == ANNOUNCE
-    }
-
-    fn log(&self, record: &Record<'_>) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        match &self.sink {
-            Sink::Stderr(format) => {
-                let line = format_line(*format, record, SystemTime::now());
-                // One write per line, so lines of different threads never interleave; an
-                // error (EPIPE: nobody reads; ENOSPC) is dropped: logging never stops us.
-                let _ = std::io::stderr().lock().write_all(line.as_bytes());
-            }
-            #[cfg(feature = "systemd")]
-            Sink::Journal(journal) => journal.log(record),
-        }
-    }
-
-    fn flush(&self) {}
-}
+use crate::flags::LogFormat;
 
 /// One record as one line (newline included) in `format`, stamped `now`.
 pub fn format_line(format: LogFormat, record: &Record<'_>, now: SystemTime) -> String {
@@ -431,58 +249,10 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-/// Tells systemd the service is ready (a no-op when not run by systemd, or without the
-/// `systemd` feature).
-pub fn notify_ready() {
-    #[cfg(feature = "systemd")]
-    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-        log::debug!("sd_notify failed: {e}");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
-
-    #[test]
-    fn rust_log() {
-        assert_eq!(parse_rust_log("debug"), Some(LevelFilter::Debug));
-        assert_eq!(parse_rust_log("tailsrv=trace"), Some(LevelFilter::Trace));
-        assert_eq!(parse_rust_log("nonsense"), None);
-    }
-
-    #[test]
-    fn flags() {
-        let a = LogArgs {
-            verbose: 1,
-            ..Default::default()
-        };
-        assert_eq!(a.level(), LevelFilter::Debug);
-        let a = LogArgs {
-            quiet: 9,
-            ..Default::default()
-        };
-        assert_eq!(a.level(), LevelFilter::Error);
-        let a = LogArgs {
-            log_format: Some(LogFormat::Json),
-            ..Default::default()
-        };
-        assert_eq!(a.format(), LogFormat::Json);
-    }
-
-    #[test]
-    fn the_announce_target_passes_any_level() {
-        let logger = Logger {
-            level: LevelFilter::Error,
-            sink: Sink::Stderr(LogFormat::Text),
-        };
-        let meta = |target, level| Metadata::builder().target(target).level(level).build();
-        assert!(logger.enabled(&meta(ANNOUNCE, Level::Info)));
-        assert!(logger.enabled(&meta("tailsrv::server", Level::Error)));
-        assert!(!logger.enabled(&meta("tailsrv::server", Level::Warn)));
-        assert!(!logger.enabled(&meta("shared::net", Level::Info)));
-    }
 
     /// 2026-11-26T00:47:32.123Z
     fn when() -> SystemTime {
