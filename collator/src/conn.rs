@@ -34,8 +34,66 @@ use shared::{net, rt};
 use crate::server::Ctx;
 use crate::writer::{FileWriter, Submitted};
 
-/// Read buffer per connection; also the largest group of lines written at once in line mode.
+/// Read buffer per connection (at most; it starts at [`SMALL`] and grows while reads fill
+/// it); also the largest group of lines written at once in line mode.
 const BUF: usize = 64 << 10;
+
+/// A connection's first read buffer: idle connections cost little.
+const SMALL: usize = 4 << 10;
+
+/// The memory budget for request bodies, shared by every connection: `--max-pending` bytes.
+/// A body is read only once its length is reserved here, and the reservation is held until
+/// its write is done, so bodies being read, queued and written never take more than the
+/// budget (one request may exceed it alone, so that it is not refused forever).
+#[derive(Debug)]
+pub struct Budget {
+    used: std::sync::Mutex<u64>,
+    cap: u64,
+    freed: Event,
+}
+
+/// A reservation in the [`Budget`], released when dropped.
+struct Permit {
+    budget: Arc<Budget>,
+    bytes: u64,
+}
+
+impl Budget {
+    /// A budget of `cap` bytes.
+    pub fn new(cap: u64) -> Arc<Budget> {
+        Arc::new(Budget {
+            used: std::sync::Mutex::new(0),
+            cap,
+            freed: Event::new(),
+        })
+    }
+
+    async fn acquire(self: &Arc<Budget>, bytes: u64) -> Permit {
+        loop {
+            let listener = self.freed.listen();
+            {
+                let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+                if *used == 0 || *used + bytes <= self.cap {
+                    *used += bytes;
+                    return Permit {
+                        budget: self.clone(),
+                        bytes,
+                    };
+                }
+            }
+            listener.await;
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut used = self.budget.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used -= self.bytes;
+        drop(used);
+        self.budget.freed.notify(usize::MAX);
+    }
+}
 
 /// Bytes one connection may have in flight: a quarter of the file's queue, at least one
 /// request.
@@ -83,15 +141,22 @@ impl Input {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
+            if self.buf.len() > BUF {
+                // A long line made it grow: give the memory back.
+                self.buf = vec![0; BUF];
+            }
         } else if self.end == self.buf.len() {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        if self.end == self.buf.len() {
+        if self.buf.is_empty() {
+            self.buf = vec![0; SMALL];
+        } else if self.end == self.buf.len() {
             self.buf.resize(self.buf.len() * 2, 0);
         }
         let (buf, end) = (&mut self.buf, self.end);
+        let free = buf.len() - end;
         let read = self.sock.read_with(|s| (&*s).read(&mut buf[end..]));
         let stop = async {
             stopping.await;
@@ -99,7 +164,20 @@ impl Input {
         };
         let n = future::or(read, stop).await?;
         self.end += n;
+        if n == free && self.buf.len() < BUF {
+            // Reads fill it: a busy producer gets the full buffer.
+            self.buf.resize(BUF, 0);
+        }
         Ok(n)
+    }
+
+    /// [`Input::fill`], or a `TimedOut` error if no byte comes within `stall`.
+    async fn fill_within(&mut self, stall: Duration) -> io::Result<usize> {
+        let deadline = async {
+            Timer::after(stall).await;
+            Err(io::ErrorKind::TimedOut.into())
+        };
+        future::or(self.fill(), deadline).await
     }
 
     /// The next header line (without `\n`), complete within `timeout`.
@@ -147,25 +225,38 @@ impl Input {
         true
     }
 
-    /// Exactly `n` bytes of body.
-    async fn exact(&mut self, n: u64) -> io::Result<Vec<u8>> {
+    /// Exactly `n` bytes of body, read straight into it past what is buffered; a
+    /// `TimedOut` error if the producer sends nothing for `stall`.
+    async fn exact(&mut self, n: u64, stall: Duration) -> io::Result<Vec<u8>> {
         let n = n as usize;
-        let mut out = Vec::with_capacity(n);
-        while out.len() < n {
-            if self.start == self.end && self.fill().await? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
+        let mut out = vec![0u8; n];
+        let mut got = n.min(self.end - self.start);
+        out[..got].copy_from_slice(&self.buf[self.start..self.start + got]);
+        self.start += got;
+        while got < n {
+            let stopping = self.ctx.stopping();
+            let dst = &mut out[got..];
+            let read = self.sock.read_with(|s| (&*s).read(dst));
+            let stop = async {
+                stopping.await;
+                Err(io::ErrorKind::Interrupted.into())
+            };
+            let deadline = async {
+                Timer::after(stall).await;
+                Err(io::ErrorKind::TimedOut.into())
+            };
+            match future::or(read, future::or(stop, deadline)).await? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                r => got += r,
             }
-            let take = (n - out.len()).min(self.end - self.start);
-            out.extend_from_slice(&self.buf[self.start..self.start + take]);
-            self.start += take;
         }
         Ok(out)
     }
 
     /// Reads and drops `n` bytes (the body of a refused request).
-    async fn skip(&mut self, mut n: u64) -> io::Result<()> {
+    async fn skip(&mut self, mut n: u64, stall: Duration) -> io::Result<()> {
         while n > 0 {
-            if self.start == self.end && self.fill().await? == 0 {
+            if self.start == self.end && self.fill_within(stall).await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
             let take = n.min((self.end - self.start) as u64);
@@ -174,6 +265,17 @@ impl Input {
         }
         Ok(())
     }
+}
+
+/// The refusal for a body that stopped coming.
+fn stalled(len: u64, stall: Duration) -> Refusal {
+    Refusal::new(
+        Code::Timeout,
+        format!(
+            "the body of {len} bytes stalled: nothing for {}s",
+            stall.as_secs_f64()
+        ),
+    )
 }
 
 /// Serves one producer until it hangs up, sends a bad header, or the socket fails.
@@ -189,7 +291,7 @@ pub async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
     let mut input = Input {
         sock: sock.clone(),
         ctx: ctx.clone(),
-        buf: vec![0; BUF],
+        buf: Vec::new(),
         start: 0,
         end: 0,
     };
@@ -255,19 +357,39 @@ async fn read_loop(
                     Command::Msg { .. } => settings.max_message,
                     _ => settings.max_request,
                 };
+                let stall = ctx.header_timeout;
                 if len > limit {
-                    if input.skip(len).await.is_err() {
-                        return None;
-                    }
+                    // Answered before the body is skipped: a producer that sends less (or
+                    // hangs up) still learns why.
                     send(refuse(Refusal::new(
                         Code::TooBig,
                         format!("a body of {len} bytes is over the limit of {limit}"),
                     )))
                     .await;
-                    continue;
+                    match input.skip(len, stall).await {
+                        Ok(()) => continue,
+                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                            return Some(stalled(len, stall))
+                        }
+                        Err(_) => return None,
+                    }
                 }
-                let Ok(body) = input.exact(len).await else {
+                // The body is read only once it fits in the memory budget.
+                let stop = async {
+                    ctx.stopping().await;
+                    None
+                };
+                let Some(permit) =
+                    future::or(async { Some(ctx.budget.acquire(len).await) }, stop).await
+                else {
                     return None;
+                };
+                let body = match input.exact(len, stall).await {
+                    Ok(b) => b,
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                        return Some(stalled(len, stall))
+                    }
+                    Err(_) => return None,
                 };
                 let framed = match request.command {
                     Command::Msg { .. } => {
@@ -299,7 +421,9 @@ async fn read_loop(
                     }
                 };
                 wait_for_room(ctx, inflight).await;
-                send(submit(&writer, data, count, request.producer, inflight).await).await;
+                let hold: Box<dyn Send> = Box::new(permit);
+                send(submit(&writer, data, count, request.producer, Some(hold), inflight).await)
+                    .await;
             }
             Command::Lines => {
                 let writer = match ctx.writer(request.path.as_deref(), true).await {
@@ -330,10 +454,11 @@ async fn submit(
     data: Vec<u8>,
     count: u64,
     producer: Option<proto::collate::Producer>,
+    hold: Option<Box<dyn Send>>,
     inflight: &InFlight,
 ) -> Pending {
     let len = data.len() as u64;
-    match writer.submit(data, count, producer).await {
+    match writer.submit(data, count, producer, hold).await {
         Submitted::Done(Ok(ack)) => Pending::Ready(Answer::Ok(ack).render()),
         Submitted::Done(Err(r)) => Pending::Ready(r.render()),
         Submitted::Wait(rx) => {
@@ -398,7 +523,8 @@ async fn lines(
         }
         if count > 0 {
             wait_for_room(ctx, inflight).await;
-            let p = submit(writer, group, count, None, inflight).await;
+            let permit: Box<dyn Send> = Box::new(ctx.budget.acquire(group.len() as u64).await);
+            let p = submit(writer, group, count, None, Some(permit), inflight).await;
             if tx.send(p).await.is_err() {
                 return;
             }

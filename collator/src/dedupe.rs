@@ -12,22 +12,26 @@
 //! long as the journal is kept; the body of a retry is not compared with the original.
 //!
 //! **The journal** (`FILE.collator` beside the log, or under `--journal-dir` in directory
-//! mode) is a text file of records appended by the writer *before* a group's data, for the
-//! requests that need one:
+//! mode) is a text file of records appended by the writer *before* each group's data:
 //!
 //! ```text
-//! b START END                               a request of several messages spans START..END
+//! e END                                     checkpoint: the file's first END bytes are synced
+//! g START END CRC                           a write group spans START..END, CRC-32 (hex) of it
 //! p ID SEQ OFFSET MSGNO N END               producer ID's request SEQ: N messages at OFFSET
+//! b START END                               (older journals) a batch spans START..END
 //! ```
 //!
-//! Written first and (in `data` mode) synced with the data, so on restart: a batch that
-//! the recovered end cuts through was only partly written ([`crate::recover`] cuts back to
-//! its start: all or nothing), and a producer record whose END is past the recovered end
-//! describes data that is not there and is dropped, so the retry writes it again. Records
-//! that are kept describe data that is. A group of single messages without ids (a message
-//! is whole or cut anyway) writes no record, and costs no journal sync. The journal is
-//! rewritten compactly (atomically, by rename) at every start and whenever it grows past
-//! [`COMPACT_AT`].
+//! Every group gets a `g` record, written before its data and (in `data` mode) synced with
+//! it before any answer (the two `fdatasync`s run in parallel, see [`crate::writer`]). So on
+//! restart the file is cut to the end of the last group whose record is there *and* whose
+//! bytes check out against its CRC ([`crate::recover`]): a torn group — half a batch, zeros,
+//! a zero run with a newline after it, a message with a hole — fails its checksum or has
+//! no record, and goes whole. A producer record whose END is past the recovered end
+//! describes data that is not there and is dropped, so the retry writes it again. Journals
+//! of older collators (no `g`/`e` records) are read with the old rules (`b` records and the
+//! data's own framing) and rewritten in the new form. The journal is rewritten compactly
+//! (atomically, by rename, starting with a checkpoint) at every start and whenever it grows
+//! past [`COMPACT_AT`].
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -74,7 +78,17 @@ pub enum Check {
         /// The oldest sequence number remembered.
         oldest: u64,
     },
+    /// Within the remembered span, but not remembered (it was refused, not written).
+    Unknown {
+        /// The oldest sequence number remembered.
+        oldest: u64,
+        /// The newest.
+        newest: u64,
+    },
 }
+
+/// Half the sequence space: how far ahead a sequence number may be and still count as ahead.
+const HALF: u64 = 1 << 63;
 
 /// The producers' windows.
 #[derive(Debug, Default, Clone)]
@@ -83,7 +97,9 @@ pub struct Producers {
 }
 
 impl Producers {
-    /// What `p` is.
+    /// What `p` is. Sequence numbers are compared with wrap-around arithmetic: the half of
+    /// the number space ahead of the last one is ahead, the other half behind, so a producer
+    /// may count through `u64::MAX` to 0.
     pub fn check(&self, p: &Producer) -> Check {
         let Some(window) = self.map.get(&p.id) else {
             return Check::Fresh;
@@ -91,29 +107,38 @@ impl Producers {
         let (Some(first), Some(last)) = (window.front(), window.back()) else {
             return Check::Fresh;
         };
-        if p.seq == last.seq.wrapping_add(1) || p.seq > last.seq.saturating_add(WINDOW as u64) {
+        let ahead = p.seq.wrapping_sub(last.seq);
+        if ahead == 1 || (ahead > WINDOW as u64 && ahead <= HALF) {
             // Next in sequence, or so far ahead that no session could have skipped that many
             // (a producer keeps at most WINDOW requests unanswered): a restarted producer.
             Check::Fresh
-        } else if p.seq > last.seq {
+        } else if ahead > 1 && ahead <= WINDOW as u64 {
             Check::Gap {
-                expected: last.seq + 1,
+                expected: last.seq.wrapping_add(1),
             }
-        } else if p.seq < first.seq {
+        } else if let Some(e) = window.iter().rev().find(|e| e.seq == p.seq) {
+            Check::Duplicate(*e)
+        } else if last.seq.wrapping_sub(p.seq) > last.seq.wrapping_sub(first.seq) {
             Check::TooOld { oldest: first.seq }
         } else {
-            window
-                .iter()
-                .find(|e| e.seq == p.seq)
-                .map_or(Check::TooOld { oldest: first.seq }, |e| {
-                    Check::Duplicate(*e)
-                })
+            // Within the window's span but not in it (a request refused after a failed write).
+            Check::Unknown {
+                oldest: first.seq,
+                newest: last.seq,
+            }
         }
     }
 
-    /// Remembers a request.
+    /// Remembers a request. A request that does not follow the last one starts a new session:
+    /// the old session's requests are forgotten (their retries are refused as too old).
     pub fn record(&mut self, id: &str, entry: Entry) {
         let window = self.map.entry(id.to_owned()).or_default();
+        if window
+            .back()
+            .is_some_and(|last| entry.seq != last.seq.wrapping_add(1))
+        {
+            window.clear();
+        }
         window.push_back(entry);
         if window.len() > WINDOW {
             window.pop_front();
@@ -158,7 +183,13 @@ pub fn render_producer(id: &str, e: &Entry, out: &mut Vec<u8>) {
     );
 }
 
-/// Appends a `b` record.
+/// Appends a `g` record: a write group spans START..END and its bytes have CRC-32 `crc`.
+pub fn render_group(start: u64, end: u64, crc: u32, out: &mut Vec<u8>) {
+    let _ = writeln!(out, "g {start} {end} {crc:08x}");
+}
+
+/// Appends a `b` record (journals before `g` records; still read).
+#[cfg(test)]
 pub fn render_batch(start: u64, end: u64, out: &mut Vec<u8>) {
     let _ = writeln!(out, "b {start} {end}");
 }
@@ -170,14 +201,13 @@ pub struct Loaded {
     pub batches: Vec<(u64, u64)>,
     /// Producer records in journal order.
     records: Vec<(String, Entry)>,
+    /// Write groups `(start, end, crc)`, in journal order.
+    pub groups: Vec<(u64, u64, u32)>,
+    /// The file's synced length when the journal was last rewritten (`e END`).
+    pub checkpoint: Option<u64>,
 }
 
 impl Loaded {
-    /// Whether the journal held no record at all.
-    pub fn is_empty(&self) -> bool {
-        self.batches.is_empty() && self.records.is_empty()
-    }
-
     /// The producers whose requests are wholly within the first `end` bytes.
     pub fn producers(&self, end: u64) -> Producers {
         let mut p = Producers::default();
@@ -210,6 +240,19 @@ pub fn load(path: &Path) -> io::Result<Loaded> {
             Some(&"b") if f.len() == 3 => {
                 if let (Some(start), Some(end)) = (n(1), n(2)) {
                     loaded.batches.push((start, end));
+                }
+            }
+            Some(&"g") if f.len() == 4 => {
+                let crc = u32::from_str_radix(f[3], 16).ok();
+                if let (Some(start), Some(end), Some(crc)) = (n(1), n(2), crc) {
+                    loaded.groups.push((start, end, crc));
+                }
+            }
+            Some(&"e") if f.len() == 2 => {
+                if let Some(end) = n(1) {
+                    loaded.checkpoint = Some(end);
+                    // Groups before a checkpoint are covered by it.
+                    loaded.groups.clear();
                 }
             }
             Some(&"p") if f.len() == 7 => {
@@ -253,10 +296,12 @@ pub struct Journal {
 
 impl Journal {
     /// Replaces the journal at `path` with one that holds `producers`' committed entries
-    /// (batches already complete need no record): written to a temporary file, synced,
-    /// renamed over the old one, and the directory synced.
-    pub fn rewrite(path: &Path, producers: &Producers) -> io::Result<Journal> {
+    /// and the checkpoint `e END` (`end` must be synced already; batches and groups before
+    /// it need no record): written to a temporary file, synced, renamed over the old one,
+    /// and the directory synced.
+    pub fn rewrite(path: &Path, producers: &Producers, end: u64) -> io::Result<Journal> {
         let mut text = Vec::new();
+        let _ = writeln!(text, "e {end}");
         producers.render_into(&mut text);
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
@@ -288,22 +333,6 @@ impl Journal {
         })
     }
 
-    /// Opens the journal at `path` empty (created if absent): for a journal that held no
-    /// records, where there is nothing to carry over and nothing to sync.
-    pub fn empty(path: &Path) -> io::Result<Journal> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| ctx(path, "opening", e))?;
-        Ok(Journal {
-            path: path.to_owned(),
-            file,
-            len: 0,
-        })
-    }
-
     /// Appends `records` (written whole, or cut back and an error).
     pub fn append(&mut self, records: &[u8]) -> io::Result<()> {
         if let Err(e) = self.file.write_all_at(records, self.len) {
@@ -314,21 +343,22 @@ impl Journal {
         Ok(())
     }
 
-    /// Cuts the journal back to `len` (undoing a group that failed).
+    /// Cuts the journal back to `len` (undoing a group that failed), synced.
     pub fn truncate(&mut self, len: u64) -> io::Result<()> {
         self.file.set_len(len)?;
+        self.file.sync_all()?;
         self.len = len;
         Ok(())
+    }
+
+    /// A second handle on the file (for syncing it on another thread).
+    pub fn handle(&self) -> io::Result<File> {
+        self.file.try_clone()
     }
 
     /// Its length.
     pub fn len(&self) -> u64 {
         self.len
-    }
-
-    /// `fdatasync`.
-    pub fn sync(&self) -> io::Result<()> {
-        rustix::fs::fdatasync(&self.file).map_err(io::Error::from)
     }
 
     /// Where it is.
@@ -393,7 +423,7 @@ mod tests {
         let path = dir.path().join("log.collator");
         let mut ps = Producers::default();
         ps.record("a", entry(1, 0));
-        let mut j = Journal::rewrite(&path, &ps).unwrap();
+        let mut j = Journal::rewrite(&path, &ps, 0).unwrap();
         let mut more = Vec::new();
         render_producer("b", &entry(5, 10), &mut more);
         render_batch(10, 20, &mut more);

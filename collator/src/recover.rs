@@ -43,8 +43,11 @@ pub fn recover(
     max_message: u64,
     batches: &[(u64, u64)],
     max_cut: u64,
+    limit: Option<u64>,
 ) -> io::Result<Recovered> {
-    let len = file.metadata()?.len();
+    let file_len = file.metadata()?.len();
+    // Past the last verified write group nothing is scanned: it all goes.
+    let len = limit.map_or(file_len, |l| l.min(file_len));
     let mut splitter = Splitter::new(framing, max_message);
     let mut count = 0u64;
     let mut prev = 0u64;
@@ -154,7 +157,10 @@ pub fn recover(
             ),
         }
     }
-    let cut = len - end.0;
+    if end.0 == len && len < file_len {
+        reason = "past the last complete write group";
+    }
+    let cut = file_len - end.0;
     if cut > 0 {
         if cut > max_cut {
             let why = match &framing_error {
@@ -173,7 +179,7 @@ pub fn recover(
         }
         log::warn!(
             offset = end.0, bytes = cut, reason;
-            "cutting a torn tail: {cut} bytes from byte {} ({reason})", end.0
+            "cutting a torn tail: {cut} bytes from byte {} to {file_len} ({reason})", end.0
         );
         // Not synced here: the next synced write persists the new length with its data, and
         // if a crash comes first the same tail is found and cut again.
@@ -184,6 +190,68 @@ pub fn recover(
         count: end.1,
         cut,
     })
+}
+
+/// Where the last complete write group ends, from the journal's `g` records and checkpoint
+/// (`None` for a journal without them: an older collator's, or none). Groups that end within
+/// the last `window` bytes of the file are checked against their CRC, in order, and the first
+/// that is missing bytes or fails is where the file's good part ends; earlier ones (synced
+/// long ago) are trusted if the file reaches their end.
+pub fn verified_end(
+    file: &File,
+    groups: &[(u64, u64, u32)],
+    checkpoint: Option<u64>,
+    window: u64,
+) -> io::Result<Option<u64>> {
+    if groups.is_empty() && checkpoint.is_none() {
+        return Ok(None);
+    }
+    let len = file.metadata()?.len();
+    let mut good = checkpoint.unwrap_or_else(|| groups[0].0);
+    if good > len {
+        log::warn!(
+            "the journal's checkpoint says {good} bytes were synced but the file holds {len}: \
+             checking the file by its framing alone"
+        );
+        return Ok(None);
+    }
+    let from = len.saturating_sub(window);
+    let mut buf = vec![0u8; 256 << 10];
+    for &(start, end, crc) in groups {
+        if start != good || end < start {
+            log::warn!(
+                "the journal's write group {start}..{end} does not follow the one before \
+                 (ending at {good}): the groups after byte {good} are not trusted"
+            );
+            break;
+        }
+        if end > len {
+            log::warn!(
+                offset = start, bytes = end - start;
+                "write group {start}..{end} is not all in the file (it ends at {len})"
+            );
+            break;
+        }
+        if end > from {
+            let mut h = crc32fast::Hasher::new();
+            let mut at = start;
+            while at < end {
+                let n = (end - at).min(buf.len() as u64) as usize;
+                file.read_exact_at(&mut buf[..n], at)?;
+                h.update(&buf[..n]);
+                at += n as u64;
+            }
+            if h.finalize() != crc {
+                log::warn!(
+                    offset = start, bytes = end - start;
+                    "write group {start}..{end} fails its checksum (a torn write)"
+                );
+                break;
+            }
+        }
+        good = end;
+    }
+    Ok(Some(good))
 }
 
 /// For the delimiter framings: the end and count of the last non-empty message, given that
@@ -244,27 +312,27 @@ mod tests {
             let mut torn = good.clone();
             torn.extend_from_slice(&framed(framing, &[b"four"])[..3]);
             let (_d, f) = file_with(&torn);
-            let r = recover(&f, framing, 1000, &[], 1 << 20).unwrap();
+            let r = recover(&f, framing, 1000, &[], 1 << 20, None).unwrap();
             assert_eq!((r.end, r.count), (whole, 3), "{framing}");
             assert_eq!(f.metadata().unwrap().len(), whole);
             // A zero run.
             let mut zeros = good.clone();
             zeros.extend_from_slice(&[0; 100]);
             let (_d, f) = file_with(&zeros);
-            let r = recover(&f, framing, 1000, &[], 1 << 20).unwrap();
+            let r = recover(&f, framing, 1000, &[], 1 << 20, None).unwrap();
             assert_eq!((r.end, r.count, r.cut), (whole, 3, 100), "{framing}");
             // A half-written batch: the journal says a batch from "two" on goes further.
             let one = framed(framing, &[b"one"]).len() as u64;
             let (_d, f) = file_with(&good);
-            let r = recover(&f, framing, 1000, &[(one, whole + 10)], 1 << 20).unwrap();
+            let r = recover(&f, framing, 1000, &[(one, whole + 10)], 1 << 20, None).unwrap();
             assert_eq!((r.end, r.count), (one, 1), "{framing}");
             // A batch from the very start.
             let (_d, f) = file_with(&good);
-            let r = recover(&f, framing, 1000, &[(0, whole + 10)], 1 << 20).unwrap();
+            let r = recover(&f, framing, 1000, &[(0, whole + 10)], 1 << 20, None).unwrap();
             assert_eq!((r.end, r.count), (0, 0), "{framing}");
             // Intact: nothing cut.
             let (_d, f) = file_with(&good);
-            let r = recover(&f, framing, 1000, &[(0, one), (one, whole)], 1 << 20).unwrap();
+            let r = recover(&f, framing, 1000, &[(0, one), (one, whole)], 1 << 20, None).unwrap();
             assert_eq!((r.end, r.count, r.cut), (whole, 3, 0), "{framing}");
         }
     }
@@ -274,7 +342,7 @@ mod tests {
         let mut data = framed(Framing::Newline, &[b"a"]);
         data.extend_from_slice(&[b'x'; 5000]);
         let (_d, f) = file_with(&data);
-        assert!(recover(&f, Framing::Newline, 100, &[], 1000).is_err());
+        assert!(recover(&f, Framing::Newline, 100, &[], 1000, None).is_err());
         assert_eq!(f.metadata().unwrap().len(), data.len() as u64);
     }
 }

@@ -121,6 +121,9 @@ struct Job {
     ack: Ack,
     producer: Option<Producer>,
     reply: Option<async_channel::Sender<Reply>>,
+    /// The connection's share of the memory budget for this body, released when the job
+    /// is dropped (written, or refused).
+    _hold: Option<Box<dyn Send>>,
 }
 
 struct State {
@@ -177,6 +180,50 @@ struct Disk {
     reserved_to: u64,
     watermark: Option<Watermark>,
     last_sync: Instant,
+    syncer: Syncer,
+}
+
+/// A thread that syncs the journal while the writer syncs the data, so a group costs the
+/// time of one `fdatasync`, not two in a row.
+struct Syncer {
+    files: std::sync::mpsc::Sender<File>,
+    done: std::sync::mpsc::Receiver<io::Result<()>>,
+}
+
+impl Syncer {
+    fn start() -> io::Result<Syncer> {
+        let (files, rx) = std::sync::mpsc::channel::<File>();
+        let (tx, done) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("collator-jsync".into())
+            .spawn(move || {
+                for f in rx {
+                    if tx
+                        .send(rustix::fs::fdatasync(&f).map_err(io::Error::from))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Syncer { files, done })
+    }
+
+    /// `fdatasync` of `journal` and `data` at the same time.
+    fn both(&self, journal: io::Result<File>, data: &File) -> io::Result<()> {
+        let sent = journal.and_then(|j| {
+            self.files
+                .send(j)
+                .map_err(|_| io::Error::other("the journal's sync thread is gone"))
+        });
+        let d = rustix::fs::fdatasync(data).map_err(io::Error::from);
+        let j = sent.and_then(|()| {
+            self.done
+                .recv()
+                .unwrap_or_else(|_| Err(io::Error::other("the journal's sync thread is gone")))
+        });
+        j.and(d)
+    }
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -226,6 +273,7 @@ impl FileWriter {
             reserved_to: end,
             watermark,
             last_sync: Instant::now(),
+            syncer: Syncer::start()?,
         };
         let thread_inner = inner.clone();
         let name = format!("writer {}", path.display());
@@ -255,7 +303,14 @@ impl FileWriter {
 
     /// Queues `count` framed messages (`data`, validated), waiting for room if the file's
     /// queue is full.
-    pub async fn submit(&self, data: Vec<u8>, count: u64, producer: Option<Producer>) -> Submitted {
+    pub async fn submit(
+        &self,
+        data: Vec<u8>,
+        count: u64,
+        producer: Option<Producer>,
+        hold: Option<Box<dyn Send>>,
+    ) -> Submitted {
+        let mut hold = Some(hold);
         let len = data.len() as u64;
         let mut data = Some(data);
         loop {
@@ -286,6 +341,16 @@ impl FileWriter {
                                 Code::SequenceGap,
                                 format!(
                                     "producer {} sent seq {}, expected {expected}",
+                                    p.id, p.seq
+                                ),
+                            )))
+                        }
+                        Check::Unknown { oldest, newest } => {
+                            return Submitted::Done(Err(Refusal::new(
+                                Code::SequenceGap,
+                                format!(
+                                    "producer {} sent seq {}, which is not among the requests \
+                                     remembered ({oldest} to {newest}): it was not written",
                                     p.id, p.seq
                                 ),
                             )))
@@ -335,6 +400,7 @@ impl FileWriter {
                         ack,
                         producer,
                         reply,
+                        _hold: hold.take().flatten(),
                     });
                     drop(s);
                     self.inner.work.notify_one();
@@ -358,7 +424,7 @@ impl FileWriter {
     }
 }
 
-fn refusal_for(e: &io::Error) -> Refusal {
+fn refusal_for(e: &io::Error, end: u64) -> Refusal {
     let full = matches!(
         e.raw_os_error(),
         Some(c) if c == rustix::io::Errno::NOSPC.raw_os_error()
@@ -367,12 +433,18 @@ fn refusal_for(e: &io::Error) -> Refusal {
     if full {
         Refusal::new(
             Code::DiskFull,
-            "the disk is full; nothing of the request was written",
+            format!(
+                "the disk is full; nothing of the request is in the file (cut back to byte \
+                 {end} and synced)"
+            ),
         )
     } else {
         Refusal::new(
             Code::Io,
-            format!("writing failed ({e}); nothing of the request was written"),
+            format!(
+                "writing failed ({e}); nothing of the request is in the file (cut back to \
+                 byte {end} and synced)"
+            ),
         )
     }
 }
@@ -432,7 +504,7 @@ fn write_loop(inner: &Inner, mut disk: Disk) -> io::Result<()> {
         match write_group(&mut disk, &jobs, bytes) {
             Ok(()) => {}
             Err(e) => {
-                undo(inner, &mut disk, journal_len, &jobs, &e);
+                undo(inner, &mut disk, journal_len, &jobs, &e)?;
                 continue;
             }
         }
@@ -488,19 +560,21 @@ fn write_loop(inner: &Inner, mut disk: Disk) -> io::Result<()> {
                 sync(inner, &mut disk, &[])?;
             }
             let path = disk.journal.path().to_owned();
-            disk.journal = Journal::rewrite(&path, &producers)?;
+            disk.journal = Journal::rewrite(&path, &producers, disk.end)?;
         }
     }
 }
 
-/// Journal records, space, then the data with `pwritev` (looping over short writes).
+/// The group's journal records (`g` with its CRC, and the producers'), space, then the data
+/// with `pwritev` (looping over short writes).
 fn write_group(disk: &mut Disk, jobs: &[Job], bytes: u64) -> io::Result<()> {
     let mut records = Vec::with_capacity(64);
+    let mut crc = crc32fast::Hasher::new();
     for job in jobs {
-        if job.ack.count > 1 {
-            let end = job.ack.offset + job.data.len() as u64;
-            dedupe::render_batch(job.ack.offset, end, &mut records);
-        }
+        crc.update(&job.data);
+    }
+    dedupe::render_group(disk.end, disk.end + bytes, crc.finalize(), &mut records);
+    for job in jobs {
         if let Some(p) = &job.producer {
             let entry = Entry {
                 seq: p.seq,
@@ -511,10 +585,8 @@ fn write_group(disk: &mut Disk, jobs: &[Job], bytes: u64) -> io::Result<()> {
             dedupe::render_producer(&p.id, &entry, &mut records);
         }
     }
-    if !records.is_empty() {
-        disk.journal.append(&records)?;
-        disk.journal_dirty = true;
-    }
+    disk.journal.append(&records)?;
+    disk.journal_dirty = true;
     reserve(disk, bytes)?;
     let mut at = disk.end;
     let mut job = 0;
@@ -575,19 +647,51 @@ fn reserve(disk: &mut Disk, bytes: u64) -> io::Result<()> {
 /// Bytes reserved ahead of the end at a time.
 const RESERVE: u64 = 4 << 20;
 
-/// A failed write: cut file and journal back, refuse the group and everything queued.
-fn undo(inner: &Inner, disk: &mut Disk, journal_len: u64, jobs: &[Job], e: &io::Error) {
-    let refusal = refusal_for(e);
+/// A failed write: cut file and journal back (synced, and the file's length checked), refuse
+/// the group and everything queued. If the cut-back itself fails, the requests may be partly
+/// in the file: they are told so, and the error stops the collator (its restart check then
+/// cuts what has no complete journal record).
+fn undo(
+    inner: &Inner,
+    disk: &mut Disk,
+    journal_len: u64,
+    jobs: &[Job],
+    e: &io::Error,
+) -> io::Result<()> {
     log::error!(path:% = inner.path.display(), offset = disk.end;
         "write failed, cutting back to byte {}: {e}", disk.end);
-    if let Err(e) = disk.file.set_len(disk.end) {
-        log::error!(path:% = inner.path.display(); "cannot cut back to byte {}: {e}", disk.end);
-    }
+    let end = disk.end;
+    let cut = disk
+        .file
+        .set_len(end)
+        .and_then(|()| disk.file.sync_all())
+        .and_then(|()| match disk.file.metadata()?.len() {
+            l if l == end => Ok(()),
+            l => Err(io::Error::other(format!(
+                "the file is {l} bytes after the cut"
+            ))),
+        })
+        .and_then(|()| disk.journal.truncate(journal_len));
     // Truncating frees what was reserved beyond the end.
-    disk.reserved_to = disk.end;
-    if let Err(e) = disk.journal.truncate(journal_len) {
-        log::error!(path:% = inner.path.display(); "cannot cut the journal back: {e}");
-    }
+    disk.reserved_to = end;
+    let (refusal, fatal) = match cut {
+        Ok(()) => (refusal_for(e, end), None),
+        Err(cut_err) => {
+            let why = format!(
+                "writing {} failed ({e}) and cutting it back to byte {end} failed too \
+                 ({cut_err}): the request may be partly in the file; the collator stops and \
+                 its restart check decides",
+                inner.path.display()
+            );
+            log::error!(path:% = inner.path.display(); "{why}");
+            (Refusal::new(Code::Io, why.clone()), Some(why))
+        }
+    };
+    // Requests queued behind the group were never written at all.
+    let behind = Refusal::new(
+        refusal.code,
+        format!("not written: an earlier write failed ({e})"),
+    );
     let mut s = lock(&inner.state);
     let queued = std::mem::take(&mut s.queue);
     let lost_acks = jobs
@@ -598,8 +702,11 @@ fn undo(inner: &Inner, disk: &mut Disk, journal_len: u64, jobs: &[Job], e: &io::
     if lost_acks > 0 {
         log::error!("{lost_acks} requests acknowledged at queueing (--sync none) were not written");
     }
-    for job in jobs.iter().chain(&queued) {
+    for job in jobs {
         answer(job, Err(refusal.clone()));
+    }
+    for job in &queued {
+        answer(job, Err(behind.clone()));
     }
     for (_, _, tx) in s.retries.drain(..) {
         let _ = tx.try_send(Err(refusal.clone()));
@@ -608,19 +715,25 @@ fn undo(inner: &Inner, disk: &mut Disk, journal_len: u64, jobs: &[Job], e: &io::
     s.next_offset = disk.end;
     s.next_msgno = disk.count;
     s.producers.drop_uncommitted();
+    if let Some(why) = &fatal {
+        s.failed = Some(why.clone());
+    }
     drop(s);
     inner.room.notify(usize::MAX);
+    match fatal {
+        Some(why) => Err(io::Error::other(why)),
+        None => Ok(()),
+    }
 }
 
 /// `fdatasync` of the journal and the data. A failure is final: every job in hand and every
 /// queued one is refused, and the error stops the collator.
 fn sync(inner: &Inner, disk: &mut Disk, jobs: &[Job]) -> io::Result<()> {
-    let journal = if disk.journal_dirty {
-        disk.journal.sync()
+    let r = if disk.journal_dirty {
+        disk.syncer.both(disk.journal.handle(), &disk.file)
     } else {
-        Ok(())
+        rustix::fs::fdatasync(&disk.file).map_err(io::Error::from)
     };
-    let r = journal.and_then(|()| rustix::fs::fdatasync(&disk.file).map_err(io::Error::from));
     disk.journal_dirty = false;
     disk.last_sync = Instant::now();
     match r {
