@@ -78,7 +78,8 @@ pub enum Check {
         /// The oldest sequence number remembered.
         oldest: u64,
     },
-    /// Within the remembered span, but not remembered (it was refused, not written).
+    /// Within the remembered span, but not remembered (should not happen: the window is a
+    /// run of consecutive numbers).
     Unknown {
         /// The oldest sequence number remembered.
         oldest: u64,
@@ -87,8 +88,6 @@ pub enum Check {
     },
 }
 
-/// Half the sequence space: how far ahead a sequence number may be and still count as ahead.
-const HALF: u64 = 1 << 63;
 
 /// The producers' windows.
 #[derive(Debug, Default, Clone)]
@@ -97,9 +96,9 @@ pub struct Producers {
 }
 
 impl Producers {
-    /// What `p` is. Sequence numbers are compared with wrap-around arithmetic: the half of
-    /// the number space ahead of the last one is ahead, the other half behind, so a producer
-    /// may count through `u64::MAX` to 0.
+    /// What `p` is. The window is always a run of consecutive sequence numbers (a new
+    /// session clears it), counted with wrap-around, so a producer may count through
+    /// `u64::MAX` to 0: a retry of `u64::MAX` after 0 is a duplicate, not a new request.
     pub fn check(&self, p: &Producer) -> Check {
         let Some(window) = self.map.get(&p.id) else {
             return Check::Fresh;
@@ -107,25 +106,36 @@ impl Producers {
         let (Some(first), Some(last)) = (window.front(), window.back()) else {
             return Check::Fresh;
         };
+        if p.seq.wrapping_sub(first.seq) <= last.seq.wrapping_sub(first.seq) {
+            return match window.iter().rev().find(|e| e.seq == p.seq) {
+                Some(e) => Check::Duplicate(*e),
+                None => Check::Unknown {
+                    oldest: first.seq,
+                    newest: last.seq,
+                },
+            };
+        }
         let ahead = p.seq.wrapping_sub(last.seq);
-        if ahead == 1 || (ahead > WINDOW as u64 && ahead <= HALF) {
-            // Next in sequence, or so far ahead that no session could have skipped that many
-            // (a producer keeps at most WINDOW requests unanswered): a restarted producer.
-            Check::Fresh
-        } else if ahead > 1 && ahead <= WINDOW as u64 {
-            Check::Gap {
+        if ahead == 1 {
+            return Check::Fresh;
+        }
+        if ahead <= WINDOW as u64 {
+            return Check::Gap {
                 expected: last.seq.wrapping_add(1),
-            }
-        } else if let Some(e) = window.iter().rev().find(|e| e.seq == p.seq) {
-            Check::Duplicate(*e)
-        } else if last.seq.wrapping_sub(p.seq) > last.seq.wrapping_sub(first.seq) {
-            Check::TooOld { oldest: first.seq }
+            };
+        }
+        // Far from the window: ahead of it is a restarted producer (a producer keeps at most
+        // WINDOW requests unanswered, so no session skips that many), behind it too old.
+        let newer = if first.seq > last.seq {
+            // The window wraps: whichever side is nearer.
+            ahead < first.seq.wrapping_sub(p.seq)
         } else {
-            // Within the window's span but not in it (a request refused after a failed write).
-            Check::Unknown {
-                oldest: first.seq,
-                newest: last.seq,
-            }
+            p.seq > last.seq
+        };
+        if newer {
+            Check::Fresh
+        } else {
+            Check::TooOld { oldest: first.seq }
         }
     }
 
@@ -415,6 +425,25 @@ mod tests {
         );
         ps.drop_uncommitted();
         assert_eq!(ps.check(&p("a", 8 + WINDOW as u64)), Check::Fresh);
+        // Wrap-around: MAX, 0, then MAX again is a retry; 13 is a gap after 0.
+        let mut ps = Producers::default();
+        for s in 10..13 {
+            ps.record("w", entry(s, s * 10));
+        }
+        assert_eq!(ps.check(&p("w", u64::MAX)), Check::Fresh);
+        ps.record("w", entry(u64::MAX, 500));
+        assert_eq!(ps.check(&p("w", 0)), Check::Fresh);
+        ps.record("w", entry(0, 600));
+        assert_eq!(
+            ps.check(&p("w", u64::MAX)),
+            Check::Duplicate(entry(u64::MAX, 500))
+        );
+        assert_eq!(ps.check(&p("w", 13)), Check::Gap { expected: 1 });
+        assert_eq!(
+            ps.check(&p("w", u64::MAX - 5)),
+            Check::TooOld { oldest: u64::MAX }
+        );
+        assert_eq!(ps.check(&p("w", 1000)), Check::Fresh);
     }
 
     #[test]
