@@ -101,6 +101,28 @@ fn conn_limit(ctx: &Ctx) -> u64 {
     (ctx.settings.max_pending / 4).max(ctx.settings.max_request)
 }
 
+/// Answers one connection may have queued before its reader waits (pipelined requests). The
+/// queue is unbounded underneath and grows in small blocks, so an idle connection does not
+/// pay for the room a pipelining one needs.
+const MAX_ANSWERS: u64 = 1024;
+
+/// Queues an answer for the answerer, waiting while [`MAX_ANSWERS`] are queued.
+async fn queue(
+    tx: &async_channel::Sender<Pending>,
+    inflight: &InFlight,
+    p: Pending,
+) -> Result<(), ()> {
+    loop {
+        let listener = inflight.freed.listen();
+        if inflight.answers.load(Ordering::SeqCst) < MAX_ANSWERS {
+            break;
+        }
+        listener.await;
+    }
+    inflight.answers.fetch_add(1, Ordering::SeqCst);
+    tx.send(p).await.map_err(|_| ())
+}
+
 /// What the answerer writes next.
 enum Pending {
     Ready(Vec<u8>),
@@ -111,6 +133,8 @@ enum Pending {
 #[derive(Default)]
 struct InFlight {
     bytes: AtomicU64,
+    /// Answers queued for the answerer (at most [`MAX_ANSWERS`]).
+    answers: AtomicU64,
     freed: Event,
 }
 
@@ -285,7 +309,7 @@ pub async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
     };
     let sock = Arc::new(sock);
     let inflight = Arc::new(InFlight::default());
-    let (tx, rx) = async_channel::bounded::<Pending>(1024);
+    let (tx, rx) = async_channel::unbounded::<Pending>();
     let answerer = rt::spawn(answer_loop(sock.clone(), rx, inflight.clone()));
     let _live = ctx.connection();
     let mut input = Input {
@@ -298,7 +322,7 @@ pub async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
     let last = read_loop(&ctx, &mut input, &tx, &inflight).await;
     if let Some(refusal) = &last {
         log::debug!(client:% = peer; "closing: {refusal}");
-        let _ = tx.send(Pending::Ready(refusal.render())).await;
+        let _ = queue(&tx, &inflight, Pending::Ready(refusal.render())).await;
     }
     drop(tx);
     answerer.await;
@@ -340,7 +364,7 @@ async fn read_loop(
             Err(r) => return Some(r),
         };
         let send = |p: Pending| async {
-            let _ = tx.send(p).await;
+            let _ = queue(tx, inflight, p).await;
         };
         let refuse = |r: Refusal| Pending::Ready(r.render());
         match request.command {
@@ -525,12 +549,15 @@ async fn lines(
             wait_for_room(ctx, inflight).await;
             let permit: Box<dyn Send> = Box::new(ctx.budget.acquire(group.len() as u64).await);
             let p = submit(writer, group, count, None, Some(permit), inflight).await;
-            if tx.send(p).await.is_err() {
+            if queue(tx, inflight, p).await.is_err() {
                 return;
             }
         }
         for r in refusals {
-            if tx.send(Pending::Ready(r.render())).await.is_err() {
+            if queue(tx, inflight, Pending::Ready(r.render()))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -549,6 +576,8 @@ async fn answer_loop(
     let mut out = Vec::with_capacity(4096);
     let mut broken = false;
     while let Ok(p) = rx.recv().await {
+        inflight.answers.fetch_sub(1, Ordering::SeqCst);
+        inflight.freed.notify(usize::MAX);
         let line = match p {
             Pending::Ready(line) => line,
             Pending::Wait(reply, len) => {
