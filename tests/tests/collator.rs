@@ -1098,3 +1098,81 @@ fn a_stalled_body_times_out() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(std::fs::read(&file).unwrap(), b"");
 }
+
+/// A refused write is not in the file (issue #25, item 3): on a full disk the refusal names
+/// the byte the file was cut back to, the file is exactly that long and holds exactly what
+/// was acknowledged — also after a `kill -9` and a restart, which finds nothing to cut —
+/// and a retry of the refused request (same id and seq) is written, once.
+#[test]
+fn refused_writes_are_not_in_the_file() {
+    let dir = tempdir();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs (not root?)");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&mnt);
+    // Removed before the restart, to make room for the retry.
+    let ballast = mnt.join("ballast");
+    std::fs::write(&ballast, vec![1u8; 96 << 10]).unwrap();
+    let file = mnt.join("log");
+    let args = ["--max-message", "100000", "--sync", "data"];
+    let mut c = collator(&file, &args);
+    let mut p = Producer::new(&c);
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for i in 0..100 {
+        let m = payload(0, i, 30_000);
+        let mut req = format!("msg {} id r seq {}\n", m.len(), 100 + i).into_bytes();
+        req.extend_from_slice(&m);
+        let a = p.ask(&req);
+        if a.starts_with("ok ") {
+            let (o, n, _) = Producer::ok(&a);
+            acked.push((o, n, m));
+        } else {
+            refused = Some((a, req, m));
+            break;
+        }
+    }
+    let (answer, req, m) = refused.expect("the disk never filled");
+    assert!(answer.starts_with("error: disk-full:"), "{answer:?}");
+    let at: u64 = answer
+        .split("cut back to byte ")
+        .nth(1)
+        .and_then(|r| r.split(|ch: char| !ch.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the refusal does not say where the file ends: {answer:?}"));
+    let data = std::fs::read(&file).unwrap();
+    assert_eq!(data.len() as u64, at, "the refusal's length is not the file's");
+    check_file("newline", &data, &acked);
+    assert!(memchr::memmem::find(&data, &m).is_none());
+    drop(p);
+    c.signal(Signal::KILL);
+    c.wait_exit(PATIENCE);
+    std::fs::remove_file(&ballast).unwrap();
+    let c = collator(&file, &args);
+    assert!(c.log.wait_for("writing ", PATIENCE).is_some());
+    assert!(!c.log.text().contains("cutting a torn tail"), "{}", c.log.text());
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), at);
+    let mut p = Producer::new(&c);
+    let retry = p.ask(&req);
+    eprintln!("refused: {answer}; retry after the restart: {retry}");
+    let ok = retry.strip_prefix("ok ").unwrap_or_else(|| panic!("{retry:?}"));
+    assert!(ok.starts_with(&format!("{at} ")), "{retry:?}");
+    assert_eq!(p.ask(&req), retry, "a second retry is a duplicate");
+    let data = std::fs::read(&file).unwrap();
+    assert_eq!(data.len() as u64, at + m.len() as u64 + 1);
+    assert_eq!(memchr::memmem::find_iter(&data, &m).count(), 1);
+}
