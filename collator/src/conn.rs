@@ -7,14 +7,20 @@
 //! the answerer drains in order, writing one line per request. So requests pipeline freely
 //! and the answers still come back in the order asked.
 //!
-//! **Back-pressure:** the reader stops reading while this connection has more than its share
-//! of bytes in flight ([`conn_limit`]) or while the file's queue is full (the writer's
-//! submit waits), so a fast producer fills its socket buffers, not the collator's memory.
+//! **Back-pressure and memory:** a body is read only once its length fits in the collator's
+//! body budget ([`Budget`], `--max-pending` bytes for all connections and files, held until
+//! the body is written), and the reader also stops while this connection has more than its
+//! share of bytes in flight ([`conn_limit`]) or while the file's queue is full, so a fast
+//! producer fills its socket buffers, not the collator's memory. A connection's read buffer
+//! starts at 4 KiB and grows to 64 KiB only while reads fill it; its answer queue grows in
+//! small blocks.
 //!
 //! **Bad input:** a body that does not match its header is refused and the connection goes
 //! on (the body's bytes are consumed either way, so the next header is where it should be).
-//! An unparseable header, one over [`MAX_HEADER`] or one that does not complete in time gets
-//! one error line, after the answers owed, and the connection is closed.
+//! An unparseable header, one over [`MAX_HEADER`], one that does not complete in time, or a
+//! body that stalls (nothing for `--header-timeout` seconds) gets one error line, after the
+//! answers owed, and the connection is closed. A body over the limit is answered `too-big`
+//! at once, then skipped.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -403,11 +409,8 @@ async fn read_loop(
                     ctx.stopping().await;
                     None
                 };
-                let Some(permit) =
-                    future::or(async { Some(ctx.budget.acquire(len).await) }, stop).await
-                else {
-                    return None;
-                };
+                let permit =
+                    future::or(async { Some(ctx.budget.acquire(len).await) }, stop).await?;
                 let body = match input.exact(len, stall).await {
                     Ok(b) => b,
                     Err(e) if e.kind() == io::ErrorKind::TimedOut => {

@@ -88,7 +88,6 @@ pub enum Check {
     },
 }
 
-
 /// The producers' windows.
 #[derive(Debug, Default, Clone)]
 pub struct Producers {

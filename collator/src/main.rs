@@ -37,13 +37,14 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
     max_request: u64,
 
-    /// Bytes queued per file before producers are made to wait (a connection may hold a
-    /// quarter of it, at least one request).
+    /// Bytes of request bodies held in memory (being read, queued or written, all files
+    /// together; also per file's queue) before producers are made to wait (a connection may
+    /// hold a quarter of it, at least one request).
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
     max_pending: u64,
 
     /// Seconds a producer has for a request header (its first right after connecting; later
-    /// ones from their first byte).
+    /// ones from their first byte), and the longest a body may stall.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     header_timeout: u64,
 

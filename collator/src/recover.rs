@@ -1,21 +1,31 @@
 //! The restart check: before the first write, under the lock, find where the last complete
-//! write ended and cut off whatever a crash left after it.
+//! write group ended and cut off whatever a crash left after it.
 //!
-//! A crash can leave three kinds of torn tail, and each is recognised from the file and the
-//! journal alone:
+//! **From the journal** ([`verified_end`]): every write group has a `g START END CRC`
+//! record, written before its data and synced with it ([`crate::dedupe`]). The file's good
+//! part ends at the last group whose record is there and whose bytes match its CRC (the
+//! groups in the last `max_cut` bytes are checked; older ones were synced long ago).
+//! Whatever follows is cut, however it looks: half a batch, a partial message, zeros
+//! (also a zero run ending in a newline, which newline framing would take for a message),
+//! zeros in the middle of a group, or complete messages of a group whose record was lost —
+//! a group is all or nothing, and never one the producers were told was written.
+//!
+//! **From the data** (a journal of an older collator, without `g` records), three kinds of
+//! torn tail are recognised from the file and the journal alone:
 //! - a **partial message**: the splitter ([`proto::framing::Splitter`]) reaches the end of the
 //!   file inside a message, or on a malformed length prefix;
 //! - a **zero run**: after a power loss, blocks the file system had allocated but not written
 //!   read back as zeros. In the prefix framings and `nul`, zeros parse as empty messages,
 //!   which the collator never writes (it refuses them at the door), so trailing empty
 //!   messages are cut;
-//! - a **half-written batch**: complete messages that are only part of one request. The
-//!   journal ([`crate::dedupe`]) records the extent of every request of several messages
-//!   *before* writing it, so a batch the end cuts through is cut back to its start.
+//! - a **half-written batch**: complete messages that are only part of one request, when
+//!   the old journal's `b` record of the batch survived.
 //!
-//! What is cut is logged with its offset, length and reason. A cut larger than one request
-//! could ever leave is refused instead: that is not a torn tail but the wrong `--framing` or
-//! a file someone else wrote, and the collator stops rather than destroy it.
+//! Both ways, the messages before the cut are counted with the framing's splitter (and its
+//! rules apply there too). What is cut is logged with its offset range, length and reason. A
+//! cut larger than one group could ever leave is refused instead: that is not a torn tail but
+//! the wrong `--framing` or a file someone else wrote, and the collator stops rather than
+//! destroy it.
 
 use std::fs::File;
 use std::io;

@@ -3,8 +3,11 @@
 //! Connections validate and frame requests, then [`FileWriter::submit`] them. Submitting
 //! reserves the request's position at once (offset and message number are the queue's running
 //! end), checks idempotence, and queues it; a dedicated thread per file takes *everything*
-//! queued, from every connection, writes the journal records and then the data with one
-//! `pwritev`, syncs once if the mode says so, and answers all of it. Whatever arrives during
+//! queued, from every connection, writes the group's journal records (its `g` record with
+//! the CRC of its bytes, see [`crate::dedupe`]) and then the data with one `pwritev`, syncs
+//! if the mode says so, and answers all of it. In `data` mode the journal's and the data's
+//! `fdatasync` run at the same time (the journal's on a helper thread), so the record that
+//! makes a group trustworthy after a power loss costs no second sync in a row. Whatever arrives during
 //! a write or a sync joins the next group: there is no timer and no artificial delay, so one
 //! producer gets the latency of one write, and sixteen share one `fdatasync`.
 //!
@@ -13,8 +16,11 @@
 //! `fdatasync` every interval and at shutdown.
 //!
 //! **Failures.** A write that fails (disk full, a short write) is undone: the data file and
-//! the journal are cut back to the last good end, the group and everything queued behind it
-//! (whose reserved positions are now wrong) get `error:`, and the writer goes on. Space is
+//! the journal are cut back to the last good end, synced, and the file's length checked;
+//! then the group gets `error:` naming that length, everything queued behind it (whose
+//! reserved positions are now wrong) `error: ... not written`, and the writer goes on. If
+//! the cut-back fails, the requests are told they may be partly in the file, and the
+//! collator stops (the restart check cuts what has no intact `g` record). Space is
 //! reserved with `fallocate` before writing, so a full disk is usually found before a byte
 //! is written. A failed `fdatasync` is never retried — the kernel may have dropped the dirty
 //! pages and a second sync would report success for data that is gone — so every pending

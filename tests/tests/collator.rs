@@ -895,8 +895,16 @@ fn torn_write_groups_are_cut_to_the_last_complete_one() {
         let journal_lost = journal_whole[..cut_at].to_vec();
         let cases: Vec<(&str, Vec<u8>, &[u8])> = vec![
             ("half batch", [&good[..], &two].concat(), &journal_whole),
-            ("half batch, record lost", [&good[..], &two].concat(), &journal_lost),
-            ("partial message", whole[..whole.len() - 3].to_vec(), &journal_whole),
+            (
+                "half batch, record lost",
+                [&good[..], &two].concat(),
+                &journal_lost,
+            ),
+            (
+                "partial message",
+                whole[..whole.len() - 3].to_vec(),
+                &journal_whole,
+            ),
             ("zeros in the middle", holed, &journal_whole),
             (
                 "zeros instead of the group",
@@ -972,7 +980,8 @@ fn sequences_wrap_and_huge_lengths_are_answered() {
     assert_eq!(data, b"early\nearly\nearly\nmax\nzero\n");
     drop(p);
     let mut s = c.connect();
-    s.write_all(b"msg 18446744073709551615\nsome bytes").unwrap();
+    s.write_all(b"msg 18446744073709551615\nsome bytes")
+        .unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let answer = String::from_utf8(read_to_end(&mut s)).unwrap();
     assert!(answer.starts_with("error: too-big:"), "{answer:?}");
@@ -1155,7 +1164,11 @@ fn refused_writes_are_not_in_the_file() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("the refusal does not say where the file ends: {answer:?}"));
     let data = std::fs::read(&file).unwrap();
-    assert_eq!(data.len() as u64, at, "the refusal's length is not the file's");
+    assert_eq!(
+        data.len() as u64,
+        at,
+        "the refusal's length is not the file's"
+    );
     check_file("newline", &data, &acked);
     assert!(memchr::memmem::find(&data, &m).is_none());
     drop(p);
@@ -1164,12 +1177,18 @@ fn refused_writes_are_not_in_the_file() {
     std::fs::remove_file(&ballast).unwrap();
     let c = collator(&file, &args);
     assert!(c.log.wait_for("writing ", PATIENCE).is_some());
-    assert!(!c.log.text().contains("cutting a torn tail"), "{}", c.log.text());
+    assert!(
+        !c.log.text().contains("cutting a torn tail"),
+        "{}",
+        c.log.text()
+    );
     assert_eq!(std::fs::metadata(&file).unwrap().len(), at);
     let mut p = Producer::new(&c);
     let retry = p.ask(&req);
     eprintln!("refused: {answer}; retry after the restart: {retry}");
-    let ok = retry.strip_prefix("ok ").unwrap_or_else(|| panic!("{retry:?}"));
+    let ok = retry
+        .strip_prefix("ok ")
+        .unwrap_or_else(|| panic!("{retry:?}"));
     assert!(ok.starts_with(&format!("{at} ")), "{retry:?}");
     assert_eq!(p.ask(&req), retry, "a second retry is a duplicate");
     let data = std::fs::read(&file).unwrap();
