@@ -48,6 +48,12 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     header_timeout: u64,
 
+    /// Describe each write group with journal records (a second, parallel fdatasync per
+    /// group in `--sync data`) instead of an extended attribute of the file (used where the
+    /// file system has them): for tools or file systems that lose extended attributes.
+    #[arg(long)]
+    no_xattr: bool,
+
     /// Directory mode: where the journals go (outside DIR). Created if needed.
     #[arg(long, value_name = "JDIR")]
     journal_dir: Option<PathBuf>,
@@ -93,6 +99,7 @@ fn main() -> ExitCode {
             max_message: args.max_message,
             max_request: args.max_request,
             max_pending: args.max_pending.max(1),
+            xattr: !args.no_xattr,
         },
         header_timeout: Duration::from_secs(args.header_timeout.max(1)),
     };

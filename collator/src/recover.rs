@@ -202,6 +202,80 @@ pub fn recover(
     })
 }
 
+/// The extended attribute on the data file that describes its last write group:
+/// `START END CRC` (decimal, decimal, hex), set before the group's data is written and made
+/// durable by the same `fsync` as the data.
+pub const MARKER: &str = "user.tailsrv.group";
+
+/// Sets the file's [`MARKER`].
+pub fn write_marker(file: &File, start: u64, end: u64, crc: u32) -> io::Result<()> {
+    let value = format!("{start} {end} {crc:08x}");
+    rustix::fs::fsetxattr(
+        file,
+        MARKER,
+        value.as_bytes(),
+        rustix::fs::XattrFlags::empty(),
+    )
+    .map_err(io::Error::from)
+}
+
+/// The file's [`MARKER`], if it has a well-formed one.
+pub fn read_marker(file: &File) -> Option<(u64, u64, u32)> {
+    let mut buf = [0u8; 80];
+    let n = rustix::fs::fgetxattr(file, MARKER, &mut buf).ok()?;
+    let text = std::str::from_utf8(&buf[..n]).ok()?;
+    let mut f = text.split(' ');
+    let start = f.next()?.parse().ok()?;
+    let end = f.next()?.parse().ok()?;
+    let crc = u32::from_str_radix(f.next()?, 16).ok()?;
+    (f.next().is_none() && start <= end).then_some((start, end, crc))
+}
+
+fn crc_of(file: &File, start: u64, end: u64) -> io::Result<u32> {
+    let mut buf = vec![0u8; 256 << 10];
+    let mut h = crc32fast::Hasher::new();
+    let mut at = start;
+    while at < end {
+        let n = (end - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at)?;
+        h.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(h.finalize())
+}
+
+/// Where the last complete write group ends, from the file's [`MARKER`]: its group if the
+/// bytes are all there and match the CRC, else the group's start (everything before it was
+/// synced before the group was begun). `None` without a usable marker.
+pub fn marked_end(file: &File) -> io::Result<Option<u64>> {
+    let Some((start, end, crc)) = read_marker(file) else {
+        return Ok(None);
+    };
+    let len = file.metadata()?.len();
+    if start > len {
+        log::warn!(
+            "the file's last write group starts at byte {start}, but the file holds {len}: \
+             checking it by its framing alone"
+        );
+        return Ok(None);
+    }
+    if end > len {
+        log::warn!(
+            offset = start, bytes = end - start;
+            "the last write group {start}..{end} is not all in the file (it ends at {len})"
+        );
+        return Ok(Some(start));
+    }
+    if crc_of(file, start, end)? != crc {
+        log::warn!(
+            offset = start, bytes = end - start;
+            "the last write group {start}..{end} fails its checksum (a torn write)"
+        );
+        return Ok(Some(start));
+    }
+    Ok(Some(end))
+}
+
 /// Where the last complete write group ends, from the journal's `g` records and checkpoint
 /// (`None` for a journal without them: an older collator's, or none). Groups that end within
 /// the last `window` bytes of the file are checked against their CRC, in order, and the first
@@ -226,7 +300,6 @@ pub fn verified_end(
         return Ok(None);
     }
     let from = len.saturating_sub(window);
-    let mut buf = vec![0u8; 256 << 10];
     for &(start, end, crc) in groups {
         if start != good || end < start {
             log::warn!(
@@ -243,15 +316,7 @@ pub fn verified_end(
             break;
         }
         if end > from {
-            let mut h = crc32fast::Hasher::new();
-            let mut at = start;
-            while at < end {
-                let n = (end - at).min(buf.len() as u64) as usize;
-                file.read_exact_at(&mut buf[..n], at)?;
-                h.update(&buf[..n]);
-                at += n as u64;
-            }
-            if h.finalize() != crc {
+            if crc_of(file, start, end)? != crc {
                 log::warn!(
                     offset = start, bytes = end - start;
                     "write group {start}..{end} fails its checksum (a torn write)"

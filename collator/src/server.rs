@@ -214,8 +214,13 @@ fn open_writer(
     let loaded = dedupe::load(journal)?;
     // A crash leaves at most one group: bounded by the queue and one request.
     let max_cut = settings.max_pending + settings.max_request + settings.max_message + (1 << 20);
-    let verified = recover::verified_end(&file, &loaded.groups, loaded.checkpoint, max_cut)
-        .map_err(|e| ctx("recovering", e))?;
+    // A marker is read whatever the settings: it is how the last run described its groups.
+    let marked = recover::marked_end(&file).map_err(|e| ctx("recovering", e))?;
+    let verified = match marked {
+        Some(end) => Some(end),
+        None => recover::verified_end(&file, &loaded.groups, loaded.checkpoint, max_cut)
+            .map_err(|e| ctx("recovering", e))?,
+    };
     let r = recover::recover(
         &file,
         settings.framing,
@@ -226,6 +231,26 @@ fn open_writer(
     )
     .map_err(|e| ctx("recovering", e))?;
     let producers = loaded.producers(r.end);
+    // Where the file system has extended attributes, the last group is described by one on
+    // the file (synced with the data: one sync per group); elsewhere by journal records.
+    let marker = if !settings.xattr {
+        // A marker left by an earlier run would be stale once groups are journalled.
+        let _ = rustix::fs::fremovexattr(&file, recover::MARKER);
+        false
+    } else {
+        match recover::write_marker(&file, r.end, r.end, 0) {
+            Ok(()) => true,
+            Err(e) => {
+                log::info!(
+                    path:% = path.display();
+                    "no extended attribute on {} ({e}): write groups are journalled instead \
+                     (a second fdatasync per group, in parallel)",
+                    path.display()
+                );
+                false
+            }
+        }
+    };
     // The checkpoint the new journal starts with must be on disk, the cut included.
     file.sync_all().map_err(|e| ctx("syncing", e))?;
     let journal = dedupe::Journal::rewrite(journal, &producers, r.end)?;
@@ -246,6 +271,7 @@ fn open_writer(
         count: r.count,
         producers,
         watermark,
+        marker,
     };
     FileWriter::start(path, opened, settings.clone(), fatal)
 }

@@ -91,6 +91,9 @@ pub struct Settings {
     pub max_request: u64,
     /// Most bytes queued per file.
     pub max_pending: u64,
+    /// Whether the last write group may be described by an extended attribute of the file
+    /// (else always by journal records).
+    pub xattr: bool,
 }
 
 /// A file ready for its writer: open, locked, its torn tail cut, its journal rewritten.
@@ -108,6 +111,9 @@ pub struct Opened {
     pub producers: Producers,
     /// Where the synced length is published (single-file mode).
     pub watermark: Option<Watermark>,
+    /// Whether each group is described by the file's extended attribute
+    /// ([`crate::recover::MARKER`]) rather than a journal record.
+    pub marker: bool,
 }
 
 /// The answer a submitter waits for.
@@ -187,6 +193,19 @@ struct Disk {
     watermark: Option<Watermark>,
     last_sync: Instant,
     syncer: Syncer,
+    /// The last group is described by the file's extended attribute (else by a `g` record).
+    marker: bool,
+}
+
+/// The data file's sync: `fsync` where the extended attribute describes the last group (it
+/// is metadata `fdatasync` may leave behind; an append commits the inode either way, so it
+/// costs the same), `fdatasync` otherwise.
+fn data_sync(file: &File, marker: bool) -> io::Result<()> {
+    if marker {
+        rustix::fs::fsync(file).map_err(io::Error::from)
+    } else {
+        rustix::fs::fdatasync(file).map_err(io::Error::from)
+    }
 }
 
 /// A thread that syncs the journal while the writer syncs the data, so a group costs the
@@ -215,14 +234,14 @@ impl Syncer {
         Ok(Syncer { files, done })
     }
 
-    /// `fdatasync` of `journal` and `data` at the same time.
-    fn both(&self, journal: io::Result<File>, data: &File) -> io::Result<()> {
+    /// `fdatasync` of `journal` and [`data_sync`] of `data` at the same time.
+    fn both(&self, journal: io::Result<File>, data: &File, marker: bool) -> io::Result<()> {
         let sent = journal.and_then(|j| {
             self.files
                 .send(j)
                 .map_err(|_| io::Error::other("the journal's sync thread is gone"))
         });
-        let d = rustix::fs::fdatasync(data).map_err(io::Error::from);
+        let d = data_sync(data, marker);
         let j = sent.and_then(|()| {
             self.done
                 .recv()
@@ -252,6 +271,7 @@ impl FileWriter {
             count,
             producers,
             watermark,
+            marker,
         } = opened;
         let inner = Arc::new(Inner {
             path: path.to_owned(),
@@ -280,6 +300,7 @@ impl FileWriter {
             watermark,
             last_sync: Instant::now(),
             syncer: Syncer::start()?,
+            marker,
         };
         let thread_inner = inner.clone();
         let name = format!("writer {}", path.display());
@@ -579,7 +600,11 @@ fn write_group(disk: &mut Disk, jobs: &[Job], bytes: u64) -> io::Result<()> {
     for job in jobs {
         crc.update(&job.data);
     }
-    dedupe::render_group(disk.end, disk.end + bytes, crc.finalize(), &mut records);
+    if disk.marker {
+        crate::recover::write_marker(&disk.file, disk.end, disk.end + bytes, crc.finalize())?;
+    } else {
+        dedupe::render_group(disk.end, disk.end + bytes, crc.finalize(), &mut records);
+    }
     for job in jobs {
         if let Some(p) = &job.producer {
             let entry = Entry {
@@ -591,8 +616,10 @@ fn write_group(disk: &mut Disk, jobs: &[Job], bytes: u64) -> io::Result<()> {
             dedupe::render_producer(&p.id, &entry, &mut records);
         }
     }
-    disk.journal.append(&records)?;
-    disk.journal_dirty = true;
+    if !records.is_empty() {
+        disk.journal.append(&records)?;
+        disk.journal_dirty = true;
+    }
     reserve(disk, bytes)?;
     let mut at = disk.end;
     let mut job = 0;
@@ -736,9 +763,10 @@ fn undo(
 /// queued one is refused, and the error stops the collator.
 fn sync(inner: &Inner, disk: &mut Disk, jobs: &[Job]) -> io::Result<()> {
     let r = if disk.journal_dirty {
-        disk.syncer.both(disk.journal.handle(), &disk.file)
+        disk.syncer
+            .both(disk.journal.handle(), &disk.file, disk.marker)
     } else {
-        rustix::fs::fdatasync(&disk.file).map_err(io::Error::from)
+        data_sync(&disk.file, disk.marker)
     };
     disk.journal_dirty = false;
     disk.last_sync = Instant::now();

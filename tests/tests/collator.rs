@@ -856,97 +856,108 @@ fn followers_never_see_past_the_synced_length() {
 /// instead of it), its journal record lost, or bytes after it that no group wrote (zeros
 /// ending in a newline, a stray message). Each time the restart cuts the file to exactly the
 /// groups acknowledged before the torn one, says what it cut, and the next write lands there.
+/// Both ways of describing groups: the file's extended attribute, and the journal
+/// (`--no-xattr`).
 #[test]
 fn torn_write_groups_are_cut_to_the_last_complete_one() {
-    for framing in FRAMINGS {
-        let dir = tempdir();
-        let file = dir.path().join("log");
-        let mut journal = file.as_os_str().to_owned();
-        journal.push(".collator");
-        let journal = std::path::PathBuf::from(journal);
-        let start = || collator(&file, &["--framing", framing, "--sync", "data"]);
-        let mut c = start();
-        let mut p = Producer::new(&c);
-        Producer::ok(&p.ask(&msg(&payload(0, 0, 20))));
-        let ms: Vec<Vec<u8>> = (1..4).map(|i| payload(0, i, 20)).collect();
-        assert_eq!(Producer::ok(&p.ask(&batch(framing, &ms))).2, 3);
-        let good = std::fs::read(&file).unwrap();
-        // The last group, a batch of three, is the one to tear.
-        let last: Vec<Vec<u8>> = (4..7).map(|i| payload(0, i, 20)).collect();
-        assert_eq!(Producer::ok(&p.ask(&batch(framing, &last))).1, 4);
-        drop(p);
-        c.signal(Signal::KILL);
-        c.wait_exit(PATIENCE);
-        let whole = std::fs::read(&file).unwrap();
-        let journal_whole = std::fs::read(&journal).unwrap();
-        let mut two = Vec::new();
-        for m in &last[..2] {
-            framed::encode(framing, m, &mut two);
-        }
-        let mut holed = whole.clone();
-        holed[good.len() + 5..good.len() + 15].fill(0);
-        let mut stray = Vec::new();
-        framed::encode(framing, b"stray message", &mut stray);
-        // The journal without its last line (the torn group's record never reached the disk).
-        let cut_at = journal_whole[..journal_whole.len() - 1]
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |i| i + 1);
-        let journal_lost = journal_whole[..cut_at].to_vec();
-        let cases: Vec<(&str, Vec<u8>, &[u8])> = vec![
-            ("half batch", [&good[..], &two].concat(), &journal_whole),
-            (
-                "half batch, record lost",
-                [&good[..], &two].concat(),
-                &journal_lost,
-            ),
-            (
-                "partial message",
-                whole[..whole.len() - 3].to_vec(),
-                &journal_whole,
-            ),
-            ("zeros in the middle", holed, &journal_whole),
-            (
-                "zeros instead of the group",
-                [&good[..], &vec![0; whole.len() - good.len()]].concat(),
-                &journal_whole,
-            ),
-            (
-                "zeros then a newline",
-                [&good[..], &[0; 300][..], b"\n"].concat(),
-                &journal_lost,
-            ),
-            ("stray message", [&good[..], &stray].concat(), &journal_lost),
-        ];
-        for (what, content, journal_bytes) in cases {
-            std::fs::write(&file, &content).unwrap();
-            std::fs::write(&journal, journal_bytes).unwrap();
-            let mut c = start();
-            let line = c.log.wait_for("cutting a torn tail", PATIENCE);
-            assert!(
-                line.is_some(),
-                "{framing} {what}: nothing cut; log:\n{}",
-                c.log.text()
-            );
-            assert_eq!(
-                std::fs::read(&file).unwrap(),
-                good,
-                "{framing} {what}: not cut to the last complete group; log:\n{}",
-                c.log.text()
-            );
-            let mut p = Producer::new(&c);
-            assert_eq!(
-                p.ask(b"end\n"),
-                format!("end {} 4 {framing}", good.len()),
-                "{framing} {what}"
-            );
-            let (o, n, _) = Producer::ok(&p.ask(&msg(b"after")));
-            assert_eq!((o, n), (good.len() as u64, 4), "{framing} {what}");
-            drop(p);
-            c.signal(Signal::KILL);
-            c.wait_exit(PATIENCE);
+    const CASES: [&str; 7] = [
+        "half batch",
+        "half batch, record lost",
+        "partial message",
+        "zeros in the middle",
+        "zeros instead of the group",
+        "zeros then a newline",
+        "stray message",
+    ];
+    for marker in [&[][..], &["--no-xattr"][..]] {
+        for framing in FRAMINGS {
+            for what in CASES {
+                torn_write(framing, marker, what);
+            }
         }
     }
+}
+
+fn torn_write(framing: &str, marker: &[&str], what: &str) {
+    let dir = tempdir();
+    let file = dir.path().join("log");
+    let mut journal = file.as_os_str().to_owned();
+    journal.push(".collator");
+    let journal = std::path::PathBuf::from(journal);
+    let mut args = vec!["--framing", framing, "--sync", "data"];
+    args.extend_from_slice(marker);
+    let mut c = collator(&file, &args);
+    let mut p = Producer::new(&c);
+    Producer::ok(&p.ask(&msg(&payload(0, 0, 20))));
+    let ms: Vec<Vec<u8>> = (1..4).map(|i| payload(0, i, 20)).collect();
+    assert_eq!(Producer::ok(&p.ask(&batch(framing, &ms))).2, 3);
+    let good = std::fs::read(&file).unwrap();
+    // The last group, a batch of three, is the one to tear.
+    let last: Vec<Vec<u8>> = (4..7).map(|i| payload(0, i, 20)).collect();
+    assert_eq!(Producer::ok(&p.ask(&batch(framing, &last))).1, 4);
+    drop(p);
+    c.signal(Signal::KILL);
+    c.wait_exit(PATIENCE);
+    let whole = std::fs::read(&file).unwrap();
+    let journal_whole = std::fs::read(&journal).unwrap();
+    let mut two = Vec::new();
+    for m in &last[..2] {
+        framed::encode(framing, m, &mut two);
+    }
+    // The journal without its last line (the torn group's record never reached the disk).
+    let cut_at = journal_whole[..journal_whole.len() - 1]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let journal_lost = journal_whole[..cut_at].to_vec();
+    let (content, journal_bytes) = match what {
+        "half batch" => ([&good[..], &two].concat(), &journal_whole),
+        "half batch, record lost" => ([&good[..], &two].concat(), &journal_lost),
+        "partial message" => (whole[..whole.len() - 3].to_vec(), &journal_whole),
+        "zeros in the middle" => {
+            let mut holed = whole.clone();
+            holed[good.len() + 5..good.len() + 15].fill(0);
+            (holed, &journal_whole)
+        }
+        "zeros instead of the group" => (
+            [&good[..], &vec![0; whole.len() - good.len()]].concat(),
+            &journal_whole,
+        ),
+        "zeros then a newline" => ([&good[..], &[0; 300][..], b"\n"].concat(), &journal_lost),
+        "stray message" => {
+            let mut stray = Vec::new();
+            framed::encode(framing, b"stray message", &mut stray);
+            ([&good[..], &stray].concat(), &journal_lost)
+        }
+        _ => unreachable!(),
+    };
+    let what = format!("{framing} {what} {marker:?}");
+    std::fs::write(&file, &content).unwrap();
+    std::fs::write(&journal, journal_bytes).unwrap();
+    let mut c = collator(&file, &args);
+    let line = c.log.wait_for("cutting a torn tail", PATIENCE);
+    assert!(
+        line.is_some(),
+        "{what}: nothing cut; log:\n{}",
+        c.log.text()
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        good,
+        "{what}: not cut to the last complete group; log:\n{}",
+        c.log.text()
+    );
+    let mut p = Producer::new(&c);
+    assert_eq!(
+        p.ask(b"end\n"),
+        format!("end {} 4 {framing}", good.len()),
+        "{what}"
+    );
+    let (o, n, _) = Producer::ok(&p.ask(&msg(b"after")));
+    assert_eq!((o, n), (good.len() as u64, 4), "{what}");
+    drop(p);
+    c.signal(Signal::KILL);
+    c.wait_exit(PATIENCE);
 }
 
 /// Sequence numbers wrap (issue #25, item 7): `u64::MAX`, `0`, then `u64::MAX` again is a
