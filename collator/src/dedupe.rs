@@ -12,21 +12,25 @@
 //! long as the journal is kept; the body of a retry is not compared with the original.
 //!
 //! **The journal** (`FILE.collator` beside the log, or under `--journal-dir` in directory
-//! mode) is a text file of records appended by the writer *before* each group's data:
+//! mode) is a text file of records appended by the writer *before* a group's data:
 //!
 //! ```text
 //! e END                                     checkpoint: the file's first END bytes are synced
 //! g START END CRC                           a write group spans START..END, CRC-32 (hex) of it
+//!                                           (only where groups are not marked by an xattr)
 //! p ID SEQ OFFSET MSGNO N END               producer ID's request SEQ: N messages at OFFSET
 //! b START END                               (older journals) a batch spans START..END
 //! ```
 //!
-//! Every group gets a `g` record, written before its data and (in `data` mode) synced with
-//! it before any answer (the two `fdatasync`s run in parallel, see [`crate::writer`]). So on
-//! restart the file is cut to the end of the last group whose record is there *and* whose
-//! bytes check out against its CRC ([`crate::recover`]): a torn group — half a batch, zeros,
-//! a zero run with a newline after it, a message with a hole — fails its checksum or has
-//! no record, and goes whole. A producer record whose END is past the recovered end
+//! Where the file system has no extended attributes (or with `--no-xattr`), every group gets
+//! a `g` record, written before its data and (in `data` mode) synced with it before any
+//! answer (the two `fdatasync`s run in parallel, see [`crate::writer`]); elsewhere the last
+//! group is described the same way by an extended attribute of the data file
+//! ([`crate::recover::MARKER`]), made durable by the data's own `fsync`. Either way, on
+//! restart the file is cut to the end of the last group whose description is there *and*
+//! whose bytes check out against its CRC ([`crate::recover`]): a torn group (half a batch,
+//! zeros, a zero run with a newline after it, a message with a hole) fails its checksum or
+//! has no description, and goes whole. A producer record whose END is past the recovered end
 //! describes data that is not there and is dropped, so the retry writes it again. Journals
 //! of older collators (no `g`/`e` records) are read with the old rules (`b` records and the
 //! data's own framing) and rewritten in the new form. The journal is rewritten compactly

@@ -1,16 +1,19 @@
 //! The restart check: before the first write, under the lock, find where the last complete
 //! write group ended and cut off whatever a crash left after it.
 //!
-//! **From the journal** ([`verified_end`]): every write group has a `g START END CRC`
-//! record, written before its data and synced with it ([`crate::dedupe`]). The file's good
-//! part ends at the last group whose record is there and whose bytes match its CRC (the
-//! groups in the last `max_cut` bytes are checked; older ones were synced long ago).
-//! Whatever follows is cut, however it looks: half a batch, a partial message, zeros
-//! (also a zero run ending in a newline, which newline framing would take for a message),
-//! zeros in the middle of a group, or complete messages of a group whose record was lost —
-//! a group is all or nothing, and never one the producers were told was written.
+//! **From the group's description.** Every write group is described by `START END CRC`,
+//! set before its data and made durable with it: by the data file's extended attribute
+//! [`MARKER`] (its last group, synced by the data's `fsync`; [`marked_end`]), or where there
+//! are no extended attributes by the journal's `g` records ([`crate::dedupe`];
+//! [`verified_end`]: the groups in the last `max_cut` bytes are checked, older ones were
+//! synced long ago). The file's good part ends at the last group that is all there and
+//! matches its CRC; if the last described group does not, at its start (everything before it
+//! was synced before it began). Whatever follows is cut, however it looks: half a batch, a
+//! partial message, zeros (also a zero run ending in a newline, which newline framing would
+//! take for a message), zeros in the middle of a group, or complete messages no group
+//! describes: a group is all or nothing, and never one the producers were told was written.
 //!
-//! **From the data** (a journal of an older collator, without `g` records), three kinds of
+//! **From the data** (a file of an older collator: no marker, no `g` records), three kinds of
 //! torn tail are recognised from the file and the journal alone:
 //! - a **partial message**: the splitter ([`proto::framing::Splitter`]) reaches the end of the
 //!   file inside a message, or on a malformed length prefix;

@@ -3,17 +3,19 @@
 //! Connections validate and frame requests, then [`FileWriter::submit`] them. Submitting
 //! reserves the request's position at once (offset and message number are the queue's running
 //! end), checks idempotence, and queues it; a dedicated thread per file takes *everything*
-//! queued, from every connection, writes the group's journal records (its `g` record with
-//! the CRC of its bytes, see [`crate::dedupe`]) and then the data with one `pwritev`, syncs
-//! if the mode says so, and answers all of it. In `data` mode the journal's and the data's
-//! `fdatasync` run at the same time (the journal's on a helper thread), so the record that
-//! makes a group trustworthy after a power loss costs no second sync in a row. Whatever arrives during
+//! queued, from every connection, describes the group (`START END CRC`: in the file's
+//! extended attribute [`crate::recover::MARKER`], or as a journal `g` record where there are
+//! none), writes its journal records, then the data with one `pwritev`, syncs if the mode
+//! says so, and answers all of it. The description is what lets the restart check cut a torn
+//! group after a power loss; the attribute is made durable by the data's `fsync` (the same
+//! cost as `fdatasync` for an append), a journal record by a journal `fdatasync` run in
+//! parallel with the data's (on a helper thread). Whatever arrives during
 //! a write or a sync joins the next group: there is no timer and no artificial delay, so one
 //! producer gets the latency of one write, and sixteen share one `fdatasync`.
 //!
 //! When the answer goes out depends on [`Sync`]: `none` at queueing, `write` after the
-//! write, `data` after the `fdatasync` of journal and data, `interval` after the write with
-//! `fdatasync` every interval and at shutdown.
+//! write, `data` after the sync of journal and data, `interval` after the write with a sync
+//! every interval and at shutdown.
 //!
 //! **Failures.** A write that fails (disk full, a short write) is undone: the data file and
 //! the journal are cut back to the last good end, synced, and the file's length checked;
@@ -592,8 +594,8 @@ fn write_loop(inner: &Inner, mut disk: Disk) -> io::Result<()> {
     }
 }
 
-/// The group's journal records (`g` with its CRC, and the producers'), space, then the data
-/// with `pwritev` (looping over short writes).
+/// The group's description (marker or `g` record, with its CRC), the producers' journal
+/// records, space, then the data with `pwritev` (looping over short writes).
 fn write_group(disk: &mut Disk, jobs: &[Job], bytes: u64) -> io::Result<()> {
     let mut records = Vec::with_capacity(64);
     let mut crc = crc32fast::Hasher::new();
