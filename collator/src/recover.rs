@@ -414,6 +414,41 @@ mod tests {
     }
 
     #[test]
+    fn groups_are_checked_against_their_crc() {
+        let good = framed(Framing::Newline, &[b"one", b"two"]);
+        let group = framed(Framing::Newline, &[b"three", b"four"]);
+        let crc = crc32fast::hash(&group);
+        let (s, e) = (good.len() as u64, (good.len() + group.len()) as u64);
+        let whole = [&good[..], &group].concat();
+        let mut holed = whole.clone();
+        holed[good.len() + 2] = 0;
+        for (data, want) in [
+            (&whole, e),
+            (&holed, s),
+            (&whole[..whole.len() - 1].to_vec(), s),
+        ] {
+            let (_d, f) = file_with(data);
+            // The journal's records.
+            let groups = [(0, s, crc32fast::hash(&good)), (s, e, crc)];
+            assert_eq!(
+                verified_end(&f, &groups, None, 1 << 20).unwrap(),
+                Some(want)
+            );
+            assert_eq!(
+                verified_end(&f, &groups[1..], Some(s), 1 << 20).unwrap(),
+                Some(want)
+            );
+            // The file's marker, where the file system has extended attributes.
+            if write_marker(&f, s, e, crc).is_ok() {
+                assert_eq!(marked_end(&f).unwrap(), Some(want));
+            }
+        }
+        let (_d, f) = file_with(&whole);
+        assert_eq!(verified_end(&f, &[], None, 1 << 20).unwrap(), None);
+        assert_eq!(marked_end(&f).unwrap(), None);
+    }
+
+    #[test]
     fn too_much_to_cut_is_refused() {
         let mut data = framed(Framing::Newline, &[b"a"]);
         data.extend_from_slice(&[b'x'; 5000]);

@@ -194,7 +194,8 @@ struct Disk {
     reserved_to: u64,
     watermark: Option<Watermark>,
     last_sync: Instant,
-    syncer: Syncer,
+    /// Started the first time journal and data are synced together.
+    syncer: Option<Syncer>,
     /// The last group is described by the file's extended attribute (else by a `g` record).
     marker: bool,
 }
@@ -301,7 +302,7 @@ impl FileWriter {
             reserved_to: end,
             watermark,
             last_sync: Instant::now(),
-            syncer: Syncer::start()?,
+            syncer: None,
             marker,
         };
         let thread_inner = inner.clone();
@@ -761,12 +762,15 @@ fn undo(
     }
 }
 
-/// `fdatasync` of the journal and the data. A failure is final: every job in hand and every
+/// The sync of the journal (if written to) and the data. A failure is final: every job in hand and every
 /// queued one is refused, and the error stops the collator.
 fn sync(inner: &Inner, disk: &mut Disk, jobs: &[Job]) -> io::Result<()> {
     let r = if disk.journal_dirty {
-        disk.syncer
-            .both(disk.journal.handle(), &disk.file, disk.marker)
+        let syncer = match &mut disk.syncer {
+            Some(s) => Ok(s),
+            slot @ None => Syncer::start().map(|s| slot.insert(s)),
+        };
+        syncer.and_then(|s| s.both(disk.journal.handle(), &disk.file, disk.marker))
     } else {
         data_sync(&disk.file, disk.marker)
     };
