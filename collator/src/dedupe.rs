@@ -17,15 +17,15 @@
 //! ```text
 //! e END                                     checkpoint: the file's first END bytes are synced
 //! g START END CRC                           a write group spans START..END, CRC-32 (hex) of it
-//!                                           (only where groups are not marked by an xattr)
+//!                                           (where groups are not marked by an xattr)
 //! p ID SEQ OFFSET MSGNO N END               producer ID's request SEQ: N messages at OFFSET
 //! b START END                               (older journals) a batch spans START..END
 //! ```
 //!
-//! Where the file system has no extended attributes (or with `--no-xattr`), every group gets
-//! a `g` record, written before its data and (in `data` mode) synced with it before any
-//! answer (the two `fdatasync`s run in parallel, see [`crate::writer`]); elsewhere the last
-//! group is described the same way by an extended attribute of the data file
+//! Outside `data` mode, where the file system has no extended attributes, or with
+//! `--no-xattr`, every group gets a `g` record, written before its data and (in `data`
+//! mode) synced with it before any answer (the two `fdatasync`s run in parallel, see
+//! [`crate::writer`]); otherwise the last group is described the same way by an extended attribute of the data file
 //! ([`crate::recover::MARKER`]), made durable by the data's own `fsync`. Either way, on
 //! restart the file is cut to the end of the last group whose description is there *and*
 //! whose bytes check out against its CRC ([`crate::recover`]): a torn group (half a batch,

@@ -48,8 +48,8 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     header_timeout: u64,
 
-    /// Describe each write group with journal records (a second, parallel fdatasync per
-    /// group in `--sync data`) instead of an extended attribute of the file (used where the
+    /// In `--sync data`, describe each write group with a journal record (a second, parallel
+    /// fdatasync per group) instead of an extended attribute of the file (used where the
     /// file system has them): for tools or file systems that lose extended attributes.
     #[arg(long)]
     no_xattr: bool,

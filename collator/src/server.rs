@@ -231,9 +231,12 @@ fn open_writer(
     )
     .map_err(|e| ctx("recovering", e))?;
     let producers = loaded.producers(r.end);
-    // Where the file system has extended attributes, the last group is described by one on
-    // the file (synced with the data: one sync per group); elsewhere by journal records.
-    let marker = if !settings.xattr {
+    // In `data` mode, where the file system has extended attributes, the last group is
+    // described by one on the file (synced with the data: one sync per group); elsewhere by
+    // journal records.
+    // The attribute saves a second sync per group, which only `data` mode has; elsewhere a
+    // journal record (a small write, no sync) is cheaper than setting it.
+    let marker = if !settings.xattr || settings.sync != Sync::Data {
         // A marker left by an earlier run would be stale once groups are journalled.
         let _ = rustix::fs::fremovexattr(&file, recover::MARKER);
         false

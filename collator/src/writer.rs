@@ -3,9 +3,9 @@
 //! Connections validate and frame requests, then [`FileWriter::submit`] them. Submitting
 //! reserves the request's position at once (offset and message number are the queue's running
 //! end), checks idempotence, and queues it; a dedicated thread per file takes *everything*
-//! queued, from every connection, describes the group (`START END CRC`: in the file's
-//! extended attribute [`crate::recover::MARKER`], or as a journal `g` record where there are
-//! none), writes its journal records, then the data with one `pwritev`, syncs if the mode
+//! queued, from every connection, describes the group (`START END CRC`: in `data` mode in
+//! the file's extended attribute [`crate::recover::MARKER`], else or where there are none as
+//! a journal `g` record), writes its journal records, then the data with one `pwritev`, syncs if the mode
 //! says so, and answers all of it. The description is what lets the restart check cut a torn
 //! group after a power loss; the attribute is made durable by the data's `fsync` (the same
 //! cost as `fdatasync` for an append), a journal record by a journal `fdatasync` run in
