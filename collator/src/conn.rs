@@ -7,14 +7,20 @@
 //! the answerer drains in order, writing one line per request. So requests pipeline freely
 //! and the answers still come back in the order asked.
 //!
-//! **Back-pressure:** the reader stops reading while this connection has more than its share
-//! of bytes in flight ([`conn_limit`]) or while the file's queue is full (the writer's
-//! submit waits), so a fast producer fills its socket buffers, not the collator's memory.
+//! **Back-pressure and memory:** a body is read only once its length fits in the collator's
+//! body budget ([`Budget`], `--max-pending` bytes for all connections and files, held until
+//! the body is written), and the reader also stops while this connection has more than its
+//! share of bytes in flight ([`conn_limit`]) or while the file's queue is full, so a fast
+//! producer fills its socket buffers, not the collator's memory. A connection's read buffer
+//! starts at 4 KiB and grows to 64 KiB only while reads fill it; its answer queue grows in
+//! small blocks.
 //!
 //! **Bad input:** a body that does not match its header is refused and the connection goes
 //! on (the body's bytes are consumed either way, so the next header is where it should be).
-//! An unparseable header, one over [`MAX_HEADER`] or one that does not complete in time gets
-//! one error line, after the answers owed, and the connection is closed.
+//! An unparseable header, one over [`MAX_HEADER`], one that does not complete in time, or a
+//! body that stalls (nothing for `--header-timeout` seconds) gets one error line, after the
+//! answers owed, and the connection is closed. A body over the limit is answered `too-big`
+//! at once, then skipped.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -34,13 +40,93 @@ use shared::{net, rt};
 use crate::server::Ctx;
 use crate::writer::{FileWriter, Submitted};
 
-/// Read buffer per connection; also the largest group of lines written at once in line mode.
+/// Read buffer per connection (at most; it starts at [`SMALL`] and grows while reads fill
+/// it); also the largest group of lines written at once in line mode.
 const BUF: usize = 64 << 10;
+
+/// A connection's first read buffer: idle connections cost little.
+const SMALL: usize = 4 << 10;
+
+/// The memory budget for request bodies, shared by every connection: `--max-pending` bytes.
+/// A body is read only once its length is reserved here, and the reservation is held until
+/// its write is done, so bodies being read, queued and written never take more than the
+/// budget (one request may exceed it alone, so that it is not refused forever).
+#[derive(Debug)]
+pub struct Budget {
+    used: std::sync::Mutex<u64>,
+    cap: u64,
+    freed: Event,
+}
+
+/// A reservation in the [`Budget`], released when dropped.
+struct Permit {
+    budget: Arc<Budget>,
+    bytes: u64,
+}
+
+impl Budget {
+    /// A budget of `cap` bytes.
+    pub fn new(cap: u64) -> Arc<Budget> {
+        Arc::new(Budget {
+            used: std::sync::Mutex::new(0),
+            cap,
+            freed: Event::new(),
+        })
+    }
+
+    async fn acquire(self: &Arc<Budget>, bytes: u64) -> Permit {
+        loop {
+            let listener = self.freed.listen();
+            {
+                let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+                if *used == 0 || *used + bytes <= self.cap {
+                    *used += bytes;
+                    return Permit {
+                        budget: self.clone(),
+                        bytes,
+                    };
+                }
+            }
+            listener.await;
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut used = self.budget.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used -= self.bytes;
+        drop(used);
+        self.budget.freed.notify(usize::MAX);
+    }
+}
 
 /// Bytes one connection may have in flight: a quarter of the file's queue, at least one
 /// request.
 fn conn_limit(ctx: &Ctx) -> u64 {
     (ctx.settings.max_pending / 4).max(ctx.settings.max_request)
+}
+
+/// Answers one connection may have queued before its reader waits (pipelined requests). The
+/// queue is unbounded underneath and grows in small blocks, so an idle connection does not
+/// pay for the room a pipelining one needs.
+const MAX_ANSWERS: u64 = 1024;
+
+/// Queues an answer for the answerer, waiting while [`MAX_ANSWERS`] are queued.
+async fn queue(
+    tx: &async_channel::Sender<Pending>,
+    inflight: &InFlight,
+    p: Pending,
+) -> Result<(), ()> {
+    loop {
+        let listener = inflight.freed.listen();
+        if inflight.answers.load(Ordering::SeqCst) < MAX_ANSWERS {
+            break;
+        }
+        listener.await;
+    }
+    inflight.answers.fetch_add(1, Ordering::SeqCst);
+    tx.send(p).await.map_err(|_| ())
 }
 
 /// What the answerer writes next.
@@ -53,6 +139,8 @@ enum Pending {
 #[derive(Default)]
 struct InFlight {
     bytes: AtomicU64,
+    /// Answers queued for the answerer (at most [`MAX_ANSWERS`]).
+    answers: AtomicU64,
     freed: Event,
 }
 
@@ -83,15 +171,22 @@ impl Input {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
+            if self.buf.len() > BUF {
+                // A long line made it grow: give the memory back.
+                self.buf = vec![0; BUF];
+            }
         } else if self.end == self.buf.len() {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        if self.end == self.buf.len() {
+        if self.buf.is_empty() {
+            self.buf = vec![0; SMALL];
+        } else if self.end == self.buf.len() {
             self.buf.resize(self.buf.len() * 2, 0);
         }
         let (buf, end) = (&mut self.buf, self.end);
+        let free = buf.len() - end;
         let read = self.sock.read_with(|s| (&*s).read(&mut buf[end..]));
         let stop = async {
             stopping.await;
@@ -99,7 +194,20 @@ impl Input {
         };
         let n = future::or(read, stop).await?;
         self.end += n;
+        if n == free && self.buf.len() < BUF {
+            // Reads fill it: a busy producer gets the full buffer.
+            self.buf.resize(BUF, 0);
+        }
         Ok(n)
+    }
+
+    /// [`Input::fill`], or a `TimedOut` error if no byte comes within `stall`.
+    async fn fill_within(&mut self, stall: Duration) -> io::Result<usize> {
+        let deadline = async {
+            Timer::after(stall).await;
+            Err(io::ErrorKind::TimedOut.into())
+        };
+        future::or(self.fill(), deadline).await
     }
 
     /// The next header line (without `\n`), complete within `timeout`.
@@ -147,25 +255,38 @@ impl Input {
         true
     }
 
-    /// Exactly `n` bytes of body.
-    async fn exact(&mut self, n: u64) -> io::Result<Vec<u8>> {
+    /// Exactly `n` bytes of body, read straight into it past what is buffered; a
+    /// `TimedOut` error if the producer sends nothing for `stall`.
+    async fn exact(&mut self, n: u64, stall: Duration) -> io::Result<Vec<u8>> {
         let n = n as usize;
-        let mut out = Vec::with_capacity(n);
-        while out.len() < n {
-            if self.start == self.end && self.fill().await? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
+        let mut out = vec![0u8; n];
+        let mut got = n.min(self.end - self.start);
+        out[..got].copy_from_slice(&self.buf[self.start..self.start + got]);
+        self.start += got;
+        while got < n {
+            let stopping = self.ctx.stopping();
+            let dst = &mut out[got..];
+            let read = self.sock.read_with(|s| (&*s).read(dst));
+            let stop = async {
+                stopping.await;
+                Err(io::ErrorKind::Interrupted.into())
+            };
+            let deadline = async {
+                Timer::after(stall).await;
+                Err(io::ErrorKind::TimedOut.into())
+            };
+            match future::or(read, future::or(stop, deadline)).await? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                r => got += r,
             }
-            let take = (n - out.len()).min(self.end - self.start);
-            out.extend_from_slice(&self.buf[self.start..self.start + take]);
-            self.start += take;
         }
         Ok(out)
     }
 
     /// Reads and drops `n` bytes (the body of a refused request).
-    async fn skip(&mut self, mut n: u64) -> io::Result<()> {
+    async fn skip(&mut self, mut n: u64, stall: Duration) -> io::Result<()> {
         while n > 0 {
-            if self.start == self.end && self.fill().await? == 0 {
+            if self.start == self.end && self.fill_within(stall).await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
             let take = n.min((self.end - self.start) as u64);
@@ -176,6 +297,17 @@ impl Input {
     }
 }
 
+/// The refusal for a body that stopped coming.
+fn stalled(len: u64, stall: Duration) -> Refusal {
+    Refusal::new(
+        Code::Timeout,
+        format!(
+            "the body of {len} bytes stalled: nothing for {}s",
+            stall.as_secs_f64()
+        ),
+    )
+}
+
 /// Serves one producer until it hangs up, sends a bad header, or the socket fails.
 pub async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
     let Some(sock) = net::register(stream, peer) else {
@@ -183,20 +315,20 @@ pub async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
     };
     let sock = Arc::new(sock);
     let inflight = Arc::new(InFlight::default());
-    let (tx, rx) = async_channel::bounded::<Pending>(1024);
+    let (tx, rx) = async_channel::unbounded::<Pending>();
     let answerer = rt::spawn(answer_loop(sock.clone(), rx, inflight.clone()));
     let _live = ctx.connection();
     let mut input = Input {
         sock: sock.clone(),
         ctx: ctx.clone(),
-        buf: vec![0; BUF],
+        buf: Vec::new(),
         start: 0,
         end: 0,
     };
     let last = read_loop(&ctx, &mut input, &tx, &inflight).await;
     if let Some(refusal) = &last {
         log::debug!(client:% = peer; "closing: {refusal}");
-        let _ = tx.send(Pending::Ready(refusal.render())).await;
+        let _ = queue(&tx, &inflight, Pending::Ready(refusal.render())).await;
     }
     drop(tx);
     answerer.await;
@@ -238,7 +370,7 @@ async fn read_loop(
             Err(r) => return Some(r),
         };
         let send = |p: Pending| async {
-            let _ = tx.send(p).await;
+            let _ = queue(tx, inflight, p).await;
         };
         let refuse = |r: Refusal| Pending::Ready(r.render());
         match request.command {
@@ -255,19 +387,36 @@ async fn read_loop(
                     Command::Msg { .. } => settings.max_message,
                     _ => settings.max_request,
                 };
+                let stall = ctx.header_timeout;
                 if len > limit {
-                    if input.skip(len).await.is_err() {
-                        return None;
-                    }
+                    // Answered before the body is skipped: a producer that sends less (or
+                    // hangs up) still learns why.
                     send(refuse(Refusal::new(
                         Code::TooBig,
                         format!("a body of {len} bytes is over the limit of {limit}"),
                     )))
                     .await;
-                    continue;
+                    match input.skip(len, stall).await {
+                        Ok(()) => continue,
+                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                            return Some(stalled(len, stall))
+                        }
+                        Err(_) => return None,
+                    }
                 }
-                let Ok(body) = input.exact(len).await else {
-                    return None;
+                // The body is read only once it fits in the memory budget.
+                let stop = async {
+                    ctx.stopping().await;
+                    None
+                };
+                let permit =
+                    future::or(async { Some(ctx.budget.acquire(len).await) }, stop).await?;
+                let body = match input.exact(len, stall).await {
+                    Ok(b) => b,
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                        return Some(stalled(len, stall))
+                    }
+                    Err(_) => return None,
                 };
                 let framed = match request.command {
                     Command::Msg { .. } => {
@@ -299,7 +448,9 @@ async fn read_loop(
                     }
                 };
                 wait_for_room(ctx, inflight).await;
-                send(submit(&writer, data, count, request.producer, inflight).await).await;
+                let hold: Box<dyn Send> = Box::new(permit);
+                send(submit(&writer, data, count, request.producer, Some(hold), inflight).await)
+                    .await;
             }
             Command::Lines => {
                 let writer = match ctx.writer(request.path.as_deref(), true).await {
@@ -330,10 +481,11 @@ async fn submit(
     data: Vec<u8>,
     count: u64,
     producer: Option<proto::collate::Producer>,
+    hold: Option<Box<dyn Send>>,
     inflight: &InFlight,
 ) -> Pending {
     let len = data.len() as u64;
-    match writer.submit(data, count, producer).await {
+    match writer.submit(data, count, producer, hold).await {
         Submitted::Done(Ok(ack)) => Pending::Ready(Answer::Ok(ack).render()),
         Submitted::Done(Err(r)) => Pending::Ready(r.render()),
         Submitted::Wait(rx) => {
@@ -398,13 +550,17 @@ async fn lines(
         }
         if count > 0 {
             wait_for_room(ctx, inflight).await;
-            let p = submit(writer, group, count, None, inflight).await;
-            if tx.send(p).await.is_err() {
+            let permit: Box<dyn Send> = Box::new(ctx.budget.acquire(group.len() as u64).await);
+            let p = submit(writer, group, count, None, Some(permit), inflight).await;
+            if queue(tx, inflight, p).await.is_err() {
                 return;
             }
         }
         for r in refusals {
-            if tx.send(Pending::Ready(r.render())).await.is_err() {
+            if queue(tx, inflight, Pending::Ready(r.render()))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -423,6 +579,8 @@ async fn answer_loop(
     let mut out = Vec::with_capacity(4096);
     let mut broken = false;
     while let Ok(p) = rx.recv().await {
+        inflight.answers.fetch_sub(1, Ordering::SeqCst);
+        inflight.freed.notify(usize::MAX);
         let line = match p {
             Pending::Ready(line) => line,
             Pending::Wait(reply, len) => {

@@ -12,22 +12,30 @@
 //! long as the journal is kept; the body of a retry is not compared with the original.
 //!
 //! **The journal** (`FILE.collator` beside the log, or under `--journal-dir` in directory
-//! mode) is a text file of records appended by the writer *before* a group's data, for the
-//! requests that need one:
+//! mode) is a text file of records appended by the writer *before* a group's data:
 //!
 //! ```text
-//! b START END                               a request of several messages spans START..END
+//! e END                                     checkpoint: the file's first END bytes are synced
+//! g START END CRC                           a write group spans START..END, CRC-32 (hex) of it
+//!                                           (where groups are not marked by an xattr)
 //! p ID SEQ OFFSET MSGNO N END               producer ID's request SEQ: N messages at OFFSET
+//! b START END                               (older journals) a batch spans START..END
 //! ```
 //!
-//! Written first and (in `data` mode) synced with the data, so on restart: a batch that
-//! the recovered end cuts through was only partly written ([`crate::recover`] cuts back to
-//! its start: all or nothing), and a producer record whose END is past the recovered end
-//! describes data that is not there and is dropped, so the retry writes it again. Records
-//! that are kept describe data that is. A group of single messages without ids (a message
-//! is whole or cut anyway) writes no record, and costs no journal sync. The journal is
-//! rewritten compactly (atomically, by rename) at every start and whenever it grows past
-//! [`COMPACT_AT`].
+//! Outside `data` mode, where the file system has no extended attributes, or with
+//! `--no-xattr`, every group gets a `g` record, written before its data and (in `data`
+//! mode) synced with it before any answer (the two `fdatasync`s run in parallel, see
+//! [`crate::writer`]); otherwise the last group is described the same way by an extended attribute of the data file
+//! ([`crate::recover::MARKER`]), made durable by the data's own `fsync`. Either way, on
+//! restart the file is cut to the end of the last group whose description is there *and*
+//! whose bytes check out against its CRC ([`crate::recover`]): a torn group (half a batch,
+//! zeros, a zero run with a newline after it, a message with a hole) fails its checksum or
+//! has no description, and goes whole. A producer record whose END is past the recovered end
+//! describes data that is not there and is dropped, so the retry writes it again. Journals
+//! of older collators (no `g`/`e` records) are read with the old rules (`b` records and the
+//! data's own framing) and rewritten in the new form. The journal is rewritten compactly
+//! (atomically, by rename, starting with a checkpoint) at every start and whenever it grows
+//! past [`COMPACT_AT`].
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -74,6 +82,14 @@ pub enum Check {
         /// The oldest sequence number remembered.
         oldest: u64,
     },
+    /// Within the remembered span, but not remembered (should not happen: the window is a
+    /// run of consecutive numbers).
+    Unknown {
+        /// The oldest sequence number remembered.
+        oldest: u64,
+        /// The newest.
+        newest: u64,
+    },
 }
 
 /// The producers' windows.
@@ -83,7 +99,9 @@ pub struct Producers {
 }
 
 impl Producers {
-    /// What `p` is.
+    /// What `p` is. The window is always a run of consecutive sequence numbers (a new
+    /// session clears it), counted with wrap-around, so a producer may count through
+    /// `u64::MAX` to 0: a retry of `u64::MAX` after 0 is a duplicate, not a new request.
     pub fn check(&self, p: &Producer) -> Check {
         let Some(window) = self.map.get(&p.id) else {
             return Check::Fresh;
@@ -91,29 +109,49 @@ impl Producers {
         let (Some(first), Some(last)) = (window.front(), window.back()) else {
             return Check::Fresh;
         };
-        if p.seq == last.seq.wrapping_add(1) || p.seq > last.seq.saturating_add(WINDOW as u64) {
-            // Next in sequence, or so far ahead that no session could have skipped that many
-            // (a producer keeps at most WINDOW requests unanswered): a restarted producer.
-            Check::Fresh
-        } else if p.seq > last.seq {
-            Check::Gap {
-                expected: last.seq + 1,
-            }
-        } else if p.seq < first.seq {
-            Check::TooOld { oldest: first.seq }
+        if p.seq.wrapping_sub(first.seq) <= last.seq.wrapping_sub(first.seq) {
+            return match window.iter().rev().find(|e| e.seq == p.seq) {
+                Some(e) => Check::Duplicate(*e),
+                None => Check::Unknown {
+                    oldest: first.seq,
+                    newest: last.seq,
+                },
+            };
+        }
+        let ahead = p.seq.wrapping_sub(last.seq);
+        if ahead == 1 {
+            return Check::Fresh;
+        }
+        if ahead <= WINDOW as u64 {
+            return Check::Gap {
+                expected: last.seq.wrapping_add(1),
+            };
+        }
+        // Far from the window: ahead of it is a restarted producer (a producer keeps at most
+        // WINDOW requests unanswered, so no session skips that many), behind it too old.
+        let newer = if first.seq > last.seq {
+            // The window wraps: whichever side is nearer.
+            ahead < first.seq.wrapping_sub(p.seq)
         } else {
-            window
-                .iter()
-                .find(|e| e.seq == p.seq)
-                .map_or(Check::TooOld { oldest: first.seq }, |e| {
-                    Check::Duplicate(*e)
-                })
+            p.seq > last.seq
+        };
+        if newer {
+            Check::Fresh
+        } else {
+            Check::TooOld { oldest: first.seq }
         }
     }
 
-    /// Remembers a request.
+    /// Remembers a request. A request that does not follow the last one starts a new session:
+    /// the old session's requests are forgotten (their retries are refused as too old).
     pub fn record(&mut self, id: &str, entry: Entry) {
         let window = self.map.entry(id.to_owned()).or_default();
+        if window
+            .back()
+            .is_some_and(|last| entry.seq != last.seq.wrapping_add(1))
+        {
+            window.clear();
+        }
         window.push_back(entry);
         if window.len() > WINDOW {
             window.pop_front();
@@ -158,7 +196,13 @@ pub fn render_producer(id: &str, e: &Entry, out: &mut Vec<u8>) {
     );
 }
 
-/// Appends a `b` record.
+/// Appends a `g` record: a write group spans START..END and its bytes have CRC-32 `crc`.
+pub fn render_group(start: u64, end: u64, crc: u32, out: &mut Vec<u8>) {
+    let _ = writeln!(out, "g {start} {end} {crc:08x}");
+}
+
+/// Appends a `b` record (journals before `g` records; still read).
+#[cfg(test)]
 pub fn render_batch(start: u64, end: u64, out: &mut Vec<u8>) {
     let _ = writeln!(out, "b {start} {end}");
 }
@@ -170,14 +214,13 @@ pub struct Loaded {
     pub batches: Vec<(u64, u64)>,
     /// Producer records in journal order.
     records: Vec<(String, Entry)>,
+    /// Write groups `(start, end, crc)`, in journal order.
+    pub groups: Vec<(u64, u64, u32)>,
+    /// The file's synced length when the journal was last rewritten (`e END`).
+    pub checkpoint: Option<u64>,
 }
 
 impl Loaded {
-    /// Whether the journal held no record at all.
-    pub fn is_empty(&self) -> bool {
-        self.batches.is_empty() && self.records.is_empty()
-    }
-
     /// The producers whose requests are wholly within the first `end` bytes.
     pub fn producers(&self, end: u64) -> Producers {
         let mut p = Producers::default();
@@ -210,6 +253,19 @@ pub fn load(path: &Path) -> io::Result<Loaded> {
             Some(&"b") if f.len() == 3 => {
                 if let (Some(start), Some(end)) = (n(1), n(2)) {
                     loaded.batches.push((start, end));
+                }
+            }
+            Some(&"g") if f.len() == 4 => {
+                let crc = u32::from_str_radix(f[3], 16).ok();
+                if let (Some(start), Some(end), Some(crc)) = (n(1), n(2), crc) {
+                    loaded.groups.push((start, end, crc));
+                }
+            }
+            Some(&"e") if f.len() == 2 => {
+                if let Some(end) = n(1) {
+                    loaded.checkpoint = Some(end);
+                    // Groups before a checkpoint are covered by it.
+                    loaded.groups.clear();
                 }
             }
             Some(&"p") if f.len() == 7 => {
@@ -253,10 +309,12 @@ pub struct Journal {
 
 impl Journal {
     /// Replaces the journal at `path` with one that holds `producers`' committed entries
-    /// (batches already complete need no record): written to a temporary file, synced,
-    /// renamed over the old one, and the directory synced.
-    pub fn rewrite(path: &Path, producers: &Producers) -> io::Result<Journal> {
+    /// and the checkpoint `e END` (`end` must be synced already; batches and groups before
+    /// it need no record): written to a temporary file, synced, renamed over the old one,
+    /// and the directory synced.
+    pub fn rewrite(path: &Path, producers: &Producers, end: u64) -> io::Result<Journal> {
         let mut text = Vec::new();
+        let _ = writeln!(text, "e {end}");
         producers.render_into(&mut text);
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
@@ -288,22 +346,6 @@ impl Journal {
         })
     }
 
-    /// Opens the journal at `path` empty (created if absent): for a journal that held no
-    /// records, where there is nothing to carry over and nothing to sync.
-    pub fn empty(path: &Path) -> io::Result<Journal> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| ctx(path, "opening", e))?;
-        Ok(Journal {
-            path: path.to_owned(),
-            file,
-            len: 0,
-        })
-    }
-
     /// Appends `records` (written whole, or cut back and an error).
     pub fn append(&mut self, records: &[u8]) -> io::Result<()> {
         if let Err(e) = self.file.write_all_at(records, self.len) {
@@ -314,21 +356,22 @@ impl Journal {
         Ok(())
     }
 
-    /// Cuts the journal back to `len` (undoing a group that failed).
+    /// Cuts the journal back to `len` (undoing a group that failed), synced.
     pub fn truncate(&mut self, len: u64) -> io::Result<()> {
         self.file.set_len(len)?;
+        self.file.sync_all()?;
         self.len = len;
         Ok(())
+    }
+
+    /// A second handle on the file (for syncing it on another thread).
+    pub fn handle(&self) -> io::Result<File> {
+        self.file.try_clone()
     }
 
     /// Its length.
     pub fn len(&self) -> u64 {
         self.len
-    }
-
-    /// `fdatasync`.
-    pub fn sync(&self) -> io::Result<()> {
-        rustix::fs::fdatasync(&self.file).map_err(io::Error::from)
     }
 
     /// Where it is.
@@ -385,6 +428,25 @@ mod tests {
         );
         ps.drop_uncommitted();
         assert_eq!(ps.check(&p("a", 8 + WINDOW as u64)), Check::Fresh);
+        // Wrap-around: MAX, 0, then MAX again is a retry; 13 is a gap after 0.
+        let mut ps = Producers::default();
+        for s in 10..13 {
+            ps.record("w", entry(s, s * 10));
+        }
+        assert_eq!(ps.check(&p("w", u64::MAX)), Check::Fresh);
+        ps.record("w", entry(u64::MAX, 500));
+        assert_eq!(ps.check(&p("w", 0)), Check::Fresh);
+        ps.record("w", entry(0, 600));
+        assert_eq!(
+            ps.check(&p("w", u64::MAX)),
+            Check::Duplicate(entry(u64::MAX, 500))
+        );
+        assert_eq!(ps.check(&p("w", 13)), Check::Gap { expected: 1 });
+        assert_eq!(
+            ps.check(&p("w", u64::MAX - 5)),
+            Check::TooOld { oldest: u64::MAX }
+        );
+        assert_eq!(ps.check(&p("w", 1000)), Check::Fresh);
     }
 
     #[test]
@@ -393,7 +455,7 @@ mod tests {
         let path = dir.path().join("log.collator");
         let mut ps = Producers::default();
         ps.record("a", entry(1, 0));
-        let mut j = Journal::rewrite(&path, &ps).unwrap();
+        let mut j = Journal::rewrite(&path, &ps, 0).unwrap();
         let mut more = Vec::new();
         render_producer("b", &entry(5, 10), &mut more);
         render_batch(10, 20, &mut more);

@@ -37,15 +37,22 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
     max_request: u64,
 
-    /// Bytes queued per file before producers are made to wait (a connection may hold a
-    /// quarter of it, at least one request).
+    /// Bytes of request bodies held in memory (being read, queued or written, all files
+    /// together; also per file's queue) before producers are made to wait (a connection may
+    /// hold a quarter of it, at least one request).
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
     max_pending: u64,
 
     /// Seconds a producer has for a request header (its first right after connecting; later
-    /// ones from their first byte).
+    /// ones from their first byte), and the longest a body may stall.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     header_timeout: u64,
+
+    /// In `--sync data`, describe each write group with a journal record (a second, parallel
+    /// fdatasync per group) instead of an extended attribute of the file (used where the
+    /// file system has them): for tools or file systems that lose extended attributes.
+    #[arg(long)]
+    no_xattr: bool,
 
     /// Directory mode: where the journals go (outside DIR). Created if needed.
     #[arg(long, value_name = "JDIR")]
@@ -92,6 +99,7 @@ fn main() -> ExitCode {
             max_message: args.max_message,
             max_request: args.max_request,
             max_pending: args.max_pending.max(1),
+            xattr: !args.no_xattr,
         },
         header_timeout: Duration::from_secs(args.header_timeout.max(1)),
     };

@@ -1,21 +1,34 @@
 //! The restart check: before the first write, under the lock, find where the last complete
-//! write ended and cut off whatever a crash left after it.
+//! write group ended and cut off whatever a crash left after it.
 //!
-//! A crash can leave three kinds of torn tail, and each is recognised from the file and the
-//! journal alone:
+//! **From the group's description.** Every write group is described by `START END CRC`,
+//! set before its data and made durable with it: by the data file's extended attribute
+//! [`MARKER`] (its last group, synced by the data's `fsync`; [`marked_end`]), or where there
+//! are no extended attributes by the journal's `g` records ([`crate::dedupe`];
+//! [`verified_end`]: the groups in the last `max_cut` bytes are checked, older ones were
+//! synced long ago). The file's good part ends at the last group that is all there and
+//! matches its CRC; if the last described group does not, at its start (everything before it
+//! was synced before it began). Whatever follows is cut, however it looks: half a batch, a
+//! partial message, zeros (also a zero run ending in a newline, which newline framing would
+//! take for a message), zeros in the middle of a group, or complete messages no group
+//! describes: a group is all or nothing, and never one the producers were told was written.
+//!
+//! **From the data** (a file of an older collator: no marker, no `g` records), three kinds of
+//! torn tail are recognised from the file and the journal alone:
 //! - a **partial message**: the splitter ([`proto::framing::Splitter`]) reaches the end of the
 //!   file inside a message, or on a malformed length prefix;
 //! - a **zero run**: after a power loss, blocks the file system had allocated but not written
 //!   read back as zeros. In the prefix framings and `nul`, zeros parse as empty messages,
 //!   which the collator never writes (it refuses them at the door), so trailing empty
 //!   messages are cut;
-//! - a **half-written batch**: complete messages that are only part of one request. The
-//!   journal ([`crate::dedupe`]) records the extent of every request of several messages
-//!   *before* writing it, so a batch the end cuts through is cut back to its start.
+//! - a **half-written batch**: complete messages that are only part of one request, when
+//!   the old journal's `b` record of the batch survived.
 //!
-//! What is cut is logged with its offset, length and reason. A cut larger than one request
-//! could ever leave is refused instead: that is not a torn tail but the wrong `--framing` or
-//! a file someone else wrote, and the collator stops rather than destroy it.
+//! Both ways, the messages before the cut are counted with the framing's splitter (and its
+//! rules apply there too). What is cut is logged with its offset range, length and reason. A
+//! cut larger than one group could ever leave is refused instead: that is not a torn tail but
+//! the wrong `--framing` or a file someone else wrote, and the collator stops rather than
+//! destroy it.
 
 use std::fs::File;
 use std::io;
@@ -43,8 +56,11 @@ pub fn recover(
     max_message: u64,
     batches: &[(u64, u64)],
     max_cut: u64,
+    limit: Option<u64>,
 ) -> io::Result<Recovered> {
-    let len = file.metadata()?.len();
+    let file_len = file.metadata()?.len();
+    // Past the last verified write group nothing is scanned: it all goes.
+    let len = limit.map_or(file_len, |l| l.min(file_len));
     let mut splitter = Splitter::new(framing, max_message);
     let mut count = 0u64;
     let mut prev = 0u64;
@@ -154,7 +170,10 @@ pub fn recover(
             ),
         }
     }
-    let cut = len - end.0;
+    if end.0 == len && len < file_len {
+        reason = "past the last complete write group";
+    }
+    let cut = file_len - end.0;
     if cut > 0 {
         if cut > max_cut {
             let why = match &framing_error {
@@ -173,7 +192,7 @@ pub fn recover(
         }
         log::warn!(
             offset = end.0, bytes = cut, reason;
-            "cutting a torn tail: {cut} bytes from byte {} ({reason})", end.0
+            "cutting a torn tail: {cut} bytes from byte {} to {file_len} ({reason})", end.0
         );
         // Not synced here: the next synced write persists the new length with its data, and
         // if a crash comes first the same tail is found and cut again.
@@ -184,6 +203,131 @@ pub fn recover(
         count: end.1,
         cut,
     })
+}
+
+/// The extended attribute on the data file that describes its last write group:
+/// `START END CRC` (decimal, decimal, hex), set before the group's data is written and made
+/// durable by the same `fsync` as the data.
+pub const MARKER: &str = "user.tailsrv.group";
+
+/// Sets the file's [`MARKER`].
+pub fn write_marker(file: &File, start: u64, end: u64, crc: u32) -> io::Result<()> {
+    let value = format!("{start} {end} {crc:08x}");
+    rustix::fs::fsetxattr(
+        file,
+        MARKER,
+        value.as_bytes(),
+        rustix::fs::XattrFlags::empty(),
+    )
+    .map_err(io::Error::from)
+}
+
+/// The file's [`MARKER`], if it has a well-formed one.
+pub fn read_marker(file: &File) -> Option<(u64, u64, u32)> {
+    let mut buf = [0u8; 80];
+    let n = rustix::fs::fgetxattr(file, MARKER, &mut buf).ok()?;
+    let text = std::str::from_utf8(&buf[..n]).ok()?;
+    let mut f = text.split(' ');
+    let start = f.next()?.parse().ok()?;
+    let end = f.next()?.parse().ok()?;
+    let crc = u32::from_str_radix(f.next()?, 16).ok()?;
+    (f.next().is_none() && start <= end).then_some((start, end, crc))
+}
+
+fn crc_of(file: &File, start: u64, end: u64) -> io::Result<u32> {
+    let mut buf = vec![0u8; 256 << 10];
+    let mut h = crc32fast::Hasher::new();
+    let mut at = start;
+    while at < end {
+        let n = (end - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at)?;
+        h.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(h.finalize())
+}
+
+/// Where the last complete write group ends, from the file's [`MARKER`]: its group if the
+/// bytes are all there and match the CRC, else the group's start (everything before it was
+/// synced before the group was begun). `None` without a usable marker.
+pub fn marked_end(file: &File) -> io::Result<Option<u64>> {
+    let Some((start, end, crc)) = read_marker(file) else {
+        return Ok(None);
+    };
+    let len = file.metadata()?.len();
+    if start > len {
+        log::warn!(
+            "the file's last write group starts at byte {start}, but the file holds {len}: \
+             checking it by its framing alone"
+        );
+        return Ok(None);
+    }
+    if end > len {
+        log::warn!(
+            offset = start, bytes = end - start;
+            "the last write group {start}..{end} is not all in the file (it ends at {len})"
+        );
+        return Ok(Some(start));
+    }
+    if crc_of(file, start, end)? != crc {
+        log::warn!(
+            offset = start, bytes = end - start;
+            "the last write group {start}..{end} fails its checksum (a torn write)"
+        );
+        return Ok(Some(start));
+    }
+    Ok(Some(end))
+}
+
+/// Where the last complete write group ends, from the journal's `g` records and checkpoint
+/// (`None` for a journal without them: an older collator's, or none). Groups that end within
+/// the last `window` bytes of the file are checked against their CRC, in order, and the first
+/// that is missing bytes or fails is where the file's good part ends; earlier ones (synced
+/// long ago) are trusted if the file reaches their end.
+pub fn verified_end(
+    file: &File,
+    groups: &[(u64, u64, u32)],
+    checkpoint: Option<u64>,
+    window: u64,
+) -> io::Result<Option<u64>> {
+    if groups.is_empty() && checkpoint.is_none() {
+        return Ok(None);
+    }
+    let len = file.metadata()?.len();
+    let mut good = checkpoint.unwrap_or_else(|| groups[0].0);
+    if good > len {
+        log::warn!(
+            "the journal's checkpoint says {good} bytes were synced but the file holds {len}: \
+             checking the file by its framing alone"
+        );
+        return Ok(None);
+    }
+    let from = len.saturating_sub(window);
+    for &(start, end, crc) in groups {
+        if start != good || end < start {
+            log::warn!(
+                "the journal's write group {start}..{end} does not follow the one before \
+                 (ending at {good}): the groups after byte {good} are not trusted"
+            );
+            break;
+        }
+        if end > len {
+            log::warn!(
+                offset = start, bytes = end - start;
+                "write group {start}..{end} is not all in the file (it ends at {len})"
+            );
+            break;
+        }
+        if end > from && crc_of(file, start, end)? != crc {
+            log::warn!(
+                offset = start, bytes = end - start;
+                "write group {start}..{end} fails its checksum (a torn write)"
+            );
+            break;
+        }
+        good = end;
+    }
+    Ok(Some(good))
 }
 
 /// For the delimiter framings: the end and count of the last non-empty message, given that
@@ -244,29 +388,64 @@ mod tests {
             let mut torn = good.clone();
             torn.extend_from_slice(&framed(framing, &[b"four"])[..3]);
             let (_d, f) = file_with(&torn);
-            let r = recover(&f, framing, 1000, &[], 1 << 20).unwrap();
+            let r = recover(&f, framing, 1000, &[], 1 << 20, None).unwrap();
             assert_eq!((r.end, r.count), (whole, 3), "{framing}");
             assert_eq!(f.metadata().unwrap().len(), whole);
             // A zero run.
             let mut zeros = good.clone();
             zeros.extend_from_slice(&[0; 100]);
             let (_d, f) = file_with(&zeros);
-            let r = recover(&f, framing, 1000, &[], 1 << 20).unwrap();
+            let r = recover(&f, framing, 1000, &[], 1 << 20, None).unwrap();
             assert_eq!((r.end, r.count, r.cut), (whole, 3, 100), "{framing}");
             // A half-written batch: the journal says a batch from "two" on goes further.
             let one = framed(framing, &[b"one"]).len() as u64;
             let (_d, f) = file_with(&good);
-            let r = recover(&f, framing, 1000, &[(one, whole + 10)], 1 << 20).unwrap();
+            let r = recover(&f, framing, 1000, &[(one, whole + 10)], 1 << 20, None).unwrap();
             assert_eq!((r.end, r.count), (one, 1), "{framing}");
             // A batch from the very start.
             let (_d, f) = file_with(&good);
-            let r = recover(&f, framing, 1000, &[(0, whole + 10)], 1 << 20).unwrap();
+            let r = recover(&f, framing, 1000, &[(0, whole + 10)], 1 << 20, None).unwrap();
             assert_eq!((r.end, r.count), (0, 0), "{framing}");
             // Intact: nothing cut.
             let (_d, f) = file_with(&good);
-            let r = recover(&f, framing, 1000, &[(0, one), (one, whole)], 1 << 20).unwrap();
+            let r = recover(&f, framing, 1000, &[(0, one), (one, whole)], 1 << 20, None).unwrap();
             assert_eq!((r.end, r.count, r.cut), (whole, 3, 0), "{framing}");
         }
+    }
+
+    #[test]
+    fn groups_are_checked_against_their_crc() {
+        let good = framed(Framing::Newline, &[b"one", b"two"]);
+        let group = framed(Framing::Newline, &[b"three", b"four"]);
+        let crc = crc32fast::hash(&group);
+        let (s, e) = (good.len() as u64, (good.len() + group.len()) as u64);
+        let whole = [&good[..], &group].concat();
+        let mut holed = whole.clone();
+        holed[good.len() + 2] = 0;
+        for (data, want) in [
+            (&whole, e),
+            (&holed, s),
+            (&whole[..whole.len() - 1].to_vec(), s),
+        ] {
+            let (_d, f) = file_with(data);
+            // The journal's records.
+            let groups = [(0, s, crc32fast::hash(&good)), (s, e, crc)];
+            assert_eq!(
+                verified_end(&f, &groups, None, 1 << 20).unwrap(),
+                Some(want)
+            );
+            assert_eq!(
+                verified_end(&f, &groups[1..], Some(s), 1 << 20).unwrap(),
+                Some(want)
+            );
+            // The file's marker, where the file system has extended attributes.
+            if write_marker(&f, s, e, crc).is_ok() {
+                assert_eq!(marked_end(&f).unwrap(), Some(want));
+            }
+        }
+        let (_d, f) = file_with(&whole);
+        assert_eq!(verified_end(&f, &[], None, 1 << 20).unwrap(), None);
+        assert_eq!(marked_end(&f).unwrap(), None);
     }
 
     #[test]
@@ -274,7 +453,7 @@ mod tests {
         let mut data = framed(Framing::Newline, &[b"a"]);
         data.extend_from_slice(&[b'x'; 5000]);
         let (_d, f) = file_with(&data);
-        assert!(recover(&f, Framing::Newline, 100, &[], 1000).is_err());
+        assert!(recover(&f, Framing::Newline, 100, &[], 1000, None).is_err());
         assert_eq!(f.metadata().unwrap().len(), data.len() as u64);
     }
 }

@@ -33,8 +33,11 @@ use crate::{conn, dedupe, recover, Config, Target};
 pub struct Ctx {
     /// The writers' settings.
     pub settings: Settings,
-    /// How long a header may take once started (and the first one from the connection).
+    /// How long a header may take once started (and the first one from the connection),
+    /// and how long a body may stall.
     pub header_timeout: Duration,
+    /// The memory budget for request bodies (`--max-pending`).
+    pub budget: Arc<conn::Budget>,
     files: Files,
     fatal: async_channel::Sender<io::Error>,
     /// Connections alive, and the event of one ending.
@@ -180,6 +183,7 @@ impl Drop for Live {
     fn drop(&mut self) {
         if self.0.live.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.ended.notify(usize::MAX);
+            trim();
         }
     }
 }
@@ -210,31 +214,57 @@ fn open_writer(
     let loaded = dedupe::load(journal)?;
     // A crash leaves at most one group: bounded by the queue and one request.
     let max_cut = settings.max_pending + settings.max_request + settings.max_message + (1 << 20);
+    // A marker is read whatever the settings: it is how the last run described its groups.
+    let marked = recover::marked_end(&file).map_err(|e| ctx("recovering", e))?;
+    let verified = match marked {
+        Some(end) => Some(end),
+        None => recover::verified_end(&file, &loaded.groups, loaded.checkpoint, max_cut)
+            .map_err(|e| ctx("recovering", e))?,
+    };
     let r = recover::recover(
         &file,
         settings.framing,
         settings.max_message,
         &loaded.batches,
         max_cut,
+        verified,
     )
     .map_err(|e| ctx("recovering", e))?;
     let producers = loaded.producers(r.end);
-    let journal = if loaded.is_empty() {
-        dedupe::Journal::empty(journal)?
+    // In `data` mode, where the file system has extended attributes, the last group is
+    // described by one on the file (synced with the data: one sync per group); elsewhere by
+    // journal records.
+    // The attribute saves a second sync per group, which only `data` mode has; elsewhere a
+    // journal record (a small write, no sync) is cheaper than setting it.
+    let marker = if !settings.xattr || settings.sync != Sync::Data {
+        // A marker left by an earlier run would be stale once groups are journalled.
+        let _ = rustix::fs::fremovexattr(&file, recover::MARKER);
+        false
     } else {
-        dedupe::Journal::rewrite(journal, &producers)?
+        match recover::write_marker(&file, r.end, r.end, 0) {
+            Ok(()) => true,
+            Err(e) => {
+                log::info!(
+                    path:% = path.display();
+                    "no extended attribute on {} ({e}): write groups are journalled instead \
+                     (a second fdatasync per group, in parallel)",
+                    path.display()
+                );
+                false
+            }
+        }
     };
+    // The checkpoint the new journal starts with must be on disk, the cut included.
+    file.sync_all().map_err(|e| ctx("syncing", e))?;
+    let journal = dedupe::Journal::rewrite(journal, &producers, r.end)?;
     log::info!(
         path:% = path.display(), offset = r.end, messages = r.count, cut = r.cut;
         "writing {} from byte {} (message {}), checked in {:.3}s",
         path.display(), r.end, r.count, started.elapsed().as_secs_f64()
     );
     let watermark = match watermark {
-        Some(w) => {
-            // Only what is on disk is published.
-            file.sync_data().map_err(|e| ctx("syncing", e))?;
-            Some(Watermark::create(w, r.end)?)
-        }
+        // Only what is on disk (synced above) is published.
+        Some(w) => Some(Watermark::create(w, r.end)?),
         None => None,
     };
     let opened = Opened {
@@ -244,6 +274,7 @@ fn open_writer(
         count: r.count,
         producers,
         watermark,
+        marker,
     };
     FileWriter::start(path, opened, settings.clone(), fatal)
 }
@@ -268,7 +299,24 @@ fn lock_exclusive(file: &File, path: &Path) -> io::Result<()> {
 
 /// Runs the collator until SIGINT/SIGTERM (drained, `Ok`) or a fatal write error.
 pub fn run(config: Config) -> io::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a malloc parameter. A fixed mmap threshold turns glibc's
+    // dynamic one off, which would otherwise rise with the first large body freed and keep
+    // every later body's memory in the heap after it is freed.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
     rt::block_on(serve(config))
+}
+
+/// Gives memory freed by closed connections back to the system (glibc keeps freed heap
+/// memory otherwise): called when the last connection closes.
+fn trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 async fn serve(config: Config) -> io::Result<()> {
@@ -317,6 +365,7 @@ async fn serve(config: Config) -> io::Result<()> {
     let ctx = Arc::new(Ctx {
         settings: config.settings.clone(),
         header_timeout: config.header_timeout,
+        budget: conn::Budget::new(config.settings.max_pending),
         files,
         fatal: fatal_tx,
         live: AtomicUsize::new(0),

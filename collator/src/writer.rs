@@ -3,18 +3,26 @@
 //! Connections validate and frame requests, then [`FileWriter::submit`] them. Submitting
 //! reserves the request's position at once (offset and message number are the queue's running
 //! end), checks idempotence, and queues it; a dedicated thread per file takes *everything*
-//! queued, from every connection, writes the journal records and then the data with one
-//! `pwritev`, syncs once if the mode says so, and answers all of it. Whatever arrives during
+//! queued, from every connection, describes the group (`START END CRC`: in `data` mode in
+//! the file's extended attribute [`crate::recover::MARKER`], else or where there are none as
+//! a journal `g` record), writes its journal records, then the data with one `pwritev`, syncs if the mode
+//! says so, and answers all of it. The description is what lets the restart check cut a torn
+//! group after a power loss; the attribute is made durable by the data's `fsync` (the same
+//! cost as `fdatasync` for an append), a journal record by a journal `fdatasync` run in
+//! parallel with the data's (on a helper thread). Whatever arrives during
 //! a write or a sync joins the next group: there is no timer and no artificial delay, so one
 //! producer gets the latency of one write, and sixteen share one `fdatasync`.
 //!
 //! When the answer goes out depends on [`Sync`]: `none` at queueing, `write` after the
-//! write, `data` after the `fdatasync` of journal and data, `interval` after the write with
-//! `fdatasync` every interval and at shutdown.
+//! write, `data` after the sync of journal and data, `interval` after the write with a sync
+//! every interval and at shutdown.
 //!
 //! **Failures.** A write that fails (disk full, a short write) is undone: the data file and
-//! the journal are cut back to the last good end, the group and everything queued behind it
-//! (whose reserved positions are now wrong) get `error:`, and the writer goes on. Space is
+//! the journal are cut back to the last good end, synced, and the file's length checked;
+//! then the group gets `error:` naming that length, everything queued behind it (whose
+//! reserved positions are now wrong) `error: ... not written`, and the writer goes on. If
+//! the cut-back fails, the requests are told they may be partly in the file, and the
+//! collator stops (the restart check cuts what has no intact `g` record). Space is
 //! reserved with `fallocate` before writing, so a full disk is usually found before a byte
 //! is written. A failed `fdatasync` is never retried — the kernel may have dropped the dirty
 //! pages and a second sync would report success for data that is gone — so every pending
@@ -85,6 +93,9 @@ pub struct Settings {
     pub max_request: u64,
     /// Most bytes queued per file.
     pub max_pending: u64,
+    /// Whether the last write group may be described by an extended attribute of the file
+    /// (else always by journal records).
+    pub xattr: bool,
 }
 
 /// A file ready for its writer: open, locked, its torn tail cut, its journal rewritten.
@@ -102,6 +113,9 @@ pub struct Opened {
     pub producers: Producers,
     /// Where the synced length is published (single-file mode).
     pub watermark: Option<Watermark>,
+    /// Whether each group is described by the file's extended attribute
+    /// ([`crate::recover::MARKER`]) rather than a journal record.
+    pub marker: bool,
 }
 
 /// The answer a submitter waits for.
@@ -121,6 +135,9 @@ struct Job {
     ack: Ack,
     producer: Option<Producer>,
     reply: Option<async_channel::Sender<Reply>>,
+    /// The connection's share of the memory budget for this body, released when the job
+    /// is dropped (written, or refused).
+    _hold: Option<Box<dyn Send>>,
 }
 
 struct State {
@@ -177,6 +194,64 @@ struct Disk {
     reserved_to: u64,
     watermark: Option<Watermark>,
     last_sync: Instant,
+    /// Started the first time journal and data are synced together.
+    syncer: Option<Syncer>,
+    /// The last group is described by the file's extended attribute (else by a `g` record).
+    marker: bool,
+}
+
+/// The data file's sync: `fsync` where the extended attribute describes the last group (it
+/// is metadata `fdatasync` may leave behind; an append commits the inode either way, so it
+/// costs the same), `fdatasync` otherwise.
+fn data_sync(file: &File, marker: bool) -> io::Result<()> {
+    if marker {
+        rustix::fs::fsync(file).map_err(io::Error::from)
+    } else {
+        rustix::fs::fdatasync(file).map_err(io::Error::from)
+    }
+}
+
+/// A thread that syncs the journal while the writer syncs the data, so a group costs the
+/// time of one `fdatasync`, not two in a row.
+struct Syncer {
+    files: std::sync::mpsc::Sender<File>,
+    done: std::sync::mpsc::Receiver<io::Result<()>>,
+}
+
+impl Syncer {
+    fn start() -> io::Result<Syncer> {
+        let (files, rx) = std::sync::mpsc::channel::<File>();
+        let (tx, done) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("collator-jsync".into())
+            .spawn(move || {
+                for f in rx {
+                    if tx
+                        .send(rustix::fs::fdatasync(&f).map_err(io::Error::from))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Syncer { files, done })
+    }
+
+    /// `fdatasync` of `journal` and [`data_sync`] of `data` at the same time.
+    fn both(&self, journal: io::Result<File>, data: &File, marker: bool) -> io::Result<()> {
+        let sent = journal.and_then(|j| {
+            self.files
+                .send(j)
+                .map_err(|_| io::Error::other("the journal's sync thread is gone"))
+        });
+        let d = data_sync(data, marker);
+        let j = sent.and_then(|()| {
+            self.done
+                .recv()
+                .unwrap_or_else(|_| Err(io::Error::other("the journal's sync thread is gone")))
+        });
+        j.and(d)
+    }
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -199,6 +274,7 @@ impl FileWriter {
             count,
             producers,
             watermark,
+            marker,
         } = opened;
         let inner = Arc::new(Inner {
             path: path.to_owned(),
@@ -226,6 +302,8 @@ impl FileWriter {
             reserved_to: end,
             watermark,
             last_sync: Instant::now(),
+            syncer: None,
+            marker,
         };
         let thread_inner = inner.clone();
         let name = format!("writer {}", path.display());
@@ -255,7 +333,14 @@ impl FileWriter {
 
     /// Queues `count` framed messages (`data`, validated), waiting for room if the file's
     /// queue is full.
-    pub async fn submit(&self, data: Vec<u8>, count: u64, producer: Option<Producer>) -> Submitted {
+    pub async fn submit(
+        &self,
+        data: Vec<u8>,
+        count: u64,
+        producer: Option<Producer>,
+        hold: Option<Box<dyn Send>>,
+    ) -> Submitted {
+        let mut hold = Some(hold);
         let len = data.len() as u64;
         let mut data = Some(data);
         loop {
@@ -286,6 +371,16 @@ impl FileWriter {
                                 Code::SequenceGap,
                                 format!(
                                     "producer {} sent seq {}, expected {expected}",
+                                    p.id, p.seq
+                                ),
+                            )))
+                        }
+                        Check::Unknown { oldest, newest } => {
+                            return Submitted::Done(Err(Refusal::new(
+                                Code::SequenceGap,
+                                format!(
+                                    "producer {} sent seq {}, which is not among the requests \
+                                     remembered ({oldest} to {newest}): it was not written",
                                     p.id, p.seq
                                 ),
                             )))
@@ -335,6 +430,7 @@ impl FileWriter {
                         ack,
                         producer,
                         reply,
+                        _hold: hold.take().flatten(),
                     });
                     drop(s);
                     self.inner.work.notify_one();
@@ -358,7 +454,7 @@ impl FileWriter {
     }
 }
 
-fn refusal_for(e: &io::Error) -> Refusal {
+fn refusal_for(e: &io::Error, end: u64) -> Refusal {
     let full = matches!(
         e.raw_os_error(),
         Some(c) if c == rustix::io::Errno::NOSPC.raw_os_error()
@@ -367,12 +463,18 @@ fn refusal_for(e: &io::Error) -> Refusal {
     if full {
         Refusal::new(
             Code::DiskFull,
-            "the disk is full; nothing of the request was written",
+            format!(
+                "the disk is full; nothing of the request is in the file (cut back to byte \
+                 {end} and synced)"
+            ),
         )
     } else {
         Refusal::new(
             Code::Io,
-            format!("writing failed ({e}); nothing of the request was written"),
+            format!(
+                "writing failed ({e}); nothing of the request is in the file (cut back to \
+                 byte {end} and synced)"
+            ),
         )
     }
 }
@@ -432,7 +534,7 @@ fn write_loop(inner: &Inner, mut disk: Disk) -> io::Result<()> {
         match write_group(&mut disk, &jobs, bytes) {
             Ok(()) => {}
             Err(e) => {
-                undo(inner, &mut disk, journal_len, &jobs, &e);
+                undo(inner, &mut disk, journal_len, &jobs, &e)?;
                 continue;
             }
         }
@@ -488,19 +590,25 @@ fn write_loop(inner: &Inner, mut disk: Disk) -> io::Result<()> {
                 sync(inner, &mut disk, &[])?;
             }
             let path = disk.journal.path().to_owned();
-            disk.journal = Journal::rewrite(&path, &producers)?;
+            disk.journal = Journal::rewrite(&path, &producers, disk.end)?;
         }
     }
 }
 
-/// Journal records, space, then the data with `pwritev` (looping over short writes).
+/// The group's description (marker or `g` record, with its CRC), the producers' journal
+/// records, space, then the data with `pwritev` (looping over short writes).
 fn write_group(disk: &mut Disk, jobs: &[Job], bytes: u64) -> io::Result<()> {
     let mut records = Vec::with_capacity(64);
+    let mut crc = crc32fast::Hasher::new();
     for job in jobs {
-        if job.ack.count > 1 {
-            let end = job.ack.offset + job.data.len() as u64;
-            dedupe::render_batch(job.ack.offset, end, &mut records);
-        }
+        crc.update(&job.data);
+    }
+    if disk.marker {
+        crate::recover::write_marker(&disk.file, disk.end, disk.end + bytes, crc.finalize())?;
+    } else {
+        dedupe::render_group(disk.end, disk.end + bytes, crc.finalize(), &mut records);
+    }
+    for job in jobs {
         if let Some(p) = &job.producer {
             let entry = Entry {
                 seq: p.seq,
@@ -575,19 +683,51 @@ fn reserve(disk: &mut Disk, bytes: u64) -> io::Result<()> {
 /// Bytes reserved ahead of the end at a time.
 const RESERVE: u64 = 4 << 20;
 
-/// A failed write: cut file and journal back, refuse the group and everything queued.
-fn undo(inner: &Inner, disk: &mut Disk, journal_len: u64, jobs: &[Job], e: &io::Error) {
-    let refusal = refusal_for(e);
+/// A failed write: cut file and journal back (synced, and the file's length checked), refuse
+/// the group and everything queued. If the cut-back itself fails, the requests may be partly
+/// in the file: they are told so, and the error stops the collator (its restart check then
+/// cuts what has no complete journal record).
+fn undo(
+    inner: &Inner,
+    disk: &mut Disk,
+    journal_len: u64,
+    jobs: &[Job],
+    e: &io::Error,
+) -> io::Result<()> {
     log::error!(path:% = inner.path.display(), offset = disk.end;
         "write failed, cutting back to byte {}: {e}", disk.end);
-    if let Err(e) = disk.file.set_len(disk.end) {
-        log::error!(path:% = inner.path.display(); "cannot cut back to byte {}: {e}", disk.end);
-    }
+    let end = disk.end;
+    let cut = disk
+        .file
+        .set_len(end)
+        .and_then(|()| disk.file.sync_all())
+        .and_then(|()| match disk.file.metadata()?.len() {
+            l if l == end => Ok(()),
+            l => Err(io::Error::other(format!(
+                "the file is {l} bytes after the cut"
+            ))),
+        })
+        .and_then(|()| disk.journal.truncate(journal_len));
     // Truncating frees what was reserved beyond the end.
-    disk.reserved_to = disk.end;
-    if let Err(e) = disk.journal.truncate(journal_len) {
-        log::error!(path:% = inner.path.display(); "cannot cut the journal back: {e}");
-    }
+    disk.reserved_to = end;
+    let (refusal, fatal) = match cut {
+        Ok(()) => (refusal_for(e, end), None),
+        Err(cut_err) => {
+            let why = format!(
+                "writing {} failed ({e}) and cutting it back to byte {end} failed too \
+                 ({cut_err}): the request may be partly in the file; the collator stops and \
+                 its restart check decides",
+                inner.path.display()
+            );
+            log::error!(path:% = inner.path.display(); "{why}");
+            (Refusal::new(Code::Io, why.clone()), Some(why))
+        }
+    };
+    // Requests queued behind the group were never written at all.
+    let behind = Refusal::new(
+        refusal.code,
+        format!("not written: an earlier write failed ({e})"),
+    );
     let mut s = lock(&inner.state);
     let queued = std::mem::take(&mut s.queue);
     let lost_acks = jobs
@@ -598,8 +738,11 @@ fn undo(inner: &Inner, disk: &mut Disk, journal_len: u64, jobs: &[Job], e: &io::
     if lost_acks > 0 {
         log::error!("{lost_acks} requests acknowledged at queueing (--sync none) were not written");
     }
-    for job in jobs.iter().chain(&queued) {
+    for job in jobs {
         answer(job, Err(refusal.clone()));
+    }
+    for job in &queued {
+        answer(job, Err(behind.clone()));
     }
     for (_, _, tx) in s.retries.drain(..) {
         let _ = tx.try_send(Err(refusal.clone()));
@@ -608,19 +751,29 @@ fn undo(inner: &Inner, disk: &mut Disk, journal_len: u64, jobs: &[Job], e: &io::
     s.next_offset = disk.end;
     s.next_msgno = disk.count;
     s.producers.drop_uncommitted();
+    if let Some(why) = &fatal {
+        s.failed = Some(why.clone());
+    }
     drop(s);
     inner.room.notify(usize::MAX);
+    match fatal {
+        Some(why) => Err(io::Error::other(why)),
+        None => Ok(()),
+    }
 }
 
-/// `fdatasync` of the journal and the data. A failure is final: every job in hand and every
+/// The sync of the journal (if written to) and the data. A failure is final: every job in hand and every
 /// queued one is refused, and the error stops the collator.
 fn sync(inner: &Inner, disk: &mut Disk, jobs: &[Job]) -> io::Result<()> {
-    let journal = if disk.journal_dirty {
-        disk.journal.sync()
+    let r = if disk.journal_dirty {
+        let syncer = match &mut disk.syncer {
+            Some(s) => Ok(s),
+            slot @ None => Syncer::start().map(|s| slot.insert(s)),
+        };
+        syncer.and_then(|s| s.both(disk.journal.handle(), &disk.file, disk.marker))
     } else {
-        Ok(())
+        data_sync(&disk.file, disk.marker)
     };
-    let r = journal.and_then(|()| rustix::fs::fdatasync(&disk.file).map_err(io::Error::from));
     disk.journal_dirty = false;
     disk.last_sync = Instant::now();
     match r {

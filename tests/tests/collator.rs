@@ -850,3 +850,359 @@ fn followers_never_see_past_the_synced_length() {
     assert_eq!(data.len() as u64, received);
     assert_eq!(framed::naive_starts("newline", &data).0.len(), 400);
 }
+
+/// A torn write (issue #25, item 2), made by hand after a `kill -9` in `--sync data`: the last
+/// group's data only partly on disk (half a batch, a partial message, zeros in its middle or
+/// instead of it), its journal record lost, or bytes after it that no group wrote (zeros
+/// ending in a newline, a stray message). Each time the restart cuts the file to exactly the
+/// groups acknowledged before the torn one, says what it cut, and the next write lands there.
+/// Both ways of describing groups: the file's extended attribute, and the journal
+/// (`--no-xattr`).
+#[test]
+fn torn_write_groups_are_cut_to_the_last_complete_one() {
+    const CASES: [&str; 7] = [
+        "half batch",
+        "half batch, record lost",
+        "partial message",
+        "zeros in the middle",
+        "zeros instead of the group",
+        "zeros then a newline",
+        "stray message",
+    ];
+    for marker in [&[][..], &["--no-xattr"][..]] {
+        for framing in FRAMINGS {
+            for what in CASES {
+                torn_write(framing, marker, what);
+            }
+        }
+    }
+}
+
+fn torn_write(framing: &str, marker: &[&str], what: &str) {
+    let dir = tempdir();
+    let file = dir.path().join("log");
+    let mut journal = file.as_os_str().to_owned();
+    journal.push(".collator");
+    let journal = std::path::PathBuf::from(journal);
+    let mut args = vec!["--framing", framing, "--sync", "data"];
+    args.extend_from_slice(marker);
+    let mut c = collator(&file, &args);
+    let mut p = Producer::new(&c);
+    Producer::ok(&p.ask(&msg(&payload(0, 0, 20))));
+    let ms: Vec<Vec<u8>> = (1..4).map(|i| payload(0, i, 20)).collect();
+    assert_eq!(Producer::ok(&p.ask(&batch(framing, &ms))).2, 3);
+    let good = std::fs::read(&file).unwrap();
+    // The last group, a batch of three, is the one to tear.
+    let last: Vec<Vec<u8>> = (4..7).map(|i| payload(0, i, 20)).collect();
+    assert_eq!(Producer::ok(&p.ask(&batch(framing, &last))).1, 4);
+    drop(p);
+    c.signal(Signal::KILL);
+    c.wait_exit(PATIENCE);
+    let whole = std::fs::read(&file).unwrap();
+    let journal_whole = std::fs::read(&journal).unwrap();
+    let mut two = Vec::new();
+    for m in &last[..2] {
+        framed::encode(framing, m, &mut two);
+    }
+    // The journal without its last line (the torn group's record never reached the disk).
+    let cut_at = journal_whole[..journal_whole.len() - 1]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let journal_lost = journal_whole[..cut_at].to_vec();
+    let (content, journal_bytes) = match what {
+        "half batch" => ([&good[..], &two].concat(), &journal_whole),
+        "half batch, record lost" => ([&good[..], &two].concat(), &journal_lost),
+        "partial message" => (whole[..whole.len() - 3].to_vec(), &journal_whole),
+        "zeros in the middle" => {
+            let mut holed = whole.clone();
+            holed[good.len() + 5..good.len() + 15].fill(0);
+            (holed, &journal_whole)
+        }
+        "zeros instead of the group" => (
+            [&good[..], &vec![0; whole.len() - good.len()]].concat(),
+            &journal_whole,
+        ),
+        "zeros then a newline" => ([&good[..], &[0; 300][..], b"\n"].concat(), &journal_lost),
+        "stray message" => {
+            let mut stray = Vec::new();
+            framed::encode(framing, b"stray message", &mut stray);
+            ([&good[..], &stray].concat(), &journal_lost)
+        }
+        _ => unreachable!(),
+    };
+    let what = format!("{framing} {what} {marker:?}");
+    std::fs::write(&file, &content).unwrap();
+    std::fs::write(&journal, journal_bytes).unwrap();
+    let mut c = collator(&file, &args);
+    let line = c.log.wait_for("cutting a torn tail", PATIENCE);
+    assert!(
+        line.is_some(),
+        "{what}: nothing cut; log:\n{}",
+        c.log.text()
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        good,
+        "{what}: not cut to the last complete group; log:\n{}",
+        c.log.text()
+    );
+    let mut p = Producer::new(&c);
+    assert_eq!(
+        p.ask(b"end\n"),
+        format!("end {} 4 {framing}", good.len()),
+        "{what}"
+    );
+    let (o, n, _) = Producer::ok(&p.ask(&msg(b"after")));
+    assert_eq!((o, n), (good.len() as u64, 4), "{what}");
+    drop(p);
+    c.signal(Signal::KILL);
+    c.wait_exit(PATIENCE);
+}
+
+/// Sequence numbers wrap (issue #25, item 7): `u64::MAX`, `0`, then `u64::MAX` again is a
+/// retry answered with its first position; the next gap is named right; and a body length
+/// of `u64::MAX` is answered `too-big` before the connection closes.
+#[test]
+fn sequences_wrap_and_huge_lengths_are_answered() {
+    let dir = tempdir();
+    let file = dir.path().join("log");
+    let mut c = collator(&file, &[]);
+    let mut p = Producer::new(&c);
+    let req = |seq: u64, body: &[u8]| {
+        let mut r = format!("msg {} id w seq {seq}\n", body.len()).into_bytes();
+        r.extend_from_slice(body);
+        r
+    };
+    for seq in 10..13 {
+        Producer::ok(&p.ask(&req(seq, b"early")));
+    }
+    let max = p.ask(&req(u64::MAX, b"max"));
+    let (o, n, _) = Producer::ok(&max);
+    assert_eq!((o, n), (18, 3));
+    Producer::ok(&p.ask(&req(0, b"zero")));
+    assert_eq!(p.ask(&req(u64::MAX, b"max")), max, "a retry after the wrap");
+    let gap = p.ask(&req(13, b"thirteen"));
+    assert!(
+        gap.starts_with("error: sequence-gap:") && gap.contains("expected 1"),
+        "{gap:?}"
+    );
+    let data = std::fs::read(&file).unwrap();
+    assert_eq!(data, b"early\nearly\nearly\nmax\nzero\n");
+    drop(p);
+    let mut s = c.connect();
+    s.write_all(b"msg 18446744073709551615\nsome bytes")
+        .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let answer = String::from_utf8(read_to_end(&mut s)).unwrap();
+    assert!(answer.starts_with("error: too-big:"), "{answer:?}");
+    c.signal(Signal::TERM);
+    c.wait_exit(PATIENCE);
+}
+
+/// The collator's resident memory, from `/proc/PID/status`.
+fn rss(p: &Proc) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb << 10
+}
+
+/// Bodies in flight count against `--max-pending` (issue #25, item 6): twenty producers each
+/// send most of a 3 MiB body (60 MiB in all) to a collator with an 8 MiB budget, and its
+/// RSS stays under baseline + budget + 16 MiB; a thousand idle connections cost under 16 MiB,
+/// and once every connection is gone RSS comes back within 8 MiB of the baseline.
+#[test]
+fn memory_is_bounded_while_bodies_arrive() {
+    raise_fd_limit();
+    let dir = tempdir();
+    let file = dir.path().join("log");
+    const MIB: u64 = 1 << 20;
+    let c = collator(
+        &file,
+        &[
+            "--max-pending",
+            "8388608",
+            "--max-message",
+            "3145728",
+            "--max-request",
+            "3145728",
+            "--header-timeout",
+            "30",
+        ],
+    );
+    // Warm up: one small request.
+    let mut p = Producer::new(&c);
+    Producer::ok(&p.ask(&msg(b"warm")));
+    drop(p);
+    std::thread::sleep(Duration::from_millis(200));
+    let baseline = rss(&c);
+    let mut socks = Vec::new();
+    let mut senders = Vec::new();
+    for _ in 0..20 {
+        let s = c.connect();
+        let mut w = s.try_clone().unwrap();
+        socks.push(s);
+        senders.push(std::thread::spawn(move || {
+            w.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut req = b"msg 3145728\n".to_vec();
+            req.extend(std::iter::repeat_n(b'a', 3 << 20).take((3 << 20) - 100_000));
+            let _ = w.write_all(&req);
+        }));
+    }
+    let mut peak = 0;
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        peak = peak.max(rss(&c));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for s in senders {
+        s.join().unwrap();
+    }
+    eprintln!(
+        "baseline {:.1} MiB, peak {:.1} MiB with 20 bodies of 3 MiB in flight",
+        baseline as f64 / MIB as f64,
+        peak as f64 / MIB as f64
+    );
+    assert!(
+        peak < baseline + 8 * MIB + 16 * MIB,
+        "RSS {} MiB over a baseline of {} MiB with an 8 MiB budget",
+        peak / MIB,
+        baseline / MIB
+    );
+    drop(socks);
+    let idle: Vec<TcpStream> = (0..1000).map(|_| c.connect()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let with_idle = rss(&c);
+    assert!(
+        with_idle < baseline + 16 * MIB,
+        "RSS {} MiB with 1000 idle connections (baseline {} MiB)",
+        with_idle / MIB,
+        baseline / MIB
+    );
+    drop(idle);
+    let mut after = 0;
+    let back = eventually(Duration::from_secs(5), || {
+        after = rss(&c);
+        after < baseline + 8 * MIB
+    });
+    eprintln!(
+        "1000 idle connections: {:.1} MiB; after all closed: {:.1} MiB",
+        with_idle as f64 / MIB as f64,
+        after as f64 / MIB as f64
+    );
+    assert!(
+        back,
+        "RSS {} MiB after every connection closed (baseline {} MiB)",
+        after / MIB,
+        baseline / MIB
+    );
+}
+
+/// A body that stops mid-way is dropped with `error: timeout:` and the connection closed,
+/// as a header that stalls is (issue #25, item 6).
+#[test]
+fn a_stalled_body_times_out() {
+    let dir = tempdir();
+    let file = dir.path().join("log");
+    let c = collator(&file, &["--header-timeout", "1"]);
+    let mut s = c.connect();
+    s.write_all(b"msg 1000\n").unwrap();
+    s.write_all(&[b'x'; 500]).unwrap();
+    let started = Instant::now();
+    let answer = String::from_utf8(read_to_end(&mut s)).unwrap();
+    assert!(answer.starts_with("error: timeout:"), "{answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(std::fs::read(&file).unwrap(), b"");
+}
+
+/// A refused write is not in the file (issue #25, item 3): on a full disk the refusal names
+/// the byte the file was cut back to, the file is exactly that long and holds exactly what
+/// was acknowledged — also after a `kill -9` and a restart, which finds nothing to cut —
+/// and a retry of the refused request (same id and seq) is written, once.
+#[test]
+fn refused_writes_are_not_in_the_file() {
+    let dir = tempdir();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs (not root?)");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&mnt);
+    // Removed before the restart, to make room for the retry.
+    let ballast = mnt.join("ballast");
+    std::fs::write(&ballast, vec![1u8; 96 << 10]).unwrap();
+    let file = mnt.join("log");
+    let args = ["--max-message", "100000", "--sync", "data"];
+    let mut c = collator(&file, &args);
+    let mut p = Producer::new(&c);
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for i in 0..100 {
+        let m = payload(0, i, 30_000);
+        let mut req = format!("msg {} id r seq {}\n", m.len(), 100 + i).into_bytes();
+        req.extend_from_slice(&m);
+        let a = p.ask(&req);
+        if a.starts_with("ok ") {
+            let (o, n, _) = Producer::ok(&a);
+            acked.push((o, n, m));
+        } else {
+            refused = Some((a, req, m));
+            break;
+        }
+    }
+    let (answer, req, m) = refused.expect("the disk never filled");
+    assert!(answer.starts_with("error: disk-full:"), "{answer:?}");
+    let at: u64 = answer
+        .split("cut back to byte ")
+        .nth(1)
+        .and_then(|r| r.split(|ch: char| !ch.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the refusal does not say where the file ends: {answer:?}"));
+    let data = std::fs::read(&file).unwrap();
+    assert_eq!(
+        data.len() as u64,
+        at,
+        "the refusal's length is not the file's"
+    );
+    check_file("newline", &data, &acked);
+    assert!(memchr::memmem::find(&data, &m).is_none());
+    drop(p);
+    c.signal(Signal::KILL);
+    c.wait_exit(PATIENCE);
+    std::fs::remove_file(&ballast).unwrap();
+    let c = collator(&file, &args);
+    assert!(c.log.wait_for("writing ", PATIENCE).is_some());
+    assert!(
+        !c.log.text().contains("cutting a torn tail"),
+        "{}",
+        c.log.text()
+    );
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), at);
+    let mut p = Producer::new(&c);
+    let retry = p.ask(&req);
+    eprintln!("refused: {answer}; retry after the restart: {retry}");
+    let ok = retry
+        .strip_prefix("ok ")
+        .unwrap_or_else(|| panic!("{retry:?}"));
+    assert!(ok.starts_with(&format!("{at} ")), "{retry:?}");
+    assert_eq!(p.ask(&req), retry, "a second retry is a duplicate");
+    let data = std::fs::read(&file).unwrap();
+    assert_eq!(data.len() as u64, at + m.len() as u64 + 1);
+    assert_eq!(memchr::memmem::find_iter(&data, &m).count(), 1);
+}
