@@ -1081,10 +1081,19 @@ mod tests {
             let more = log_bytes(grow, 2);
             whole.extend_from_slice(&more);
             src.append_unreadable(&more);
-            assert!(!step(&src, &mut fp), "short reads of new bytes are not a truncation");
-            assert!(fp.len <= 100, "a length whose bytes could not be read was published");
+            assert!(
+                !step(&src, &mut fp),
+                "short reads of new bytes are not a truncation"
+            );
+            assert!(
+                fp.len <= 100,
+                "a length whose bytes could not be read was published"
+            );
             src.settle();
-            assert!(!step(&src, &mut fp), "once readable: growth, not truncation");
+            assert!(
+                !step(&src, &mut fp),
+                "once readable: growth, not truncation"
+            );
             assert_eq!(fp.len, whole.len() as u64);
             // A real rewrite is still seen, through the same short reads.
             let mut rewritten = whole.clone();
