@@ -164,12 +164,12 @@ const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 const ONE_READ: usize = 4096;
 
 /// The length last published and the [`FINGERPRINT`] bytes before it (fewer when the file is
-/// shorter).
+/// shorter, none when they could not be read when the file was opened).
 #[derive(Default)]
 struct Fingerprint {
     len: u64,
     bytes: [u8; FINGERPRINT],
-    /// How many of `bytes` are in use: `min(len, FINGERPRINT)`.
+    /// How many of `bytes` are in use: `min(len, FINGERPRINT)`, or 0 (see above).
     n: usize,
 }
 
@@ -741,6 +741,12 @@ impl Follower {
         self.add_watch(file, by_fd, mask, Target::File)?;
         // The length before the file: a follower that sees the file open must never resolve
         // `-N` against a length not yet published (it would start at byte 0).
+        // Until its bytes read, the fingerprint knows the length and no bytes, so a file that
+        // shrinks below it meanwhile is still a truncation.
+        *file.inner.fingerprint.lock().unwrap() = Fingerprint {
+            len,
+            ..Fingerprint::default()
+        };
         file.inner.len.store(len, Ordering::Release);
         let _ = file.inner.file.set(opened);
         log::info!(path:% = path.display(); "following file");
@@ -905,11 +911,12 @@ fn check(f: &impl Source, old: &Fingerprint, len: u64) -> io::Result<Checked> {
             None => Checked::Changed(""),
         });
     }
-    // `old.n <= old.len <= len` (a fingerprint's `n` is `min(len, FINGERPRINT)`).
+    // `old.n <= old.len <= len`; `old.n` is `min(old.len, FINGERPRINT)`, or 0 when the bytes
+    // are unknown (a file opened while its end read short).
     let old_start = old.len - old.n as u64;
     let span = len - old_start;
     let mut then = [0u8; FINGERPRINT];
-    let new = if span <= ONE_READ as u64 {
+    let new = if span <= ONE_READ as u64 && span >= len.min(FINGERPRINT as u64) {
         // One pread covers the old fingerprint and the new one.
         let mut buf = [0u8; ONE_READ];
         let buf = &mut buf[..span as usize];
@@ -1111,5 +1118,33 @@ mod tests {
             assert!(!step(&src, &mut fp));
             assert_eq!(fp.len, 50);
         }
+    }
+
+    /// A file opened while its end reads short keeps a fingerprint of its length and no
+    /// bytes: growth by less than a fingerprint must not index past the read, and a
+    /// shrink below it is still a truncation.
+    #[test]
+    fn a_fingerprint_with_no_bytes_is_safe() {
+        let src = ShortReads::new(&log_bytes(100, 1), 3);
+        let mut fp = Fingerprint {
+            len: 100,
+            ..Fingerprint::default()
+        };
+        src.append_unreadable(&log_bytes(10, 2));
+        assert!(!step(&src, &mut fp));
+        assert_eq!(fp.len, 100, "nothing new is published before it reads");
+        src.settle();
+        let mut unknown = Fingerprint {
+            len: 100,
+            ..Fingerprint::default()
+        };
+        assert!(!step(&src, &mut unknown));
+        assert_eq!((unknown.len, unknown.n), (110, FINGERPRINT));
+        let mut unknown = Fingerprint {
+            len: 100,
+            ..Fingerprint::default()
+        };
+        src.rewrite(&log_bytes(60, 4));
+        assert!(step(&src, &mut unknown), "shorter than the length known");
     }
 }
