@@ -769,7 +769,9 @@ impl Follower {
         let look = match examine(f, &fp) {
             Ok(look) => look,
             Err(e) => {
-                log::warn!(path:% = inner.path.display(); "fstat failed: {e}");
+                log::warn!(path:% = inner.path.display(); "fstat failed: {e}; looking again");
+                drop(fp);
+                self.look_again(inner);
                 return true;
             }
         };
@@ -811,12 +813,17 @@ impl Follower {
             }
         }
         if look.again {
-            let mut pending = self.registry.pending.lock().unwrap();
-            if !pending.iter().any(|w| w.as_ptr() == Arc::as_ptr(inner)) {
-                pending.push(Arc::downgrade(inner));
-            }
+            self.look_again(inner);
         }
         look.again
+    }
+
+    /// Has the watcher refresh `inner` again after a pause, event or not.
+    fn look_again(&self, inner: &Arc<Inner>) {
+        let mut pending = self.registry.pending.lock().unwrap();
+        if !pending.iter().any(|w| w.as_ptr() == Arc::as_ptr(inner)) {
+            pending.push(Arc::downgrade(inner));
+        }
     }
 }
 
