@@ -12,7 +12,8 @@
 //! 3. [`follow`]: loop: wait until the file is longer than what was sent, `sendfile` the
 //!    difference. The client is closed when the watcher's epoch changes (the file was
 //!    truncated, or the bytes before its old end rewritten: `shared::watch` says exactly
-//!    what is detected).
+//!    what is detected), checked before every `sendfile`, so also in the middle of a long
+//!    backlog ([`crate::sendfile`]).
 //! 4. Meanwhile [`crate::hangup::gone`] watches the socket, so a client whose connection is
 //!    reset while the file is quiet is released at once rather than at the next write. A
 //!    client that shuts down its sending side (a FIN) has not left: it keeps receiving.
