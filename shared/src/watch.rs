@@ -76,7 +76,7 @@
 //! old fingerprint bytes read and differ; if the new end cannot be read then, an empty file
 //! is published (with the epoch bumped) until it can. A failed `pread` (`EIO`) is retried
 //! the same way and logged with its offset. A file whose first look on open comes up short
-//! (from a client's task) is looked at again on its next event.
+//! (from a client's task) wakes the watcher's thread to look again.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -276,6 +276,15 @@ struct Registry {
     /// Files whose last refresh came up short: the watcher looks at them again after a
     /// short delay even if no event comes.
     pending: Mutex<Vec<Weak<Inner>>>,
+    /// Written when a file is added to `pending` from another thread than the watcher's
+    /// (a client's `follow` whose first look came up short), so that it is not left waiting
+    /// for an event.
+    kick: OwnedFd,
+}
+
+thread_local! {
+    /// Whether this is the watcher's thread.
+    static ON_WATCHER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 #[derive(Default)]
@@ -348,8 +357,12 @@ impl Watcher {
         let inotify =
             Inotify::init().map_err(|e| io::Error::new(e.kind(), format!("inotify_init: {e}")))?;
         let watches = inotify.watches();
-        let stop = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-            .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("eventfd: {e}")))?;
+        let eventfd = || {
+            rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+                .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("eventfd: {e}")))
+        };
+        let stop = eventfd()?;
+        let kick = eventfd()?;
         Ok(Watcher {
             inotify,
             stop: Arc::new(stop),
@@ -358,6 +371,7 @@ impl Watcher {
                     watches: Mutex::new(watches),
                     table: Mutex::new(Table::default()),
                     pending: Mutex::new(Vec::new()),
+                    kick,
                 }),
             },
         })
@@ -402,6 +416,7 @@ impl Watcher {
 
     /// The watcher thread's loop (see [`Watcher::run`]); returns when `stop` is readable.
     fn watch(mut self, on_gone: OnGone, stop: &OwnedFd) -> io::Result<Gone> {
+        ON_WATCHER.with(|on| on.set(true));
         let mut buf = vec![0u8; 64 * 1024];
         // How long to wait for events before looking again at files whose bytes could not
         // all be read: doubles while they stay short, from 2 ms up to a second.
@@ -474,9 +489,11 @@ impl Watcher {
                     return Ok(Some(self.follower.dispatch(events)));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let kick = &self.follower.registry.kick;
                     let mut fds = [
                         PollFd::new(&self.inotify, PollFlags::IN),
                         PollFd::new(stop, PollFlags::IN),
+                        PollFd::new(kick, PollFlags::IN),
                     ];
                     match rustix::event::poll(&mut fds, timeout.as_ref()) {
                         Ok(0) if timeout.is_some() => return Ok(Some(Vec::new())),
@@ -492,6 +509,10 @@ impl Watcher {
                     rt::trace::mark(rt::trace::Point::Readable);
                     if !fds[1].revents().is_empty() {
                         return Ok(None);
+                    }
+                    if !fds[2].revents().is_empty() {
+                        let _ = rustix::io::read(kick, &mut [0u8; 8]);
+                        return Ok(Some(Vec::new()));
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -823,6 +844,10 @@ impl Follower {
         let mut pending = self.registry.pending.lock().unwrap();
         if !pending.iter().any(|w| w.as_ptr() == Arc::as_ptr(inner)) {
             pending.push(Arc::downgrade(inner));
+        }
+        drop(pending);
+        if !ON_WATCHER.with(|on| on.get()) {
+            let _ = rustix::io::write(&self.registry.kick, &1u64.to_ne_bytes());
         }
     }
 }
