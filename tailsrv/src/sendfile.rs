@@ -157,3 +157,102 @@ async fn after_nothing_sent(watch: &FileWatch, pos: u64) -> Option<Sent> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// A watched file of `len` bytes and a connected socket pair; the watcher is not run, so
+    /// the epoch stays where the test puts the cursor's.
+    fn setup(len: usize) -> (tempdir::Dir, FileWatch, Async<TcpStream>, TcpStream) {
+        let dir = tempdir::Dir::new();
+        let path = dir.0.join("log");
+        std::fs::write(&path, vec![b'x'; len]).unwrap();
+        let watcher = shared::watch::Watcher::new().unwrap();
+        let watch = watcher.follower().follow(&path).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (dir, watch, Async::new(server).unwrap(), client)
+    }
+
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                use std::sync::atomic::{AtomicU32, Ordering};
+                static N: AtomicU32 = AtomicU32::new(0);
+                let n = N.fetch_add(1, Ordering::Relaxed);
+                let p = std::env::temp_dir()
+                    .join(format!("tailsrv-sendfile-{}-{n}", std::process::id()));
+                std::fs::create_dir_all(&p).unwrap();
+                Dir(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    /// Issue #25 item 8 at the unit level: with the epoch moved on, not one byte is sent,
+    /// even for a backlog that was already being sent.
+    #[test]
+    fn a_stale_epoch_sends_nothing() {
+        let (_dir, watch, sock, mut client) = setup(1 << 20);
+        let epoch = watch.epoch();
+        let mut cur = Cursor {
+            watch,
+            offset: 0,
+            epoch: epoch + 1,
+        };
+        let sent = futures_lite::future::block_on(send_range(&sock, &mut cur, 1 << 20)).unwrap();
+        assert!(matches!(sent, Sent::Truncated), "{sent:?}");
+        assert_eq!(cur.offset, 0);
+        drop(sock);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        assert!(
+            got.is_empty(),
+            "{} bytes sent after the epoch changed",
+            got.len()
+        );
+        // With the epoch as placed, the same range is sent whole.
+        let (_dir, watch, sock, mut client) = setup(1 << 20);
+        let epoch = watch.epoch();
+        let mut cur = Cursor {
+            watch,
+            offset: 0,
+            epoch,
+        };
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).unwrap();
+            got.len()
+        });
+        let sent = futures_lite::future::block_on(send_range(&sock, &mut cur, 1 << 20)).unwrap();
+        assert!(matches!(sent, Sent::All), "{sent:?}");
+        drop(sock);
+        assert_eq!(reader.join().unwrap(), 1 << 20);
+    }
+
+    /// A file that ends before the range: a truncation, told by `fstat`, not a short read
+    /// waited out.
+    #[test]
+    fn a_file_shorter_than_the_range_is_a_truncation() {
+        let (_dir, watch, sock, _client) = setup(1000);
+        let epoch = watch.epoch();
+        let mut cur = Cursor {
+            watch,
+            offset: 0,
+            epoch,
+        };
+        let started = std::time::Instant::now();
+        let sent = futures_lite::future::block_on(send_range(&sock, &mut cur, 5000)).unwrap();
+        assert!(matches!(sent, Sent::Truncated), "{sent:?}");
+        assert_eq!(cur.offset, 1000);
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+}
