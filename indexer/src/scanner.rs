@@ -16,7 +16,9 @@
 //!    then sleep until the watcher says the log grew (no polling), a lookup flags the index
 //!    as not matching the log, or a sync is due. A truncation (the watcher's epoch changes:
 //!    the log got shorter, or the bytes before its old end were rewritten, see
-//!    `shared::watch`), a log shorter than what we read, or a lookup that found the log no
+//!    `shared::watch`), a log shorter than what we read (a read that comes up empty while
+//!    `fstat` still counts the bytes is a short read: read again after a pause, an error
+//!    after 5 s), or a lookup that found the log no
 //!    longer splits where the index says ([`Index::wait_suspect`]) rebuilds from scratch. A
 //!    framing error stops indexing where it happened, is logged and published for queries,
 //!    and waits for one of those.
@@ -257,7 +259,9 @@ async fn follow(
         }
     };
     let truncated = || Ok("the log was truncated or rewritten".to_string());
-    loop {
+    // Since when reads have come up empty before a length `fstat` still counts.
+    let mut short_since: Option<Instant> = None;
+    'outer: loop {
         if let Some(why) = stale() {
             return Ok(why.to_string());
         }
@@ -290,8 +294,37 @@ async fn follow(
                 // watcher's own thread, where woken tasks are polled, the watcher would
                 // never get to look). So wait until the watcher has seen the change.
                 watcher_caught_up(watch, epoch, len).await;
-                return truncated();
+                // Unless the file is really shorter (or the watcher saw a change), it was a
+                // short read: LazyFS, FUSE and network file systems return nothing for
+                // bytes `fstat` already counts, typically just appended. Keep what was
+                // split and read again after a pause, rather than rebuild the index.
+                let now_len = file.metadata().map_err(|e| ctx(watch, "stat of", e))?.len();
+                if watch.epoch() != epoch || now_len < len {
+                    return truncated();
+                }
+                let since = *short_since.get_or_insert_with(|| {
+                    log::info!(
+                        path:% = watch.path().display(), offset = p.splitter.offset(), length = len;
+                        "short read: bytes the log holds are not readable yet; reading again"
+                    );
+                    Instant::now()
+                });
+                if since.elapsed() >= SHORT_READ_PATIENCE {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "reading {} at byte {}: nothing could be read for {:?} though the \
+                             log is {now_len} bytes long",
+                            watch.path().display(),
+                            p.splitter.offset(),
+                            SHORT_READ_PATIENCE
+                        ),
+                    ));
+                }
+                async_io::Timer::after(SHORT_READ_PAUSE).await;
+                continue 'outer;
             };
+            short_since = None;
             // Publish and persist once per batch.
             let end = p.splitter.boundary();
             index.update(|s| {
@@ -377,6 +410,11 @@ async fn follow(
 /// change before it rebuilds anyway (a rewrite the watcher cannot tell from the old log
 /// leaves its epoch and length alone).
 const SHORT_READ_WAIT: Duration = Duration::from_millis(100);
+
+/// How long reads of bytes the log holds may keep coming up empty before the scanner gives
+/// up with an error, and the pause between two tries.
+const SHORT_READ_PATIENCE: Duration = Duration::from_secs(5);
+const SHORT_READ_PAUSE: Duration = Duration::from_millis(10);
 
 /// Waits until the watcher has published an epoch other than `epoch` or a length other
 /// than `len`, or [`SHORT_READ_WAIT`] has passed.

@@ -63,6 +63,20 @@
 //!   watcher takes it in, the change is measured against the length it published last, and
 //!   if it shortened the file or changed the bytes before that length (as a truncation to
 //!   zero and regrowth does) the epoch is bumped then and the reader stops.
+//!
+//! # Short reads
+//!
+//! Some file systems (LazyFS, FUSE and network ones) return fewer bytes than asked, or none,
+//! for a range `fstat` already counts, typically one just appended. Every read here loops
+//! until its buffer is full; one that returns nothing first is "not yet", never a
+//! truncation: the watcher publishes nothing new for that file (no length past what it
+//! could read, so readers are never told of bytes they cannot read) and looks again after
+//! 2 ms, doubling up to a second, until the bytes read (logged once each way). It is a
+//! truncation only when `fstat` shows the file shorter than the length published, or the
+//! old fingerprint bytes read and differ; if the new end cannot be read then, an empty file
+//! is published (with the epoch bumped) until it can. A failed `pread` (`EIO`) is retried
+//! the same way and logged with its offset. A file whose first look on open comes up short
+//! (from a client's task) wakes the watcher's thread to look again.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -133,6 +147,8 @@ struct Inner {
     fingerprint: Mutex<Fingerprint>,
     /// Why the file exists but could not be opened, while that lasts.
     unreadable: Mutex<Option<(io::ErrorKind, String)>>,
+    /// Whether the last refresh could not read every byte `fstat` counts (logged once).
+    behind: AtomicBool,
 }
 
 /// Bytes re-read before the last length seen, on every batch of events for a file (see the
@@ -140,16 +156,20 @@ struct Inner {
 /// read stays well inside one page.
 pub const FINGERPRINT: usize = 32;
 
+/// First and longest wait before looking again at a file whose last read came up short.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(2);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Growth up to which the old and new fingerprints are read with one `pread`.
 const ONE_READ: usize = 4096;
 
 /// The length last published and the [`FINGERPRINT`] bytes before it (fewer when the file is
-/// shorter).
+/// shorter, none when they could not be read when the file was opened).
 #[derive(Default)]
 struct Fingerprint {
     len: u64,
     bytes: [u8; FINGERPRINT],
-    /// How many of `bytes` are in use: `min(len, FINGERPRINT)`.
+    /// How many of `bytes` are in use: `min(len, FINGERPRINT)`, or 0 (see above).
     n: usize,
 }
 
@@ -253,6 +273,18 @@ impl FileWatch {
 struct Registry {
     watches: Mutex<Watches>,
     table: Mutex<Table>,
+    /// Files whose last refresh came up short: the watcher looks at them again after a
+    /// short delay even if no event comes.
+    pending: Mutex<Vec<Weak<Inner>>>,
+    /// Written when a file is added to `pending` from another thread than the watcher's
+    /// (a client's `follow` whose first look came up short), so that it is not left waiting
+    /// for an event.
+    kick: OwnedFd,
+}
+
+thread_local! {
+    /// Whether this is the watcher's thread.
+    static ON_WATCHER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 #[derive(Default)]
@@ -325,8 +357,12 @@ impl Watcher {
         let inotify =
             Inotify::init().map_err(|e| io::Error::new(e.kind(), format!("inotify_init: {e}")))?;
         let watches = inotify.watches();
-        let stop = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-            .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("eventfd: {e}")))?;
+        let eventfd = || {
+            rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+                .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("eventfd: {e}")))
+        };
+        let stop = eventfd()?;
+        let kick = eventfd()?;
         Ok(Watcher {
             inotify,
             stop: Arc::new(stop),
@@ -334,6 +370,8 @@ impl Watcher {
                 registry: Arc::new(Registry {
                     watches: Mutex::new(watches),
                     table: Mutex::new(Table::default()),
+                    pending: Mutex::new(Vec::new()),
+                    kick,
                 }),
             },
         })
@@ -378,17 +416,38 @@ impl Watcher {
 
     /// The watcher thread's loop (see [`Watcher::run`]); returns when `stop` is readable.
     fn watch(mut self, on_gone: OnGone, stop: &OwnedFd) -> io::Result<Gone> {
+        ON_WATCHER.with(|on| on.set(true));
         let mut buf = vec![0u8; 64 * 1024];
+        // How long to wait for events before looking again at files whose bytes could not
+        // all be read: doubles while they stay short, from 2 ms up to a second.
+        let mut delay = RETRY_FIRST;
         loop {
-            let Some(touched) = self.next_batch(&mut buf, stop)? else {
+            let any_pending = !self.follower.registry.pending.lock().unwrap().is_empty();
+            let timeout = any_pending.then_some(delay);
+            let Some(mut touched) = self.next_batch(&mut buf, stop, timeout)? else {
                 return Err(io::Error::other("the watcher was stopped"));
             };
+            if any_pending {
+                let pending = std::mem::take(&mut *self.follower.registry.pending.lock().unwrap());
+                // Upgraded outside the registry's locks (an upgraded Arc may be the last one).
+                for inner in pending.iter().filter_map(Weak::upgrade) {
+                    if !touched.iter().any(|(f, _)| Arc::ptr_eq(&f.inner, &inner)) {
+                        touched.push((FileWatch { inner }, false));
+                    }
+                }
+            }
+            let mut short = false;
             for (file, appeared) in &touched {
                 if *appeared && file.file().is_none() {
                     self.follower.retry_open(file);
                 }
-                self.follower.refresh(file);
+                short |= self.follower.refresh(file);
             }
+            delay = if short {
+                (delay * 2).min(RETRY_MAX)
+            } else {
+                RETRY_FIRST
+            };
             rt::trace::mark(rt::trace::Point::Published);
             // Every follower of these files is polled here, before the next batch is read.
             rt::run_woken_here(|| {
@@ -409,11 +468,17 @@ impl Watcher {
 
     /// Waits for inotify to be readable; returns the files that had events, each with whether
     /// its name appeared in its directory, or None once `stop` is readable.
+    /// With a `timeout`, returns an empty batch once it passes with no events.
     fn next_batch(
         &mut self,
         buf: &mut [u8],
         stop: &OwnedFd,
+        timeout: Option<std::time::Duration>,
     ) -> io::Result<Option<Vec<(FileWatch, bool)>>> {
+        let timeout = timeout.map(|t| rustix::event::Timespec {
+            tv_sec: t.as_secs() as _,
+            tv_nsec: t.subsec_nanos() as _,
+        });
         loop {
             match self.inotify.read_events(buf) {
                 Ok(events) => {
@@ -424,11 +489,14 @@ impl Watcher {
                     return Ok(Some(self.follower.dispatch(events)));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let kick = &self.follower.registry.kick;
                     let mut fds = [
                         PollFd::new(&self.inotify, PollFlags::IN),
                         PollFd::new(stop, PollFlags::IN),
+                        PollFd::new(kick, PollFlags::IN),
                     ];
-                    match rustix::event::poll(&mut fds, None) {
+                    match rustix::event::poll(&mut fds, timeout.as_ref()) {
+                        Ok(0) if timeout.is_some() => return Ok(Some(Vec::new())),
                         Ok(_) => {}
                         Err(rustix::io::Errno::INTR) => continue,
                         Err(e) => {
@@ -441,6 +509,10 @@ impl Watcher {
                     rt::trace::mark(rt::trace::Point::Readable);
                     if !fds[1].revents().is_empty() {
                         return Ok(None);
+                    }
+                    if !fds[2].revents().is_empty() {
+                        let _ = rustix::io::read(kick, &mut [0u8; 8]);
+                        return Ok(Some(Vec::new()));
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -498,6 +570,7 @@ impl Follower {
                     announced: AtomicBool::new(false),
                     fingerprint: Mutex::new(Fingerprint::default()),
                     unreadable: Mutex::new(None),
+                    behind: AtomicBool::new(false),
                 }),
             };
             table
@@ -689,6 +762,12 @@ impl Follower {
         self.add_watch(file, by_fd, mask, Target::File)?;
         // The length before the file: a follower that sees the file open must never resolve
         // `-N` against a length not yet published (it would start at byte 0).
+        // Until its bytes read, the fingerprint knows the length and no bytes, so a file that
+        // shrinks below it meanwhile is still a truncation.
+        *file.inner.fingerprint.lock().unwrap() = Fingerprint {
+            len,
+            ..Fingerprint::default()
+        };
         file.inner.len.store(len, Ordering::Release);
         let _ = file.inner.file.set(opened);
         log::info!(path:% = path.display(); "following file");
@@ -698,53 +777,55 @@ impl Follower {
     }
 
     /// Re-reads length, fingerprint and link count of the open file and publishes what
-    /// changed (see the module docs).
-    fn refresh(&self, file: &FileWatch) {
+    /// changed (see the module docs). Returns whether the file must be looked at again
+    /// without waiting for its next event: some bytes `fstat` counts could not be read yet
+    /// (a short read; see "Short reads" in the module docs).
+    fn refresh(&self, file: &FileWatch) -> bool {
         let Some(f) = file.file() else {
-            return;
+            return false;
         };
         let inner = &file.inner;
         let mut fp = inner.fingerprint.lock().unwrap();
         let old_len = fp.len;
-        // A read that comes up short means the file shrank between fstat and pread: look
-        // again (a few times; a file that keeps shrinking is taken as truncated).
-        let mut outcome = None;
-        let mut nlink = 1;
-        for _ in 0..4 {
-            let meta = match f.metadata() {
-                Ok(m) => m,
-                Err(e) => {
-                    log::warn!(path:% = inner.path.display(); "fstat failed: {e}");
-                    return;
-                }
-            };
-            nlink = meta.nlink();
-            outcome = check(f, &fp, meta.len());
-            if outcome.is_some() {
-                break;
+        let look = match examine(f, &fp) {
+            Ok(look) => look,
+            Err(e) => {
+                log::warn!(path:% = inner.path.display(); "fstat failed: {e}; looking again");
+                drop(fp);
+                self.look_again(inner);
+                return true;
             }
+        };
+        if look.again {
+            if !inner.behind.swap(true, Ordering::AcqRel) {
+                match &look.error {
+                    Some(e) => {
+                        log::warn!(path:% = inner.path.display(); "{e}; looking again")
+                    }
+                    None => log::info!(
+                        path:% = inner.path.display(), published = old_len;
+                        "short read: bytes the file reports are not readable yet; looking again"
+                    ),
+                }
+            }
+        } else if inner.behind.swap(false, Ordering::AcqRel) {
+            log::info!(path:% = inner.path.display(); "the file reads in full again");
         }
-        let (new_fp, why) = outcome.unwrap_or_else(|| {
-            let len = f.metadata().map_or(0, |m| m.len());
-            let unknown = Fingerprint {
-                len,
-                ..Fingerprint::default()
-            };
-            (unknown, Some(""))
-        });
-        if let Some(why) = why {
-            // Bump the epoch before the length, so a reader that sees the new length also
-            // sees that the bytes before it may have changed.
-            inner.epoch.fetch_add(1, Ordering::AcqRel);
-            log::warn!(
-                path:% = inner.path.display(), from = old_len, to = new_fp.len;
-                "file was truncated{why}"
-            );
+        if let Some(new_fp) = look.fp {
+            if let Some(why) = look.why {
+                // Bump the epoch before the length, so a reader that sees the new length also
+                // sees that the bytes before it may have changed.
+                inner.epoch.fetch_add(1, Ordering::AcqRel);
+                log::warn!(
+                    path:% = inner.path.display(), from = old_len, to = new_fp.len;
+                    "file was truncated{why}"
+                );
+            }
+            inner.len.store(new_fp.len, Ordering::Release);
+            *fp = new_fp;
         }
-        inner.len.store(new_fp.len, Ordering::Release);
-        *fp = new_fp;
         drop(fp);
-        if nlink == 0 {
+        if look.nlink == 0 {
             file.set_gone(Gone::Deleted);
         }
         if let Some(gone) = file.gone() {
@@ -752,71 +833,184 @@ impl Follower {
                 log::info!(path:% = inner.path.display(); "file was {gone}");
             }
         }
+        if look.again {
+            self.look_again(inner);
+        }
+        look.again
+    }
+
+    /// Has the watcher refresh `inner` again after a pause, event or not.
+    fn look_again(&self, inner: &Arc<Inner>) {
+        let mut pending = self.registry.pending.lock().unwrap();
+        if !pending.iter().any(|w| w.as_ptr() == Arc::as_ptr(inner)) {
+            pending.push(Arc::downgrade(inner));
+        }
+        drop(pending);
+        if !ON_WATCHER.with(|on| on.get()) {
+            let _ = rustix::io::write(&self.registry.kick, &1u64.to_ne_bytes());
+        }
     }
 }
 
-/// How a refresh found the file: the new fingerprint, and whether (and how, for the log
-/// line after "file was truncated") it was truncated or rewritten.
-type Checked = (Fingerprint, Option<&'static str>);
+/// What the fingerprint logic reads a file through: `fstat` and `pread`. A seam, so that the
+/// unit tests can drive it with the short reads of LazyFS and some network and FUSE file
+/// systems.
+trait Source {
+    /// The file's length and link count.
+    fn stat(&self) -> io::Result<(u64, u64)>;
+    /// One `pread`: may return fewer bytes than asked, or none, before the end `stat` gave.
+    fn read_at(&self, buf: &mut [u8], at: u64) -> io::Result<usize>;
+}
+
+impl Source for File {
+    fn stat(&self) -> io::Result<(u64, u64)> {
+        let m = self.metadata()?;
+        Ok((m.len(), m.nlink()))
+    }
+    fn read_at(&self, buf: &mut [u8], at: u64) -> io::Result<usize> {
+        FileExt::read_at(self, buf, at)
+    }
+}
+
+/// What one refresh found.
+struct Look {
+    /// What to publish (None: keep what was published).
+    fp: Option<Fingerprint>,
+    /// Set when the file was truncated or rewritten: how, for the log line after "file was
+    /// truncated".
+    why: Option<&'static str>,
+    /// Some bytes could not be read: look again soon.
+    again: bool,
+    /// The last read error, with its offset, if reading failed rather than came up short.
+    error: Option<io::Error>,
+    nlink: u64,
+}
+
+/// Compares the file with the fingerprint `old` (see the module docs). A read that comes up
+/// short may mean the file shrank between `fstat` and `pread` (then the next `fstat` says
+/// so), or that bytes `fstat` counts are not readable yet: then nothing new is published
+/// and `again` is set, unless the file is seen to be shorter or its old bytes changed, which
+/// is a truncation whatever its new end holds (published as an empty file until it reads).
+/// Errors are `fstat`'s only; a failed `pread` is in `error`.
+fn examine(f: &impl Source, old: &Fingerprint) -> io::Result<Look> {
+    let mut changed = None;
+    let mut error = None;
+    let mut nlink = 1;
+    for _ in 0..4 {
+        let (len, n) = f.stat()?;
+        nlink = n;
+        match check(f, old, len) {
+            Ok(Checked::Read(fp, why)) => {
+                return Ok(Look {
+                    fp: Some(fp),
+                    why,
+                    again: false,
+                    error: None,
+                    nlink,
+                })
+            }
+            Ok(Checked::Changed(why)) => changed = Some(why),
+            Ok(Checked::Short) => {}
+            Err(e) => error = Some(e),
+        }
+    }
+    Ok(Look {
+        fp: changed.map(|_| Fingerprint::default()),
+        why: changed,
+        again: true,
+        error,
+        nlink,
+    })
+}
+
+/// How the file compared with the last fingerprint.
+enum Checked {
+    /// Read in full: the new fingerprint, and whether (and how) it was truncated or rewritten.
+    Read(Fingerprint, Option<&'static str>),
+    /// Truncated or rewritten, but its new end could not be read (a short read).
+    Changed(&'static str),
+    /// A read came up short and nothing was learnt.
+    Short,
+}
 
 const REWRITTEN: &str = " or rewritten (the bytes before its old end changed)";
 
-/// Compares the file, `len` bytes long by `fstat`, with the fingerprint `old`. None if a
-/// read came up short (the file shrank since the `fstat`).
-fn check(f: &File, old: &Fingerprint, len: u64) -> Option<Checked> {
+/// Compares the file, `len` bytes long by `fstat`, with the fingerprint `old`.
+fn check(f: &impl Source, old: &Fingerprint, len: u64) -> io::Result<Checked> {
     if len < old.len {
-        return Some((fingerprint(f, len)?, Some("")));
+        return Ok(match fingerprint(f, len)? {
+            Some(fp) => Checked::Read(fp, Some("")),
+            None => Checked::Changed(""),
+        });
     }
+    // `old.n <= old.len <= len`; `old.n` is `min(old.len, FINGERPRINT)`, or 0 when the bytes
+    // are unknown (a file opened while its end read short).
     let old_start = old.len - old.n as u64;
     let span = len - old_start;
-    let (then, new) = if span <= ONE_READ as u64 {
+    let mut then = [0u8; FINGERPRINT];
+    let new = if span <= ONE_READ as u64 && span >= len.min(FINGERPRINT as u64) {
         // One pread covers the old fingerprint and the new one.
         let mut buf = [0u8; ONE_READ];
         let buf = &mut buf[..span as usize];
-        read_full(f, buf, old_start)?;
         let n = len.min(FINGERPRINT as u64) as usize;
-        let mut new = Fingerprint {
-            len,
-            n,
-            ..Fingerprint::default()
-        };
-        new.bytes[..n].copy_from_slice(&buf[buf.len() - n..]);
-        let mut then = [0u8; FINGERPRINT];
-        then[..old.n].copy_from_slice(&buf[..old.n]);
-        (then, new)
+        if read_full(f, buf, old_start)? {
+            then[..old.n].copy_from_slice(&buf[..old.n]);
+            let mut new = Fingerprint {
+                len,
+                n,
+                ..Fingerprint::default()
+            };
+            new.bytes[..n].copy_from_slice(&buf[buf.len() - n..]);
+            Some(new)
+        } else if read_full(f, &mut then[..old.n], old_start)? {
+            None
+        } else {
+            return Ok(Checked::Short);
+        }
     } else {
-        let mut then = [0u8; FINGERPRINT];
-        read_full(f, &mut then[..old.n], old_start)?;
-        (then, fingerprint(f, len)?)
+        if !read_full(f, &mut then[..old.n], old_start)? {
+            return Ok(Checked::Short);
+        }
+        fingerprint(f, len)?
     };
-    let same = then[..old.n] == old.bytes[..old.n];
-    Some((new, (!same).then_some(REWRITTEN)))
+    let why = (then[..old.n] != old.bytes[..old.n]).then_some(REWRITTEN);
+    Ok(match (new, why) {
+        (Some(new), why) => Checked::Read(new, why),
+        (None, Some(why)) => Checked::Changed(why),
+        (None, None) => Checked::Short,
+    })
 }
 
 /// The fingerprint of a file `len` bytes long; None if the read comes up short.
-fn fingerprint(f: &File, len: u64) -> Option<Fingerprint> {
+fn fingerprint(f: &impl Source, len: u64) -> io::Result<Option<Fingerprint>> {
     let n = len.min(FINGERPRINT as u64) as usize;
     let mut fp = Fingerprint {
         len,
         n,
         ..Fingerprint::default()
     };
-    read_full(f, &mut fp.bytes[..n], len - n as u64)?;
-    Some(fp)
+    Ok(read_full(f, &mut fp.bytes[..n], len - n as u64)?.then_some(fp))
 }
 
-/// `pread` until `buf` is full; None if the file ends first or the read fails.
-fn read_full(f: &File, buf: &mut [u8], at: u64) -> Option<()> {
+/// `pread` until `buf` is full, however short each read is; false if a read returns nothing
+/// first (the file ends there, or its bytes are not readable yet). Errors say where.
+fn read_full(f: &impl Source, buf: &mut [u8], at: u64) -> io::Result<bool> {
     let mut done = 0;
     while done < buf.len() {
-        match f.read_at(&mut buf[done..], at + done as u64) {
-            Ok(0) => return None,
+        let pos = at + done as u64;
+        match f.read_at(&mut buf[done..], pos) {
+            Ok(0) => return Ok(false),
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("reading {} bytes at offset {pos}: {e}", buf.len() - done),
+                ))
+            }
         }
     }
-    Some(())
+    Ok(true)
 }
 
 impl Registry {
@@ -842,5 +1036,147 @@ impl Drop for Inner {
             registry.release(&mut table, &wd, self as *const Inner);
         }
         table.by_path.retain(|_, w| w.strong_count() > 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::{Cell, RefCell};
+
+    /// A file in memory whose reads come up short the way LazyFS's (and some network and FUSE
+    /// file systems') do: `fstat` already reports the appended length, but `pread` returns
+    /// nothing at or past `readable`, and at most `chunk` bytes per call below it.
+    struct ShortReads {
+        data: RefCell<Vec<u8>>,
+        readable: Cell<u64>,
+        chunk: usize,
+    }
+
+    impl ShortReads {
+        fn new(data: &[u8], chunk: usize) -> ShortReads {
+            ShortReads {
+                data: RefCell::new(data.to_vec()),
+                readable: Cell::new(data.len() as u64),
+                chunk,
+            }
+        }
+        /// Appends bytes that `fstat` counts but `pread` does not return yet.
+        fn append_unreadable(&self, more: &[u8]) {
+            self.data.borrow_mut().extend_from_slice(more);
+        }
+        fn settle(&self) {
+            self.readable.set(self.data.borrow().len() as u64);
+        }
+        fn rewrite(&self, data: &[u8]) {
+            *self.data.borrow_mut() = data.to_vec();
+            self.settle();
+        }
+    }
+
+    impl Source for ShortReads {
+        fn stat(&self) -> io::Result<(u64, u64)> {
+            Ok((self.data.borrow().len() as u64, 1))
+        }
+        fn read_at(&self, buf: &mut [u8], at: u64) -> io::Result<usize> {
+            let data = self.data.borrow();
+            let end = (self.readable.get() as usize).min(data.len());
+            let at = at as usize;
+            if at >= end {
+                return Ok(0);
+            }
+            let n = buf.len().min(end - at).min(self.chunk);
+            buf[..n].copy_from_slice(&data[at..at + n]);
+            Ok(n)
+        }
+    }
+
+    fn log_bytes(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// Runs one refresh against `src` from `fp` and returns whether it reported a truncation.
+    fn step(src: &ShortReads, fp: &mut Fingerprint) -> bool {
+        let look = examine(src, fp).unwrap();
+        if let Some(new) = look.fp {
+            *fp = new;
+        }
+        look.why.is_some()
+    }
+
+    /// Issue #25 item 1: short reads of a just-appended range made the watcher report a
+    /// truncation and store a fingerprint with no bytes, and the next refresh panicked.
+    #[test]
+    fn short_reads_are_not_truncations_and_never_panic() {
+        for (grow, chunk) in [(100, 1), (100, 7), (10_000, 1000), (10_000, 4096)] {
+            let first = log_bytes(100, 1);
+            let src = ShortReads::new(&first, chunk);
+            let mut fp = Fingerprint::default();
+            assert!(!step(&src, &mut fp), "first look");
+            assert_eq!(fp.len, 100);
+            let mut whole = first.clone();
+            let more = log_bytes(grow, 2);
+            whole.extend_from_slice(&more);
+            src.append_unreadable(&more);
+            assert!(
+                !step(&src, &mut fp),
+                "short reads of new bytes are not a truncation"
+            );
+            assert!(
+                fp.len <= 100,
+                "a length whose bytes could not be read was published"
+            );
+            src.settle();
+            assert!(
+                !step(&src, &mut fp),
+                "once readable: growth, not truncation"
+            );
+            assert_eq!(fp.len, whole.len() as u64);
+            // A real rewrite is still seen, through the same short reads.
+            let mut rewritten = whole.clone();
+            let l = rewritten.len();
+            rewritten[l - 1] ^= 0xff;
+            rewritten.extend_from_slice(b"more");
+            src.rewrite(&rewritten);
+            assert!(step(&src, &mut fp), "a rewrite is still detected");
+            // And a truncation whose new bytes cannot be read is still a truncation.
+            src.rewrite(&[]);
+            src.append_unreadable(&log_bytes(50, 3));
+            assert!(step(&src, &mut fp), "a truncation is still detected");
+            assert!(fp.len <= 50);
+            src.settle();
+            assert!(!step(&src, &mut fp));
+            assert_eq!(fp.len, 50);
+        }
+    }
+
+    /// A file opened while its end reads short keeps a fingerprint of its length and no
+    /// bytes: growth by less than a fingerprint must not index past the read, and a
+    /// shrink below it is still a truncation.
+    #[test]
+    fn a_fingerprint_with_no_bytes_is_safe() {
+        let src = ShortReads::new(&log_bytes(100, 1), 3);
+        let mut fp = Fingerprint {
+            len: 100,
+            ..Fingerprint::default()
+        };
+        src.append_unreadable(&log_bytes(10, 2));
+        assert!(!step(&src, &mut fp));
+        assert_eq!(fp.len, 100, "nothing new is published before it reads");
+        src.settle();
+        let mut unknown = Fingerprint {
+            len: 100,
+            ..Fingerprint::default()
+        };
+        assert!(!step(&src, &mut unknown));
+        assert_eq!((unknown.len, unknown.n), (110, FINGERPRINT));
+        let mut unknown = Fingerprint {
+            len: 100,
+            ..Fingerprint::default()
+        };
+        src.rewrite(&log_bytes(60, 4));
+        assert!(step(&src, &mut unknown), "shorter than the length known");
     }
 }

@@ -768,3 +768,120 @@ fn old_format_and_damaged_magic_are_rebuilt() {
     q.wait_count("count", starts.len() as u64);
     assert_eq!(q.ask_all(&queries), expected);
 }
+
+/// Issue #25 item 8: followers in the middle of a large backlog when the file is truncated
+/// to zero and at once regrown with other bytes. tailsrv checked the epoch only between
+/// backlogs, so a follower parked on a full socket in the middle of one went on with the
+/// new file's bytes at its offset after the old ones (62 of 100 in the report), still open
+/// seconds later. Now the epoch is checked before every `sendfile`.
+///
+/// 100 followers of a 64 MiB file read slowly (so each is mid-backlog, its socket full),
+/// then stop reading for the change: that leaves out the race the watcher documents (a
+/// `sendfile` in the microseconds between the regrow and the watcher's look), and what is
+/// checked is that nothing more is sent once the watcher has seen the change. Then they read
+/// as fast as they can. Every follower must be closed, and every byte it got must be the
+/// old file's byte at that offset.
+#[test]
+fn truncate_and_regrow_closes_followers_in_the_middle_of_a_backlog() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    const SIZE: usize = 64 << 20;
+    const FOLLOWERS: usize = 100;
+    const BEFORE: u64 = 1 << 20;
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    let old = Arc::new(random_bytes(SIZE, 25));
+    append(&path, &old);
+    let srv = tailsrv(&path);
+    let paused = Arc::new(AtomicBool::new(false));
+    let slow = Arc::new(AtomicBool::new(true));
+    let received: Arc<Vec<AtomicU64>> =
+        Arc::new((0..FOLLOWERS).map(|_| AtomicU64::new(0)).collect());
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let followers: Vec<_> = (0..FOLLOWERS)
+        .map(|i| {
+            let mut c = srv.connect();
+            c.write_all(b"0\n").unwrap();
+            let (old, paused, slow, received) =
+                (old.clone(), paused.clone(), slow.clone(), received.clone());
+            std::thread::spawn(move || -> Result<u64, String> {
+                let mut buf = vec![0u8; 16 << 10];
+                let mut got = 0usize;
+                c.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                loop {
+                    if Instant::now() > deadline {
+                        return Err(format!("follower {i}: still open after {got} bytes"));
+                    }
+                    if paused.load(Ordering::Acquire) {
+                        std::thread::sleep(Duration::from_millis(2));
+                        continue;
+                    }
+                    let n = match c.read(&mut buf) {
+                        Ok(0) => return Ok(got as u64),
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                            return Ok(got as u64)
+                        }
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            continue
+                        }
+                        Err(e) => return Err(format!("follower {i}: {e}")),
+                    };
+                    if got + n > old.len() || buf[..n] != old[got..got + n] {
+                        let at = (0..n)
+                            .find(|&k| got + k >= old.len() || buf[k] != old[got + k])
+                            .unwrap();
+                        return Err(format!(
+                            "follower {i}: byte {} is not the old file's (a stream the file \
+                             never held: the new generation spliced after the old)",
+                            got + at
+                        ));
+                    }
+                    got += n;
+                    received[i].store(got as u64, Ordering::Release);
+                    if slow.load(Ordering::Acquire) {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            })
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(15), || received
+            .iter()
+            .all(|r| r.load(Ordering::Acquire) >= BEFORE)),
+        "followers did not all receive {BEFORE} bytes"
+    );
+    paused.store(true, Ordering::Release);
+    // Every reader is parked now (its last read done), and tailsrv with it on a full socket.
+    std::thread::sleep(Duration::from_millis(50));
+    let at_change: Vec<u64> = received.iter().map(|r| r.load(Ordering::Acquire)).collect();
+    assert!(
+        at_change.iter().all(|&n| n < SIZE as u64 / 2),
+        "a follower was not in the middle of its backlog: {at_change:?}"
+    );
+    truncate_and_regrow(&path, &random_bytes(SIZE, 26));
+    assert!(srv.log.wait_for("file was truncated", PATIENCE).is_some());
+    slow.store(false, Ordering::Release);
+    paused.store(false, Ordering::Release);
+    let mut failures = Vec::new();
+    let mut closed = 0;
+    for f in followers {
+        match f.join().unwrap() {
+            Ok(_) => closed += 1,
+            Err(e) => failures.push(e),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{closed}/{FOLLOWERS} followers closed cleanly; {} failed, first: {}",
+        failures.len(),
+        failures.first().map_or("", |s| s.as_str())
+    );
+}
