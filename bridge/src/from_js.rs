@@ -83,10 +83,33 @@ impl Output {
         let mut buf = vec![0u8; 1 << 20];
         file.seek(SeekFrom::Start(0))
             .map_err(|e| Error::File(format!("cannot read {shown}: {e}")))?;
-        loop {
+        // Read up to fstat's length: a read that returns nothing before it is a short read
+        // (FUSE, network file systems), not the end; counting would stop early and the
+        // messages after it would be fetched and written again.
+        let file_len = file
+            .metadata()
+            .map_err(|e| Error::File(format!("cannot stat {shown}: {e}")))?
+            .len();
+        let mut at = 0u64;
+        let mut empty_reads = 0u32;
+        while at < file_len {
             let n = match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
+                Ok(0) => {
+                    empty_reads += 1;
+                    if empty_reads > 200 {
+                        return Err(Error::File(format!(
+                            "cannot read {shown}: it reads empty at byte {at} of {file_len} \
+                             (a short read that never completed)"
+                        )));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                }
+                Ok(n) => {
+                    empty_reads = 0;
+                    at += n as u64;
+                    n
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Error::File(format!("cannot read {shown}: {e}"))),
             };

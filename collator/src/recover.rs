@@ -47,6 +47,10 @@ pub struct Recovered {
     pub cut: u64,
 }
 
+/// Reads that return nothing before the file's length, retried 10 ms apart before the
+/// restart check gives up with an error (a short read, not the end of the file).
+const EMPTY_READS: u32 = 200;
+
 /// Scans `file` and cuts its torn tail. `batches` are the journal's extents of requests of
 /// several messages, `(start, end)`, sorted (empty without a journal). `max_cut` is the most
 /// a crash can leave behind; a longer tail is an error.
@@ -77,12 +81,28 @@ pub fn recover(
     let mut at = 0u64;
     let mut framing_error = None;
     let delimited = framing.delimiter().is_some();
+    let mut empty_reads = 0u32;
     while at < len {
         let want = (len - at).min(buf.len() as u64) as usize;
         let n = file.read_at(&mut buf[..want], at)?;
         if n == 0 {
-            break;
+            // Not the end: fstat counts these bytes and only we write the file. Some file
+            // systems (FUSE, network ones) return short reads for a range just written;
+            // try again briefly, and never cut what could not be read.
+            empty_reads += 1;
+            if empty_reads > EMPTY_READS {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "the file reads empty at byte {at} of {len} (fstat's length) after \
+                         {EMPTY_READS} tries: a short read that never completed"
+                    ),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            continue;
         }
+        empty_reads = 0;
         let chunk = &buf[..n];
         let base = at;
         if delimited {

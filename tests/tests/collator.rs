@@ -343,8 +343,14 @@ fn kill_9_during_writes_loses_and_duplicates_nothing() {
     let mut kills = 0;
     let mut cuts = 0;
     let mut restart_ends = std::collections::BTreeSet::new();
+    let mut last_end = 0;
     while kills < 25 && started.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(80));
+        // Kill only once data has flowed since the last restart (on a loaded machine a
+        // restart and the producer's reconnect can take longer than the pause above).
+        eventually(Duration::from_secs(5), || {
+            std::fs::metadata(&file).map_or(false, |m| m.len() > last_end)
+        });
         c.signal(Signal::KILL);
         c.wait_exit(PATIENCE).expect("killed collator exits");
         kills += 1;
@@ -363,7 +369,8 @@ fn kill_9_during_writes_loses_and_duplicates_nothing() {
         if c.log.text().contains("cutting a torn tail") {
             cuts += 1;
         }
-        restart_ends.insert(std::fs::metadata(&file).unwrap().len());
+        last_end = std::fs::metadata(&file).unwrap().len();
+        restart_ends.insert(last_end);
     }
     feeder.join().unwrap();
     let status = child.wait().unwrap();
