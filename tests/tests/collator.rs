@@ -349,7 +349,7 @@ fn kill_9_during_writes_loses_and_duplicates_nothing() {
         // Kill only once data has flowed since the last restart (on a loaded machine a
         // restart and the producer's reconnect can take longer than the pause above).
         eventually(Duration::from_secs(5), || {
-            std::fs::metadata(&file).map_or(false, |m| m.len() > last_end)
+            std::fs::metadata(&file).is_ok_and(|m| m.len() > last_end)
         });
         c.signal(Signal::KILL);
         c.wait_exit(PATIENCE).expect("killed collator exits");
