@@ -612,7 +612,7 @@ impl<H: FnMut(Event<'_>)> Writer<H> {
     }
 
     fn report_lost(&mut self, b: AckedBatch, error: &Error) {
-        log::error!("{error}");
+        log::debug!("{error}");
         (self.handler)(Event::Lost {
             first: b.first,
             count: b.count,
