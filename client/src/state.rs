@@ -319,7 +319,8 @@ impl ProducerState {
             if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(format!("{name} {v:?} is not a number"));
             }
-            v.parse().map_err(|_| format!("{name} {v:?} is out of range"))
+            v.parse()
+                .map_err(|_| format!("{name} {v:?} is out of range"))
         };
         let hex = |i: usize, name: &str| -> Result<u64, String> {
             let v = field(i, name)?;
@@ -362,14 +363,12 @@ impl ProducerStateFile {
         let lock = lock(path)?;
         let saved = match read_small(path)? {
             None => None,
-            Some(bytes) => {
-                Some(
-                    ProducerState::parse(&bytes).map_err(|reason| Error::Corrupt {
-                        path: path.to_owned(),
-                        reason,
-                    })?,
-                )
-            }
+            Some(bytes) => Some(
+                ProducerState::parse(&bytes).map_err(|reason| Error::Corrupt {
+                    path: path.to_owned(),
+                    reason,
+                })?,
+            ),
         };
         Ok(ProducerStateFile {
             path: path.to_owned(),

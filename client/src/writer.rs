@@ -581,11 +581,7 @@ impl<H: FnMut(Event<'_>)> Writer<H> {
             lost.extend(self.acked.pop_back());
         }
         lost.reverse();
-        let oldest_known = lost
-            .first()
-            .and_then(|b| b.seq)
-            .or(refused)
-            .unwrap_or(n);
+        let oldest_known = lost.first().and_then(|b| b.seq).or(refused).unwrap_or(n);
         if n < oldest_known && self.acked.is_empty() {
             // Acked to an earlier process (a resumed session): only the numbers are known.
             let error = Error::Lost(format!(

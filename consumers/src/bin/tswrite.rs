@@ -331,11 +331,11 @@ fn main() -> ExitCode {
     let mut status = 0u8;
     // Takes the handler's notes: output lines, checkpoints (saved when due), losses.
     let take = |note: Note,
-                    owed: &mut BTreeMap<u64, String>,
-                    failed: &mut bool,
-                    marks: &mut VecDeque<(u64, Pos)>,
-                    latest: &mut Option<ProducerState>,
-                    unsaved: &mut u32| match note {
+                owed: &mut BTreeMap<u64, String>,
+                failed: &mut bool,
+                marks: &mut VecDeque<(u64, Pos)>,
+                latest: &mut Option<ProducerState>,
+                unsaved: &mut u32| match note {
         Note::Line(i, line) => {
             *failed |= line.starts_with("error:");
             owed.insert(i, line);
@@ -369,7 +369,7 @@ fn main() -> ExitCode {
         }
     };
     let save = |state: &mut Option<(ProducerStateFile, ProducerState)>,
-                    latest: &Option<ProducerState>|
+                latest: &Option<ProducerState>|
      -> Result<(), String> {
         match (state, latest) {
             (Some((file, _)), Some(l)) => file.save(l).map_err(|e| e.to_string()),
