@@ -234,6 +234,8 @@ pub struct Writer<H: FnMut(Event<'_>)> {
     /// Messages of a retried original still to be acknowledged without sending:
     /// (how many, next offset, next message number, the original's sequence number).
     skip: Option<(u64, u64, u64, u64)>,
+    /// Whether the loss of requests from before a resumed session's start was reported.
+    reported_before_start: bool,
 }
 
 impl<H: FnMut(Event<'_>)> fmt::Debug for Writer<H> {
@@ -292,6 +294,7 @@ impl<H: FnMut(Event<'_>)> Writer<H> {
             probing,
             connect_end: 0,
             skip: None,
+            reported_before_start: false,
         }
     }
 
@@ -313,8 +316,9 @@ impl<H: FnMut(Event<'_>)> Writer<H> {
     }
 
     /// Adds one message. A message that can never be written (empty, too long, a delimiter
-    /// inside) is refused here, before anything is sent. `Err(Unreachable)` when no collator
-    /// could be reached (everything pending was handed back to the handler).
+    /// inside) is refused here, before anything is sent (it takes its number all the same).
+    /// `Err(Unreachable)` when no collator could be reached (everything pending was handed
+    /// back to the handler).
     pub fn write(&mut self, message: &[u8]) -> Result<(), Error> {
         let framing = self.framing()?;
         if let Err(r) = check_message(framing, message, self.config.max_message) {
@@ -463,7 +467,7 @@ impl<H: FnMut(Event<'_>)> Writer<H> {
                 // ours (acked before) is lost; this batch and those behind it are resent
                 // from N.
                 let n = expected(&r.reason).unwrap_or_default();
-                self.lost_from_seq(n, batch.seq);
+                self.lost_from_seq(n);
                 self.rewind_to = Some(n);
                 self.requeue.push_back(batch);
             }
@@ -570,8 +574,8 @@ impl<H: FnMut(Event<'_>)> Writer<H> {
     }
 
     /// Reports the acked batches with a sequence number `n` or later (the collator expects
-    /// `n` next); `refused` is the retried request's own number.
-    fn lost_from_seq(&mut self, n: u64, refused: Option<u64>) {
+    /// `n` next).
+    fn lost_from_seq(&mut self, n: u64) {
         let mut lost = Vec::new();
         while self
             .acked
@@ -581,19 +585,21 @@ impl<H: FnMut(Event<'_>)> Writer<H> {
             lost.extend(self.acked.pop_back());
         }
         lost.reverse();
-        let oldest_known = lost.first().and_then(|b| b.seq).or(refused).unwrap_or(n);
-        if n < oldest_known && self.acked.is_empty() {
-            // Acked to an earlier process (a resumed session): only the numbers are known.
-            let error = Error::Lost(format!(
-                "requests {n}..{oldest_known} of producer {} were acknowledged to an earlier \
-                 run, and the collator no longer has them (a power loss took its unsynced tail)",
-                self.config.producer.as_deref().unwrap_or("")
-            ));
-            (self.handler)(Event::Lost {
-                first: 0,
-                count: 0,
-                error: &error,
-            });
+        // Below the session's resumed start: requests acknowledged to an earlier process.
+        if let Some(start) = self.config.resume_seq.filter(|&r| n < r) {
+            if !self.reported_before_start {
+                self.reported_before_start = true;
+                let error = Error::Lost(format!(
+                    "requests {n}..{start} of producer {} were acknowledged to an earlier run, \
+                     and the collator no longer has them (a power loss took its unsynced tail)",
+                    self.config.producer.as_deref().unwrap_or("")
+                ));
+                (self.handler)(Event::Lost {
+                    first: 0,
+                    count: 0,
+                    error: &error,
+                });
+            }
         }
         for b in lost {
             let error = Error::Lost(format!(
