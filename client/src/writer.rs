@@ -28,7 +28,9 @@
 //!   — and are reported: [`Event::Lost`] with their message numbers, never silently. What
 //!   the writer cannot see: a collator that lost every record of this producer *and* was
 //!   written past the lost bytes by others before the writer reconnected, or a loss of more
-//!   than the collator's window (256 requests) minus `max_in_flight`.
+//!   than the collator's window (256 requests) minus `max_in_flight`. (Offsets are compared
+//!   across reconnects, so the server list must name one collator's file: addresses of it,
+//!   or a standby that takes that file over.)
 //! - **Resuming a session** ([`Config::resume_seq`], used by `tswrite --state`): a new
 //!   process continues a producer session at a sequence number saved after an ack, so the
 //!   requests a killed predecessor left unanswered are retried, not written again. Their
