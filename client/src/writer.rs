@@ -79,6 +79,10 @@ pub struct Config {
     /// starting a new one from the clock; the first requests probe the collator one message
     /// at a time (see the module docs).
     pub resume_seq: Option<u64>,
+    /// Bytes of acknowledged batches kept to write them again if the collator loses them
+    /// (a power loss under `--sync interval=MS`, `write` or `none`); beyond it a loss is
+    /// reported ([`Event::Lost`]). In `--sync data` mode nothing acknowledged is lost.
+    pub keep_acked: usize,
 }
 
 impl Default for Config {
@@ -93,6 +97,7 @@ impl Default for Config {
             retry_for: Duration::from_secs(30),
             max_message: 1 << 20,
             resume_seq: None,
+            keep_acked: 16 << 20,
         }
     }
 }
@@ -149,6 +154,17 @@ pub enum Event<'a> {
         /// Why.
         error: &'a Error,
     },
+    /// Messages acknowledged before and then lost by the collator were written again: message
+    /// `first + i` is now at byte `offsets[i]`, number `ack.msgno + i` (the earlier positions
+    /// are void).
+    Rewritten {
+        /// The first message's number among those written to this writer.
+        first: u64,
+        /// The collator's answer.
+        ack: Ack,
+        /// Each message's byte offset.
+        offsets: &'a [u64],
+    },
     /// Messages `first..first + count`, acknowledged before, are not in the collator's file
     /// any more (it lost its unsynced tail); the writer no longer has them. `count` is 0 when
     /// the lost requests were acknowledged to an earlier process (a resumed session): the
@@ -163,14 +179,15 @@ pub enum Event<'a> {
     },
 }
 
-/// An acknowledged batch, remembered to recognise its loss.
-#[derive(Debug, Clone, Copy)]
+/// An acknowledged batch, remembered to recognise its loss (and, within
+/// [`Config::keep_acked`], with its bytes, to write it again).
 struct AckedBatch {
     seq: Option<u64>,
     first: u64,
     count: u64,
     /// The byte offset after its last message.
     end: u64,
+    batch: Option<Batch>,
 }
 
 /// Acked batches remembered (more than the collator's window plus what is in flight).
@@ -185,6 +202,8 @@ struct Batch {
     /// Each message's offset from the batch's start.
     starts: Vec<u64>,
     tries: u32,
+    /// Acknowledged before, lost by the collator, being written again.
+    rewritten: bool,
 }
 
 impl Batch {
@@ -196,6 +215,7 @@ impl Batch {
             payloads: Vec::new(),
             starts: Vec::new(),
             tries: 0,
+            rewritten: false,
         }
     }
 
@@ -238,6 +258,10 @@ pub struct Writer<H: FnMut(Event<'_>)> {
     skip: Option<(u64, u64, u64, u64)>,
     /// Whether the loss of requests from before a resumed session's start was reported.
     reported_before_start: bool,
+    /// Bytes of the bodies kept in `acked`.
+    kept_bytes: usize,
+    /// Lost batches to write again, oldest first, ahead of everything else.
+    lost_resend: VecDeque<Batch>,
 }
 
 impl<H: FnMut(Event<'_>)> fmt::Debug for Writer<H> {
@@ -297,6 +321,8 @@ impl<H: FnMut(Event<'_>)> Writer<H> {
             connect_end: 0,
             skip: None,
             reported_before_start: false,
+            kept_bytes: 0,
+            lost_resend: VecDeque::new(),
         }
     }
 
@@ -471,6 +497,9 @@ impl<H: FnMut(Event<'_>)> Writer<H> {
                 let n = expected(&r.reason).unwrap_or_default();
                 self.lost_from_seq(n);
                 self.rewind_to = Some(n);
+                while let Some(b) = self.lost_resend.pop_back() {
+                    self.requeue.push_front(b);
+                }
                 self.requeue.push_back(batch);
             }
             Answer::Refused(r) if r.code == Code::SequenceGap && self.rewind_to.is_some() => {
@@ -534,30 +563,84 @@ impl<H: FnMut(Event<'_>)> Writer<H> {
         }
         // Our batches land in sequence order; one landing below an earlier one's end means
         // the collator lost that one.
-        self.lost_past(ack.offset, "a later request landed before its end");
+        // (Written again after them, they would be out of order: reported instead.)
+        self.lost_past(ack.offset, "a later request landed before its end", false);
         let end = ack.offset + batch.body.len() as u64;
+        let offsets: Vec<u64> = batch.starts.iter().map(|s| ack.offset + s).collect();
+        let first = batch.first;
+        if batch.rewritten {
+            (self.handler)(Event::Rewritten {
+                first,
+                ack,
+                offsets: &offsets,
+            });
+        } else {
+            (self.handler)(Event::Acked {
+                first,
+                ack,
+                offsets: &offsets,
+                seq,
+            });
+        }
         if seq.is_some() {
+            let keep = batch.body.len() <= self.config.keep_acked;
+            if keep {
+                self.kept_bytes += batch.body.len();
+            }
             self.acked.push_back(AckedBatch {
                 seq: batch.seq,
-                first: batch.first,
+                first,
                 count: n,
                 end,
+                batch: keep.then_some(batch),
             });
             if self.acked.len() > ACKED_KEPT {
-                self.acked.pop_front();
+                if let Some(old) = self.acked.pop_front() {
+                    self.forget(old);
+                }
+            }
+            // Over the budget: the oldest bodies go (their loss can still be reported).
+            let mut i = 0;
+            while self.kept_bytes > self.config.keep_acked && i < self.acked.len() {
+                if let Some(b) = self.acked[i].batch.take() {
+                    self.kept_bytes -= b.body.len();
+                }
+                i += 1;
             }
         }
-        let offsets: Vec<u64> = batch.starts.iter().map(|s| ack.offset + s).collect();
-        (self.handler)(Event::Acked {
-            first: batch.first,
-            ack,
-            offsets: &offsets,
-            seq,
-        });
     }
 
-    /// Reports the acked batches that end past `len` (the collator's file is shorter).
-    fn lost_past(&mut self, len: u64, how: &str) {
+    /// Drops a remembered batch's bytes from the account.
+    fn forget(&mut self, old: AckedBatch) -> Option<Batch> {
+        let b = old.batch?;
+        self.kept_bytes -= b.body.len();
+        Some(b)
+    }
+
+    /// A lost acked batch: queued to be written again if its bytes are kept, else reported.
+    fn lost(&mut self, b: AckedBatch, resend: bool, error: &Error) {
+        let (first, count) = (b.first, b.count);
+        match self.forget(b) {
+            Some(mut batch) if resend => {
+                log::debug!("writing again: {error}");
+                batch.rewritten = true;
+                batch.tries = 0;
+                self.lost_resend.push_back(batch);
+            }
+            _ => {
+                log::debug!("{error}");
+                (self.handler)(Event::Lost {
+                    first,
+                    count,
+                    error,
+                });
+            }
+        }
+    }
+
+    /// The acked batches that end past `len` (the collator's file is shorter) are lost:
+    /// written again (if `resend` and kept) or reported.
+    fn lost_past(&mut self, len: u64, how: &str, resend: bool) {
         let mut lost = Vec::new();
         while self.acked.back().is_some_and(|b| b.end > len) {
             lost.extend(self.acked.pop_back());
@@ -571,12 +654,12 @@ impl<H: FnMut(Event<'_>)> Writer<H> {
                 b.first + b.count,
                 b.end
             ));
-            self.report_lost(b, &error);
+            self.lost(b, resend, &error);
         }
     }
 
-    /// Reports the acked batches with a sequence number `n` or later (the collator expects
-    /// `n` next).
+    /// The acked batches with a sequence number `n` or later (the collator expects `n` next)
+    /// are lost: written again (if kept) or reported.
     fn lost_from_seq(&mut self, n: u64) {
         let mut lost = Vec::new();
         while self
@@ -611,17 +694,8 @@ impl<H: FnMut(Event<'_>)> Writer<H> {
                 b.first + b.count,
                 b.seq.unwrap_or_default()
             ));
-            self.report_lost(b, &error);
+            self.lost(b, true, &error);
         }
-    }
-
-    fn report_lost(&mut self, b: AckedBatch, error: &Error) {
-        log::debug!("{error}");
-        (self.handler)(Event::Lost {
-            first: b.first,
-            count: b.count,
-            error,
-        });
     }
 
     fn fail(&mut self, batch: Batch, error: &Error) {
@@ -633,12 +707,14 @@ impl<H: FnMut(Event<'_>)> Writer<H> {
     }
 
     /// The connection failed: without an id, hand back what was in flight; with one, reconnect
-    /// and resend it all with the same sequence numbers.
+    /// and resend it all with the same sequence numbers (after any acked batches the
+    /// reconnect showed lost).
     fn connection_lost(&mut self, e: io::Error) -> Result<(), Error> {
         log::debug!("collator connection lost: {e}");
         self.conn = None;
         let mut pending: VecDeque<Batch> = std::mem::take(&mut self.requeue);
         pending.extend(self.in_flight.drain(..));
+        let pending = pending;
         if self.config.producer.is_none() {
             let error = Error::Unknown(e.to_string());
             for b in pending {
@@ -646,7 +722,12 @@ impl<H: FnMut(Event<'_>)> Writer<H> {
             }
             return self.reconnect();
         }
-        if let Err(err) = self.reconnect() {
+        let reconnected = self.reconnect();
+        // Acked batches the collator lost (seen on reconnecting) go first: they are older.
+        let mut all = std::mem::take(&mut self.lost_resend);
+        all.extend(pending);
+        let mut pending = all;
+        if let Err(err) = reconnected {
             for b in pending {
                 self.fail(b, &err);
             }
@@ -724,7 +805,7 @@ impl<H: FnMut(Event<'_>)> Writer<H> {
                 self.framing = Some(end.framing);
                 self.conn = Some(c);
                 self.connect_end = end.offset;
-                self.lost_past(end.offset, "on reconnecting");
+                self.lost_past(end.offset, "on reconnecting", true);
                 Ok(())
             }
             Some(Answer::Refused(r)) => Err(io::Error::other(r.to_string())),

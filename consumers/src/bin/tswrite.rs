@@ -20,7 +20,9 @@ starts and its message number, the indexer's) once it is acknowledged, or `error
 if it was handed back. Blank lines are skipped (an empty message cannot be written).
 
 Acknowledged messages the collator then lost (a power loss under --sync interval/write/none) \
-are logged on stderr: `lost: input messages A..B: ...` (0-based input numbers, B excluded).
+are written again (the last 16 MiB acknowledged are kept for that) and logged on stderr: \
+`rewritten: input messages A..B now start at byte OFFSET, message MSGNO`; older ones are \
+reported: `lost: input messages A..B: ...` (0-based input numbers, B excluded).
 
 --state FILE (with --id): the session (id, next sequence number) and how much of the input \
 is acknowledged (messages, bytes, a hash of those bytes) are saved there (atomically, every \
@@ -168,6 +170,9 @@ enum Note {
     Line(u64, String),
     /// Messages before I are resolved and the next request is S.
     Checkpoint(u64, u64),
+    /// Messages I..I+N (of this run), lost by the collator after their ack, were written
+    /// again at byte B as message number M on.
+    Rewritten(u64, u64, u64, u64),
     /// Messages I..I+N (of this run), or earlier requests (N = 0), were lost after their ack.
     Lost(u64, u64, String),
 }
@@ -314,6 +319,18 @@ fn main() -> ExitCode {
                 let _ = tx.send(Note::Line(first + i, format!("error: {error}")));
             }
         }
+        Event::Rewritten {
+            first,
+            ack,
+            offsets,
+        } => {
+            let _ = tx.send(Note::Rewritten(
+                first,
+                offsets.len() as u64,
+                offsets.first().copied().unwrap_or(ack.offset),
+                ack.msgno,
+            ));
+        }
         Event::Lost {
             first,
             count,
@@ -354,6 +371,15 @@ fn main() -> ExitCode {
                     *unsaved += 1;
                 }
             }
+        }
+        Note::Rewritten(first, count, offset, msgno) => {
+            log::warn!(
+                "rewritten: input messages {}..{} now start at byte {offset}, message \
+                 {msgno} (acknowledged before, then lost by the collator: the positions \
+                 printed for them earlier are void)",
+                base + first,
+                base + first + count
+            );
         }
         Note::Lost(first, count, why) => {
             *failed = true;
