@@ -147,6 +147,17 @@ fn lost_ranges(log: &str) -> Vec<(usize, usize)> {
 /// message's printed position is its position in the file.
 #[test]
 fn producer_recovers_after_collator_power_loss() {
+    power_losses("16777216");
+}
+
+/// The same with `--keep-acked 0`: the writer keeps nothing acknowledged, so what the power
+/// losses took back is reported lost (exit 1), and exactly that is missing from the file.
+#[test]
+fn producer_recovers_and_reports_what_it_cannot_rewrite() {
+    power_losses("0");
+}
+
+fn power_losses(keep_acked: &str) {
     let dir = tempdir();
     let file = dir.path().join("log");
     let sync = "interval=150";
@@ -157,7 +168,15 @@ fn producer_recovers_after_collator_power_loss() {
     let bytes = joined(&input);
     let server = format!("127.0.0.1:{port}");
     let (mut child, feeder) = spawn_fed(
-        &[&server, "--id", "pl", "--batch-bytes", "1500"],
+        &[
+            &server,
+            "--id",
+            "pl",
+            "--batch-bytes",
+            "1500",
+            "--keep-acked",
+            keep_acked,
+        ],
         bytes.clone(),
         0,
         bytes.len() / 300 + 1,

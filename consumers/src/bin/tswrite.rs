@@ -20,7 +20,7 @@ starts and its message number, the indexer's) once it is acknowledged, or `error
 if it was handed back. Blank lines are skipped (an empty message cannot be written).
 
 Acknowledged messages the collator then lost (a power loss under --sync interval/write/none) \
-are written again (the last 16 MiB acknowledged are kept for that) and logged on stderr: \
+are written again (the last --keep-acked bytes acknowledged, 16 MiB, are kept for that) and logged on stderr: \
 `rewritten: input messages A..B now start at byte OFFSET, message MSGNO`; older ones are \
 reported: `lost: input messages A..B: ...` (0-based input numbers, B excluded).
 
@@ -76,6 +76,11 @@ struct Args {
     /// Save the session and the acknowledged input position in FILE, and resume from it.
     #[arg(long, value_name = "FILE", requires = "id")]
     state: Option<PathBuf>,
+
+    /// Bytes of acknowledged batches kept to write them again if the collator loses them
+    /// (a power loss under --sync interval/write/none); a loss beyond them is reported.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    keep_acked: usize,
 
     /// Longest message (the collator's --max-message).
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
@@ -277,6 +282,7 @@ fn main() -> ExitCode {
         max_message: args.max_message,
         retry_for: Duration::from_secs(args.retry_secs),
         resume_seq: state.as_ref().map(|(_, s)| s.seq),
+        keep_acked: args.keep_acked,
         ..Config::default()
     };
     // Lines owed to stdout, by message number, printed in order.
