@@ -16,19 +16,21 @@
 //! - **Refusals:** a transient one (`busy`, `disk-full`...) is retried; any other hands the
 //!   batch back ([`Event::Failed`]). The requests pipelined behind a refused one are refused
 //!   by the collator as a `sequence-gap` and are renumbered and resent.
-//!
 //! - **A collator that lost its unsynced tail** (a power loss under `--sync interval=MS`,
 //!   `write` or `none`: an `ok` there is not durable) comes back shorter than what it acked.
 //!   The writer sees it three ways: the `end` answered on reconnecting is below the end of a
 //!   batch it had acked, a later ack lands below one, or a retry is refused with
 //!   `sequence-gap ... expected N` (the collator remembers this producer's requests up to
-//!   N-1 only). The batches in hand (unanswered, or refused and requeued) are then resent
-//!   renumbered from N, so no gap remains and none is written twice. The batches acked
-//!   before but lost are **not** resent — the writer no longer holds their bytes once acked
-//!   — and are reported: [`Event::Lost`] with their message numbers, never silently. What
-//!   the writer cannot see: a collator that lost every record of this producer *and* was
-//!   written past the lost bytes by others before the writer reconnected, or a loss of more
-//!   than the collator's window (256 requests) minus `max_in_flight`. (Offsets are compared
+//!   N-1 only). The acked batches the collator lost are written again first, from the
+//!   last [`Config::keep_acked`] bytes of acked batches the writer keeps for this
+//!   ([`Event::Rewritten`] gives their new positions), then the batches in hand (unanswered,
+//!   or refused and requeued), renumbered from N: no gap remains, none is written twice, the
+//!   order is kept. Acked batches lost beyond what is kept, or seen only when a later ack
+//!   lands before them (writing them again would break the order), are reported:
+//!   [`Event::Lost`] with their message numbers, never silently. What the writer cannot see:
+//!   a collator that lost every record of this producer *and* was written past the lost
+//!   bytes by others before the writer reconnected, or a loss of more than the collator's
+//!   window (256 requests) minus `max_in_flight`. (Offsets are compared
 //!   across reconnects, so the server list must name one collator's file: addresses of it,
 //!   or a standby that takes that file over.)
 //! - **Resuming a session** ([`Config::resume_seq`], used by `tswrite --state`): a new
@@ -44,7 +46,7 @@
 //!
 //! Every message gets exactly one [`Event::Acked`] (its byte offset and message number) or
 //! [`Event::Failed`] (its bytes), in the order written; an acked message may later also be
-//! reported [`Event::Lost`].
+//! reported [`Event::Rewritten`] or [`Event::Lost`].
 
 use std::collections::VecDeque;
 use std::fmt;
