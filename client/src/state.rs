@@ -16,6 +16,23 @@
 //! Two consumers writing one state file would each overwrite the other's progress, so the
 //! state is held under an exclusive `flock` on a `FILE.lock` beside it (a lock on the state
 //! file itself would not survive the rename).
+//!
+//! A producer (`tswrite --state`) saves its session the same way, in [`ProducerStateFile`]:
+//!
+//! ```text
+//! tailsrv-producer-state 1
+//! id loader-1
+//! seq 1733140000000123
+//! messages 5000
+//! bytes 48890
+//! input-hash 8c3e0f6b2d9a1e44
+//! check 5b1f0c9a7d2e8b31
+//! ```
+//!
+//! `seq` is the next sequence number of the producer session, `messages` and `bytes` how much
+//! of the input every request before it covers, `input-hash` an FNV-1a 64 hash of those
+//! bytes (to recognise the same input), and `check` the FNV-1a 64 hash of every line before
+//! it, so a damaged file is refused rather than believed.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -53,7 +70,7 @@ impl fmt::Display for Error {
         match self {
             Error::Corrupt { path, reason } => write!(
                 f,
-                "state file {} is corrupt: {reason} (expected {MAGIC:?} then \"offset N\"; fix or remove it)",
+                "state file {} is corrupt: {reason} (fix or remove it)",
                 path.display()
             ),
             Error::Locked { path } => write!(
@@ -83,6 +100,44 @@ pub struct StateFile {
 impl StateFile {
     /// Locks the state file at `path` and loads the saved position, if any.
     pub fn open(path: &Path) -> Result<StateFile, Error> {
+        let lock = lock(path)?;
+        let saved = load(path)?;
+        Ok(StateFile {
+            path: path.to_owned(),
+            tmp: sibling(path, ".tmp"),
+            _lock: lock,
+            saved,
+        })
+    }
+
+    /// The position saved last (by this or an earlier run), if any.
+    pub fn saved(&self) -> Option<u64> {
+        self.saved
+    }
+
+    /// Saves `offset` atomically and durably. A no-op when it is already the saved value.
+    pub fn save(&mut self, offset: u64) -> Result<(), Error> {
+        if self.saved == Some(offset) {
+            return Ok(());
+        }
+        replace(
+            &self.path,
+            &self.tmp,
+            format!("{MAGIC}\noffset {offset}\n").as_bytes(),
+        )?;
+        self.saved = Some(offset);
+        Ok(())
+    }
+
+    /// The state file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Takes the exclusive lock of the state file at `path` (on `FILE.lock`).
+fn lock(path: &Path) -> Result<File, Error> {
+    {
         let io_err = |what, error| Error::Io {
             path: path.to_owned(),
             what,
@@ -104,52 +159,32 @@ impl StateFile {
             }
             Err(e) => return Err(io_err("locking", e.into())),
         }
-        let saved = load(path)?;
-        Ok(StateFile {
-            path: path.to_owned(),
-            tmp: sibling(path, ".tmp"),
-            _lock: lock,
-            saved,
-        })
+        Ok(lock)
     }
+}
 
-    /// The position saved last (by this or an earlier run), if any.
-    pub fn saved(&self) -> Option<u64> {
-        self.saved
-    }
-
-    /// Saves `offset` atomically and durably. A no-op when it is already the saved value.
-    pub fn save(&mut self, offset: u64) -> Result<(), Error> {
-        if self.saved == Some(offset) {
-            return Ok(());
-        }
-        let io_err = |what, error| Error::Io {
-            path: self.path.clone(),
-            what,
-            error,
-        };
-        let mut tmp = File::create(&self.tmp).map_err(|e| io_err("creating a temporary", e))?;
-        tmp.write_all(format!("{MAGIC}\noffset {offset}\n").as_bytes())
-            .and_then(|()| tmp.sync_all())
-            .map_err(|e| io_err("writing a temporary", e))?;
-        drop(tmp);
-        fs::rename(&self.tmp, &self.path).map_err(|e| io_err("replacing", e))?;
-        // The rename is only durable once the directory entry is.
-        let dir = match self.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_err("syncing the directory of", e))?;
-        self.saved = Some(offset);
-        Ok(())
-    }
-
-    /// The state file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
+/// Replaces `path` with `bytes` atomically and durably: a temporary file `tmp` written and
+/// fsynced, renamed over `path`, and the directory fsynced.
+fn replace(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let io_err = |what, error| Error::Io {
+        path: path.to_owned(),
+        what,
+        error,
+    };
+    let mut file = File::create(tmp).map_err(|e| io_err("creating a temporary", e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io_err("writing a temporary", e))?;
+    drop(file);
+    fs::rename(tmp, path).map_err(|e| io_err("replacing", e))?;
+    // The rename is only durable once the directory entry is.
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err("syncing the directory of", e))
 }
 
 /// `path` with `suffix` appended to its file name.
@@ -182,8 +217,186 @@ pub fn load(path: &Path) -> Result<Option<u64>, Error> {
         })?;
     parse(&bytes).map(Some).map_err(|reason| Error::Corrupt {
         path: path.to_owned(),
-        reason,
+        reason: format!("{reason}; expected {MAGIC:?} then \"offset N\""),
     })
+}
+
+/// Reads a whole small file; `None` when there is none.
+fn read_small(path: &Path) -> Result<Option<Vec<u8>>, Error> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => {
+            return Err(Error::Io {
+                path: path.to_owned(),
+                what: "opening",
+                error,
+            })
+        }
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_LEN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| Error::Io {
+            path: path.to_owned(),
+            what: "reading",
+            error,
+        })?;
+    Ok(Some(bytes))
+}
+
+/// First line of a producer's state file: format name and version.
+pub const PRODUCER_MAGIC: &str = "tailsrv-producer-state 1";
+
+/// FNV-1a 64 of `bytes`, continuing from `hash` (start with [`FNV_START`]).
+pub fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x100_0000_01b3);
+    }
+    hash
+}
+
+/// FNV-1a 64's offset basis.
+pub const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// A producer session and how much of its input is acknowledged (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerState {
+    /// The producer id.
+    pub id: String,
+    /// The next sequence number: every request before it is acknowledged.
+    pub seq: u64,
+    /// Input messages those requests cover (refused ones included).
+    pub messages: u64,
+    /// Input bytes those messages take.
+    pub bytes: u64,
+    /// FNV-1a 64 of those bytes.
+    pub input_hash: u64,
+}
+
+impl ProducerState {
+    /// The file's text.
+    pub fn render(&self) -> String {
+        let body = format!(
+            "{PRODUCER_MAGIC}\nid {}\nseq {}\nmessages {}\nbytes {}\ninput-hash {:016x}\n",
+            self.id, self.seq, self.messages, self.bytes, self.input_hash
+        );
+        let check = fnv1a(FNV_START, body.as_bytes());
+        format!("{body}check {check:016x}\n")
+    }
+
+    /// Parses the exact format; the error says what is wrong.
+    pub fn parse(bytes: &[u8]) -> Result<ProducerState, String> {
+        if bytes.len() as u64 > MAX_LEN {
+            return Err(format!("longer than {MAX_LEN} bytes"));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| "not text".to_owned())?;
+        if text.is_empty() {
+            return Err("empty".to_owned());
+        }
+        if !text.ends_with('\n') {
+            return Err("does not end with a newline (truncated?)".to_owned());
+        }
+        let lines: Vec<&str> = text[..text.len() - 1].split('\n').collect();
+        if lines[0] != PRODUCER_MAGIC {
+            return Err(format!(
+                "first line is {:?}, expected {PRODUCER_MAGIC:?}",
+                lines[0]
+            ));
+        }
+        if lines.len() != 7 {
+            return Err(format!("{} lines, expected 7", lines.len()));
+        }
+        let field = |i: usize, name: &str| -> Result<&str, String> {
+            lines[i]
+                .strip_prefix(name)
+                .and_then(|r| r.strip_prefix(' '))
+                .ok_or_else(|| format!("line {} is {:?}, expected `{name} ...`", i + 1, lines[i]))
+        };
+        let number = |i: usize, name: &str| -> Result<u64, String> {
+            let v = field(i, name)?;
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!("{name} {v:?} is not a number"));
+            }
+            v.parse()
+                .map_err(|_| format!("{name} {v:?} is out of range"))
+        };
+        let hex = |i: usize, name: &str| -> Result<u64, String> {
+            let v = field(i, name)?;
+            if v.len() != 16 {
+                return Err(format!("{name} {v:?} is not 16 hex digits"));
+            }
+            u64::from_str_radix(v, 16).map_err(|_| format!("{name} {v:?} is not 16 hex digits"))
+        };
+        let check = hex(6, "check")?;
+        let body_len = text.len() - lines[6].len() - 1;
+        if fnv1a(FNV_START, &bytes[..body_len]) != check {
+            return Err("its checksum does not match its content (damaged?)".to_owned());
+        }
+        let id = field(1, "id")?.to_owned();
+        if !proto::collate::valid_producer_id(&id) {
+            return Err(format!("producer id {id:?} is not valid"));
+        }
+        Ok(ProducerState {
+            id,
+            seq: number(2, "seq")?,
+            messages: number(3, "messages")?,
+            bytes: number(4, "bytes")?,
+            input_hash: hex(5, "input-hash")?,
+        })
+    }
+}
+
+/// An open, locked producer state file.
+#[derive(Debug)]
+pub struct ProducerStateFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    _lock: File,
+    saved: Option<ProducerState>,
+}
+
+impl ProducerStateFile {
+    /// Locks the state file at `path` and loads the saved session, if any.
+    pub fn open(path: &Path) -> Result<ProducerStateFile, Error> {
+        let lock = lock(path)?;
+        let saved = match read_small(path)? {
+            None => None,
+            Some(bytes) => Some(
+                ProducerState::parse(&bytes).map_err(|reason| Error::Corrupt {
+                    path: path.to_owned(),
+                    reason,
+                })?,
+            ),
+        };
+        Ok(ProducerStateFile {
+            path: path.to_owned(),
+            tmp: sibling(path, ".tmp"),
+            _lock: lock,
+            saved,
+        })
+    }
+
+    /// The session saved last, if any.
+    pub fn saved(&self) -> Option<&ProducerState> {
+        self.saved.as_ref()
+    }
+
+    /// Saves `state` atomically and durably; a no-op when it is the saved one.
+    pub fn save(&mut self, state: &ProducerState) -> Result<(), Error> {
+        if self.saved.as_ref() == Some(state) {
+            return Ok(());
+        }
+        replace(&self.path, &self.tmp, state.render().as_bytes())?;
+        self.saved = Some(state.clone());
+        Ok(())
+    }
+
+    /// The state file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 /// Parses the exact format; the error says what is wrong.
@@ -245,6 +458,43 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn producer_state_round_trip_and_damage() {
+        let st = ProducerState {
+            id: "p-1".into(),
+            seq: 17,
+            messages: 5,
+            bytes: 40,
+            input_hash: 0xdead_beef,
+        };
+        let text = st.render();
+        assert_eq!(ProducerState::parse(text.as_bytes()), Ok(st.clone()));
+        // Any one byte changed, or the file cut anywhere, is refused.
+        let b = text.as_bytes();
+        for i in 0..b.len() {
+            let mut bad = b.to_vec();
+            bad[i] ^= 0x01;
+            assert!(ProducerState::parse(&bad).is_err(), "flip at {i}");
+            assert!(ProducerState::parse(&b[..i]).is_err(), "cut at {i}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p");
+        let mut f = ProducerStateFile::open(&path).unwrap();
+        assert!(f.saved().is_none());
+        f.save(&st).unwrap();
+        assert!(matches!(
+            ProducerStateFile::open(&path),
+            Err(Error::Locked { .. })
+        ));
+        drop(f);
+        assert_eq!(ProducerStateFile::open(&path).unwrap().saved(), Some(&st));
+        fs::write(&path, b"tailsrv-producer-state 1\nid x\n").unwrap();
+        assert!(matches!(
+            ProducerStateFile::open(&path),
+            Err(Error::Corrupt { .. })
+        ));
     }
 
     #[test]
