@@ -293,11 +293,25 @@ impl LazyFs {
             .or_else(|_| path.strip_prefix(self.root()))
             .unwrap_or(path);
         let persist: Vec<String> = persist.iter().map(usize::to_string).collect();
-        self.fault(&format!(
+        let command = format!(
             "lazyfs::torn-op::file={}::parts={parts}::persist={}",
             self.root().join(rel).display(),
             persist.join(",")
-        ));
+        );
+        // LazyFS arms the fault after reading it: wait for that, or the write it is meant
+        // for could slip through first.
+        let armed = format!("configured successfully '{command}'");
+        let before = self.log().matches(&armed).count();
+        self.fault(&command);
+        let deadline = Instant::now() + PATIENCE;
+        while self.log().matches(&armed).count() <= before {
+            assert!(
+                Instant::now() < deadline,
+                "LazyFS did not arm {command:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Unmounts, kills LazyFS if it still runs, and mounts it again on the same backing

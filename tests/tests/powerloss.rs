@@ -64,9 +64,11 @@ struct Scan {
 impl Scan {
     fn of(framing: &str, data: &[u8]) -> Scan {
         let (starts, end) = framed::naive_starts(framing, data);
+        let zeros = |b: &[u8]| b.iter().filter(|&&b| b == 0).count();
         let mut s = Scan {
             tail: data.len() as u64 - end,
-            zeros: data.iter().filter(|&&b| b == 0).count(),
+            // Zeros outside good messages (a length prefix holds zeros of its own).
+            zeros: zeros(&data[end as usize..]),
             len: data.len() as u64,
             ..Scan::default()
         };
@@ -78,7 +80,11 @@ impl Scan {
                     s.at.entry(id).or_default().push(start);
                     s.order.push(id);
                 }
-                None => s.bad.push((start, String::from_utf8_lossy(body).into_owned())),
+                None => {
+                    s.zeros += zeros(body);
+                    let shown = String::from_utf8_lossy(body).chars().take(60).collect();
+                    s.bad.push((start, shown));
+                }
             }
         }
         s
@@ -104,7 +110,7 @@ impl Scan {
              {} bytes of partial tail, {} zero bytes, {} duplicated messages (first: {:?})",
             self.len,
             self.bad.len(),
-            self.bad.first().map(|(o, m)| (o, m.chars().take(80).collect::<String>())),
+            self.bad.first(),
             self.tail,
             self.zeros,
             dups.len(),
