@@ -404,6 +404,40 @@ fn assert_stalled_none(test: &str, r: &Rounds) {
     );
 }
 
+/// The harness itself: after a power loss a synced file is whole and an unsynced one is not
+/// (otherwise every other test here would pass for nothing).
+#[test]
+fn lazyfs_drops_what_was_not_synced() {
+    let test = "lazyfs_drops_what_was_not_synced";
+    let Some(mut fs) = LazyFs::mount(test) else {
+        return;
+    };
+    let data = random_bytes(10_000, 1);
+    let mut synced_file = File::create(fs.mnt().join("synced")).unwrap();
+    synced_file.write_all(&data).unwrap();
+    synced_file.sync_all().unwrap();
+    let mut unsynced = File::create(fs.mnt().join("unsynced")).unwrap();
+    unsynced.write_all(&data).unwrap();
+    drop((synced_file, unsynced));
+    assert_eq!(std::fs::read(fs.mnt().join("unsynced")).unwrap(), data);
+    fs.power_loss(&[]);
+    assert_eq!(std::fs::read(fs.mnt().join("synced")).unwrap(), data, "{test}");
+    assert_ne!(
+        std::fs::read(fs.mnt().join("unsynced")).unwrap_or_default(),
+        data,
+        "{test}: LazyFS kept bytes that were never synced"
+    );
+    // A torn write, and a restart on the same backing directory.
+    let torn = fs.mnt().join("torn");
+    std::fs::write(&torn, b"").unwrap();
+    fs.torn_op(&torn, 3, &[1]);
+    let _ = std::fs::write(&torn, &data[..3000]);
+    assert!(fs.wait_dead(PATIENCE), "{test}: LazyFS did not tear the write");
+    fs.restart();
+    assert_eq!(std::fs::read(&torn).unwrap(), &data[..1000], "{test}: torn write");
+    assert_eq!(std::fs::read(fs.mnt().join("synced")).unwrap(), data, "{test}");
+}
+
 /// Issue #25, test 1: four idempotent producers (`tswrite --id`) through a collator in
 /// `--sync data`; three power losses. Every message acknowledged before a power loss is in the
 /// recovered file at its offset; at the end every message is acknowledged, in the file exactly
