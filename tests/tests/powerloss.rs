@@ -977,7 +977,7 @@ fn restarted_tswrite_with_state_writes_exactly_once() {
         return;
     };
     let dir = tempdir();
-    const N: usize = 4000;
+    const N: usize = 20_000;
     let input_path: PathBuf = dir.path().join("input");
     let mut input = Vec::new();
     for i in 0..N {
@@ -985,6 +985,7 @@ fn restarted_tswrite_with_state_writes_exactly_once() {
         input.push(b'\n');
     }
     std::fs::write(&input_path, &input).unwrap();
+    let errors = dir.path().join("stderr");
     let file = fs.mnt().join("log");
     let state = fs.mnt().join("tswrite.state");
     let mut c = collator(&file, "0", &["--sync", "data"]);
@@ -1004,16 +1005,25 @@ fn restarted_tswrite_with_state_writes_exactly_once() {
             ])
             .stdin(File::open(&input_path).unwrap())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(File::options().create(true).append(true).open(&errors).unwrap())
             .spawn()
             .unwrap()
     };
-    let mut status = None;
+    let len = || std::fs::metadata(&file).map_or(0, |m| m.len());
+    let mut kills = 0;
     for round in 0..6 {
+        // Killed once it has written another twelfth of the input (mid-stream, whatever
+        // the machine's speed).
         let mut t = run();
-        std::thread::sleep(Duration::from_millis(120 + 70 * round as u64));
+        let target = len() + input.len() as u64 / 12;
+        let grew = eventually(PATIENCE, || len() >= target);
+        if t.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(grew, "{test}: round {round}: tswrite wrote nothing in {PATIENCE:?}");
+        kills += 1;
         if round == 5 {
-            // Its machine (and the collator's) loses power.
+            // Its machine (and the collator's) loses power; the state file is on it too.
             fs.power_loss(&[t.id(), c.pid()]);
             let _ = t.wait();
             c.wait_exit(PATIENCE).unwrap();
@@ -1023,8 +1033,10 @@ fn restarted_tswrite_with_state_writes_exactly_once() {
             let _ = t.wait();
         }
     }
+    assert_eq!(kills, 6, "{test}: tswrite finished before all six kills");
     let mut t = run();
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut status = None;
     while status.is_none() && Instant::now() < deadline {
         status = t.try_wait().unwrap();
         std::thread::sleep(Duration::from_millis(20));
@@ -1033,8 +1045,7 @@ fn restarted_tswrite_with_state_writes_exactly_once() {
         let _ = t.kill();
         panic!("{test}: the last tswrite did not finish in 60 s");
     };
-    let mut err = String::new();
-    t.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let err = std::fs::read_to_string(&errors).unwrap_or_default();
     assert!(status.success(), "{test}: tswrite exited {status}: {err}");
     c.signal(Signal::TERM);
     assert!(c.wait_exit(PATIENCE).is_some_and(|s| s.success()));
