@@ -170,7 +170,10 @@ impl LazyFs {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("lazyfs did not mount in time; log:\n{}", self.log()));
+                return Err(format!(
+                    "lazyfs did not mount in time; log:\n{}",
+                    self.log()
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -355,7 +355,8 @@ fn power_loss_rounds(test: &str, sync: &str, producers: usize, rounds: usize) ->
             synced_then = synced(&file);
             len_then = std::fs::metadata(&file).unwrap().len();
         });
-        c.wait_exit(PATIENCE).expect("the collator dies with its machine");
+        c.wait_exit(PATIENCE)
+            .expect("the collator dies with its machine");
         // The producers are stopped: once their pipes are drained, the lines are exactly
         // what they were told before the power went.
         let mut prev = usize::MAX;
@@ -421,7 +422,11 @@ fn lazyfs_drops_what_was_not_synced() {
     drop((synced_file, unsynced));
     assert_eq!(std::fs::read(fs.mnt().join("unsynced")).unwrap(), data);
     fs.power_loss(&[]);
-    assert_eq!(std::fs::read(fs.mnt().join("synced")).unwrap(), data, "{test}");
+    assert_eq!(
+        std::fs::read(fs.mnt().join("synced")).unwrap(),
+        data,
+        "{test}"
+    );
     assert_ne!(
         std::fs::read(fs.mnt().join("unsynced")).unwrap_or_default(),
         data,
@@ -432,10 +437,21 @@ fn lazyfs_drops_what_was_not_synced() {
     std::fs::write(&torn, b"").unwrap();
     fs.torn_op(&torn, 3, &[1]);
     let _ = std::fs::write(&torn, &data[..3000]);
-    assert!(fs.wait_dead(PATIENCE), "{test}: LazyFS did not tear the write");
+    assert!(
+        fs.wait_dead(PATIENCE),
+        "{test}: LazyFS did not tear the write"
+    );
     fs.restart();
-    assert_eq!(std::fs::read(&torn).unwrap(), &data[..1000], "{test}: torn write");
-    assert_eq!(std::fs::read(fs.mnt().join("synced")).unwrap(), data, "{test}");
+    assert_eq!(
+        std::fs::read(&torn).unwrap(),
+        &data[..1000],
+        "{test}: torn write"
+    );
+    assert_eq!(
+        std::fs::read(fs.mnt().join("synced")).unwrap(),
+        data,
+        "{test}"
+    );
 }
 
 /// Issue #25, test 1: four idempotent producers (`tswrite --id`) through a collator in
@@ -762,7 +778,13 @@ fn synced_follower(sync: &str) {
         // Fresh producers each round (on other machines; what they were told is not this
         // test's concern, and a fresh session needs no resync after the loss).
         let ps: Vec<Tswrite> = (round * 2..round * 2 + 2)
-            .map(|p| Tswrite::start(p, &server, &["--id", &format!("F{p}"), "--batch-bytes", "600"]))
+            .map(|p| {
+                Tswrite::start(
+                    p,
+                    &server,
+                    &["--id", &format!("F{p}"), "--batch-bytes", "600"],
+                )
+            })
             .collect();
         std::thread::sleep(Duration::from_millis(700));
         let ts_log = ts.log.text();
@@ -870,7 +892,10 @@ fn servers_survive_short_reads_on_lazyfs() {
         std::thread::sleep(Duration::from_millis(2));
     }
     let caught_up = eventually(PATIENCE, || q.number("count") >= n as u64);
-    assert!(caught_up, "{test}: the indexer did not count all {n} messages");
+    assert!(
+        caught_up,
+        "{test}: the indexer did not count all {n} messages"
+    );
     assert_eq!(q.number("count"), n as u64, "{test}: count overshot");
     for k in [0, n / 3, n / 2, n - 1] {
         assert_eq!(q.number(&format!("offset-of {k}")), offsets[k], "{test}");
@@ -1005,7 +1030,13 @@ fn restarted_tswrite_with_state_writes_exactly_once() {
             ])
             .stdin(File::open(&input_path).unwrap())
             .stdout(Stdio::null())
-            .stderr(File::options().create(true).append(true).open(&errors).unwrap())
+            .stderr(
+                File::options()
+                    .create(true)
+                    .append(true)
+                    .open(&errors)
+                    .unwrap(),
+            )
             .spawn()
             .unwrap()
     };
@@ -1020,7 +1051,10 @@ fn restarted_tswrite_with_state_writes_exactly_once() {
         if t.try_wait().unwrap().is_some() {
             break;
         }
-        assert!(grew, "{test}: round {round}: tswrite wrote nothing in {PATIENCE:?}");
+        assert!(
+            grew,
+            "{test}: round {round}: tswrite wrote nothing in {PATIENCE:?}"
+        );
         kills += 1;
         if round == 5 {
             // Its machine (and the collator's) loses power; the state file is on it too.
