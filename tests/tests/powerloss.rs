@@ -90,6 +90,11 @@ impl Scan {
         s
     }
 
+    /// Message `id` is in the file exactly once, at `offset`.
+    fn holds_at(&self, id: (usize, usize), offset: u64) -> bool {
+        self.at.get(&id).is_some_and(|v| *v == [offset])
+    }
+
     fn duplicates(&self) -> Vec<((usize, usize), usize)> {
         let mut d: Vec<_> = self
             .at
@@ -471,7 +476,7 @@ fn power_loss_in_data_mode_loses_and_duplicates_nothing() {
         for (p, lines) in before.iter().enumerate() {
             for (i, l) in lines.iter().enumerate() {
                 if let Some(off) = acked_offset(l) {
-                    if !scan.at.get(&(p, i)).is_some_and(|v| v == &[off]) {
+                    if !scan.holds_at((p, i), off) {
                         lost.push((round, p, i, off));
                     }
                 }
@@ -485,7 +490,7 @@ fn power_loss_in_data_mode_loses_and_duplicates_nothing() {
         for (i, l) in lines.iter().enumerate() {
             let off = acked_offset(l)
                 .unwrap_or_else(|| panic!("{test}: P{p} message {i} not acknowledged: {l}"));
-            if !scan.at.get(&(p, i)).is_some_and(|v| v == &[off]) {
+            if !scan.holds_at((p, i), off) {
                 lost.push((usize::MAX, p, i, off));
             }
         }
@@ -540,7 +545,7 @@ fn power_loss_in_interval_mode_loses_only_the_unsynced_tail() {
                     }
                 }
                 _ => {
-                    if !found.is_some_and(|v| v == &[off]) {
+                    if !scan.holds_at((p, i), off) {
                         wrong.push((round, p, i, off, found.cloned()));
                     }
                 }
@@ -585,7 +590,11 @@ struct Raw {
 
 impl Raw {
     fn new(p: &Proc) -> Raw {
-        let s = p.connect();
+        Raw::connect(p.addr())
+    }
+
+    fn connect(addr: std::net::SocketAddr) -> Raw {
+        let s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(PATIENCE)).unwrap();
         Raw {
             reader: BufReader::new(s.try_clone().unwrap()),
@@ -678,14 +687,14 @@ fn torn_write_is_cut_back_to_the_last_complete_group() {
                 file.to_str().unwrap(),
             ],
         );
-        if c.log.wait_for("listening on", PATIENCE).is_none() {
+        let Some(listening) = c.log.wait_for("listening on ", PATIENCE) else {
             failures.push(format!(
                 "{what}: the collator did not restart on the torn file ({torn_len} bytes); \
                  log:\n{}",
                 c.log.text()
             ));
             continue;
-        }
+        };
         let data = std::fs::read(&file).unwrap();
         let scan = Scan::of(framing, &data);
         let expected: Vec<(usize, usize)> = (0..acked).map(|i| (i / 8, i)).collect();
@@ -713,7 +722,11 @@ fn torn_write_is_cut_back_to_the_last_complete_group() {
             continue;
         }
         // The collator goes on from the last complete group.
-        let mut p = Raw::new(&c);
+        let addr: String = listening["listening on ".len()..]
+            .chars()
+            .take_while(|ch| !ch.is_whitespace() && *ch != '"')
+            .collect();
+        let mut p = Raw::connect(addr.parse().unwrap());
         assert_eq!(
             p.ask(b"end\n"),
             format!("end {} {acked} {framing}", data.len()),
@@ -1077,6 +1090,7 @@ fn restarted_tswrite_with_state_writes_exactly_once() {
     }
     let Some(status) = status else {
         let _ = t.kill();
+        let _ = t.wait();
         panic!("{test}: the last tswrite did not finish in 60 s");
     };
     let err = std::fs::read_to_string(&errors).unwrap_or_default();
