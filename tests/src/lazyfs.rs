@@ -138,8 +138,25 @@ impl LazyFs {
         }
     }
 
-    /// Starts the LazyFS process and waits until its mount is there.
+    /// Starts LazyFS, trying again twice if it dies before mounting (it was seen to abort at
+    /// start, rarely, on a loaded machine).
     fn start(&mut self) -> Result<(), String> {
+        let mut why = String::new();
+        for attempt in 0..3 {
+            match self.start_once() {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    eprintln!("LazyFS start attempt {} failed: {e}", attempt + 1);
+                    why = e;
+                    let _ = std::fs::remove_file(self.dir.path().join("faults.fifo"));
+                }
+            }
+        }
+        Err(why)
+    }
+
+    /// Starts the LazyFS process and waits until its mount is there.
+    fn start_once(&mut self) -> Result<(), String> {
         let log = File::options()
             .create(true)
             .append(true)
