@@ -3,7 +3,7 @@
 //!
 //! [`LazyFs::mount`] mounts a private LazyFS (its own config, fault FIFO, backing directory and
 //! small cache) on a temp directory; dropping it unmounts and kills the LazyFS process by pid.
-//! Faults follow `/work/shared/tools/lazyfs/USAGE.md`: [`LazyFs::power_loss`] stops the
+//! Faults follow `../shared/tools/lazyfs/USAGE.md` (beside the repository): [`LazyFs::power_loss`] stops the
 //! processes writing, clears the cache, then kills them, as a real power loss would;
 //! [`LazyFs::torn_op`] arms a torn write, after which LazyFS kills itself and
 //! [`LazyFs::restart`] mounts it again on the same backing directory.
@@ -112,10 +112,25 @@ impl LazyFs {
             Ok(b) => b,
             Err(why) => return skip(test, &why),
         };
-        let dir = tempfile::Builder::new()
-            .prefix("tailsrv-lazyfs-")
-            .tempdir()
-            .expect("tempdir");
+        // LazyFS ignores a `--config-path` whose value contains "-o" in any case (it takes it
+        // for a mount option), so the directory's name must not (`tailsrv-lazyfs-O4x...`
+        // did, now and then): underscores, and a new name if the random part makes one.
+        let fine =
+            |d: &tempfile::TempDir| !d.path().to_string_lossy().to_lowercase().contains("-o");
+        let Some(dir) = (0..20)
+            .map(|_| {
+                tempfile::Builder::new()
+                    .prefix("tailsrv_lazyfs_")
+                    .tempdir()
+                    .expect("tempdir")
+            })
+            .find(fine)
+        else {
+            return skip(
+                test,
+                "the temp directory's path contains \"-o\" (set TMPDIR)",
+            );
+        };
         for d in ["root", "mnt"] {
             std::fs::create_dir(dir.path().join(d)).unwrap();
         }
@@ -138,25 +153,8 @@ impl LazyFs {
         }
     }
 
-    /// Starts LazyFS, trying again twice if it dies before mounting (it was seen to abort at
-    /// start, rarely, on a loaded machine).
-    fn start(&mut self) -> Result<(), String> {
-        let mut why = String::new();
-        for attempt in 0..3 {
-            match self.start_once() {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    eprintln!("LazyFS start attempt {} failed: {e}", attempt + 1);
-                    why = e;
-                    let _ = std::fs::remove_file(self.dir.path().join("faults.fifo"));
-                }
-            }
-        }
-        Err(why)
-    }
-
     /// Starts the LazyFS process and waits until its mount is there.
-    fn start_once(&mut self) -> Result<(), String> {
+    fn start(&mut self) -> Result<(), String> {
         let log = File::options()
             .create(true)
             .append(true)
