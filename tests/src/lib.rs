@@ -5,6 +5,7 @@
 //! the README's test command builds them first (`cargo build --workspace`).
 
 pub mod framed;
+pub mod lazyfs;
 pub mod nats;
 
 use std::io::{BufRead, BufReader, Read};
