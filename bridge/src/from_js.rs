@@ -75,9 +75,7 @@ impl Output {
             .create(true)
             .open(path)
             .map_err(|e| Error::File(format!("cannot open {shown}: {e}")))?;
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
-            |e| Error::File(format!("{shown} is in use by another writer (flock: {e})")),
-        )?;
+        logfile::lock_exclusive(&file, path, "tsbridge").map_err(|e| Error::File(e.to_string()))?;
         let mut splitter = Splitter::new(framing, DEFAULT_MAX_MESSAGE);
         let mut count = 0u64;
         let mut buf = vec![0u8; 1 << 20];

@@ -29,8 +29,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustix::fs::{flock, FlockOperation};
-
 use crate::follow::{self, Event, Follower, Retry};
 use proto::Start;
 
@@ -119,12 +117,12 @@ pub fn open_locked(path: &Path, create: bool) -> Result<File, Error> {
         .append(true)
         .open(path)
         .map_err(|e| file_err("opening", e))?;
-    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+    match logfile::lock_exclusive(&file, path, "mirror") {
         Ok(()) => Ok(file),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::Locked {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(Error::Locked {
             path: path.to_owned(),
         }),
-        Err(e) => Err(file_err("locking", e.into())),
+        Err(e) => Err(file_err("locking", e)),
     }
 }
 

@@ -38,7 +38,7 @@
 //! past [`COMPACT_AT`].
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -316,29 +316,7 @@ impl Journal {
         let mut text = Vec::new();
         let _ = writeln!(text, "e {end}");
         producers.render_into(&mut text);
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        {
-            let mut f = File::create(&tmp).map_err(|e| ctx(&tmp, "creating", e))?;
-            f.write_all(&text).map_err(|e| ctx(&tmp, "writing", e))?;
-            f.sync_data().map_err(|e| ctx(&tmp, "syncing", e))?;
-        }
-        std::fs::rename(&tmp, path).map_err(|e| ctx(path, "renaming into", e))?;
-        if let Some(dir) = path.parent() {
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| ctx(path, "syncing the directory of", e))?;
-        }
-        let file = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|e| ctx(path, "opening", e))?;
+        let file = logfile::replace(path, &text)?;
         Ok(Journal {
             path: path.to_owned(),
             file,

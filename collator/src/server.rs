@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use event_listener::Event;
 use proto::collate::End;
 use proto::{Code, Mode, Refusal};
-use rustix::fs::{flock, FlockOperation};
 use shared::rt;
 use shared::server::Server;
 use shared::tree::Tree;
@@ -209,7 +208,7 @@ fn open_writer(
         .open(path)
         .map_err(|e| ctx("opening", e))?;
     check(&file)?;
-    lock_exclusive(&file, path)?;
+    logfile::lock_exclusive(&file, path, "collator")?;
     let started = Instant::now();
     let loaded = dedupe::load(journal)?;
     // A crash leaves at most one group: bounded by the queue and one request.
@@ -279,24 +278,6 @@ fn open_writer(
     FileWriter::start(path, opened, settings.clone(), fatal)
 }
 
-/// Takes `file`'s exclusive `flock` or fails saying another collator holds it.
-fn lock_exclusive(file: &File, path: &Path) -> io::Result<()> {
-    match flock(file, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(()),
-        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(io::Error::new(
-            io::ErrorKind::WouldBlock,
-            format!(
-                "another collator is writing {} (it holds the file's lock); a file has one writer",
-                path.display()
-            ),
-        )),
-        Err(e) => Err(io::Error::new(
-            io::Error::from(e).kind(),
-            format!("locking {}: {e}", path.display()),
-        )),
-    }
-}
-
 /// Runs the collator until SIGINT/SIGTERM (drained, `Ok`) or a fatal write error.
 pub fn run(config: Config) -> io::Result<()> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -342,7 +323,7 @@ async fn serve(config: Config) -> io::Result<()> {
         Target::Dir { root, journal_dir } => {
             let tree = Tree::new(root)?;
             let lock = File::open(tree.root())?;
-            lock_exclusive(&lock, tree.root())?;
+            logfile::lock_exclusive(&lock, tree.root(), "collator")?;
             std::fs::create_dir_all(journal_dir)?;
             let journal_dir = std::fs::canonicalize(journal_dir)?;
             if journal_dir.starts_with(tree.root()) {

@@ -433,28 +433,11 @@ impl Fence {
     }
 }
 
-/// Writes a header-only index for `id` and `head` to `path` (temporary file, fsync, rename,
-/// fsync of the directory); the open file and its header checksum.
+/// Writes a header-only index for `id` and `head` to `path` ([`logfile::replace`]: whole or
+/// not at all, the directory synced); the open file and its header checksum.
 fn write_header(path: &Path, id: &Identity, head: Head) -> io::Result<(File, u32)> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
     let header = encode(id, head);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| ctx(&tmp, "creating index", e))?;
-    file.write_all_at(&header, 0)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| ctx(&tmp, "writing index header", e))?;
-    fs::rename(&tmp, path).map_err(|e| ctx(path, "renaming new index into place", e))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // Best effort: makes the rename itself durable across a power cut.
-        let _ = File::open(dir).and_then(|d| d.sync_all());
-    }
+    let file = logfile::replace(path, &header)?;
     Ok((file, u32_at(&header, 56)))
 }
 
