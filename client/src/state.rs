@@ -35,11 +35,9 @@
 //! it, so a damaged file is refused rather than believed.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-
-use rustix::fs::{flock, FlockOperation};
 
 /// First line of every state file: format name and version.
 pub const MAGIC: &str = "tailsrv-consumer-state 1";
@@ -91,7 +89,6 @@ impl std::error::Error for Error {}
 #[derive(Debug)]
 pub struct StateFile {
     path: PathBuf,
-    tmp: PathBuf,
     /// Held for the flock; released when dropped.
     _lock: File,
     saved: Option<u64>,
@@ -104,7 +101,6 @@ impl StateFile {
         let saved = load(path)?;
         Ok(StateFile {
             path: path.to_owned(),
-            tmp: sibling(path, ".tmp"),
             _lock: lock,
             saved,
         })
@@ -120,11 +116,7 @@ impl StateFile {
         if self.saved == Some(offset) {
             return Ok(());
         }
-        replace(
-            &self.path,
-            &self.tmp,
-            format!("{MAGIC}\noffset {offset}\n").as_bytes(),
-        )?;
+        replace(&self.path, format!("{MAGIC}\noffset {offset}\n").as_bytes())?;
         self.saved = Some(offset);
         Ok(())
     }
@@ -137,61 +129,36 @@ impl StateFile {
 
 /// Takes the exclusive lock of the state file at `path` (on `FILE.lock`).
 fn lock(path: &Path) -> Result<File, Error> {
-    {
-        let io_err = |what, error| Error::Io {
-            path: path.to_owned(),
-            what,
-            error,
-        };
-        let lock_path = sibling(path, ".lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| io_err("creating the lock of", e))?;
-        match flock(&lock, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::WOULDBLOCK) => {
-                return Err(Error::Locked {
-                    path: path.to_owned(),
-                })
-            }
-            Err(e) => return Err(io_err("locking", e.into())),
-        }
-        Ok(lock)
-    }
-}
-
-/// Replaces `path` with `bytes` atomically and durably: a temporary file `tmp` written and
-/// fsynced, renamed over `path`, and the directory fsynced.
-fn replace(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<(), Error> {
     let io_err = |what, error| Error::Io {
         path: path.to_owned(),
         what,
         error,
     };
-    let mut file = File::create(tmp).map_err(|e| io_err("creating a temporary", e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io_err("writing a temporary", e))?;
-    drop(file);
-    fs::rename(tmp, path).map_err(|e| io_err("replacing", e))?;
-    // The rename is only durable once the directory entry is.
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_err("syncing the directory of", e))
+    let lock_path = logfile::sibling(path, ".lock");
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| io_err("creating the lock of", e))?;
+    match logfile::lock_exclusive(&lock, path, "consumer") {
+        Ok(()) => Ok(lock),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(Error::Locked {
+            path: path.to_owned(),
+        }),
+        Err(e) => Err(io_err("locking", e)),
+    }
 }
 
-/// `path` with `suffix` appended to its file name.
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
+/// Replaces `path` with `bytes` atomically and durably ([`logfile::replace`]).
+fn replace(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    logfile::replace(path, bytes)
+        .map(drop)
+        .map_err(|error| Error::Io {
+            path: path.to_owned(),
+            what: "saving",
+            error,
+        })
 }
 
 /// Reads and validates a state file; `None` when there is none.
@@ -352,7 +319,6 @@ impl ProducerState {
 #[derive(Debug)]
 pub struct ProducerStateFile {
     path: PathBuf,
-    tmp: PathBuf,
     _lock: File,
     saved: Option<ProducerState>,
 }
@@ -372,7 +338,6 @@ impl ProducerStateFile {
         };
         Ok(ProducerStateFile {
             path: path.to_owned(),
-            tmp: sibling(path, ".tmp"),
             _lock: lock,
             saved,
         })
@@ -388,7 +353,7 @@ impl ProducerStateFile {
         if self.saved.as_ref() == Some(state) {
             return Ok(());
         }
-        replace(&self.path, &self.tmp, state.render().as_bytes())?;
+        replace(&self.path, state.render().as_bytes())?;
         self.saved = Some(state.clone());
         Ok(())
     }
@@ -437,6 +402,7 @@ pub fn parse(bytes: &[u8]) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn round_trip_and_refusals() {
