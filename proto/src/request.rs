@@ -18,8 +18,9 @@
 //! progress), or a [`Refusal`] line. Without it the stream
 //! starts at once, as it always has; with it, file data can never be mistaken for a refusal,
 //! and a relative start (`-N`) becomes resumable because the client learns where it began.
-//! (In directory mode the ` ok` needs an explicit `from byte`, else it would be part of the
-//! path.)
+//! (In directory mode the ` ok` needs an explicit `from byte`: `stream PATH ok`, and a path
+//! ending in what looks like a start that did not parse (`from N`, `byte N`, `from byte`),
+//! is refused with `bad-request` rather than read as a file name.)
 
 use std::fmt;
 
@@ -190,7 +191,29 @@ fn parse_stream(line: &[u8]) -> Result<StreamRequest, Refusal> {
             let (start, confirm) = split_confirm(trim_line(&rest[i + FROM.len()..]));
             (&rest[..i], Start::parse(start)?, confirm)
         }
-        None => (rest, Start::FromEnd(0), false),
+        None => {
+            // What looks like a start that did not parse is refused, never read as part of
+            // the file name (`stream app.log ok` would else wait forever for "app.log ok").
+            let words: Vec<&[u8]> = rest.rsplitn(3, |&b| b == b' ').collect();
+            let looks_like_start = match words.as_slice() {
+                [last, ..] if *last == b"ok" && words.len() > 1 => true,
+                [last, word, _] | [last, word] => {
+                    matches!(*word, b"from" | b"byte") && Start::parse(last).is_ok()
+                        || (*last == b"byte" && *word == b"from")
+                }
+                _ => false,
+            };
+            if looks_like_start {
+                return Err(Refusal::new(
+                    Code::BadRequest,
+                    format!(
+                        "cannot parse the start in {shown:?}: send `stream PATH from byte N|-N [ok]` \
+                         (` ok` needs an explicit `from byte`)"
+                    ),
+                ));
+            }
+            (rest, Start::FromEnd(0), false)
+        }
     };
     if path.is_empty() {
         return Err(unknown());
@@ -242,6 +265,30 @@ pub(crate) fn parse_u64(s: &[u8]) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_start_that_does_not_parse_is_never_a_file_name() {
+        for line in [
+            &b"stream app.log ok"[..],
+            b"stream app.log from 100",
+            b"stream app.log byte -5",
+            b"stream app.log from byte",
+        ] {
+            let err = Request::parse(Mode::Dir, line).unwrap_err();
+            assert_eq!(err.code, Code::BadRequest, "{line:?}");
+        }
+        // Names that merely contain the words are still names.
+        for (line, path) in [
+            (&b"stream ok"[..], &b"ok"[..]),
+            (b"stream from 1/app.log", b"from 1/app.log"),
+            (b"stream a ok from byte -0 ok", b"a ok"),
+        ] {
+            match Request::parse(Mode::Dir, line).unwrap() {
+                Request::Stream(s) => assert_eq!(s.path.as_deref(), Some(path)),
+                r => panic!("{r:?}"),
+            }
+        }
+    }
     use super::*;
     use proptest::prelude::*;
 
@@ -314,9 +361,11 @@ mod tests {
             dir(b"stream with space.log from byte 7 ok\r"),
             Ok(stream(Some(b"with space.log"), Start::Byte(7), true))
         );
-        // Without `from byte`, a trailing " ok" is part of the path.
+        // Without `from byte`, a trailing " ok" is refused (it was read as part of the path,
+        // a wait for a file that does not exist); such a file is `stream a ok from byte -0`.
+        assert_eq!(dir(b"stream a ok").unwrap_err().code, Code::BadRequest);
         assert_eq!(
-            dir(b"stream a ok"),
+            dir(b"stream a ok from byte -0"),
             Ok(stream(Some(b"a ok"), Start::FromEnd(0), false))
         );
         assert_eq!(dir(b"0").unwrap_err().code, Code::WrongMode);

@@ -1,0 +1,158 @@
+//! What a new user hits (issue #24), end to end against the real binaries: a start at the
+//! end with `--exit-at-end` exits on a quiet file, a header ended by FIN without a newline is
+//! answered, a directory request whose start does not parse is refused (never read as a file
+//! name), and servers bind loopback unless `--bind` says otherwise.
+
+use std::io::Write;
+use std::net::{Shutdown, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tests::*;
+
+/// tailsrv on `target` (a file, or a directory) on a free loopback port.
+fn tailsrv(target: &std::path::Path, bind: bool) -> Proc {
+    let mut args = vec!["-p".to_string(), "0".into()];
+    if bind {
+        args.extend(["--bind".into(), "127.0.0.1".into()]);
+    }
+    args.push(target.display().to_string());
+    Proc::start("tailsrv", &args)
+}
+
+/// Runs tscat with `args` until it exits, at most `limit`: its status (None: still running
+/// at the limit, then killed) and stdout.
+fn tscat_within(args: &[String], limit: Duration) -> (Option<i32>, Vec<u8>) {
+    let mut child = Command::new(bin("tscat"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = Vec::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = std::io::Read::read_to_end(&mut o, &mut out);
+    }
+    (status, out)
+}
+
+#[test]
+fn a_start_at_the_end_with_exit_at_end_exits_on_a_quiet_file() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    append(&path, b"one\ntwo\n");
+    let srv = tailsrv(&path, true);
+    for start in [&["--from-end"][..], &["--last", "0"]] {
+        let mut args: Vec<String> = start.iter().map(|s| s.to_string()).collect();
+        args.extend(["--exit-at-end".into(), srv.addr().to_string()]);
+        let (status, out) = tscat_within(&args, Duration::from_secs(10));
+        assert_eq!(status, Some(0), "tscat {args:?} did not exit 0 within 10 s");
+        assert!(out.is_empty(), "{out:?}");
+    }
+    // And a start before the end still prints up to it.
+    let args = vec![
+        "--last".to_string(),
+        "4".into(),
+        "--exit-at-end".into(),
+        srv.addr().to_string(),
+    ];
+    let (status, out) = tscat_within(&args, Duration::from_secs(10));
+    assert_eq!((status, out), (Some(0), b"two\n".to_vec()));
+}
+
+#[test]
+fn a_header_ended_by_fin_without_a_newline_is_answered() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    append(&path, b"hello\n");
+    let srv = tailsrv(&path, true);
+    for header in [&b"0"[..], b"-3 ok", b"0 ok\r"] {
+        let mut s = srv.connect();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(header).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let want: &[u8] = match header {
+            b"0" => b"hello\n",
+            b"-3 ok" => b"ok 3 6\nlo\n",
+            _ => b"ok 0 6\nhello\n",
+        };
+        assert_eq!(
+            String::from_utf8_lossy(&read_exact(&mut s, want.len())),
+            String::from_utf8_lossy(want),
+            "header {header:?}"
+        );
+    }
+    // A malformed one is refused, not dropped without a word.
+    let mut s = srv.connect();
+    s.write_all(b"abc").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let answer = String::from_utf8(read_to_end(&mut s)).unwrap();
+    assert!(answer.starts_with("error: bad-request: "), "{answer:?}");
+}
+
+#[test]
+fn a_directory_request_whose_start_does_not_parse_is_refused() {
+    let dir = tempdir();
+    append(&dir.path().join("app.log"), b"x\n");
+    let srv = tailsrv(dir.path(), true);
+    for line in [
+        &b"stream app.log ok\n"[..],
+        b"stream app.log from 0\n",
+        b"stream app.log from byte\n",
+    ] {
+        let mut s = srv.connect();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(line).unwrap();
+        let answer = String::from_utf8(read_to_end(&mut s)).unwrap();
+        assert!(
+            answer.starts_with("error: bad-request: "),
+            "{line:?} -> {answer:?}"
+        );
+    }
+    // The well-formed request still streams.
+    let mut s = srv.connect();
+    s.write_all(b"stream app.log from byte 0 ok\n").unwrap();
+    assert_eq!(read_exact(&mut s, 9), b"ok 0 2\nx\n");
+}
+
+#[test]
+fn servers_bind_loopback_unless_told() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    append(&path, b"x");
+    let srv = tailsrv(&path, false);
+    assert!(srv.addr().ip().is_loopback(), "{}", srv.addr());
+    let idx = Proc::start(
+        "tailsrv-indexer",
+        &[
+            "-p".to_string(),
+            "0".into(),
+            "--index".into(),
+            dir.path().join("idx").display().to_string(),
+            path.display().to_string(),
+        ],
+    );
+    assert!(idx.addr().ip().is_loopback(), "{}", idx.addr());
+    let col = Proc::start(
+        "tailsrv-collator",
+        &[
+            "-p".to_string(),
+            "0".into(),
+            dir.path().join("c.log").display().to_string(),
+        ],
+    );
+    assert!(col.addr().ip().is_loopback(), "{}", col.addr());
+    let _ = TcpStream::connect(srv.addr()).unwrap();
+}
