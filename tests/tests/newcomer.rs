@@ -156,3 +156,40 @@ fn servers_bind_loopback_unless_told() {
     assert!(col.addr().ip().is_loopback(), "{}", col.addr());
     let _ = TcpStream::connect(srv.addr()).unwrap();
 }
+
+#[test]
+fn serve_up_to_synced_warns_when_nothing_is_published() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    // What a collator in `--sync write` mode leaves: data, and no FILE.synced.
+    append(&path, b"written, never synced\n");
+    let srv = Proc::start(
+        "tailsrv",
+        &[
+            "-p".to_string(),
+            "0".into(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--serve-up-to-synced".into(),
+            path.display().to_string(),
+        ],
+    );
+    let line = srv
+        .log
+        .wait_for("no synced length has been published", Duration::from_secs(15));
+    assert!(line.is_some(), "no warning; log:\n{}", srv.log.text());
+    // Once a synced length is published the follower is served (and no warning repeats).
+    let mut s = srv.connect();
+    s.write_all(b"0 ok\n").unwrap();
+    let sidecar = dir.path().join("log.synced");
+    // One record: the synced length as an 8-byte big-endian u64 (proto::watermark).
+    append(&sidecar, &8u64.to_be_bytes());
+    let mut answer = Vec::new();
+    while answer.last() != Some(&b'\n') {
+        answer.extend(read_exact(&mut s, 1));
+    }
+    // LEN is the servable length when the start was resolved: 0 or 8.
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.starts_with("ok 0 "), "{answer:?}");
+    assert_eq!(read_exact(&mut s, 8), b"written,");
+}
