@@ -322,7 +322,11 @@ async fn place<'a>(
     match watch.file() {
         Some(file) => Placed::At(Placement {
             file,
-            offset: start.resolve(len),
+            // `last N lines` reads back from the end (bounded: proto's MAX_LINES_SCAN); a
+            // failed read starts at the end, as `-0` would.
+            offset: start
+                .resolve_in(len, |buf, at| std::os::unix::fs::FileExt::read_at(file, buf, at))
+                .unwrap_or(len),
             len,
             epoch,
         }),

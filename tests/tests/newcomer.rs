@@ -29,6 +29,13 @@ fn tscat_within(args: &[String], limit: Duration) -> (Option<i32>, Vec<u8>) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Read while it runs: a full pipe would block it.
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut out);
+        out
+    });
     let t0 = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -41,11 +48,7 @@ fn tscat_within(args: &[String], limit: Duration) -> (Option<i32>, Vec<u8>) {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let mut out = Vec::new();
-    if let Some(mut o) = child.stdout.take() {
-        let _ = std::io::Read::read_to_end(&mut o, &mut out);
-    }
-    (status, out)
+    (status, reader.join().unwrap())
 }
 
 #[test]
@@ -192,4 +195,53 @@ fn serve_up_to_synced_warns_when_nothing_is_published() {
     let answer = String::from_utf8(answer).unwrap();
     assert!(answer.starts_with("ok 0 "), "{answer:?}");
     assert_eq!(read_exact(&mut s, 8), b"written,");
+}
+
+#[test]
+fn tail_n_starts_at_the_last_n_lines() {
+    let dir = tempdir();
+    let path = dir.path().join("log");
+    // More lines than one 64 KiB read back, so the scan crosses chunks.
+    let lines: Vec<String> = (0..20_000).map(|i| format!("line {i}\n")).collect();
+    let all = lines.concat();
+    append(&path, all.as_bytes());
+    let srv = tailsrv(&path, true);
+    for n in [0usize, 1, 3, 12_345, 20_000, 30_000] {
+        let want = lines[lines.len().saturating_sub(n)..].concat();
+        let start = all.len() - want.len();
+        // The raw header, confirmed.
+        let mut s = srv.connect();
+        s.write_all(format!("last {n} lines ok\n").as_bytes()).unwrap();
+        let ok = format!("ok {start} {}\n", all.len());
+        let got = read_exact(&mut s, ok.len() + want.len());
+        assert!(got == [ok.as_bytes(), want.as_bytes()].concat(), "last {n} lines");
+        // tscat -n N (with --framing newline too: a line start is a boundary).
+        for framing in [&[][..], &["--framing", "newline"]] {
+            let mut args: Vec<String> = vec!["-n".into(), n.to_string(), "--exit-at-end".into()];
+            args.extend(framing.iter().map(|s| s.to_string()));
+            args.push(srv.addr().to_string());
+            let (status, out) = tscat_within(&args, Duration::from_secs(20));
+            assert_eq!(status, Some(0), "tscat {args:?}");
+            assert!(out == want.as_bytes(), "tscat {args:?}: {} bytes", out.len());
+        }
+    }
+    // An unfinished last line counts as one.
+    append(&path, b"partial");
+    let mut s = srv.connect();
+    s.write_all(b"last 2 lines ok\n").unwrap();
+    let want = b"line 19999\npartial";
+    let ok = format!("ok {} {}\n", all.len() - 11, all.len() + 7);
+    assert_eq!(
+        read_exact(&mut s, ok.len() + want.len()),
+        [ok.as_bytes(), &want[..]].concat()
+    );
+    // In directory mode: `stream PATH last N lines`.
+    let srv = tailsrv(dir.path(), true);
+    let mut s = srv.connect();
+    s.write_all(b"stream log last 1 lines ok\n").unwrap();
+    let ok = format!("ok {} {}\n", all.len(), all.len() + 7);
+    assert_eq!(
+        read_exact(&mut s, ok.len() + 7),
+        [ok.as_bytes(), b"partial"].concat()
+    );
 }
