@@ -250,7 +250,11 @@ pub fn run(cfg: &Config, out: &mut Output, stop: Arc<AtomicBool>) -> Result<Stop
             // `-n N` lands on a line start, a message boundary for newline framing.
             let lines_ok = matches!(cfg.start, crate::StartAt::LastLines(_))
                 && matches!(cfg.framing, None | Some(proto::framing::Framing::Newline));
-            if cfg.start.is_relative() && cfg.indexer.is_none() && cfg.framing.is_some() && !lines_ok {
+            if cfg.start.is_relative()
+                && cfg.indexer.is_none()
+                && cfg.framing.is_some()
+                && !lines_ok
+            {
                 return Err(Error::Usage(
                     "--framing with --last/--from-end needs --indexer to find a message \
                      boundary (tailsrv counts bytes, not messages)"

@@ -49,7 +49,10 @@ pub enum StartAt {
 impl StartAt {
     /// Whether the server, not the consumer, decides where this start lands.
     pub fn is_relative(self) -> bool {
-        matches!(self, StartAt::Last(_) | StartAt::End | StartAt::LastLines(_))
+        matches!(
+            self,
+            StartAt::Last(_) | StartAt::End | StartAt::LastLines(_)
+        )
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! single-file mode:  N | -N | last N lines        [ ok]
-//! directory mode:    list
+//! directory mode:    list [sizes]
 //!                    stream PATH [from byte N|-N] [ ok]
 //!                    stream PATH last N lines [ ok]
 //! ```
@@ -174,8 +174,12 @@ impl fmt::Display for Start {
 pub enum Request {
     /// Stream a file (single-file mode: the file; directory mode: `path`).
     Stream(StreamRequest),
-    /// Directory mode's `list`: the servable paths, one per line.
-    List,
+    /// Directory mode's `list`: the servable paths, one per line; `list sizes`: each line
+    /// `SIZE PATH` (the file's length in bytes when listed, then the path as in `list`).
+    List {
+        /// Whether each path comes with its size.
+        sizes: bool,
+    },
 }
 
 /// Which bytes to stream.
@@ -194,7 +198,8 @@ impl Request {
     /// Parses one request line (without its `\n`) for a server in `mode`.
     pub fn parse(mode: Mode, line: &[u8]) -> Result<Request, Refusal> {
         let text = trim_line(line);
-        let is_dir_request = text == b"list" || text.starts_with(b"stream ");
+        let is_dir_request =
+            text == b"list" || text == b"list sizes" || text.starts_with(b"stream ");
         match mode {
             Mode::File if is_dir_request => Err(Refusal::new(
                 Code::WrongMode,
@@ -208,7 +213,8 @@ impl Request {
                     confirm,
                 }))
             }
-            Mode::Dir if text == b"list" => Ok(Request::List),
+            Mode::Dir if text == b"list" => Ok(Request::List { sizes: false }),
+            Mode::Dir if text == b"list sizes" => Ok(Request::List { sizes: true }),
             Mode::Dir => parse_stream(line).map(Request::Stream),
         }
     }
@@ -217,7 +223,8 @@ impl Request {
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
         match self {
-            Request::List => out.extend_from_slice(b"list"),
+            Request::List { sizes: false } => out.extend_from_slice(b"list"),
+            Request::List { sizes: true } => out.extend_from_slice(b"list sizes"),
             Request::Stream(s) => {
                 if let Some(path) = &s.path {
                     out.extend_from_slice(b"stream ");
@@ -370,7 +377,9 @@ mod tests {
             assert_eq!(r.render(), [line, b"\n"].concat(), "{line:?}");
         }
         assert_eq!(
-            Request::parse(Mode::File, b"last -1 lines").unwrap_err().code,
+            Request::parse(Mode::File, b"last -1 lines")
+                .unwrap_err()
+                .code,
             Code::BadRequest
         );
         fn at(file: &[u8], n: u64) -> u64 {
@@ -379,7 +388,9 @@ mod tests {
                 buf.copy_from_slice(&file[at..at + buf.len()]);
                 Ok(buf.len())
             };
-            Start::LastLines(n).resolve_in(file.len() as u64, read).unwrap()
+            Start::LastLines(n)
+                .resolve_in(file.len() as u64, read)
+                .unwrap()
         }
         let f = b"a\nbb\nccc\ndddd";
         let got: Vec<u64> = [0, 1, 2, 3, 4, 9].iter().map(|&n| at(f, n)).collect();
@@ -464,8 +475,10 @@ mod tests {
 
     #[test]
     fn directory_forms() {
-        assert_eq!(dir(b"list"), Ok(Request::List));
-        assert_eq!(dir(b"list\r"), Ok(Request::List));
+        assert_eq!(dir(b"list"), Ok(Request::List { sizes: false }));
+        assert_eq!(dir(b"list\r"), Ok(Request::List { sizes: false }));
+        assert_eq!(dir(b"list sizes"), Ok(Request::List { sizes: true }));
+        assert_eq!(Request::List { sizes: true }.render(), b"list sizes\n");
         assert_eq!(
             dir(b"stream a/b.log"),
             Ok(stream(Some(b"a/b.log"), Start::FromEnd(0), false))

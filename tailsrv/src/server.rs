@@ -69,7 +69,11 @@ async fn serve(config: Config) -> io::Result<()> {
             let sidecar_path = proto::watermark::path_for(&config.path);
             let sidecar = server.watcher().follower().follow(&sidecar_path)?;
             let synced = Arc::new(Synced::new(sidecar.clone()));
-            drop(rt::spawn(warn_if_unpublished(data.clone(), sidecar, sidecar_path)));
+            drop(rt::spawn(warn_if_unpublished(
+                data.clone(),
+                sidecar,
+                sidecar_path,
+            )));
             Some(synced)
         }
         Served::Dir { .. } if config.serve_up_to_synced => {
@@ -132,10 +136,10 @@ pub const UNPUBLISHED_WARNING_AFTER: Duration = Duration::from_secs(5);
 async fn warn_if_unpublished(data: FileWatch, sidecar: FileWatch, path: std::path::PathBuf) {
     loop {
         async_io::Timer::after(UNPUBLISHED_WARNING_AFTER).await;
-        if sidecar.len() > 0 {
+        if !sidecar.is_empty() {
             return;
         }
-        if data.len() > 0 {
+        if !data.is_empty() {
             log::warn!(
                 sidecar:% = path.display(), bytes = data.len();
                 "--serve-up-to-synced: the file holds bytes but no synced length has been \

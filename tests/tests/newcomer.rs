@@ -177,9 +177,10 @@ fn serve_up_to_synced_warns_when_nothing_is_published() {
             path.display().to_string(),
         ],
     );
-    let line = srv
-        .log
-        .wait_for("no synced length has been published", Duration::from_secs(15));
+    let line = srv.log.wait_for(
+        "no synced length has been published",
+        Duration::from_secs(15),
+    );
     assert!(line.is_some(), "no warning; log:\n{}", srv.log.text());
     // Once a synced length is published the follower is served (and no warning repeats).
     let mut s = srv.connect();
@@ -211,10 +212,14 @@ fn tail_n_starts_at_the_last_n_lines() {
         let start = all.len() - want.len();
         // The raw header, confirmed.
         let mut s = srv.connect();
-        s.write_all(format!("last {n} lines ok\n").as_bytes()).unwrap();
+        s.write_all(format!("last {n} lines ok\n").as_bytes())
+            .unwrap();
         let ok = format!("ok {start} {}\n", all.len());
         let got = read_exact(&mut s, ok.len() + want.len());
-        assert!(got == [ok.as_bytes(), want.as_bytes()].concat(), "last {n} lines");
+        assert!(
+            got == [ok.as_bytes(), want.as_bytes()].concat(),
+            "last {n} lines"
+        );
         // tscat -n N (with --framing newline too: a line start is a boundary).
         for framing in [&[][..], &["--framing", "newline"]] {
             let mut args: Vec<String> = vec!["-n".into(), n.to_string(), "--exit-at-end".into()];
@@ -222,7 +227,11 @@ fn tail_n_starts_at_the_last_n_lines() {
             args.push(srv.addr().to_string());
             let (status, out) = tscat_within(&args, Duration::from_secs(20));
             assert_eq!(status, Some(0), "tscat {args:?}");
-            assert!(out == want.as_bytes(), "tscat {args:?}: {} bytes", out.len());
+            assert!(
+                out == want.as_bytes(),
+                "tscat {args:?}: {} bytes",
+                out.len()
+            );
         }
     }
     // An unfinished last line counts as one.
@@ -243,5 +252,25 @@ fn tail_n_starts_at_the_last_n_lines() {
     assert_eq!(
         read_exact(&mut s, ok.len() + 7),
         [ok.as_bytes(), b"partial"].concat()
+    );
+}
+
+#[test]
+fn list_sizes_gives_each_path_its_length_and_list_is_unchanged() {
+    let dir = tempdir();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    append(&dir.path().join("a.log"), b"12345");
+    append(&dir.path().join("sub/with space.log"), b"");
+    append(&dir.path().join("z.log"), &[7u8; 70_000]);
+    let srv = tailsrv(dir.path(), true);
+    let ask = |line: &[u8]| {
+        let mut s = srv.connect();
+        s.write_all(line).unwrap();
+        String::from_utf8(read_to_end(&mut s)).unwrap()
+    };
+    assert_eq!(ask(b"list\n"), "a.log\nsub/with space.log\nz.log\n");
+    assert_eq!(
+        ask(b"list sizes\n"),
+        "5 a.log\n0 sub/with space.log\n70000 z.log\n"
     );
 }
