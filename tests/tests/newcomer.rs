@@ -274,3 +274,35 @@ fn list_sizes_gives_each_path_its_length_and_list_is_unchanged() {
         "5 a.log\n0 sub/with space.log\n70000 z.log\n"
     );
 }
+
+#[test]
+fn tsmirror_path_mirrors_a_file_of_a_directory_server() {
+    let dir = tempdir();
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(served.join("sub")).unwrap();
+    let src = served.join("sub/app.log");
+    let first = random_bytes(100_000, 24);
+    append(&src, &first);
+    let srv = tailsrv(&served, true);
+    let replica = dir.path().join("replica.log");
+    let mut mirror = Proc::spawn(
+        "tsmirror",
+        &[
+            "--path".to_string(),
+            "sub/app.log".into(),
+            srv.addr().to_string(),
+            replica.display().to_string(),
+        ],
+    );
+    let same = |want: &[u8]| {
+        eventually(Duration::from_secs(10), || {
+            std::fs::read(&replica).is_ok_and(|got| got == want)
+        })
+    };
+    assert!(same(&first), "replica differs; log:\n{}", mirror.log.text());
+    let more = random_bytes(5_000, 25);
+    append(&src, &more);
+    assert!(same(&[first, more].concat()), "growth not mirrored");
+    mirror.signal(rustix::process::Signal::TERM);
+    assert!(mirror.wait_exit(Duration::from_secs(10)).is_some());
+}
