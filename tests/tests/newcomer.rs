@@ -306,3 +306,88 @@ fn tsmirror_path_mirrors_a_file_of_a_directory_server() {
     mirror.signal(rustix::process::Signal::TERM);
     assert!(mirror.wait_exit(Duration::from_secs(10)).is_some());
 }
+
+/// Every long flag of `bin --help` (and of `bin SUB --help` for each subcommand): the option
+/// lines only (`  -p, --port <PORT>`, `      --bind <ADDR>`), not flags named in prose.
+fn help_flags(bin_name: &str, sub: &[&str]) -> Vec<(String, Option<String>)> {
+    let mut flags = Vec::new();
+    let mut runs: Vec<Vec<&str>> = vec![vec![]];
+    runs.extend(sub.iter().map(|s| vec![*s]));
+    for run in runs {
+        let out = Command::new(bin(bin_name))
+            .args(&run)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{bin_name} {run:?} --help");
+        for line in String::from_utf8(out.stdout).unwrap().lines() {
+            let t = line.trim_start();
+            let (t, short) = if t.len() > 4 && t.starts_with('-') && t.as_bytes()[2] == b',' {
+                (t[4..].trim_start(), Some(t[..2].to_string()))
+            } else {
+                (t, None)
+            };
+            if let Some(rest) = t.strip_prefix("--") {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .collect();
+                if !["help", "version"].contains(&name.as_str()) {
+                    flags.push((format!("--{name}"), short));
+                }
+            }
+        }
+    }
+    flags.sort();
+    flags.dedup();
+    flags
+}
+
+#[test]
+fn every_help_flag_is_in_the_docs_synopsis() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut missing = Vec::new();
+    for (bin_name, page, sub) in [
+        ("tailsrv", "docs/tailsrv.md", &[][..]),
+        ("tailsrv-indexer", "docs/indexer.md", &[]),
+        ("tailsrv-collator", "docs/collator.md", &[]),
+        ("tscat", "docs/consumers.md", &[]),
+        ("tsmirror", "docs/consumers.md", &[]),
+        ("tswrite", "docs/collator.md", &[]),
+        (
+            "tsbridge",
+            "docs/bridge.md",
+            &["to-jetstream", "from-jetstream"],
+        ),
+    ] {
+        let text = std::fs::read_to_string(root.join(page)).unwrap();
+        // The synopses: the fenced blocks whose first line starts with the binary's name.
+        let mut synopsis = String::new();
+        for block in text.split("```").skip(1).step_by(2) {
+            let body = block.split_once('\n').map_or("", |b| b.1);
+            if body.trim_start().starts_with(&format!("{bin_name} ")) {
+                synopsis.push_str(body);
+            }
+        }
+        for (flag, short) in help_flags(bin_name, sub) {
+            let named = |f: &str| {
+                synopsis.match_indices(f).any(|(i, _)| {
+                    let next = synopsis[i + f.len()..].chars().next();
+                    !next.is_some_and(|c| c == '-' || c.is_ascii_alphanumeric())
+                        && (i == 0
+                            || !synopsis[..i]
+                                .ends_with(|c: char| c.is_ascii_alphanumeric() || c == '-'))
+                })
+            };
+            // `-p PORT` names --port, `-v|-q` --verbose and --quiet.
+            if !named(&flag) && !short.is_some_and(|s| named(&s)) {
+                missing.push(format!("{bin_name}: {flag} (in {page})"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "flags of --help missing from the docs synopsis:\n{}",
+        missing.join("\n")
+    );
+}
