@@ -18,7 +18,7 @@
 //! - **Restart:** a torn tail (half a line) on the data file; the time from start to
 //!   `listening on`, the scan without an index included.
 //!
-//! Contract used (README, "Writing"): `tailsrv-collator -p 0 --bind 127.0.0.1 --sync MODE
+//! Contract used (docs/collator.md, docs/protocols.md): `tailsrv-collator -p 0 --bind 127.0.0.1 --sync MODE
 //! FILE`; request `msg LEN` + body, answer `ok OFFSET MSGNO COUNT`. Every answer is checked
 //! to be `ok`, and the file's final length against the bytes acknowledged.
 

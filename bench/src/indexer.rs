@@ -1,7 +1,7 @@
 //! The indexer sidecar (section `indexer`): cold build speed vs `wc -l`, index size per
 //! message, and `offset-of` throughput and p99 vs a trivial responder and redis.
 //!
-//! Contract used (the indexer's README): `tailsrv-indexer -p 0 --bind 127.0.0.1 --index PATH
+//! Contract used (docs/indexer.md, docs/protocols.md): `tailsrv-indexer -p 0 --bind 127.0.0.1 --index PATH
 //! FILE`; request lines `count` and `offset-of N`, one answer line each, pipelining allowed.
 //! Every `offset-of` answer is checked against the line starts the data writer recorded, so
 //! a fast wrong answer counts as wrong, not as fast.

@@ -24,8 +24,8 @@ pub struct LogArgs {
     /// More log output (-v debug, -vv trace). Overrides RUST_LOG.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
-    /// Less log output (-q warnings and errors only, -qq errors only; `listening on` is
-    /// always printed). Overrides RUST_LOG.
+    /// Less log output (-q warnings and errors only, -qq errors only; a server's
+    /// `listening on` line is always printed). Overrides RUST_LOG.
     #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
     pub quiet: u8,
     /// Log line format on stderr [default: text when stderr is a terminal, else json].

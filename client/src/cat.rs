@@ -247,7 +247,14 @@ pub fn run(cfg: &Config, out: &mut Output, stop: Arc<AtomicBool>) -> Result<Stop
             Start::Byte(offset)
         }
         None => {
-            if cfg.start.is_relative() && cfg.indexer.is_none() && cfg.framing.is_some() {
+            // `-n N` lands on a line start, a message boundary for newline framing.
+            let lines_ok = matches!(cfg.start, crate::StartAt::LastLines(_))
+                && matches!(cfg.framing, None | Some(proto::framing::Framing::Newline));
+            if cfg.start.is_relative()
+                && cfg.indexer.is_none()
+                && cfg.framing.is_some()
+                && !lines_ok
+            {
                 return Err(Error::Usage(
                     "--framing with --last/--from-end needs --indexer to find a message \
                      boundary (tailsrv counts bytes, not messages)"
@@ -312,7 +319,23 @@ pub fn run(cfg: &Config, out: &mut Output, stop: Arc<AtomicBool>) -> Result<Stop
                 }
                 return Ok(Stopped::Asked);
             }
-            Event::Idle if !placed => {}
+            Event::Idle if !placed => {
+                // A relative start confirmed with no data yet (`--from-end`, `--last 0` on a
+                // quiet file): the origin is known now, so the limits apply from here (else
+                // `--exit-at-end` would wait for a byte that need never come).
+                if let Some(origin) = follower.position() {
+                    messages = Messages::new(cfg.framing, cfg.max_message, origin);
+                    checkpoint.saved = origin;
+                    checkpoint.written = origin;
+                    checkpoint.sent = origin;
+                    checkpoint.written_at_save = origin;
+                    limits.bytes_until = limits.max_bytes.map(|b| origin.saturating_add(b));
+                    placed = true;
+                    if limits.cap(&follower).is_some_and(|cap| origin >= cap) {
+                        return finish(&mut checkpoint, out, &stop);
+                    }
+                }
+            }
             Event::Idle => {
                 let at = follower.position().expect("placed");
                 if limits.cap(&follower).is_some_and(|cap| at >= cap) {

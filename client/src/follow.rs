@@ -286,7 +286,7 @@ impl Follower {
     pub fn position(&self) -> Option<u64> {
         match self.next {
             Start::Byte(b) => Some(b + self.received),
-            Start::FromEnd(_) => None,
+            Start::FromEnd(_) | Start::LastLines(_) => None,
         }
     }
 
@@ -295,6 +295,7 @@ impl Follower {
         match self.next {
             Start::Byte(b) => (b + self.received).to_string(),
             Start::FromEnd(n) => format!("-{n}+{}", self.received),
+            Start::LastLines(n) => format!("last {n} lines+{}", self.received),
         }
     }
 
@@ -373,7 +374,7 @@ impl Follower {
             self.first_len.get_or_insert(c.len);
             self.last_len = Some(c.len);
             match self.next {
-                Start::FromEnd(_) => {
+                Start::FromEnd(_) | Start::LastLines(_) => {
                     self.next = Start::Byte(c.offset);
                     self.received = 0;
                 }

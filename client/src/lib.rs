@@ -42,12 +42,17 @@ pub enum StartAt {
     End,
     /// From message N (0-based), located by an indexer.
     Message(u64),
+    /// The last N lines (`tail -n`): the server scans back for newlines, no indexer needed.
+    LastLines(u64),
 }
 
 impl StartAt {
     /// Whether the server, not the consumer, decides where this start lands.
     pub fn is_relative(self) -> bool {
-        matches!(self, StartAt::Last(_) | StartAt::End)
+        matches!(
+            self,
+            StartAt::Last(_) | StartAt::End | StartAt::LastLines(_)
+        )
     }
 }
 
@@ -68,6 +73,7 @@ pub fn resolve(
 ) -> Result<Start, indexer::Error> {
     match (start, indexer) {
         (StartAt::Byte(n), _) => Ok(Start::Byte(n)),
+        (StartAt::LastLines(n), _) => Ok(Start::LastLines(n)),
         (StartAt::Message(n), Some(ix)) => indexer::offset_of(ix, path, n).map(Start::Byte),
         (StartAt::Message(_), None) => Err(indexer::Error::NoIndexer),
         (StartAt::End, Some(ix)) => indexer::end(ix, path).map(Start::Byte),

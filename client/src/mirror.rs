@@ -84,7 +84,7 @@ pub const READ_SIZE: usize = 256 << 10;
 const BLOCK: u64 = 4096;
 
 /// How the mirror syncs and reports.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// `fdatasync` once this many bytes were appended since the last sync (0: every write).
     pub sync_bytes: u64,
@@ -92,6 +92,9 @@ pub struct Options {
     pub sync_interval: Duration,
     /// Report progress on stderr (a terminal) while catching up a large backlog.
     pub progress: bool,
+    /// The file to mirror from servers in directory mode (relative to the served
+    /// directory, as `list` shows it); `None` for single-file servers.
+    pub path: Option<String>,
 }
 
 impl Default for Options {
@@ -100,6 +103,7 @@ impl Default for Options {
             sync_bytes: 4 << 20,
             sync_interval: Duration::from_secs(1),
             progress: false,
+            path: None,
         }
     }
 }
@@ -215,12 +219,14 @@ pub fn run(
         None => 0,
     };
     log::info!(path:% = path.display(), offset = len; "mirroring from the replica's length");
-    let mut follower = Follower::new(follow::Config::new(servers, retry), Start::Byte(len), stop);
+    let mut follow_cfg = follow::Config::new(servers, retry);
+    follow_cfg.path = opts.path.clone();
+    let mut follower = Follower::new(follow_cfg, Start::Byte(len), stop);
     let mut buf = vec![0u8; READ_SIZE];
     let mut sync = Sync {
         unsynced: 0,
         since: Instant::now(),
-        opts,
+        opts: opts.clone(),
     };
     let mut progress = Progress::new(opts.progress);
     loop {

@@ -3,10 +3,16 @@
 //! The grammar is what a person can type into `nc`:
 //!
 //! ```text
-//! single-file mode:  N | -N                       [ ok]
-//! directory mode:    list
+//! single-file mode:  N | -N | last N lines        [ ok]
+//! directory mode:    list [sizes]
 //!                    stream PATH [from byte N|-N] [ ok]
+//!                    stream PATH last N lines [ ok]
 //! ```
+//!
+//! `last N lines` (`tail -n`) starts at the N-th line from the end: the server scans back from
+//! the file's end with `pread` (an unfinished last line counts as one), at most
+//! [`MAX_LINES_SCAN`] bytes; when fewer lines fit in that, the stream starts where the scan
+//! stopped.
 //!
 //! `N` streams from byte N (waiting until the file is that long), `-N` the last N bytes, `-0`
 //! from the current end. In directory mode `stream PATH` without `from byte` starts at the
@@ -18,8 +24,9 @@
 //! progress), or a [`Refusal`] line. Without it the stream
 //! starts at once, as it always has; with it, file data can never be mistaken for a refusal,
 //! and a relative start (`-N`) becomes resumable because the client learns where it began.
-//! (In directory mode the ` ok` needs an explicit `from byte`, else it would be part of the
-//! path.)
+//! (In directory mode the ` ok` needs an explicit `from byte`: `stream PATH ok`, and a path
+//! ending in what looks like a start that did not parse (`from N`, `byte N`, `from byte`),
+//! is refused with `bad-request` rather than read as a file name.)
 
 use std::fmt;
 
@@ -35,6 +42,9 @@ pub const MAX_PATH_LEN: usize = 4096;
 /// Longest directory-mode request line: `stream `, a path, ` from byte -N ok`, newline.
 pub const MAX_DIR_LINE: usize = MAX_PATH_LEN + 64;
 
+/// Longest stretch from a file's end that `last N lines` scans back over.
+pub const MAX_LINES_SCAN: u64 = 16 << 20;
+
 /// Where a client wants its stream to start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
@@ -42,21 +52,88 @@ pub enum Start {
     Byte(u64),
     /// `-N`: this many bytes before the end of the file; `-0` is the current end.
     FromEnd(u64),
+    /// `last N lines`: the start of the N-th line from the end (newline-terminated lines).
+    LastLines(u64),
 }
 
 impl Start {
     /// The byte offset this start resolves to in a file that is `len` bytes long now.
+    ///
+    /// `LastLines` needs the file's bytes: use [`Start::resolve_in`]; here it is the end.
     pub fn resolve(self, len: u64) -> u64 {
         match self {
             Start::Byte(n) => n,
             Start::FromEnd(n) => len.saturating_sub(n),
+            Start::LastLines(_) => len,
         }
     }
 
-    /// Parses `N` or `-N` (blanks around it and a trailing `\r` allowed).
+    /// The byte offset this start resolves to in a file `len` bytes long whose bytes
+    /// `read_at` reads (`pread`: fills the buffer from the offset, returns how many bytes it
+    /// read). For `LastLines` it scans back at most [`MAX_LINES_SCAN`] bytes.
+    pub fn resolve_in(
+        self,
+        len: u64,
+        mut read_at: impl FnMut(&mut [u8], u64) -> std::io::Result<usize>,
+    ) -> std::io::Result<u64> {
+        let Start::LastLines(n) = self else {
+            return Ok(self.resolve(len));
+        };
+        if n == 0 || len == 0 {
+            return Ok(len);
+        }
+        let floor = len.saturating_sub(MAX_LINES_SCAN);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut end = len;
+        let mut wanted = n;
+        let mut first = true;
+        while end > floor {
+            let start = end.saturating_sub(buf.len() as u64).max(floor);
+            let chunk = &mut buf[..(end - start) as usize];
+            let mut got = 0;
+            while got < chunk.len() {
+                let r = read_at(&mut chunk[got..], start + got as u64)?;
+                if r == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                got += r;
+            }
+            let mut hay = &chunk[..];
+            if first {
+                first = false;
+                // A final newline ends the last line: it does not start another.
+                if hay.last() == Some(&b'\n') {
+                    hay = &hay[..hay.len() - 1];
+                }
+            }
+            for i in memchr::memrchr_iter(b'\n', hay) {
+                wanted -= 1;
+                if wanted == 0 {
+                    return Ok(start + i as u64 + 1);
+                }
+            }
+            end = start;
+        }
+        Ok(floor)
+    }
+
+    /// Parses `N`, `-N` or `last N lines` (blanks around it and a trailing `\r` allowed).
     pub fn parse(text: &[u8]) -> Result<Start, Refusal> {
         let text = trim_line(text);
         let shown = || String::from_utf8_lossy(text).into_owned();
+        if let Some(rest) = text.strip_prefix(b"last ") {
+            let digits = rest.strip_suffix(b" lines").unwrap_or_default();
+            let n = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+                .then(|| parse_u64(digits))
+                .flatten()
+                .ok_or_else(|| {
+                    Refusal::new(
+                        Code::BadRequest,
+                        format!("not `last N lines`: {:?}", shown()),
+                    )
+                })?;
+            return Ok(Start::LastLines(n));
+        }
         let (negative, digits) = match text.split_first() {
             Some((b'-', rest)) => (true, rest),
             _ => (false, text),
@@ -87,6 +164,7 @@ impl fmt::Display for Start {
         match self {
             Start::Byte(n) => write!(f, "{n}"),
             Start::FromEnd(n) => write!(f, "-{n}"),
+            Start::LastLines(n) => write!(f, "last {n} lines"),
         }
     }
 }
@@ -96,8 +174,12 @@ impl fmt::Display for Start {
 pub enum Request {
     /// Stream a file (single-file mode: the file; directory mode: `path`).
     Stream(StreamRequest),
-    /// Directory mode's `list`: the servable paths, one per line.
-    List,
+    /// Directory mode's `list`: the servable paths, one per line; `list sizes`: each line
+    /// `SIZE PATH` (the file's length in bytes when listed, then the path as in `list`).
+    List {
+        /// Whether each path comes with its size.
+        sizes: bool,
+    },
 }
 
 /// Which bytes to stream.
@@ -116,7 +198,8 @@ impl Request {
     /// Parses one request line (without its `\n`) for a server in `mode`.
     pub fn parse(mode: Mode, line: &[u8]) -> Result<Request, Refusal> {
         let text = trim_line(line);
-        let is_dir_request = text == b"list" || text.starts_with(b"stream ");
+        let is_dir_request =
+            text == b"list" || text == b"list sizes" || text.starts_with(b"stream ");
         match mode {
             Mode::File if is_dir_request => Err(Refusal::new(
                 Code::WrongMode,
@@ -130,7 +213,8 @@ impl Request {
                     confirm,
                 }))
             }
-            Mode::Dir if text == b"list" => Ok(Request::List),
+            Mode::Dir if text == b"list" => Ok(Request::List { sizes: false }),
+            Mode::Dir if text == b"list sizes" => Ok(Request::List { sizes: true }),
             Mode::Dir => parse_stream(line).map(Request::Stream),
         }
     }
@@ -139,12 +223,16 @@ impl Request {
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
         match self {
-            Request::List => out.extend_from_slice(b"list"),
+            Request::List { sizes: false } => out.extend_from_slice(b"list"),
+            Request::List { sizes: true } => out.extend_from_slice(b"list sizes"),
             Request::Stream(s) => {
                 if let Some(path) = &s.path {
                     out.extend_from_slice(b"stream ");
                     out.extend_from_slice(path);
-                    out.extend_from_slice(b" from byte ");
+                    if !matches!(s.start, Start::LastLines(_)) {
+                        out.extend_from_slice(b" from byte");
+                    }
+                    out.push(b' ');
                 }
                 out.extend_from_slice(s.start.to_string().as_bytes());
                 if s.confirm {
@@ -190,7 +278,34 @@ fn parse_stream(line: &[u8]) -> Result<StreamRequest, Refusal> {
             let (start, confirm) = split_confirm(trim_line(&rest[i + FROM.len()..]));
             (&rest[..i], Start::parse(start)?, confirm)
         }
-        None => (rest, Start::FromEnd(0), false),
+        None if last_lines_at(rest).is_some() => {
+            let i = last_lines_at(rest).expect("checked");
+            let (start, confirm) = split_confirm(trim_line(&rest[i + 1..]));
+            (&rest[..i], Start::parse(start)?, confirm)
+        }
+        None => {
+            // What looks like a start that did not parse is refused, never read as part of
+            // the file name (`stream app.log ok` would else wait forever for "app.log ok").
+            let words: Vec<&[u8]> = rest.rsplitn(3, |&b| b == b' ').collect();
+            let looks_like_start = match words.as_slice() {
+                [last, ..] if *last == b"ok" && words.len() > 1 => true,
+                [last, word, _] | [last, word] => {
+                    matches!(*word, b"from" | b"byte") && Start::parse(last).is_ok()
+                        || (*last == b"byte" && *word == b"from")
+                }
+                _ => false,
+            };
+            if looks_like_start {
+                return Err(Refusal::new(
+                    Code::BadRequest,
+                    format!(
+                        "cannot parse the start in {shown:?}: send `stream PATH from byte N|-N [ok]` \
+                         (` ok` needs an explicit `from byte`)"
+                    ),
+                ));
+            }
+            (rest, Start::FromEnd(0), false)
+        }
     };
     if path.is_empty() {
         return Err(unknown());
@@ -200,6 +315,13 @@ fn parse_stream(line: &[u8]) -> Result<StreamRequest, Refusal> {
         start,
         confirm,
     })
+}
+
+/// Where ` last N lines [ok]` starts at the end of a directory request's rest, if it does.
+fn last_lines_at(rest: &[u8]) -> Option<usize> {
+    let i = memchr::memmem::rfind(rest, b" last ")?;
+    let tail = split_confirm(trim_line(&rest[i + 1..])).0;
+    matches!(Start::parse(tail), Ok(Start::LastLines(_))).then_some(i)
 }
 
 /// The server's confirmation of a request with ` ok`: `ok N LEN\n`, N the absolute offset the
@@ -242,6 +364,63 @@ pub(crate) fn parse_u64(s: &[u8]) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn last_lines_round_trip_and_resolve() {
+        for (mode, line) in [
+            (Mode::File, &b"last 3 lines ok"[..]),
+            (Mode::File, b"last 0 lines"),
+            (Mode::Dir, b"stream a b.log last 2 lines ok"),
+            (Mode::Dir, b"stream x last 7 lines"),
+        ] {
+            let r = Request::parse(mode, line).unwrap();
+            assert_eq!(r.render(), [line, b"\n"].concat(), "{line:?}");
+        }
+        assert_eq!(
+            Request::parse(Mode::File, b"last -1 lines")
+                .unwrap_err()
+                .code,
+            Code::BadRequest
+        );
+        fn at(file: &[u8], n: u64) -> u64 {
+            let read = |buf: &mut [u8], at: u64| {
+                let at = at as usize;
+                buf.copy_from_slice(&file[at..at + buf.len()]);
+                Ok(buf.len())
+            };
+            Start::LastLines(n)
+                .resolve_in(file.len() as u64, read)
+                .unwrap()
+        }
+        let f = b"a\nbb\nccc\ndddd";
+        let got: Vec<u64> = [0, 1, 2, 3, 4, 9].iter().map(|&n| at(f, n)).collect();
+        assert_eq!(got, [13, 9, 5, 2, 0, 0]);
+        assert_eq!((at(b"a\nbb\n", 1), at(b"a\nbb\n", 2)), (2, 0));
+    }
+
+    #[test]
+    fn a_start_that_does_not_parse_is_never_a_file_name() {
+        for line in [
+            &b"stream app.log ok"[..],
+            b"stream app.log from 100",
+            b"stream app.log byte -5",
+            b"stream app.log from byte",
+        ] {
+            let err = Request::parse(Mode::Dir, line).unwrap_err();
+            assert_eq!(err.code, Code::BadRequest, "{line:?}");
+        }
+        // Names that merely contain the words are still names.
+        for (line, path) in [
+            (&b"stream ok"[..], &b"ok"[..]),
+            (b"stream from 1/app.log", b"from 1/app.log"),
+            (b"stream a ok from byte -0 ok", b"a ok"),
+        ] {
+            match Request::parse(Mode::Dir, line).unwrap() {
+                Request::Stream(s) => assert_eq!(s.path.as_deref(), Some(path)),
+                r => panic!("{r:?}"),
+            }
+        }
+    }
     use super::*;
     use proptest::prelude::*;
 
@@ -296,8 +475,10 @@ mod tests {
 
     #[test]
     fn directory_forms() {
-        assert_eq!(dir(b"list"), Ok(Request::List));
-        assert_eq!(dir(b"list\r"), Ok(Request::List));
+        assert_eq!(dir(b"list"), Ok(Request::List { sizes: false }));
+        assert_eq!(dir(b"list\r"), Ok(Request::List { sizes: false }));
+        assert_eq!(dir(b"list sizes"), Ok(Request::List { sizes: true }));
+        assert_eq!(Request::List { sizes: true }.render(), b"list sizes\n");
         assert_eq!(
             dir(b"stream a/b.log"),
             Ok(stream(Some(b"a/b.log"), Start::FromEnd(0), false))
@@ -314,9 +495,11 @@ mod tests {
             dir(b"stream with space.log from byte 7 ok\r"),
             Ok(stream(Some(b"with space.log"), Start::Byte(7), true))
         );
-        // Without `from byte`, a trailing " ok" is part of the path.
+        // Without `from byte`, a trailing " ok" is refused (it was read as part of the path,
+        // a wait for a file that does not exist); such a file is `stream a ok from byte -0`.
+        assert_eq!(dir(b"stream a ok").unwrap_err().code, Code::BadRequest);
         assert_eq!(
-            dir(b"stream a ok"),
+            dir(b"stream a ok from byte -0"),
             Ok(stream(Some(b"a ok"), Start::FromEnd(0), false))
         );
         assert_eq!(dir(b"0").unwrap_err().code, Code::WrongMode);

@@ -110,7 +110,10 @@ pub enum LineError {
 /// Reads bytes until the first `\n`, at most `max` bytes, within `timeout`.
 ///
 /// Returns the line without its newline. Bytes that arrived after the newline in the same
-/// read are dropped: the protocol says they are ignored.
+/// read are dropped: the protocol says they are ignored. A FIN after some bytes ends the
+/// line as a newline would (`printf 0 | nc -N host port` is a complete request: the client
+/// can send nothing more, and leaving it unanswered would be a silent trap); a FIN before
+/// any byte is a hang-up.
 pub async fn read_line(
     sock: &Async<TcpStream>,
     max: usize,
@@ -121,6 +124,10 @@ pub async fn read_line(
         let mut filled = 0;
         loop {
             let n = match sock.read_with(|s| (&*s).read(&mut buf[filled..])).await {
+                Ok(0) if filled > 0 => {
+                    buf.truncate(filled);
+                    return Ok(buf);
+                }
                 Ok(0) | Err(_) => return Err(LineError::Gone),
                 Ok(n) => n,
             };

@@ -32,8 +32,9 @@ pub struct ListenArgs {
     pub port: u16,
 
     /// Address to bind: an IPv4 or IPv6 address (`::` takes both families) or a host name
-    /// such as `localhost` (its first address).
-    #[arg(long, default_value = "0.0.0.0", value_parser = parse_bind)]
+    /// such as `localhost` (its first address). Loopback unless given: serving other
+    /// machines is a choice (`--bind 0.0.0.0`, `--bind ::`).
+    #[arg(long, default_value = "127.0.0.1", value_parser = parse_bind)]
     pub bind: IpAddr,
 }
 

@@ -155,8 +155,8 @@ async fn start(
             net::refuse(sock, &refusal).await;
             None
         }
-        (Ok(Request::List), Served::Dir { tree, .. }) => {
-            if let Err(e) = send_listing(sock, &tree).await {
+        (Ok(Request::List { sizes }), Served::Dir { tree, .. }) => {
+            if let Err(e) = send_listing(sock, &tree, sizes).await {
                 log::debug!(client:% = peer; "listing failed: {e}");
             }
             None
@@ -168,7 +168,7 @@ async fn start(
             start_path(sock, peer, &tree, &follower, req, header_timeout).await
         }
         // The parser only returns `List` in directory mode.
-        (Ok(Request::List), Served::File(_)) => None,
+        (Ok(Request::List { .. }), Served::File(_)) => None,
     }
 }
 
@@ -329,7 +329,13 @@ async fn place<'a>(
     match watch.file() {
         Some(file) => Placed::At(Placement {
             file,
-            offset: start.resolve(len),
+            // `last N lines` reads back from the end (bounded: proto's MAX_LINES_SCAN); a
+            // failed read starts at the end, as `-0` would.
+            offset: start
+                .resolve_in(len, |buf, at| {
+                    std::os::unix::fs::FileExt::read_at(file, buf, at)
+                })
+                .unwrap_or(len),
             len,
             epoch,
         }),
@@ -397,12 +403,14 @@ async fn stream(sock: &Async<TcpStream>, at: &mut Streaming) -> End {
     }
 }
 
-/// Directory mode's `list`: the servable paths, one per line, then the connection closes.
+/// Directory mode's `list`: the servable paths, one per line, then the connection closes;
+/// with `sizes` (`list sizes`) each line is `SIZE PATH`, the size from a `stat` as the walk
+/// passes the file (a file that vanished in between is left out).
 ///
 /// The walk is blocking file-system work, so it runs on the blocking pool and hands the
 /// listing over in chunks; a client that reads slowly holds the walk back instead of making
 /// us buffer a 100,000-file listing.
-async fn send_listing(sock: &Async<TcpStream>, tree: &Arc<Tree>) -> io::Result<()> {
+async fn send_listing(sock: &Async<TcpStream>, tree: &Arc<Tree>, sizes: bool) -> io::Result<()> {
     const CHUNK: usize = 64 * 1024;
     let (tx, rx) = async_channel::bounded::<Vec<u8>>(4);
     let tree = tree.clone();
@@ -410,6 +418,12 @@ async fn send_listing(sock: &Async<TcpStream>, tree: &Arc<Tree>) -> io::Result<(
         let mut buf = Vec::with_capacity(CHUNK);
         let hung_up = || io::Error::from(io::ErrorKind::BrokenPipe);
         tree.list(|path| {
+            if sizes {
+                let Ok(meta) = std::fs::metadata(tree.root().join(path)) else {
+                    return Ok(());
+                };
+                buf.extend_from_slice(format!("{} ", meta.len()).as_bytes());
+            }
             buf.extend_from_slice(path.as_bytes());
             buf.push(b'\n');
             if buf.len() >= CHUNK {

@@ -17,7 +17,7 @@ use futures_lite::future;
 use shared::rt;
 use shared::server::Server;
 use shared::tree::Tree;
-use shared::watch::OnGone;
+use shared::watch::{FileWatch, OnGone};
 
 use crate::client::{self, Served};
 use crate::synced::Synced;
@@ -65,10 +65,16 @@ async fn serve(config: Config) -> io::Result<()> {
         Served::File(file)
     };
     let synced = match &served {
-        Served::File(_) if config.serve_up_to_synced => {
-            let sidecar = proto::watermark::path_for(&config.path);
-            let sidecar = server.watcher().follower().follow(&sidecar)?;
-            Some(Arc::new(Synced::new(sidecar)))
+        Served::File(data) if config.serve_up_to_synced => {
+            let sidecar_path = proto::watermark::path_for(&config.path);
+            let sidecar = server.watcher().follower().follow(&sidecar_path)?;
+            let synced = Arc::new(Synced::new(sidecar.clone()));
+            drop(rt::spawn(warn_if_unpublished(
+                data.clone(),
+                sidecar,
+                sidecar_path,
+            )));
+            Some(synced)
         }
         Served::Dir { .. } if config.serve_up_to_synced => {
             return Err(io::Error::new(
@@ -117,5 +123,30 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How long `--serve-up-to-synced` waits for a first synced length before it warns.
+pub const UNPUBLISHED_WARNING_AFTER: Duration = Duration::from_secs(5);
+
+/// With `--serve-up-to-synced` nothing is sent until the collator publishes a synced length,
+/// and a collator in `--sync write` or `none` mode never does: rather than serve nothing
+/// in silence, warn once (checked every [`UNPUBLISHED_WARNING_AFTER`]) while the file holds
+/// bytes and its sidecar none.
+async fn warn_if_unpublished(data: FileWatch, sidecar: FileWatch, path: std::path::PathBuf) {
+    loop {
+        async_io::Timer::after(UNPUBLISHED_WARNING_AFTER).await;
+        if !sidecar.is_empty() {
+            return;
+        }
+        if !data.is_empty() {
+            log::warn!(
+                sidecar:% = path.display(), bytes = data.len();
+                "--serve-up-to-synced: the file holds bytes but no synced length has been \
+                 published, so nothing is served; is the collator running with --sync data or \
+                 --sync interval=MS? (--sync write and none never publish one)"
+            );
+            return;
+        }
     }
 }

@@ -467,7 +467,12 @@ fn clear_errors() {
         first.log.text()
     );
     let mut second = from_js(&urls, "BIG", "newline", &out, &[]);
-    run(&mut second, "second writer", 3, "another tsbridge is writing");
+    run(
+        &mut second,
+        "second writer",
+        3,
+        "another tsbridge is writing",
+    );
     assert!(
         eventually(PATIENCE, || std::fs::read(&out).unwrap_or_default()
             == b"short\n"),

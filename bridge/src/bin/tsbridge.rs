@@ -27,7 +27,7 @@ struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
 
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Logging (any subcommand)")]
     log: cli::LogArgs,
 }
 

@@ -52,6 +52,12 @@ struct Args {
     #[arg(long, group = "start")]
     from_end: bool,
 
+    /// Start with the last N lines, as `tail -n N` (newline-terminated; an unfinished last
+    /// line counts as one). tailsrv scans back from the end (at most 16 MiB) and confirms
+    /// the offset; no indexer needed, and it is a message boundary for --framing newline.
+    #[arg(short = 'n', long = "lines", value_name = "N", group = "start")]
+    lines: Option<u64>,
+
     /// Start at message N (0-based), located by asking --indexer.
     #[arg(long, value_name = "N", group = "start", requires = "indexer")]
     from_message: Option<u64>,
@@ -156,6 +162,7 @@ fn run(args: Args) -> Result<cat::Stopped, cat::Error> {
         )
     };
     let start = match (args.from_byte, args.last, args.from_end, args.from_message) {
+        _ if args.lines.is_some() => StartAt::LastLines(args.lines.unwrap_or(0)),
         (_, Some(n), _, _) => StartAt::Last(n),
         (_, _, true, _) => StartAt::End,
         (_, _, _, Some(n)) => StartAt::Message(n),

@@ -18,7 +18,7 @@ are fetched again). On a terminal, catching up a backlog of 64 MiB or more shows
 
 Exit status: 0 stopped by SIGINT/SIGTERM; 1 FILE cannot be opened, appended to or synced; 2 \
 bad command line; 3 FILE is locked by another tsmirror; 4 every server refused the request \
-for good (a directory-mode server).";
+for good (e.g. a directory-mode server without --path).";
 
 /// Keep FILE a byte-identical replica of the file a remote tailsrv serves.
 ///
@@ -37,6 +37,11 @@ struct Args {
     /// fdatasync FILE once appended bytes have waited this many milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     sync_ms: u64,
+
+    /// Mirror this file of a tailsrv serving a directory (relative to it, as `list` shows
+    /// it); without it the server must serve a single file.
+    #[arg(long, value_name = "PATH")]
+    path: Option<String>,
 
     #[command(flatten)]
     log: cli::LogArgs,
@@ -63,7 +68,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    if let Some(path) = &args.path {
+        // A newline would end the request early; tailsrv refuses the other controls anyway.
+        if path.is_empty() || path.chars().any(char::is_control) {
+            log::error!("--path must be a non-empty path without control characters");
+            return ExitCode::from(2);
+        }
+    }
     let opts = mirror::Options {
+        path: args.path.clone(),
         sync_bytes: args.sync_bytes,
         sync_interval: Duration::from_millis(args.sync_ms),
         progress: std::io::stderr().is_terminal(),

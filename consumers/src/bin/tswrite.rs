@@ -45,7 +45,7 @@ is not the input it was saved for.";
 /// to read yet), pipelined, and with --id retried after a lost connection without
 /// duplicates, failing over along the server list.
 #[derive(Parser, Debug)]
-#[command(version, after_long_help = AFTER_HELP)]
+#[command(name = "tswrite", version, after_long_help = AFTER_HELP)]
 struct Args {
     /// How messages are delimited on stdin: lines (the default), NUL-terminated, or
     /// length-prefixed (u32be, varint). The collator frames them in its file's framing.
