@@ -325,10 +325,7 @@ pub fn run(cfg: &Config, out: &mut Output, stop: Arc<AtomicBool>) -> Result<Stop
                 // `--exit-at-end` would wait for a byte that need never come).
                 if let Some(origin) = follower.position() {
                     messages = Messages::new(cfg.framing, cfg.max_message, origin);
-                    checkpoint.saved = origin;
-                    checkpoint.written = origin;
-                    checkpoint.sent = origin;
-                    checkpoint.written_at_save = origin;
+                    checkpoint.place(origin);
                     limits.bytes_until = limits.max_bytes.map(|b| origin.saturating_add(b));
                     placed = true;
                     if limits.cap(&follower).is_some_and(|cap| origin >= cap) {
@@ -348,10 +345,7 @@ pub fn run(cfg: &Config, out: &mut Output, stop: Arc<AtomicBool>) -> Result<Stop
                 if !placed {
                     let origin = at - n as u64;
                     messages = Messages::new(cfg.framing, cfg.max_message, origin);
-                    checkpoint.saved = origin;
-                    checkpoint.written = origin;
-                    checkpoint.sent = origin;
-                    checkpoint.written_at_save = origin;
+                    checkpoint.place(origin);
                     limits.bytes_until = limits.max_bytes.map(|b| origin.saturating_add(b));
                     placed = true;
                 }
@@ -467,6 +461,15 @@ struct Checkpoint<'a> {
 }
 
 impl Checkpoint<'_> {
+    /// The stream's start became known (a relative start, confirmed): everything counts
+    /// from `origin`.
+    fn place(&mut self, origin: u64) {
+        self.saved = origin;
+        self.written = origin;
+        self.sent = origin;
+        self.written_at_save = origin;
+    }
+
     /// The last boundary the reader has certainly taken: what was sent minus what the pipe
     /// still holds, stepped back to a message boundary.
     fn taken(&mut self, out: &Output) -> u64 {

@@ -163,25 +163,9 @@ fn replace(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 
 /// Reads and validates a state file; `None` when there is none.
 pub fn load(path: &Path) -> Result<Option<u64>, Error> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => {
-            return Err(Error::Io {
-                path: path.to_owned(),
-                what: "opening",
-                error,
-            })
-        }
+    let Some(bytes) = read_small(path)? else {
+        return Ok(None);
     };
-    let mut bytes = Vec::new();
-    file.take(MAX_LEN + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|error| Error::Io {
-            path: path.to_owned(),
-            what: "reading",
-            error,
-        })?;
     parse(&bytes).map(Some).map_err(|reason| Error::Corrupt {
         path: path.to_owned(),
         reason: format!("{reason}; expected {MAGIC:?} then \"offset N\""),

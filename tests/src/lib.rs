@@ -332,3 +332,16 @@ pub fn append(path: &Path, data: &[u8]) {
         .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
     f.write_all(data).unwrap();
 }
+
+/// The last synced length a collator published in `FILE.synced` (0 before the first), read
+/// with the tests' own decoder of its 8-byte big-endian records, not the collator's code.
+pub fn synced(file: &Path) -> u64 {
+    let mut p = file.as_os_str().to_owned();
+    p.push(".synced");
+    let b = std::fs::read(p).unwrap_or_default();
+    let n = b.len() / 8;
+    if n == 0 {
+        return 0;
+    }
+    u64::from_be_bytes(b[(n - 1) * 8..n * 8].try_into().unwrap())
+}

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -652,35 +652,40 @@ fn directory_mode() {
     assert!(!root.join("secret.log").exists());
 }
 
+/// A 256 KiB tmpfs mounted at `mnt` (created), unmounted when the guard drops; `None` (the
+/// test skips, saying why) where mounting is not allowed (not root).
+fn small_tmpfs(mnt: &Path) -> Option<Unmount> {
+    std::fs::create_dir(mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs (not root?)");
+        return None;
+    }
+    Some(Unmount(mnt.to_owned()))
+}
+
+/// Unmounts its directory when dropped.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// A full disk: the request that does not fit is refused with `disk-full`, nothing of it
 /// stays in the file, and the collator goes on serving. Needs root (a small tmpfs).
 #[test]
 fn disk_full_cuts_back_and_keeps_serving() {
     let dir = tempdir();
     let mnt = dir.path().join("small");
-    std::fs::create_dir(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=256k",
-            "tmpfs",
-            mnt.to_str().unwrap(),
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: cannot mount a tmpfs (not root?)");
+    let Some(_unmount) = small_tmpfs(&mnt) else {
         return;
-    }
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(&mnt);
+    };
     let file = mnt.join("log");
     let mut c = collator(&file, &["--max-message", "100000"]);
     let mut p = Producer::new(&c);
@@ -750,18 +755,6 @@ fn many_connections(sync: &str) {
     c.signal(Signal::TERM);
     assert!(c.wait_exit(PATIENCE).expect("exits").success(), "{sync}");
     check_file("newline", &std::fs::read(&file).unwrap(), &acked);
-}
-
-/// The last synced length the collator published in `FILE.synced`.
-fn synced(file: &Path) -> u64 {
-    let mut p = file.as_os_str().to_owned();
-    p.push(".synced");
-    let b = std::fs::read(p).unwrap_or_default();
-    let n = b.len() / 8;
-    if n == 0 {
-        return 0;
-    }
-    u64::from_be_bytes(b[(n - 1) * 8..n * 8].try_into().unwrap())
 }
 
 /// `--sync data` with tailsrv `--serve-up-to-synced`: a follower never holds a byte past the
@@ -1134,23 +1127,9 @@ fn a_stalled_body_times_out() {
 fn refused_writes_are_not_in_the_file() {
     let dir = tempdir();
     let mnt = dir.path().join("small");
-    std::fs::create_dir(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: cannot mount a tmpfs (not root?)");
+    let Some(_unmount) = small_tmpfs(&mnt) else {
         return;
-    }
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(&mnt);
+    };
     // Removed before the restart, to make room for the retry.
     let ballast = mnt.join("ballast");
     std::fs::write(&ballast, vec![1u8; 96 << 10]).unwrap();

@@ -280,18 +280,6 @@ fn acked_offset(line: &str) -> Option<u64> {
     b.parse().ok()
 }
 
-/// The last synced length the collator published in `FILE.synced`.
-fn synced(file: &Path) -> u64 {
-    let mut p = file.as_os_str().to_owned();
-    p.push(".synced");
-    let b = std::fs::read(p).unwrap_or_default();
-    let n = b.len() / 8;
-    if n == 0 {
-        return 0;
-    }
-    u64::from_be_bytes(b[(n - 1) * 8..n * 8].try_into().unwrap())
-}
-
 fn stop_all(ps: &[Tswrite], sig: Signal) {
     for p in ps {
         lazyfs::signal(p.pid(), sig);

@@ -29,18 +29,6 @@ fn collator(file: &Path, port: &str, sync: &str) -> Proc {
     )
 }
 
-/// The last synced length the collator published in `FILE.synced`.
-fn synced(file: &Path) -> u64 {
-    let mut p = file.as_os_str().to_owned();
-    p.push(".synced");
-    let b = std::fs::read(p).unwrap_or_default();
-    let n = b.len() / 8;
-    if n == 0 {
-        return 0;
-    }
-    u64::from_be_bytes(b[(n - 1) * 8..n * 8].try_into().unwrap())
-}
-
 fn lines(n: usize, tag: &str) -> Vec<String> {
     (0..n)
         .map(|i| format!("{tag}-{i}-{}", "x".repeat(i % 37)))

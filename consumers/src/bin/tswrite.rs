@@ -417,7 +417,7 @@ fn main() -> ExitCode {
                 break;
             }
         }
-        while let Ok(note) = rx.try_recv() {
+        for note in rx.try_iter() {
             take(
                 note,
                 &mut owed,
