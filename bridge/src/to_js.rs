@@ -61,8 +61,12 @@ pub struct Options {
     pub stream: String,
     /// The subject every message is published to.
     pub subject: String,
-    /// The log's identity in message ids and headers.
-    pub log_id: String,
+    /// The log's identity in message ids (`--log-id`). `None`: the identity the stream's
+    /// last message carries, or, for an empty stream, [`Options::default_log_id`].
+    pub log_id: Option<String>,
+    /// The identity a new stream's messages get when `log_id` is `None` (the `--path` in
+    /// directory mode, else the subject: both name the log, not an address that reaches it).
+    pub default_log_id: String,
     /// Create the stream when it does not exist.
     pub create: Option<Create>,
     /// Publishes whose ack is awaited at once, at most.
@@ -93,12 +97,14 @@ enum Feed {
 }
 
 /// Where the stream says the log continues.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Resume {
     /// The stream's last sequence (the predecessor of the next publish).
     last_seq: u64,
     /// Byte offset of the next message.
     next: u64,
+    /// The log's identity in this session's message ids.
+    log_id: String,
 }
 
 /// How a session ended.
@@ -236,7 +242,7 @@ async fn session(
         // Fill the window.
         while inflight.len() < opts.window {
             let Some(m) = queued.pop_front() else { break };
-            let id = format!("{}:{}", opts.log_id, m.start);
+            let id = format!("{}:{}", resume.log_id, m.start);
             let publish = PublishMessage::build()
                 .payload(m.payload)
                 .message_id(&id)
@@ -364,6 +370,10 @@ async fn resume_point(stream: &mut Stream, opts: &Options) -> nats::Attempt<Resu
         return Ok(Ok(Resume {
             last_seq: state.last_sequence,
             next: opts.from_byte.unwrap_or(0),
+            log_id: opts
+                .log_id
+                .clone()
+                .unwrap_or_else(|| opts.default_log_id.clone()),
         }));
     }
     let last = match stream.get_last_raw_message_by_subject(&opts.subject).await {
@@ -382,12 +392,13 @@ async fn resume_point(stream: &mut Stream, opts: &Options) -> nats::Attempt<Resu
     let header = |name: &str| last.headers.get(name).map(|v| v.as_str().to_owned());
     // Its id is LOG:OFFSET: the log it came from.
     let id = header(MSG_ID).unwrap_or_default();
-    match id.rsplit_once(':') {
-        Some((log, _)) if log == opts.log_id => {}
+    let log_id = match id.rsplit_once(':') {
+        Some((log, _)) if opts.log_id.as_deref().is_none_or(|l| l == log) => log.to_owned(),
         Some((log, _)) => {
             return Err(Error::Stream(format!(
                 "the last message on {:?} came from log {log:?}, not {:?} (--log-id): one subject and stream per log",
-                opts.subject, opts.log_id
+                opts.subject,
+                opts.log_id.as_deref().unwrap_or_default()
             )))
         }
         None => {
@@ -396,7 +407,7 @@ async fn resume_point(stream: &mut Stream, opts: &Options) -> nats::Attempt<Resu
                 opts.subject, last.sequence
             )))
         }
-    }
+    };
     let Some(next) = header(HEADER_NEXT).and_then(|v| v.parse::<u64>().ok()) else {
         return Err(Error::Stream(format!(
             "the last message on {:?} (sequence {}) has no valid {HEADER_NEXT} header",
@@ -413,6 +424,7 @@ async fn resume_point(stream: &mut Stream, opts: &Options) -> nats::Attempt<Resu
     Ok(Ok(Resume {
         last_seq: last.sequence,
         next,
+        log_id,
     }))
 }
 

@@ -542,3 +542,63 @@ fn directory_mode_path() {
         "directory mode round trip differs"
     );
 }
+
+/// Without `--log-id` a log's identity is not the address it was reached by (issue #24): a
+/// bridge resumed through another address of the same server (`localhost` after `127.0.0.1`)
+/// continues the stream with the identity its messages already carry, and one given another
+/// `--log-id` is still refused.
+#[test]
+fn the_default_log_id_names_the_log_not_the_address() {
+    if !nats::available() {
+        return;
+    }
+    let cluster = Cluster::start(1, "");
+    let urls = cluster.urls();
+    let dir = tempdir();
+    let log = dir.path().join("app.log");
+    std::fs::write(&log, "one\ntwo\n").unwrap();
+    let server = tailsrv(&log);
+    let port = server.addr().port();
+    let bridge = |host: &str, extra: &[&str]| {
+        let addr = format!("{host}:{port}");
+        let mut args = vec![
+            "to-jetstream",
+            "--nats",
+            &urls,
+            "--stream",
+            "ADDR",
+            "--subject",
+            "logs.addr",
+            "--exit-at-end",
+        ];
+        args.extend_from_slice(extra);
+        args.push(&addr);
+        Proc::spawn(BRIDGE, &args)
+    };
+    let mut b = bridge("127.0.0.1", &["--create-stream"]);
+    finish_ok(&mut b, "first bridge, by 127.0.0.1");
+    append(&log, b"three\n");
+    let mut b = bridge("localhost", &[]);
+    finish_ok(&mut b, "second bridge, by localhost");
+    let stored = nats::read_stream(&urls, "ADDR");
+    let got: Vec<(String, &[u8])> = stored
+        .iter()
+        .map(|m| {
+            let id = m.headers.get("Nats-Msg-Id").cloned().unwrap_or_default();
+            (id, m.payload.as_slice())
+        })
+        .collect();
+    let want: Vec<(String, &[u8])> = vec![
+        ("logs.addr:0".into(), b"one"),
+        ("logs.addr:4".into(), b"two"),
+        ("logs.addr:8".into(), b"three"),
+    ];
+    assert_eq!(
+        got, want,
+        "the stream holds the log once, under one identity"
+    );
+    // An explicit identity that is not the stream's is refused, as before.
+    let mut b = bridge("localhost", &["--log-id", "other"]);
+    let status = finish(&mut b, "a bridge of another log");
+    assert_eq!(status.code(), Some(4), "log:\n{}", b.log.text());
+}

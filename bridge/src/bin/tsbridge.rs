@@ -94,9 +94,10 @@ struct ToArgs {
     #[arg(long, value_name = "BYTES", default_value_t = proto::framing::DEFAULT_MAX_MESSAGE)]
     max_message: u64,
 
-    /// The log's identity, in every message id (LOG:OFFSET).
-    /// Default: the --path in directory mode, else the first server's HOST:PORT. Give the same
-    /// one to a bridge that follows a replica.
+    /// The log's identity, in every message id (LOG:OFFSET), checked against the stream's
+    /// last message. Default: the identity the stream's messages already carry; for a new
+    /// stream the --path in directory mode, else the subject (never the address, so the same
+    /// log reached through another address or a replica is the same log).
     #[arg(long, value_name = "ID")]
     log_id: Option<String>,
 
@@ -205,15 +206,14 @@ fn to_options(a: ToArgs) -> Result<bridge::to_js::Options, String> {
     if a.window == 0 {
         return Err("--window must be at least 1".into());
     }
-    let log_id = a
-        .log_id
-        .clone()
-        .unwrap_or_else(|| a.path.clone().unwrap_or_else(|| servers[0].clone()));
-    if log_id.is_empty() || log_id.chars().any(|c| c.is_control()) {
-        return Err(format!(
-            "--log-id {log_id:?} must be non-empty, without control characters"
-        ));
+    if let Some(log_id) = &a.log_id {
+        if log_id.is_empty() || log_id.chars().any(|c| c.is_control()) {
+            return Err(format!(
+                "--log-id {log_id:?} must be non-empty, without control characters"
+            ));
+        }
     }
+    let default_log_id = a.path.clone().unwrap_or_else(|| a.subject.clone());
     let retry = match seconds("--tailsrv-give-up-after", &a.tailsrv_give_up_after)? {
         None => Retry::Forever,
         Some(d) => Retry::GiveUpAfter(d),
@@ -227,7 +227,8 @@ fn to_options(a: ToArgs) -> Result<bridge::to_js::Options, String> {
         max_message: a.max_message,
         stream: a.nats.stream,
         subject: a.subject,
-        log_id,
+        log_id: a.log_id.clone(),
+        default_log_id,
         create: a.create_stream.then_some(bridge::nats::Create {
             replicas: a.replicas,
             duplicate_window: Duration::from_secs(a.duplicate_window),
