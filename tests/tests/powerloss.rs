@@ -892,14 +892,16 @@ fn synced_follower(sync: &str) {
 }
 
 /// Issue #25, test 5: tailsrv and tailsrv-indexer serve a file on LazyFS (where reads of a
-/// just-appended range come back short) that a writer appends to for 20 s (CI time: the issue
-/// asks for 60 s), with four followers and an indexer client asking all along. No panic, no
-/// false "truncated", every follower's bytes equal the file's, the indexer's count and
-/// offsets right.
+/// just-appended range come back short) that a writer appends to for 60 s, with four
+/// followers and an indexer client asking all along. No panic, no false "truncated", every
+/// follower's bytes equal the file's, the indexer's count and offsets right.
+///
+/// The writer appends each round of 20 messages with one `write`, as a buffered logger
+/// flushes. Many small writes back to back through the same FUSE mount hit a limit of Linux's
+/// FUSE that no reader can defend against: a read of the last page, answered short while an
+/// append is in flight, makes the kernel cache zeros for bytes that were written, and every
+/// reader of the file reads them (docs/tailsrv.md, "Short reads", has the measurements).
 #[test]
-#[ignore = "finds two open bugs (session 17 note): after short reads the indexer's count can \
-            stay one or two messages behind the file for good (also after more growth), and a \
-            follower's bytes have differed from the file's in about 1 run of 3; run with --ignored"]
 fn servers_survive_short_reads_on_lazyfs() {
     let test = "servers_survive_short_reads_on_lazyfs";
     let Some(fs) = LazyFs::mount(test) else {
@@ -927,15 +929,18 @@ fn servers_survive_short_reads_on_lazyfs() {
     let mut offsets = Vec::new();
     let mut len = 0u64;
     let mut queries = 0;
-    while started.elapsed() < Duration::from_secs(20) {
+    while started.elapsed() < Duration::from_secs(60) {
+        // One write per round, as a buffered logger flushes (see the doc comment).
+        let mut round = Vec::new();
         for _ in 0..20 {
             let mut m = payload(5, n);
             m.push(b'\n');
-            w.write_all(&m).unwrap();
+            round.extend_from_slice(&m);
             offsets.push(len);
             len += m.len() as u64;
             n += 1;
         }
+        w.write_all(&round).unwrap();
         // The indexer never counts past what was written.
         let count = q.number("count");
         assert!(count <= n as u64, "{test}: count {count} > {n} written");
@@ -970,10 +975,12 @@ fn servers_survive_short_reads_on_lazyfs() {
         );
         let got = b.lock().unwrap().clone();
         let first_diff = got.iter().zip(&data).position(|(a, b)| a != b);
+        let zeros_only = got.iter().zip(&data).all(|(a, b)| a == b || *a == 0);
         assert!(
             got == data,
             "{test}: follower {k}'s bytes differ from the file's: {} bytes received, {} in the \
-             file, first difference at byte {first_diff:?}; tailsrv's log: {}",
+             file, first difference at byte {first_diff:?}, every differing byte received is \
+             0: {zeros_only}; tailsrv's log: {}",
             got.len(),
             data.len(),
             log_digest(&ts.log.text())
@@ -987,7 +994,7 @@ fn servers_survive_short_reads_on_lazyfs() {
             log_digest(&log)
         );
     }
-    eprintln!("{test}: {n} messages, {len} bytes in 20 s, {queries} count queries");
+    eprintln!("{test}: {n} messages, {len} bytes in 60 s, {queries} count queries");
     drop((ts, ix));
     for f in followers {
         f.join().unwrap();
