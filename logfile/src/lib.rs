@@ -11,6 +11,8 @@
 //! - [`lock_exclusive`]: the single-writer rule. A file has one writer; a second one fails at
 //!   once (a non-blocking exclusive `flock`) with an error that says who holds it, never
 //!   waits and never writes.
+//! - [`segments`]: a segmented log, one log as a directory of segment files named by their
+//!   global base offset and first message number, rolled and deleted by whole segments.
 //!
 //! Why `fsync` (not `fdatasync`) before the rename: the temporary is a new file, so its size
 //! and blocks are metadata that `fdatasync` would sync anyway; one rule is easier to trust.
@@ -23,6 +25,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{flock, FlockOperation};
+
+pub mod segments;
 
 /// `path` with `suffix` appended to its file name (`FILE.tmp`, `FILE.lock`).
 pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
