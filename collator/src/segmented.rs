@@ -107,7 +107,11 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
         "t" | "tb" | "tib" => 40,
-        _ => return Err(format!("{s:?}: expected a byte count such as 65536, 64K or 64M")),
+        _ => {
+            return Err(format!(
+                "{s:?}: expected a byte count such as 65536, 64K or 64M"
+            ))
+        }
     };
     n.parse::<u64>()
         .ok()
@@ -275,8 +279,8 @@ pub fn open(
         .and_then(|born| SystemTime::now().duration_since(born).ok())
         .unwrap_or_default();
     let journal = logfile::sibling(&dir, ".collator");
-    let synced = matches!(settings.sync, Sync::Data | Sync::Interval(_))
-        .then(|| watermark::path_for(&dir));
+    let synced =
+        matches!(settings.sync, Sync::Data | Sync::Interval(_)).then(|| watermark::path_for(&dir));
     let retention = match retention.is_set() {
         true => Some(start_retention(dir.clone(), retention)?),
         false => None,

@@ -347,7 +347,13 @@ async fn serve(config: Config) -> io::Result<()> {
             rolling,
             retention,
         } => {
-            let w = segmented::open(dir, *rolling, *retention, &config.settings, fatal_tx.clone())?;
+            let w = segmented::open(
+                dir,
+                *rolling,
+                *retention,
+                &config.settings,
+                fatal_tx.clone(),
+            )?;
             (Files::One(w), dir.clone())
         }
         Target::Dir { root, journal_dir } => {
