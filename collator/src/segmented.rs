@@ -169,6 +169,11 @@ pub struct Active {
 }
 
 impl Active {
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Where the segment starts.
     pub fn name(&self) -> SegmentName {
         self.name

@@ -255,8 +255,8 @@ pub(crate) fn open_writer(
     // The attribute saves a second sync per group, which only `data` mode has; elsewhere a
     // journal record (a small write, no sync) is cheaper than setting it.
     let marker = if !settings.xattr || settings.sync != Sync::Data {
-        // A marker left by an earlier run would be stale once groups are journalled.
-        let _ = rustix::fs::fremovexattr(&file, recover::MARKER);
+        // A marker left by an earlier run is removed below, once the new checkpoint is on
+        // disk (it would be stale once groups are journalled).
         false
     } else {
         match recover::write_marker(&file, r.end, r.end, 0) {
@@ -275,6 +275,12 @@ pub(crate) fn open_writer(
     // The checkpoint the new journal starts with must be on disk, the cut included.
     file.sync_all().map_err(|e| ctx("syncing", e))?;
     let journal = dedupe::Journal::rewrite(journal, &producers, end)?;
+    if !marker {
+        // Not before: until the checkpoint above was on disk, an earlier `data` run's marker
+        // was all that described its groups, and a crash in between (a restart in another
+        // `--sync` mode) would have cut them all back to the old checkpoint.
+        let _ = rustix::fs::fremovexattr(&file, recover::MARKER);
+    }
     log::info!(
         path:% = path.display(), offset = end, messages = count, cut = r.cut;
         "writing {} from byte {} (message {}), checked in {:.3}s",
@@ -285,6 +291,8 @@ pub(crate) fn open_writer(
         Some(w) => Some(Watermark::create(w, end)?),
         None => None,
     };
+    // A segmented log's writer is named by its directory: its segments come and go.
+    let name = segment.as_ref().map_or(path, Active::dir).to_owned();
     let opened = Opened {
         file,
         journal,
@@ -296,7 +304,7 @@ pub(crate) fn open_writer(
         base,
         segment,
     };
-    FileWriter::start(path, opened, settings.clone(), fatal)
+    FileWriter::start(&name, opened, settings.clone(), fatal)
 }
 
 /// Runs the collator until SIGINT/SIGTERM (drained, `Ok`) or a fatal write error.

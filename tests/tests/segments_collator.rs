@@ -157,12 +157,16 @@ struct Producer {
     /// Sent (maybe written) and unanswered: resent first, with the same sequence number.
     pending: Option<(u64, Vec<Vec<u8>>)>,
     acked: Vec<Acked>,
+    /// Answers that were not `ok` (the test fails on any, with the collator's log).
+    refused: Vec<String>,
 }
 
 enum Answer {
     Ok(u64, u64, u64),
     /// The collator is gone (killed): no answer.
     Gone,
+    /// Anything but `ok`: the answer.
+    Refused(String),
 }
 
 impl Producer {
@@ -172,6 +176,7 @@ impl Producer {
             seq: 1,
             pending: None,
             acked: Vec::new(),
+            refused: Vec::new(),
         }
     }
 
@@ -222,13 +227,10 @@ impl Producer {
             Ok(0) | Err(_) => return Answer::Gone,
             Ok(_) => {}
         }
-        let f: Vec<u64> = line
-            .trim_end()
-            .strip_prefix("ok ")
-            .unwrap_or_else(|| panic!("not an ok answer: {line:?}"))
-            .split(' ')
-            .map(|n| n.parse().unwrap())
-            .collect();
+        let Some(ok) = line.trim_end().strip_prefix("ok ") else {
+            return Answer::Refused(line);
+        };
+        let f: Vec<u64> = ok.split(' ').map(|n| n.parse().unwrap()).collect();
         Answer::Ok(f[0], f[1], f[2])
     }
 
@@ -253,8 +255,13 @@ impl Producer {
             };
             let (req, bytes) = self.request(seq, &payloads);
             self.pending = Some((seq, payloads));
-            let Answer::Ok(offset, msgno, count) = Producer::ask(&mut conn, &req) else {
-                return;
+            let (offset, msgno, count) = match Producer::ask(&mut conn, &req) {
+                Answer::Ok(o, m, c) => (o, m, c),
+                Answer::Gone => return,
+                Answer::Refused(r) => {
+                    self.refused.push(format!("seq {seq}: {r}"));
+                    return;
+                }
             };
             self.pending = None;
             assert_eq!(count, self.payloads(seq).len() as u64);
@@ -273,6 +280,11 @@ impl Producer {
                         self.id
                     ),
                     Answer::Gone => {
+                        self.acked.push(a);
+                        return;
+                    }
+                    Answer::Refused(r) => {
+                        self.refused.push(format!("seq {seq} (a retry): {r}"));
                         self.acked.push(a);
                         return;
                     }
@@ -360,6 +372,7 @@ fn eight_idempotent_producers_roll_and_retain() {
             started + Duration::from_secs(120),
         );
         for p in &producers {
+            assert!(p.refused.is_empty(), "{name}: p{}: {:?}", p.id, p.refused);
             assert_eq!(p.acked.len(), 250, "{name}: p{} was not answered", p.id);
         }
         let acked = all_acked(&producers);
@@ -495,6 +508,7 @@ fn kill_9_at_each_step_of_a_roll_and_a_deletion() {
     let mut port = 0;
     let started = Instant::now();
     let mut at_start = 0;
+    let mut previous = String::new();
     for round in 0..25 {
         let step = STEPS[round % STEPS.len()];
         let fault = format!("{step}:{}", 1 + (round / STEPS.len()) % 3);
@@ -517,12 +531,19 @@ fn kill_9_at_each_step_of_a_roll_and_a_deletion() {
         let status = c
             .wait_exit(PATIENCE)
             .expect("the fault point was never reached");
+        // The log's last lines may still be on their way through the pipe.
+        let reached = format!("fault point {step} reached");
+        let seen = eventually(PATIENCE, || text.lock().unwrap().contains(&reached));
         let text = text.lock().unwrap().clone();
-        assert_eq!(status.signal(), Some(9), "round {round} ({fault}): {text}");
+        let refused: Vec<_> = producers.iter().flat_map(|p| &p.refused).collect();
         assert!(
-            text.contains(&format!("fault point {step} reached")),
-            "round {round} ({fault}): {text}"
+            refused.is_empty(),
+            "round {round} ({fault}, --sync {sync}): {refused:?}\nits log:\n{text}\nthe \
+             round before's:\n{previous}"
         );
+        previous = text.clone();
+        assert_eq!(status.signal(), Some(9), "round {round} ({fault}): {text}");
+        assert!(seen, "round {round} ({fault}): {text}");
         // Consistent on disk as the kill left it.
         check_acked(&read_log(&log), &all_acked(&producers));
     }
