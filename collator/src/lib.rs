@@ -14,6 +14,8 @@
 //! - [`dedupe`]: idempotent producers and the journal they (and the restart check) rely on.
 //! - [`watermark`]: the synced length, published in `FILE.synced` for tailsrv's
 //!   `--serve-up-to-synced`.
+//! - [`segmented`]: segmented logs ([`logfile::segments`]): opening one, rolling, retention
+//!   on its own thread, and the test-only fault points.
 //! - [`server`]: locking, set-up, serving on the shared skeleton, draining on SIGTERM.
 
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
@@ -21,6 +23,7 @@
 mod conn;
 mod dedupe;
 mod recover;
+mod segmented;
 mod server;
 mod watermark;
 mod writer;
@@ -29,6 +32,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use logfile::segments::{Retention, Rolling};
+pub use segmented::{parse_bytes, FAULT_VAR};
 pub use server::run;
 pub use writer::{Settings, Sync};
 
@@ -37,6 +42,17 @@ pub use writer::{Settings, Sync};
 pub enum Target {
     /// One file; its journal is `FILE.collator` beside it.
     File(PathBuf),
+    /// A segmented log ([`logfile::segments`]): created if absent (or an empty directory),
+    /// opened if it holds the marker. Its journal is `DIR.collator` and its synced length
+    /// `DIR.synced`, beside the directory.
+    Segmented {
+        /// The log's directory.
+        dir: PathBuf,
+        /// When to start a new segment.
+        rolling: Rolling,
+        /// Which old segments to delete.
+        retention: Retention,
+    },
     /// The files of a directory, named by each request; journals under `journal_dir`.
     Dir {
         /// The directory.

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use collator::{Config, Settings, Sync, Target};
+use collator::{Config, Retention, Rolling, Settings, Sync, Target};
 use proto::framing::Framing;
 
 /// Appends whole messages from producers to a log and answers where each landed:
@@ -58,6 +58,28 @@ struct Args {
     #[arg(long, value_name = "JDIR")]
     journal_dir: Option<PathBuf>,
 
+    /// Segmented log: start a new segment before a write that would make the active one
+    /// longer than this (`64M`, `65536`; a larger write gets a segment of its own). Any
+    /// --segment-* or --retain-* flag makes a new PATH a segmented log (a directory); a
+    /// directory holding a segmented log's marker is opened as one with or without them.
+    #[arg(long, value_name = "BYTES", value_parser = collator::parse_bytes)]
+    segment_bytes: Option<u64>,
+
+    /// Segmented log: start a new segment before a write once the active one is this many
+    /// milliseconds old (checked at writes: an idle segment is not rolled).
+    #[arg(long, value_name = "MS")]
+    segment_ms: Option<u64>,
+
+    /// Segmented log: delete the oldest segments while the log holds more than this (never
+    /// the active one).
+    #[arg(long, value_name = "BYTES", value_parser = collator::parse_bytes)]
+    retain_bytes: Option<u64>,
+
+    /// Segmented log: delete segments last written more than this many milliseconds ago
+    /// (never the active one).
+    #[arg(long, value_name = "MS")]
+    retain_ms: Option<u64>,
+
     #[command(flatten)]
     log: cli::LogArgs,
 
@@ -68,14 +90,44 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     args.log.init();
+    let rolling = Rolling {
+        bytes: args.segment_bytes.filter(|&b| b > 0),
+        age: args.segment_ms.map(Duration::from_millis),
+    };
+    let retention = Retention {
+        bytes: args.retain_bytes,
+        age: args.retain_ms.map(Duration::from_millis),
+    };
+    let segmented = rolling != Rolling::default() || retention.is_set();
     let target = match (args.journal_dir, args.path.is_dir()) {
+        (Some(_), _) if segmented => {
+            log::error!(
+                "--segment-* and --retain-* are for a segmented log, not directory mode                  (--journal-dir)"
+            );
+            return ExitCode::from(2);
+        }
+        (None, _) if segmented || logfile::segments::is_segmented(&args.path) => {
+            Target::Segmented {
+                dir: args.path,
+                rolling,
+                retention,
+            }
+        }
+        (Some(_), true) if logfile::segments::is_segmented(&args.path) => {
+            log::error!(
+                "{} is a segmented log, not a directory of files: drop --journal-dir",
+                args.path.display()
+            );
+            return ExitCode::from(2);
+        }
         (Some(journal_dir), true) => Target::Dir {
             root: args.path,
             journal_dir,
         },
         (None, true) => {
             log::error!(
-                "{} is a directory: directory mode needs --journal-dir JDIR (outside it)",
+                "{} is a directory: directory mode needs --journal-dir JDIR (outside it); a new \
+                 segmented log needs --segment-bytes or another --segment-*/--retain-* flag",
                 args.path.display()
             );
             return ExitCode::from(2);

@@ -23,6 +23,7 @@ use shared::server::Server;
 use shared::tree::Tree;
 use shared::watch::OnGone;
 
+use crate::segmented::{self, Active};
 use crate::watermark::{self, Watermark};
 use crate::writer::{FileWriter, Opened, Settings, Sync};
 use crate::{conn, dedupe, recover, Config, Target};
@@ -119,10 +120,18 @@ impl Ctx {
             if let Some(parent) = journal.parent() {
                 std::fs::create_dir_all(parent).map_err(io_refusal)?;
             }
-            let w = open_writer(&real, &journal, None, &settings, fatal, |f| {
-                tree.check_opened(f)
-                    .map_err(|r| io::Error::other(r.to_refusal(&requested).reason))
-            })
+            let w = open_writer(
+                &real,
+                &journal,
+                None,
+                &settings,
+                fatal,
+                |f| {
+                    tree.check_opened(f)
+                        .map_err(|r| io::Error::other(r.to_refusal(&requested).reason))
+                },
+                None,
+            )
             .map_err(io_refusal)?;
             map.insert(real, w.clone());
             Ok(Some(w))
@@ -188,14 +197,17 @@ impl Drop for Live {
 }
 
 /// Opens `path` for writing (created if absent), takes its exclusive lock, recovers its
-/// tail with the journal at `journal`, rewrites the journal, and starts its writer.
-fn open_writer(
+/// tail with the journal at `journal`, rewrites the journal, and starts its writer. With
+/// `segment`, `path` is a segmented log's active segment: only it is checked, and offsets
+/// are the log's (see [`crate::segmented`]).
+pub(crate) fn open_writer(
     path: &Path,
     journal: &Path,
     watermark: Option<&Path>,
     settings: &Settings,
     fatal: async_channel::Sender<io::Error>,
     check: impl FnOnce(&File) -> io::Result<()>,
+    segment: Option<Active>,
 ) -> io::Result<FileWriter> {
     let ctx = |what: &str, e: io::Error| {
         io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
@@ -211,33 +223,40 @@ fn open_writer(
     logfile::lock_exclusive(&file, path, "collator")?;
     let started = Instant::now();
     let loaded = dedupe::load(journal)?;
+    // The file's first byte in the log, and the messages before it; the journal's offsets
+    // are the log's, the restart check's the file's.
+    let (base, before) = segment
+        .as_ref()
+        .map_or((0, 0), |s| (s.name().base, s.name().first_message));
+    let local = segmented::Local::of(&loaded, base);
     // A crash leaves at most one group: bounded by the queue and one request.
     let max_cut = settings.max_pending + settings.max_request + settings.max_message + (1 << 20);
     // A marker is read whatever the settings: it is how the last run described its groups.
     let marked = recover::marked_end(&file).map_err(|e| ctx("recovering", e))?;
     let verified = match marked {
         Some(end) => Some(end),
-        None => recover::verified_end(&file, &loaded.groups, loaded.checkpoint, max_cut)
+        None => recover::verified_end(&file, &local.groups, local.checkpoint, max_cut)
             .map_err(|e| ctx("recovering", e))?,
     };
     let r = recover::recover(
         &file,
         settings.framing,
         settings.max_message,
-        &loaded.batches,
+        &local.batches,
         max_cut,
         verified,
     )
     .map_err(|e| ctx("recovering", e))?;
-    let producers = loaded.producers(r.end);
+    let (end, count) = (base + r.end, before + r.count);
+    let producers = loaded.producers(end);
     // In `data` mode, where the file system has extended attributes, the last group is
     // described by one on the file (synced with the data: one sync per group); elsewhere by
     // journal records.
     // The attribute saves a second sync per group, which only `data` mode has; elsewhere a
     // journal record (a small write, no sync) is cheaper than setting it.
     let marker = if !settings.xattr || settings.sync != Sync::Data {
-        // A marker left by an earlier run would be stale once groups are journalled.
-        let _ = rustix::fs::fremovexattr(&file, recover::MARKER);
+        // A marker left by an earlier run is removed below, once the new checkpoint is on
+        // disk (it would be stale once groups are journalled).
         false
     } else {
         match recover::write_marker(&file, r.end, r.end, 0) {
@@ -255,27 +274,37 @@ fn open_writer(
     };
     // The checkpoint the new journal starts with must be on disk, the cut included.
     file.sync_all().map_err(|e| ctx("syncing", e))?;
-    let journal = dedupe::Journal::rewrite(journal, &producers, r.end)?;
+    let journal = dedupe::Journal::rewrite(journal, &producers, end)?;
+    if !marker {
+        // Not before: until the checkpoint above was on disk, an earlier `data` run's marker
+        // was all that described its groups, and a crash in between (a restart in another
+        // `--sync` mode) would have cut them all back to the old checkpoint.
+        let _ = rustix::fs::fremovexattr(&file, recover::MARKER);
+    }
     log::info!(
-        path:% = path.display(), offset = r.end, messages = r.count, cut = r.cut;
+        path:% = path.display(), offset = end, messages = count, cut = r.cut;
         "writing {} from byte {} (message {}), checked in {:.3}s",
-        path.display(), r.end, r.count, started.elapsed().as_secs_f64()
+        path.display(), end, count, started.elapsed().as_secs_f64()
     );
     let watermark = match watermark {
         // Only what is on disk (synced above) is published.
-        Some(w) => Some(Watermark::create(w, r.end)?),
+        Some(w) => Some(Watermark::create(w, end)?),
         None => None,
     };
+    // A segmented log's writer is named by its directory: its segments come and go.
+    let name = segment.as_ref().map_or(path, Active::dir).to_owned();
     let opened = Opened {
         file,
         journal,
-        end: r.end,
-        count: r.count,
+        end,
+        count,
         producers,
         watermark,
         marker,
+        base,
+        segment,
     };
-    FileWriter::start(path, opened, settings.clone(), fatal)
+    FileWriter::start(&name, opened, settings.clone(), fatal)
 }
 
 /// Runs the collator until SIGINT/SIGTERM (drained, `Ok`) or a fatal write error.
@@ -317,8 +346,23 @@ async fn serve(config: Config) -> io::Result<()> {
                 &config.settings,
                 fatal_tx.clone(),
                 |_| Ok(()),
+                None,
             )?;
             (Files::One(w), path.clone())
+        }
+        Target::Segmented {
+            dir,
+            rolling,
+            retention,
+        } => {
+            let w = segmented::open(
+                dir,
+                *rolling,
+                *retention,
+                &config.settings,
+                fatal_tx.clone(),
+            )?;
+            (Files::One(w), dir.clone())
         }
         Target::Dir { root, journal_dir } => {
             let tree = Tree::new(root)?;

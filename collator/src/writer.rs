@@ -30,6 +30,12 @@
 //!
 //! **Back-pressure.** At most `--max-pending` bytes are queued per file; a submitter waits
 //! for room (and its connection stops being read) until the writer frees it.
+//!
+//! **Segmented logs** ([`crate::segmented`]): the file is the active segment, and offsets
+//! (answers, journal, watermark) are the log's, the file's plus its base. Before a group
+//! that [`logfile::segments::Rolling::due`] says would overflow it, the writer syncs the
+//! active segment (if anything is unsynced), gives back its reserved space, and rolls: the
+//! group goes whole into the next segment.
 
 use std::fs::File;
 use std::io::{self, IoSlice};
@@ -44,6 +50,7 @@ use proto::{Code, Refusal};
 use rustix::fs::{fallocate, FallocateFlags};
 
 use crate::dedupe::{self, Check, Entry, Journal, Producers};
+use crate::segmented::Active;
 use crate::watermark::Watermark;
 
 /// When a request is acknowledged.
@@ -116,6 +123,12 @@ pub struct Opened {
     /// Whether each group is described by the file's extended attribute
     /// ([`crate::recover::MARKER`]) rather than a journal record.
     pub marker: bool,
+    /// The log offset of the file's first byte: 0, or a segmented log's active segment's
+    /// base ([`crate::segmented`]). Offsets, `end` and the journal are the log's; the file is
+    /// written at `offset - base`.
+    pub base: u64,
+    /// The segmented log the file is the active segment of, which rolls.
+    pub segment: Option<Active>,
 }
 
 /// The answer a submitter waits for.
@@ -198,6 +211,16 @@ struct Disk {
     syncer: Option<Syncer>,
     /// The last group is described by the file's extended attribute (else by a `g` record).
     marker: bool,
+    /// The log offset of the file's first byte (see [`Opened::base`]).
+    base: u64,
+    segment: Option<Active>,
+}
+
+impl Disk {
+    /// Where the log's end is in the file.
+    fn pos(&self) -> u64 {
+        self.end - self.base
+    }
 }
 
 /// The data file's sync: `fsync` where the extended attribute describes the last group (it
@@ -275,6 +298,8 @@ impl FileWriter {
             producers,
             watermark,
             marker,
+            base,
+            segment,
         } = opened;
         let inner = Arc::new(Inner {
             path: path.to_owned(),
@@ -304,6 +329,8 @@ impl FileWriter {
             last_sync: Instant::now(),
             syncer: None,
             marker,
+            base,
+            segment,
         };
         let thread_inner = inner.clone();
         let name = format!("writer {}", path.display());
@@ -531,12 +558,30 @@ fn write_loop(inner: &Inner, mut disk: Disk) -> io::Result<()> {
         }
         let count: u64 = jobs.iter().map(|j| j.ack.count).sum();
         let journal_len = disk.journal.len();
+        if disk
+            .segment
+            .as_ref()
+            .is_some_and(|s| s.due(disk.pos(), bytes))
+        {
+            // Sealed on disk before the next segment exists, in every mode: a crash never
+            // leaves a sealed segment shorter than the names say.
+            if disk.dirty {
+                sync(inner, &mut disk, &jobs)?;
+            }
+            if let Err(e) = roll(&mut disk) {
+                undo(inner, &mut disk, journal_len, &jobs, &e)?;
+                continue;
+            }
+        }
         match write_group(&mut disk, &jobs, bytes) {
             Ok(()) => {}
             Err(e) => {
                 undo(inner, &mut disk, journal_len, &jobs, &e)?;
                 continue;
             }
+        }
+        if let Some(s) = &mut disk.segment {
+            s.written();
         }
         disk.end += bytes;
         disk.count += count;
@@ -595,6 +640,21 @@ fn write_loop(inner: &Inner, mut disk: Disk) -> io::Result<()> {
     }
 }
 
+/// Starts the next segment where the active one ends (group boundaries only: never inside
+/// a batch), and writes there from now on. The old one's space reserved past its end is
+/// given back first.
+fn roll(disk: &mut Disk) -> io::Result<()> {
+    let pos = disk.pos();
+    let Some(segment) = &mut disk.segment else {
+        return Ok(());
+    };
+    disk.file.set_len(pos)?;
+    disk.file = segment.roll(disk.end, disk.count)?;
+    disk.base = disk.end;
+    disk.reserved_to = disk.end;
+    Ok(())
+}
+
 /// The group's description (marker or `g` record, with its CRC), the producers' journal
 /// records, space, then the data with `pwritev` (looping over short writes).
 fn write_group(disk: &mut Disk, jobs: &[Job], bytes: u64) -> io::Result<()> {
@@ -604,7 +664,8 @@ fn write_group(disk: &mut Disk, jobs: &[Job], bytes: u64) -> io::Result<()> {
         crc.update(&job.data);
     }
     if disk.marker {
-        crate::recover::write_marker(&disk.file, disk.end, disk.end + bytes, crc.finalize())?;
+        let pos = disk.pos();
+        crate::recover::write_marker(&disk.file, pos, pos + bytes, crc.finalize())?;
     } else {
         dedupe::render_group(disk.end, disk.end + bytes, crc.finalize(), &mut records);
     }
@@ -624,7 +685,7 @@ fn write_group(disk: &mut Disk, jobs: &[Job], bytes: u64) -> io::Result<()> {
         disk.journal_dirty = true;
     }
     reserve(disk, bytes)?;
-    let mut at = disk.end;
+    let mut at = disk.pos();
     let mut job = 0;
     let mut skip = 0usize; // Bytes of jobs[job] already written.
     while job < jobs.len() {
@@ -664,7 +725,7 @@ fn reserve(disk: &mut Disk, bytes: u64) -> io::Result<()> {
     }
     let mut want = bytes.max(RESERVE);
     loop {
-        match fallocate(&disk.file, FallocateFlags::KEEP_SIZE, disk.end, want) {
+        match fallocate(&disk.file, FallocateFlags::KEEP_SIZE, disk.pos(), want) {
             Ok(()) => {
                 disk.reserved_to = disk.end + want;
                 return Ok(());
@@ -697,12 +758,13 @@ fn undo(
     log::error!(path:% = inner.path.display(), offset = disk.end;
         "write failed, cutting back to byte {}: {e}", disk.end);
     let end = disk.end;
+    let pos = disk.pos();
     let cut = disk
         .file
-        .set_len(end)
+        .set_len(pos)
         .and_then(|()| disk.file.sync_all())
         .and_then(|()| match disk.file.metadata()?.len() {
-            l if l == end => Ok(()),
+            l if l == pos => Ok(()),
             l => Err(io::Error::other(format!(
                 "the file is {l} bytes after the cut"
             ))),

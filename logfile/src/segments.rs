@@ -199,14 +199,21 @@ impl Log {
             .map_err(|e| context(&marker_path, "reading the marker", e))?;
         let marker = Marker::parse(&text)
             .map_err(|why| corrupt(dir, format!("the marker {}: {why}", marker_path.display())))?;
-        let mut segments = Vec::new();
+        // Every name is listed before any length is read. A writer seals a segment (its
+        // last write) before it creates the next, so if the listing holds the next one, the
+        // sealed one's length read after it is final; a listing that interleaved reads of
+        // lengths with a long directory's later pages could read a segment's length while
+        // it was still active and then find its successor, and call the log inconsistent.
+        let mut names = Vec::new();
         for entry in fs::read_dir(dir).map_err(|e| context(dir, "listing", e))? {
             let entry = entry.map_err(|e| context(dir, "listing", e))?;
-            let Some(name) = entry.file_name().to_str().and_then(SegmentName::parse) else {
-                continue;
-            };
-            let path = entry.path();
-            let meta = match entry.metadata() {
+            if let Some(name) = entry.file_name().to_str().and_then(SegmentName::parse) {
+                names.push((name, entry.path()));
+            }
+        }
+        let mut segments = Vec::new();
+        for (name, path) in names {
+            let meta = match fs::metadata(&path) {
                 Ok(m) => m,
                 // Deleted by retention since it was listed: it is not part of the log.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -333,7 +340,8 @@ pub fn roll(dir: &Path, next: SegmentName) -> io::Result<File> {
         .create_new(true)
         .open(&path)
         .map_err(|e| context(&path, "creating the next segment", e))?;
-    crate::sync_dir(dir)?;
+    // `sync_dir` syncs the directory holding the path it is given: LOG, not LOG's parent.
+    crate::sync_dir(&path)?;
     Ok(f)
 }
 
