@@ -112,6 +112,42 @@ impl fmt::Debug for SegmentedLog {
     }
 }
 
+/// The segmented logs being followed, by real path, so that every reader of one log shares
+/// one [`SegmentedLog`] (directory mode serves any number of them). A log nobody reads any
+/// more is dropped with its last reader.
+#[derive(Debug)]
+pub struct Logs {
+    follower: Follower,
+    open: Mutex<HashMap<PathBuf, Weak<Shared>>>,
+}
+
+impl Logs {
+    /// No log followed yet.
+    pub fn new(follower: Follower) -> Logs {
+        Logs {
+            follower,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The follower the logs are followed with (for plain files too).
+    pub fn follower(&self) -> &Follower {
+        &self.follower
+    }
+
+    /// The log at `dir` (a real path), shared with its other readers, or followed now.
+    pub fn get(&self, dir: &Path) -> io::Result<SegmentedLog> {
+        let mut open = self.open.lock().unwrap();
+        if let Some(inner) = open.get(dir).and_then(Weak::upgrade) {
+            return Ok(SegmentedLog { inner });
+        }
+        let log = SegmentedLog::open(&self.follower, dir)?;
+        open.retain(|_, w| w.strong_count() > 0);
+        open.insert(dir.to_owned(), Arc::downgrade(&log.inner));
+        Ok(log)
+    }
+}
+
 /// The error a failed listing left, as an `io::Error` again.
 fn stored(e: &(io::ErrorKind, String)) -> io::Error {
     io::Error::new(e.0, e.1.clone())
@@ -124,8 +160,10 @@ impl SegmentedLog {
     pub fn open(follower: &Follower, dir: &Path) -> io::Result<SegmentedLog> {
         let entries = follower.watch_entries(dir)?;
         let listed = entries.changes();
+        let dir = &std::fs::canonicalize(dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
         let log = Log::open(dir)?;
-        let active = follower.follow(&log.active().path)?;
+        let active = follow_active(follower, &log)?;
         let table = Table {
             listed,
             segments: slots(&log, &[]),
@@ -185,7 +223,7 @@ impl SegmentedLog {
             }
         };
         if log.active().path != table.active.path() {
-            match self.inner.follower.follow(&log.active().path) {
+            match follow_active(&self.inner.follower, &log) {
                 Ok(watch) => {
                     log::debug!(path:% = log.active().path.display(); "segmented log rolled");
                     table.active = watch;
@@ -298,6 +336,32 @@ fn slots(log: &Log, old: &[Slot]) -> Vec<Slot> {
             file: kept.remove(&s.name).cloned().unwrap_or_default(),
         })
         .collect()
+}
+
+/// Follows `log`'s active segment, and checks that what was opened is that very file of
+/// the log's directory, not a symlink's target elsewhere (directory mode must never serve a
+/// file from outside its root).
+fn follow_active(follower: &Follower, log: &Log) -> io::Result<FileWatch> {
+    use std::os::fd::AsRawFd;
+    let path = &log.active().path;
+    let watch = follower.follow(path)?;
+    let Some(file) = watch.file() else {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("the active segment {} is gone", path.display()),
+        ));
+    };
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    if &real != path || !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the active segment {} is not a regular file of the log's directory",
+                path.display()
+            ),
+        ));
+    }
+    Ok(watch)
 }
 
 /// Opens a sealed segment: a regular file (not through a symlink) exactly `len` bytes long.

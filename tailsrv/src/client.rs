@@ -18,6 +18,9 @@
 //!    reset while the file is quiet is released at once rather than at the next write. A
 //!    client that shuts down its sending side (a FIN) has not left: it keeps receiving.
 //!
+//! A segmented log (`Served::Log`, or a log inside a served directory) is placed and followed
+//! by [`crate::segmented`] instead of steps 2 and 3, with the same request, refusals and end.
+//!
 //! A client costs one task and one socket; no buffer holds file data.
 
 use std::fs::File;
@@ -31,24 +34,29 @@ use futures_lite::{future, AsyncWriteExt};
 use proto::request::{Confirmation, StreamRequest, MAX_DIR_LINE, MAX_LINE};
 use proto::{Code, Mode, Refusal, Request, Start};
 use shared::net::{self, LineError};
-use shared::tree::Tree;
-use shared::watch::{self, FileWatch, Follower};
+use shared::segments::{Logs, SegmentedLog};
+use shared::tree::{Kind, Resolved, Tree};
+use shared::watch::{self, FileWatch};
 
 use crate::hangup::gone;
+use crate::segmented::{self, LogStreaming};
 use crate::sendfile::{send_range, Cursor, Sent};
 use crate::synced::Synced;
 
-/// What the server serves: one file, or the files of a directory.
+/// What the server serves: one file, one segmented log (with the single-file grammar), or
+/// the files and segmented logs of a directory.
 #[derive(Clone, Debug)]
 pub(crate) enum Served {
     File(FileWatch),
-    Dir { tree: Arc<Tree>, follower: Follower },
+    Log(SegmentedLog),
+    /// The segmented logs' table doubles as the directory's follower of plain files.
+    Dir { tree: Arc<Tree>, logs: Arc<Logs> },
 }
 
 impl Served {
     fn mode(&self) -> Mode {
         match self {
-            Served::File(_) => Mode::File,
+            Served::File(_) | Served::Log(_) => Mode::File,
             Served::Dir { .. } => Mode::Dir,
         }
     }
@@ -56,7 +64,7 @@ impl Served {
 
 /// Why a client's stream ended.
 #[derive(Debug)]
-enum End {
+pub(crate) enum End {
     /// The connection was reset or failed (a FIN alone is not a hang-up).
     HungUp,
     /// The file shrank under the client: the bytes it has may no longer be the file's.
@@ -65,8 +73,12 @@ enum End {
     Gone,
     /// Writing to the client failed.
     Socket(io::Error),
-    /// Reading the file failed, or kept coming up short.
+    /// Reading the file failed, or kept coming up short (or a segmented log's segments no
+    /// longer match their names).
     Unreadable(io::Error),
+    /// A segmented log: retention deleted the segment the client was to read next; the log
+    /// starts at this byte now.
+    Behind(u64),
 }
 
 impl std::fmt::Display for End {
@@ -77,6 +89,11 @@ impl std::fmt::Display for End {
             End::Gone => f.write_str("file was moved or deleted"),
             End::Socket(e) => write!(f, "write failed: {e}"),
             End::Unreadable(e) => write!(f, "reading the file failed: {e}"),
+            End::Behind(start) => write!(
+                f,
+                "the next segment was deleted by retention before the client reached it \
+                 (the log starts at byte {start} now)"
+            ),
         }
     }
 }
@@ -99,21 +116,34 @@ pub(crate) async fn serve(
     let Some(sock) = net::register(stream, peer) else {
         return;
     };
-    let Some(mut streaming) = Box::pin(start(&sock, peer, served, header_timeout, synced)).await
+    // A segmented log's follower comes out on the side, boxed, and is followed in a boxed
+    // future, socket and all: none of it is part of a file follower's state.
+    let mut log = None;
+    let Some(mut streaming) =
+        Box::pin(start(&sock, peer, served, header_timeout, synced, &mut log)).await
     else {
+        if let Some(log) = log {
+            Box::pin(segmented::serve(sock, peer, log)).await;
+        }
         return;
     };
     log::debug!(client:% = peer, path = streaming.shown(), offset = streaming.cur.offset; "client connected");
     let end = follow(&sock, &mut streaming).await;
+    report(peer, streaming.shown(), streaming.cur.offset, &end);
+}
+
+/// Logs how a client's stream ended: a warning if the server could not read what it serves.
+pub(crate) fn report(peer: SocketAddr, path: &str, offset: u64, end: &End) {
     if let End::Unreadable(_) = end {
-        log::warn!(client:% = peer, path = streaming.shown(), offset = streaming.cur.offset; "client closed: {end}");
+        log::warn!(client:% = peer, path = path, offset = offset; "client closed: {end}");
     } else {
-        log::debug!(client:% = peer, path = streaming.shown(), offset = streaming.cur.offset; "client done: {end}");
+        log::debug!(client:% = peer, path = path, offset = offset; "client done: {end}");
     }
 }
 
+
 /// Everything a follower keeps while it streams.
-struct Streaming {
+pub(crate) struct Streaming {
     /// The file, the next byte to send, and the epoch the client was placed in.
     cur: Cursor,
     /// Directory mode: end once the file is gone and sent whole.
@@ -138,6 +168,7 @@ async fn start(
     served: Served,
     header_timeout: Duration,
     synced: Option<Arc<Synced>>,
+    log_out: &mut Option<Box<LogStreaming>>,
 ) -> Option<Streaming> {
     let mode = served.mode();
     let max = match mode {
@@ -164,35 +195,55 @@ async fn start(
         (Ok(Request::Stream(req)), Served::File(file)) => {
             start_stream(sock, peer, file, req, None, header_timeout, synced).await
         }
-        (Ok(Request::Stream(req)), Served::Dir { tree, follower }) => {
-            start_path(sock, peer, &tree, &follower, req, header_timeout).await
+        (Ok(Request::Stream(req)), Served::Log(log)) => {
+            *log_out = segmented::start(sock, peer, log, req, None).await;
+            None
+        }
+        (Ok(Request::Stream(req)), Served::Dir { tree, logs }) => {
+            start_path(sock, peer, &tree, &logs, req, header_timeout, log_out).await
         }
         // The parser only returns `List` in directory mode.
-        (Ok(Request::List { .. }), Served::File(_)) => None,
+        (Ok(Request::List { .. }), Served::File(_) | Served::Log(_)) => None,
     }
 }
 
 /// Directory mode's `stream PATH ...`: the path is checked against [`Tree`]'s rule before
-/// anything is sent, and once more against the file actually opened.
+/// anything is sent, and once more against the file actually opened. A segmented log in the
+/// directory is one path, streamed as one log.
 async fn start_path(
     sock: &Async<TcpStream>,
     peer: SocketAddr,
     tree: &Tree,
-    follower: &Follower,
+    logs: &Logs,
     req: StreamRequest,
     patience: Duration,
+    log_out: &mut Option<Box<LogStreaming>>,
 ) -> Option<Streaming> {
     let requested = req.path.clone().unwrap_or_default();
     let shown = String::from_utf8_lossy(&requested).into_owned();
-    let real = match tree.resolve(&requested) {
-        Ok(real) => real,
+    let real = match tree.resolve_entry(&requested) {
+        Ok(Resolved::File(real)) => real,
+        Ok(Resolved::Log(real)) => {
+            let log = match logs.get(&real) {
+                Ok(log) => log,
+                Err(e) => {
+                    log::warn!(client:% = peer, path = shown; "cannot follow the segmented log: {e}");
+                    let why = segmented::refusal(&e);
+                    let refusal = Refusal::new(why.code, format!("{shown:?}: {}", why.reason));
+                    net::refuse(sock, &refusal).await;
+                    return None;
+                }
+            };
+            *log_out = segmented::start(sock, peer, log, req, Some(&shown)).await;
+            return None;
+        }
         Err(refusal) => {
             log::debug!(client:% = peer, path = shown; "refused: {refusal}");
             net::refuse(sock, &refusal.to_refusal(&requested)).await;
             return None;
         }
     };
-    let file = match follower.follow(&real) {
+    let file = match logs.follower().follow(&real) {
         Ok(f) => f,
         Err(e) => {
             // Which of our paths failed is for the log; the client learns why.
@@ -246,6 +297,7 @@ async fn start_stream(
         let line = Confirmation {
             offset: at.offset,
             len: at.len,
+            start: 0,
         }
         .render();
         if writer.write_all(&line).await.is_err() {
@@ -405,7 +457,8 @@ async fn stream(sock: &Async<TcpStream>, at: &mut Streaming) -> End {
 
 /// Directory mode's `list`: the servable paths, one per line, then the connection closes;
 /// with `sizes` (`list sizes`) each line is `SIZE PATH`, the size from a `stat` as the walk
-/// passes the file (a file that vanished in between is left out).
+/// passes the file (a file that vanished in between is left out). A segmented log is one
+/// line, its size the log's global end (what `from byte -0` starts at).
 ///
 /// The walk is blocking file-system work, so it runs on the blocking pool and hands the
 /// listing over in chunks; a client that reads slowly holds the walk back instead of making
@@ -417,12 +470,17 @@ async fn send_listing(sock: &Async<TcpStream>, tree: &Arc<Tree>, sizes: bool) ->
     let walk = shared::rt::spawn_blocking(move || {
         let mut buf = Vec::with_capacity(CHUNK);
         let hung_up = || io::Error::from(io::ErrorKind::BrokenPipe);
-        tree.list(|path| {
+        tree.list(|path, kind| {
             if sizes {
-                let Ok(meta) = std::fs::metadata(tree.root().join(path)) else {
+                let full = tree.root().join(path);
+                let size = match kind {
+                    Kind::File => std::fs::metadata(full).map(|m| m.len()),
+                    Kind::Log => logfile::segments::Log::open(&full).map(|log| log.end()),
+                };
+                let Ok(size) = size else {
                     return Ok(());
                 };
-                buf.extend_from_slice(format!("{} ", meta.len()).as_bytes());
+                buf.extend_from_slice(format!("{size} ").as_bytes());
             }
             buf.extend_from_slice(path.as_bytes());
             buf.push(b'\n');
