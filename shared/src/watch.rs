@@ -28,6 +28,10 @@
 //! - moved (`IN_MOVE_SELF`) or deleted (link count 0, seen through `IN_ATTRIB`: we hold the
 //!   file open, so `IN_DELETE_SELF` would never come) → [`FileWatch::gone`].
 //!
+//! - a directory's entries ([`Follower::watch_entries`], a [`DirWatch`]): names created,
+//!   deleted or moved, counted and announced through the same instance and thread (a
+//!   segmented log's rolls and retention, `crate::segments`), so one watcher serves both.
+//!
 //! A file is opened once and that inode is followed for good: after a rename or unlink the
 //! open descriptor still reads the same bytes, which is what `--linger-after-file-is-gone`
 //! serves. Following the same path again after it is gone starts over with whatever is at
