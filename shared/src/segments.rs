@@ -403,10 +403,24 @@ mod tests {
     use std::io::Write;
     use std::time::Duration;
 
-    fn name(base: u64, first_message: u64) -> SegmentName {
+    /// A log whose first segment holds `first`, then one segment starting at byte `next`
+    /// (with `next` unlike `first.len()`, an inconsistent one), and a watcher for it.
+    fn log_with(first: &[u8], next: Option<u64>) -> (tempfile::TempDir, PathBuf, Watcher) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("log");
+        let created = Log::create(&dir, &Marker::default()).unwrap();
+        std::fs::write(&created.active().path, first).unwrap();
+        if let Some(base) = next {
+            roll(&dir, at(base)).unwrap();
+        }
+        (tmp, dir, Watcher::new().unwrap())
+    }
+
+    /// The segment name at byte `base` (message numbers do not matter here).
+    fn at(base: u64) -> SegmentName {
         SegmentName {
             base,
-            first_message,
+            first_message: base,
         }
     }
 
@@ -426,21 +440,20 @@ mod tests {
     /// while read and closed after; an offset below the start is `None`.
     #[test]
     fn the_table_follows_rolls_and_deletions() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("log");
-        let created = Log::create(&dir, &Marker::default()).unwrap();
-        std::fs::write(&created.active().path, b"ab\n").unwrap();
-        let watcher = Watcher::new().unwrap();
+        let (_tmp, dir, watcher) = log_with(b"ab\n", None);
         let follower = watcher.follower();
         let log = SegmentedLog::open(&follower, &dir).unwrap();
         let stop = crate::rt::spawn(watcher.run(OnGone::Linger));
         let bounds = || log.bounds().unwrap();
         assert_eq!(bounds(), Bounds { start: 0, end: 3 });
-        assert!(matches!(log.piece(0).unwrap(), Some(Piece::Active { base: 0, .. })));
+        assert!(matches!(
+            log.piece(0).unwrap(),
+            Some(Piece::Active { base: 0, .. })
+        ));
         assert_eq!(log.sealed_end(0).unwrap(), None);
 
         let seen = log.changes();
-        roll(&dir, name(3, 1)).unwrap().write_all(b"cd\n").unwrap();
+        roll(&dir, at(3)).unwrap().write_all(b"cd\n").unwrap();
         crate::rt::block_on(async {
             let waited = log.wait_changed(seen);
             let timeout = async {
@@ -462,9 +475,12 @@ mod tests {
         assert_eq!(read_all(&log, 0), b"ab\ncd\n");
         assert_eq!(read_all(&log, 4), b"d\n");
         let (a, b) = match (log.piece(1).unwrap(), log.piece(2).unwrap()) {
-            (Some(Piece::Sealed { file: a, end: 3, .. }), Some(Piece::Sealed { file: b, .. })) => {
-                (a, b)
-            }
+            (
+                Some(Piece::Sealed {
+                    file: a, end: 3, ..
+                }),
+                Some(Piece::Sealed { file: b, .. }),
+            ) => (a, b),
             p => panic!("{p:?}"),
         };
         assert!(Arc::ptr_eq(&a, &b), "one open file per segment, shared");
@@ -475,7 +491,7 @@ mod tests {
         // Retention deletes the first segment: offsets below 3 are gone.
         let seen = log.changes();
         let held = log.piece(0).unwrap().unwrap();
-        std::fs::remove_file(dir.join(name(0, 0).file_name())).unwrap();
+        std::fs::remove_file(dir.join(SegmentName::FIRST.file_name())).unwrap();
         crate::rt::block_on(log.wait_changed(seen));
         assert!(log.piece(2).unwrap().is_none());
         assert_eq!(bounds(), Bounds { start: 3, end: 6 });
@@ -494,17 +510,16 @@ mod tests {
     /// A sealed segment that is not as long as the names say is refused, never read.
     #[test]
     fn a_sealed_segment_of_the_wrong_length_is_an_error() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("log");
-        let created = Log::create(&dir, &Marker::default()).unwrap();
-        std::fs::write(&created.active().path, b"abc\n").unwrap();
-        roll(&dir, name(4, 1)).unwrap();
-        let watcher = Watcher::new().unwrap();
+        let (_tmp, dir, watcher) = log_with(b"abc\n", Some(4));
         let log = SegmentedLog::open(&watcher.follower(), &dir).unwrap();
         // Shortened after the listing: opening it says so.
-        std::fs::write(&created.active().path, b"ab").unwrap();
+        std::fs::write(dir.join(SegmentName::FIRST.file_name()), b"ab").unwrap();
         let e = log.piece(0).unwrap_err();
-        assert!(e.to_string().contains("is 2 bytes long, but the names say 4"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("is 2 bytes long, but the names say 4"),
+            "{e}"
+        );
         // And a listing that sees it refuses the whole log.
         assert!(SegmentedLog::open(&watcher.follower(), &dir).is_err());
     }

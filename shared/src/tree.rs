@@ -278,7 +278,10 @@ impl Tree {
             let Ok(entry) = entry else {
                 continue; // unreadable directory: nothing in it could be served either
             };
-            if in_log.as_ref().is_some_and(|log| entry.path().starts_with(log)) {
+            if in_log
+                .as_ref()
+                .is_some_and(|log| entry.path().starts_with(log))
+            {
                 continue;
             }
             let is_dir = entry.file_type().is_some_and(|t| t.is_dir());

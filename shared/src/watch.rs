@@ -588,21 +588,7 @@ impl Follower {
                 }
             }
             let file = FileWatch {
-                inner: Arc::new(Inner {
-                    path: path.to_owned(),
-                    name,
-                    file: OnceLock::new(),
-                    len: AtomicU64::new(0),
-                    epoch: AtomicU64::new(0),
-                    gone: AtomicU8::new(PRESENT),
-                    changed: Event::new(),
-                    wd: Mutex::new(None),
-                    registry: self.registry.clone(),
-                    announced: AtomicBool::new(false),
-                    fingerprint: Mutex::new(Fingerprint::default()),
-                    unreadable: Mutex::new(None),
-                    behind: AtomicBool::new(false),
-                }),
+                inner: self.new_inner(path, name),
             };
             table
                 .by_path
@@ -626,14 +612,11 @@ impl Follower {
         Ok(file)
     }
 
-    /// Watches the entries of directory `dir`: its [`DirWatch`] counts every name created,
-    /// deleted or moved in or out of it, through this same inotify instance and thread (a
-    /// segmented log's segments appear and disappear this way). The watch is removed when
-    /// the last clone is dropped.
-    pub fn watch_entries(&self, dir: &Path) -> io::Result<DirWatch> {
-        let inner = Arc::new(Inner {
-            path: dir.to_owned(),
-            name: OsString::new(),
+    /// A new, not yet watched entry for `path` (whose file name is `name`).
+    fn new_inner(&self, path: &Path, name: OsString) -> Arc<Inner> {
+        Arc::new(Inner {
+            path: path.to_owned(),
+            name,
             file: OnceLock::new(),
             len: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
@@ -645,8 +628,17 @@ impl Follower {
             fingerprint: Mutex::new(Fingerprint::default()),
             unreadable: Mutex::new(None),
             behind: AtomicBool::new(false),
-        });
-        let watch = FileWatch { inner };
+        })
+    }
+
+    /// Watches the entries of directory `dir`: its [`DirWatch`] counts every name created,
+    /// deleted or moved in or out of it, through this same inotify instance and thread (a
+    /// segmented log's segments appear and disappear this way). The watch is removed when
+    /// the last clone is dropped.
+    pub fn watch_entries(&self, dir: &Path) -> io::Result<DirWatch> {
+        let watch = FileWatch {
+            inner: self.new_inner(dir, OsString::new()),
+        };
         let mask = WatchMask::CREATE
             | WatchMask::DELETE
             | WatchMask::MOVED_FROM

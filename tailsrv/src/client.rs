@@ -50,7 +50,10 @@ pub(crate) enum Served {
     File(FileWatch),
     Log(SegmentedLog),
     /// The segmented logs' table doubles as the directory's follower of plain files.
-    Dir { tree: Arc<Tree>, logs: Arc<Logs> },
+    Dir {
+        tree: Arc<Tree>,
+        logs: Arc<Logs>,
+    },
 }
 
 impl Served {
@@ -141,7 +144,6 @@ pub(crate) fn report(peer: SocketAddr, path: &str, offset: u64, end: &End) {
     }
 }
 
-
 /// Everything a follower keeps while it streams.
 pub(crate) struct Streaming {
     /// The file, the next byte to send, and the epoch the client was placed in.
@@ -227,10 +229,7 @@ async fn start_path(
             let log = match logs.get(&real) {
                 Ok(log) => log,
                 Err(e) => {
-                    log::warn!(client:% = peer, path = shown; "cannot follow the segmented log: {e}");
-                    let why = segmented::refusal(&e);
-                    let refusal = Refusal::new(why.code, format!("{shown:?}: {}", why.reason));
-                    net::refuse(sock, &refusal).await;
+                    refuse_unfollowable(sock, peer, &shown, &e, segmented::refusal(&e)).await;
                     return None;
                 }
             };
@@ -246,15 +245,25 @@ async fn start_path(
     let file = match logs.follower().follow(&real) {
         Ok(f) => f,
         Err(e) => {
-            // Which of our paths failed is for the log; the client learns why.
-            log::warn!(client:% = peer, path = shown; "cannot follow: {e}");
-            let why = watch::follow_refusal(&e);
-            let refusal = Refusal::new(why.code, format!("{shown:?}: {}", why.reason));
-            net::refuse(sock, &refusal).await;
+            refuse_unfollowable(sock, peer, &shown, &e, watch::follow_refusal(&e)).await;
             return None;
         }
     };
     start_stream(sock, peer, file, req, Some((tree, &shown)), patience, None).await
+}
+
+/// Directory mode: tells the client why `shown` (the path as it sent it) cannot be followed.
+/// Which of our paths failed, `e`, is for the server's log; the client learns `why`.
+async fn refuse_unfollowable(
+    sock: &Async<TcpStream>,
+    peer: SocketAddr,
+    shown: &str,
+    e: &io::Error,
+    why: Refusal,
+) {
+    log::warn!(client:% = peer, path = shown; "cannot follow: {e}");
+    let refusal = Refusal::new(why.code, format!("{shown:?}: {}", why.reason));
+    net::refuse(sock, &refusal).await;
 }
 
 /// Places the client in the file and confirms if asked. In directory mode (`dir`: the tree
@@ -402,11 +411,14 @@ async fn place<'a>(
 /// each wait: its readability interest then stays armed in epoll, so waking a follower for
 /// new data costs one `sendfile` and no re-registration.
 async fn follow(sock: &Async<TcpStream>, at: &mut Streaming) -> End {
-    let hung_up = async {
-        gone(sock).await;
-        End::HungUp
-    };
-    future::or(stream(sock, at), hung_up).await
+    future::or(stream(sock, at), hung_up(sock)).await
+}
+
+/// Completes once the client is gone (see [`crate::hangup`]): what every follower's sending
+/// loop runs beside.
+pub(crate) async fn hung_up(sock: &Async<TcpStream>) -> End {
+    gone(sock).await;
+    End::HungUp
 }
 
 /// The sending half of [`follow`]: wait for the file to grow past the offset, send, repeat.

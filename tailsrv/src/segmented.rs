@@ -34,7 +34,6 @@ use shared::segments::{Piece, SegmentedLog};
 use shared::watch::FileWatch;
 
 use crate::client::End;
-use crate::hangup::gone;
 use crate::sendfile::{send_range, Cursor, Sent};
 
 /// Everything a segmented log's follower keeps while it streams.
@@ -203,7 +202,9 @@ fn place(log: &SegmentedLog, start: Start) -> Result<(At, Confirmation), Placing
     let piece = match (active, log.piece(offset)?) {
         (_, None) => return Err(Placing::Refused(below_start(offset, bounds.start))),
         // Still the active segment seen first: keep the epoch read before the length.
-        (Some(a @ Piece::Active { .. }), Some(p @ Piece::Active { .. })) if a.base() == p.base() => {
+        (Some(a @ Piece::Active { .. }), Some(p @ Piece::Active { .. }))
+            if a.base() == p.base() =>
+        {
             a
         }
         (_, Some(p)) => p,
@@ -225,11 +226,7 @@ pub(crate) async fn serve(sock: Async<TcpStream>, peer: SocketAddr, mut s: Box<L
 
 /// Streams the log from where the client was placed until it leaves, across segments.
 async fn follow(sock: &Async<TcpStream>, at: &mut LogStreaming) -> End {
-    let hung_up = async {
-        gone(sock).await;
-        End::HungUp
-    };
-    future::or(stream(sock, at), hung_up).await
+    future::or(stream(sock, at), crate::client::hung_up(sock)).await
 }
 
 /// The sending half of [`follow`].

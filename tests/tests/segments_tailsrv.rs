@@ -36,6 +36,16 @@ impl Writer {
         }
     }
 
+    /// A new log of `n` sealed segments of `bytes` bytes each, and an empty active one.
+    fn sealed(dir: &Path, n: u64, bytes: usize) -> Writer {
+        let mut w = Writer::create(dir);
+        for i in 0..n {
+            w.append(bytes, i);
+            w.roll();
+        }
+        w
+    }
+
     fn log(&self) -> Log {
         Log::open(&self.dir).unwrap()
     }
@@ -192,11 +202,7 @@ fn followers_from_zero_and_from_the_end_get_the_oracle_across_rolls_and_deletion
 fn a_start_below_the_log_is_gone_and_ok_names_the_start() {
     let tmp = tempdir();
     let dir = tmp.path().join("log");
-    let mut w = Writer::create(&dir);
-    for i in 0..4 {
-        w.append(1000, i);
-        w.roll();
-    }
+    let mut w = Writer::sealed(&dir, 4, 1000);
     w.append(500, 9);
     w.delete_oldest();
     w.delete_oldest();
@@ -225,22 +231,23 @@ fn a_start_below_the_log_is_gone_and_ok_names_the_start() {
     // `last N lines` scans back across segments.
     let (mut r, a) = ask(&srv, "last 3 lines ok");
     let (at, _, _) = ok(&a);
-    assert_eq!(read_n(&mut r, (4500 - at) as usize), &w.oracle[at as usize..]);
-    let newlines = w.oracle[at as usize..].iter().filter(|&&b| b == b'\n').count();
+    assert_eq!(
+        read_n(&mut r, (4500 - at) as usize),
+        &w.oracle[at as usize..]
+    );
+    let newlines = w.oracle[at as usize..]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count();
     assert_eq!(newlines, 3);
-    // Byte 2000 is a segment's first byte, 1999 is deleted: `gone` is exactly below the start.
 }
 
 #[test]
 fn descriptors_are_bounded_by_segments_not_followers_times_segments() {
     let tmp = tempdir();
     let dir = tmp.path().join("log");
-    let mut w = Writer::create(&dir);
     // Segments larger than what the socket buffers take, so followers stay spread over them.
-    for i in 0..12 {
-        w.append(1536 << 10, i);
-        w.roll();
-    }
+    let mut w = Writer::sealed(&dir, 12, 1536 << 10);
     w.append(100, 50);
     let srv = tailsrv(&dir);
     let idle = srv.fd_count();
@@ -304,15 +311,17 @@ fn directory_mode_serves_a_log_as_one_name() {
     }
 }
 
-/// The test's PRNG (xorshift64*).
-struct Rng(u64);
+/// The test's random numbers: the harness's generator ([`random_bytes`]), one draw a call.
+struct Rng {
+    seed: u64,
+    draws: u64,
+}
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.draws += 1;
+        let bytes = random_bytes(8, self.seed ^ self.draws.wrapping_mul(0x9E37_79B9));
+        u64::from_le_bytes(bytes.try_into().unwrap())
     }
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
@@ -335,7 +344,7 @@ fn random_appends_rolls_deletions_restarts_and_reads_never_send_a_wrong_byte() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(400);
     eprintln!("SEGMENTS_SEED={seed}");
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng { seed, draws: 0 };
     let tmp = tempdir();
     let dir = tmp.path().join("log");
     let mut w = Writer::create(&dir);
@@ -391,7 +400,10 @@ fn random_appends_rolls_deletions_restarts_and_reads_never_send_a_wrong_byte() {
                 if at < w.start() {
                     let want = format!("the log starts at byte {}", w.start());
                     if !(a.starts_with("error: gone: ") && a.contains(&want)) {
-                        fail(format!("op {op}: {at} is below the start {}: {a:?}", w.start()));
+                        fail(format!(
+                            "op {op}: {at} is below the start {}: {a:?}",
+                            w.start()
+                        ));
                     }
                     continue;
                 }
@@ -410,7 +422,10 @@ fn random_appends_rolls_deletions_restarts_and_reads_never_send_a_wrong_byte() {
                 let exp = &w.oracle[at as usize..at as usize + want];
                 if got != exp {
                     let i = got.iter().zip(exp).position(|(a, b)| a != b).unwrap();
-                    fail(format!("op {op}: read at {at}: byte {} differs", at as usize + i));
+                    fail(format!(
+                        "op {op}: read at {at}: byte {} differs",
+                        at as usize + i
+                    ));
                 }
             }
         }
