@@ -308,3 +308,41 @@ fn short_segment(what: &str, len: u64) -> End {
         ),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a segmented log's follower keeps beyond a file follower's serve future (which
+    /// `the_serve_future_stays_small` bounds): its boxed follow loop, holding its socket and
+    /// its boxed state. Printed, and bounded so that growth is noticed.
+    #[test]
+    fn a_log_follower_stays_small() {
+        let tmp = std::env::temp_dir().join(format!("tailsrv-seg-size-{}", std::process::id()));
+        let dir = tmp.join("log");
+        logfile::segments::Log::create(&dir, &logfile::segments::Marker::default()).unwrap();
+        let watcher = shared::watch::Watcher::new().unwrap();
+        let log = SegmentedLog::open(&watcher.follower(), &dir).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let peer = stream.local_addr().unwrap();
+        let (at, _) = match place(&log, Start::Byte(0)) {
+            Ok(placed) => placed,
+            Err(_) => panic!("placing at 0 failed"),
+        };
+        let state = Box::new(LogStreaming {
+            log,
+            at,
+            path: None,
+        });
+        let future = serve(Async::new(stream).unwrap(), peer, state);
+        let (loop_size, state_size) = (
+            std::mem::size_of_val(&future),
+            std::mem::size_of::<LogStreaming>(),
+        );
+        eprintln!("log follower: {loop_size} bytes of loop, {state_size} of state");
+        assert!(loop_size + state_size <= 1024, "{loop_size} + {state_size}");
+        drop(future);
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+}
