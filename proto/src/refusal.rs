@@ -57,13 +57,16 @@ pub enum Code {
     SequenceGap,
     /// `disk-full`: the disk is full (nothing of the request was kept).
     DiskFull,
+    /// `gone`: the byte asked for is before the log start (a segmented log's retention
+    /// deleted it); the reason names the log start.
+    Gone,
     /// A code this version does not know (sent by a newer server).
     Other,
 }
 
 impl Code {
     /// Every code this version knows, in documentation order.
-    pub const ALL: [Code; 18] = [
+    pub const ALL: [Code; 19] = [
         Code::BadRequest,
         Code::TooLong,
         Code::Timeout,
@@ -82,6 +85,7 @@ impl Code {
         Code::BadBody,
         Code::SequenceGap,
         Code::DiskFull,
+        Code::Gone,
     ];
 
     /// The token on the wire.
@@ -105,6 +109,7 @@ impl Code {
             Code::BadBody => "bad-body",
             Code::SequenceGap => "sequence-gap",
             Code::DiskFull => "disk-full",
+            Code::Gone => "gone",
             Code::Other => "other",
         }
     }

@@ -20,6 +20,8 @@
 //!
 //! A trailing ` ok` asks the server to confirm before any data: it answers `ok N LEN\n` with
 //! the absolute offset N it resolved the start to and the file's length LEN at that moment
+//! (and, for a segmented log whose old segments were deleted, the log start: `ok N LEN
+//! START`; see [`Confirmation`])
 //! (so a client knows where "the end, as of now" is: `tscat --exit-at-end`, tsmirror's
 //! progress), or a [`Refusal`] line. Without it the stream
 //! starts at once, as it always has; with it, file data can never be mistaken for a refusal,
@@ -324,31 +326,46 @@ fn last_lines_at(rest: &[u8]) -> Option<usize> {
     matches!(Start::parse(tail), Ok(Start::LastLines(_))).then_some(i)
 }
 
-/// The server's confirmation of a request with ` ok`: `ok N LEN\n`, N the absolute offset the
-/// stream starts at and LEN the file's length when the start was resolved (N may exceed it:
-/// the server then waits for the file to grow). The data follows it directly.
+/// The server's confirmation of a request with ` ok`: `ok N LEN [START]\n`, N the absolute
+/// offset the stream starts at and LEN the file's length when the start was resolved (N may
+/// exceed it: the server then waits for the file to grow). START is the first byte the log
+/// still holds: always 0 for a single file, and for a segmented log the base of its oldest
+/// segment once retention has deleted older ones; it is sent only when it is not 0, so the
+/// line is `ok N LEN` wherever nothing was ever deleted. The data follows it directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Confirmation {
     /// The absolute byte offset of the first byte that follows.
     pub offset: u64,
     /// The file's length when the start was resolved.
     pub len: u64,
+    /// The first byte the log still holds (0 unless retention deleted older bytes).
+    pub start: u64,
 }
 
 impl Confirmation {
-    /// The wire line, `ok N LEN\n`.
+    /// The wire line, `ok N LEN\n`, or `ok N LEN START\n` when START is not 0.
     pub fn render(&self) -> Vec<u8> {
-        format!("ok {} {}\n", self.offset, self.len).into_bytes()
+        match self.start {
+            0 => format!("ok {} {}\n", self.offset, self.len),
+            s => format!("ok {} {} {s}\n", self.offset, self.len),
+        }
+        .into_bytes()
     }
 
-    /// Parses an `ok N LEN` line (with or without its newline).
+    /// Parses an `ok N LEN [START]` line (with or without its newline).
     pub fn parse(line: &[u8]) -> Option<Confirmation> {
         let rest = trim_line(line.strip_suffix(b"\n").unwrap_or(line)).strip_prefix(b"ok ")?;
-        let space = memchr::memchr(b' ', rest)?;
-        Some(Confirmation {
-            offset: parse_u64(&rest[..space])?,
-            len: parse_u64(&rest[space + 1..])?,
-        })
+        let mut fields = rest.split(|&b| b == b' ');
+        let offset = parse_u64(fields.next()?)?;
+        let len = parse_u64(fields.next()?)?;
+        let start = match fields.next() {
+            Some(s) => parse_u64(s)?,
+            None => 0,
+        };
+        if fields.next().is_some() {
+            return None;
+        }
+        Some(Confirmation { offset, len, start })
     }
 }
 
@@ -525,15 +542,21 @@ mod tests {
         let c = Confirmation {
             offset: 1234,
             len: 99,
+            start: 0,
         };
         assert_eq!(c.render(), b"ok 1234 99\n");
         assert_eq!(Confirmation::parse(b"ok 1234 99\n"), Some(c));
         assert_eq!(Confirmation::parse(b"ok 1234 99\r\n"), Some(c));
+        // A segmented log whose retention deleted bytes 0..1000 says where it starts.
+        let segmented = Confirmation { start: 1000, ..c };
+        assert_eq!(segmented.render(), b"ok 1234 99 1000\n");
+        assert_eq!(Confirmation::parse(b"ok 1234 99 1000\n"), Some(segmented));
         for bad in [
             &b"ok 1234\n"[..],
             b"ok -1 2\n",
             b"ok 1  2\n",
-            b"ok 1 2 3\n",
+            b"ok 1 2 3 4\n",
+            b"ok 1 2 x\n",
             b"ok 1 x\n",
             b"ok  1 2\n",
         ] {
@@ -574,8 +597,8 @@ mod tests {
         }
 
         #[test]
-        fn confirmation_round_trip(offset: u64, len: u64) {
-            let c = Confirmation { offset, len };
+        fn confirmation_round_trip(offset: u64, len: u64, start: u64) {
+            let c = Confirmation { offset, len, start };
             prop_assert_eq!(Confirmation::parse(&c.render()), Some(c));
         }
 

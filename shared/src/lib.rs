@@ -5,6 +5,8 @@
 //! - [`rt`]: the runtime seam, the one file that names the executor.
 //! - [`watch`]: the file watcher (one inotify instance) that tells everyone when a followed
 //!   file grows, appears, shrinks or goes away.
+//! - [`segments`]: a segmented log followed as one log: the segment table all its readers
+//!   share (segments listed once per change, sealed files opened once, shared, closed after).
 //! - [`tree`]: directory mode's rule of which paths may be served, and the listing.
 //! - [`net`]: listening sockets, per-connection options, bounded request lines, refusals and
 //!   graceful close.
@@ -17,6 +19,7 @@
 
 pub mod net;
 pub mod rt;
+pub mod segments;
 pub mod server;
 pub mod tree;
 pub mod watch;

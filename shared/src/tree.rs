@@ -11,6 +11,10 @@
 //! symlink swapped in after the first check is caught), and [`Tree::list`] shows only what
 //! `resolve` would accept (regular files reached without following symlinks).
 //!
+//! A segmented log (a directory holding `logfile::segments`' marker) is one name here: it is
+//! resolved as a log ([`Tree::resolve_entry`]), listed as one entry and never descended
+//! into, and the files inside it are not served one by one (they are its segments).
+//!
 //! `.ignore` files are read with the `ignore` crate, the same code ripgrep uses, so its
 //! walker and our single-path check agree on what is ignored.
 
@@ -47,6 +51,8 @@ pub enum PathRefusal {
     NoParentDirectory,
     DanglingSymlink,
     HardLinked(u64),
+    InsideLog(String),
+    Log,
 }
 
 impl fmt::Display for PathRefusal {
@@ -71,6 +77,12 @@ impl fmt::Display for PathRefusal {
                 f,
                 "the file has {n} hard links, and this server refuses hard-linked files"
             ),
+            PathRefusal::InsideLog(log) => write!(
+                f,
+                "the file is a segment of the segmented log {log:?}, which is served as one \
+                 stream: ask for {log:?}"
+            ),
+            PathRefusal::Log => f.write_str("a segmented log, not a regular file"),
         }
     }
 }
@@ -90,6 +102,24 @@ impl PathRefusal {
             format!("{:?}: {self}", String::from_utf8_lossy(requested)),
         )
     }
+}
+
+/// What a servable path names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    /// A regular file (or one that may appear), by its real path.
+    File(PathBuf),
+    /// A segmented log's directory, by its real path.
+    Log(PathBuf),
+}
+
+/// What a listed path is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A regular file.
+    File,
+    /// A segmented log, one stream.
+    Log,
 }
 
 /// A served directory.
@@ -139,10 +169,21 @@ impl Tree {
         &self.root
     }
 
-    /// Decides whether `requested` (as the client sent it) may be served; returns the real
-    /// path to follow. A file that does not exist yet is accepted if its directory does and
-    /// the path would be servable: the caller waits for it, then calls [`Tree::check_opened`].
+    /// Decides whether `requested` (as the client sent it) may be served as a file; returns
+    /// the real path to follow. A file that does not exist yet is accepted if its directory
+    /// does and the path would be servable: the caller waits for it, then calls
+    /// [`Tree::check_opened`]. A segmented log is refused here (it is not a file): a server
+    /// that streams logs asks [`Tree::resolve_entry`].
     pub fn resolve(&self, requested: &[u8]) -> Result<PathBuf, PathRefusal> {
+        match self.resolve_entry(requested)? {
+            Resolved::File(real) => Ok(real),
+            Resolved::Log(_) => Err(PathRefusal::Log),
+        }
+    }
+
+    /// [`Tree::resolve`], with segmented logs: a directory inside the root that holds the
+    /// marker is a [`Resolved::Log`] (its real path), and a path inside one is refused.
+    pub fn resolve_entry(&self, requested: &[u8]) -> Result<Resolved, PathRefusal> {
         let rel = check_text(requested)?;
         if self.is_ignored(rel) {
             return Err(PathRefusal::Ignored);
@@ -155,12 +196,16 @@ impl Tree {
                 if self.is_ignored(inside) {
                     return Err(PathRefusal::Ignored);
                 }
+                self.check_not_in_log(inside)?;
                 let meta = std::fs::metadata(&real)
                     .map_err(|e| PathRefusal::NotReadable(e.kind().to_string()))?;
+                if meta.is_dir() && logfile::segments::is_segmented(&real) {
+                    return Ok(Resolved::Log(real));
+                }
                 check_kind(&meta)?;
                 self.check_links(&meta)?;
                 File::open(&real).map_err(|e| PathRefusal::NotReadable(e.kind().to_string()))?;
-                Ok(real)
+                Ok(Resolved::File(real))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if std::fs::symlink_metadata(&full).is_ok() {
@@ -177,12 +222,27 @@ impl Tree {
                     if self.is_ignored_dir(inside) {
                         return Err(PathRefusal::Ignored);
                     }
+                    self.check_not_in_log(&inside.join("x"))?;
                 }
                 let name = full.file_name().ok_or(PathRefusal::NotNormalized)?;
-                Ok(real_parent.join(name))
+                Ok(Resolved::File(real_parent.join(name)))
             }
             Err(e) => Err(PathRefusal::NotReadable(e.kind().to_string())),
         }
+    }
+
+    /// Refuses `inside` (relative to the root, real) if a directory above it is a segmented
+    /// log: its files are that log's segments.
+    fn check_not_in_log(&self, inside: &Path) -> Result<(), PathRefusal> {
+        for dir in inside.ancestors().skip(1) {
+            if dir.as_os_str().is_empty() {
+                break;
+            }
+            if logfile::segments::is_segmented(&self.root.join(dir)) {
+                return Err(PathRefusal::InsideLog(dir.to_string_lossy().into_owned()));
+            }
+        }
+        Ok(())
     }
 
     /// Checks the file that was actually opened for a resolved path: its real path (as the
@@ -201,8 +261,9 @@ impl Tree {
     }
 
     /// Calls `each` with every servable path relative to the root, sorted, one at a time (the
-    /// listing is never held in memory whole). Blocking: run it off the async executor.
-    pub fn list(&self, mut each: impl FnMut(&str) -> io::Result<()>) -> io::Result<()> {
+    /// listing is never held in memory whole), and whether it is a segmented log (listed as
+    /// one entry; its segments are not). Blocking: run it off the async executor.
+    pub fn list(&self, mut each: impl FnMut(&str, Kind) -> io::Result<()>) -> io::Result<()> {
         let walk = WalkBuilder::new(&self.root)
             .standard_filters(false)
             .ignore(true)
@@ -210,19 +271,36 @@ impl Tree {
             .follow_links(false)
             .sort_by_file_path(|a, b| a.cmp(b))
             .build();
+        // The segmented log being walked through: its entries (which come right after it,
+        // depth first) are its segments, not served one by one.
+        let mut in_log: Option<PathBuf> = None;
         for entry in walk {
             let Ok(entry) = entry else {
                 continue; // unreadable directory: nothing in it could be served either
             };
-            if !entry.file_type().is_some_and(|t| t.is_file()) {
+            if in_log
+                .as_ref()
+                .is_some_and(|log| entry.path().starts_with(log))
+            {
                 continue;
             }
+            let is_dir = entry.file_type().is_some_and(|t| t.is_dir());
             let Ok(rel) = entry.path().strip_prefix(&self.root) else {
                 continue;
             };
             let Some(text) = rel.to_str() else {
                 continue;
             };
+            if is_dir && entry.depth() > 0 && logfile::segments::is_segmented(entry.path()) {
+                in_log = Some(entry.path().to_owned());
+                if check_text(text.as_bytes()).is_ok() {
+                    each(text, Kind::Log)?;
+                }
+                continue;
+            }
+            if !entry.file_type().is_some_and(|t| t.is_file()) {
+                continue;
+            }
             let linked = || {
                 entry
                     .metadata()
@@ -235,7 +313,7 @@ impl Tree {
             {
                 continue;
             }
-            each(text)?;
+            each(text, Kind::File)?;
         }
         Ok(())
     }

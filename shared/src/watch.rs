@@ -28,6 +28,10 @@
 //! - moved (`IN_MOVE_SELF`) or deleted (link count 0, seen through `IN_ATTRIB`: we hold the
 //!   file open, so `IN_DELETE_SELF` would never come) → [`FileWatch::gone`].
 //!
+//! - a directory's entries ([`Follower::watch_entries`], a [`DirWatch`]): names created,
+//!   deleted or moved, counted and announced through the same instance and thread (a
+//!   segmented log's rolls and retention, `crate::segments`), so one watcher serves both.
+//!
 //! A file is opened once and that inode is followed for good: after a rename or unlink the
 //! open descriptor still reads the same bytes, which is what `--linger-after-file-is-gone`
 //! serves. Following the same path again after it is gone starts over with whatever is at
@@ -176,7 +180,10 @@ struct Fingerprint {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Target {
     File,
+    /// The directory of a file that is absent: only events for its name count.
     Dir,
+    /// A directory whose entries are watched ([`DirWatch`]): every named event counts.
+    Entries,
 }
 
 const PRESENT: u8 = 0;
@@ -265,6 +272,30 @@ impl FileWatch {
             .gone
             .compare_exchange(PRESENT, code, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
+    }
+}
+
+/// A watched directory's entries ([`Follower::watch_entries`]): a count of the names created,
+/// deleted or moved in or out of it, and a wake-up for every task waiting on that count.
+/// It says that something changed, not what: the owner lists the directory again.
+#[derive(Clone, Debug)]
+pub struct DirWatch(FileWatch);
+
+impl DirWatch {
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    /// How many entry events the watcher has seen (an inotify queue overflow counts as
+    /// one). Read it before listing the directory: a later change makes it differ.
+    pub fn changes(&self) -> u64 {
+        self.0.epoch()
+    }
+
+    /// Waits until [`DirWatch::changes`] is no longer `seen`.
+    pub async fn wait_changed(&self, seen: u64) {
+        self.0.wait_until(|w| w.epoch() != seen).await
     }
 }
 
@@ -557,21 +588,7 @@ impl Follower {
                 }
             }
             let file = FileWatch {
-                inner: Arc::new(Inner {
-                    path: path.to_owned(),
-                    name,
-                    file: OnceLock::new(),
-                    len: AtomicU64::new(0),
-                    epoch: AtomicU64::new(0),
-                    gone: AtomicU8::new(PRESENT),
-                    changed: Event::new(),
-                    wd: Mutex::new(None),
-                    registry: self.registry.clone(),
-                    announced: AtomicBool::new(false),
-                    fingerprint: Mutex::new(Fingerprint::default()),
-                    unreadable: Mutex::new(None),
-                    behind: AtomicBool::new(false),
-                }),
+                inner: self.new_inner(path, name),
             };
             table
                 .by_path
@@ -593,6 +610,42 @@ impl Follower {
             }
         }
         Ok(file)
+    }
+
+    /// A new, not yet watched entry for `path` (whose file name is `name`).
+    fn new_inner(&self, path: &Path, name: OsString) -> Arc<Inner> {
+        Arc::new(Inner {
+            path: path.to_owned(),
+            name,
+            file: OnceLock::new(),
+            len: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            gone: AtomicU8::new(PRESENT),
+            changed: Event::new(),
+            wd: Mutex::new(None),
+            registry: self.registry.clone(),
+            announced: AtomicBool::new(false),
+            fingerprint: Mutex::new(Fingerprint::default()),
+            unreadable: Mutex::new(None),
+            behind: AtomicBool::new(false),
+        })
+    }
+
+    /// Watches the entries of directory `dir`: its [`DirWatch`] counts every name created,
+    /// deleted or moved in or out of it, through this same inotify instance and thread (a
+    /// segmented log's segments appear and disappear this way). The watch is removed when
+    /// the last clone is dropped.
+    pub fn watch_entries(&self, dir: &Path) -> io::Result<DirWatch> {
+        let watch = FileWatch {
+            inner: self.new_inner(dir, OsString::new()),
+        };
+        let mask = WatchMask::CREATE
+            | WatchMask::DELETE
+            | WatchMask::MOVED_FROM
+            | WatchMask::MOVED_TO
+            | WatchMask::ONLYDIR;
+        self.add_watch(&watch, dir, mask, Target::Entries)?;
+        Ok(DirWatch(watch))
     }
 
     /// Maps a batch of inotify events to the files they concern.
@@ -621,6 +674,11 @@ impl Follower {
         for (inner, mask, name, overflow) in candidates {
             let target = inner.wd.lock().unwrap().as_ref().map(|(_, t)| *t);
             let appeared = match target {
+                Some(Target::Entries) => {
+                    // The count is bumped here, before the batch's refreshes and wake-ups.
+                    inner.epoch.fetch_add(1, Ordering::AcqRel);
+                    false
+                }
                 _ if overflow => true,
                 Some(Target::Dir) if name.as_deref() == Some(inner.name.as_os_str()) => true,
                 Some(Target::Dir) => continue,
@@ -653,6 +711,7 @@ impl Follower {
         let what = match kind {
             Target::File => "watching",
             Target::Dir => "watching the directory of",
+            Target::Entries => "watching the entries of",
         };
         // IN_MASK_ADD: another path may already watch this inode with a different mask.
         let wd = self

@@ -18,6 +18,9 @@
 //!    reset while the file is quiet is released at once rather than at the next write. A
 //!    client that shuts down its sending side (a FIN) has not left: it keeps receiving.
 //!
+//! A segmented log (`Served::Log`, or a log inside a served directory) is placed and followed
+//! by [`crate::segmented`] instead of steps 2 and 3, with the same request, refusals and end.
+//!
 //! A client costs one task and one socket; no buffer holds file data.
 
 use std::fs::File;
@@ -31,24 +34,32 @@ use futures_lite::{future, AsyncWriteExt};
 use proto::request::{Confirmation, StreamRequest, MAX_DIR_LINE, MAX_LINE};
 use proto::{Code, Mode, Refusal, Request, Start};
 use shared::net::{self, LineError};
-use shared::tree::Tree;
-use shared::watch::{self, FileWatch, Follower};
+use shared::segments::{Logs, SegmentedLog};
+use shared::tree::{Kind, Resolved, Tree};
+use shared::watch::{self, FileWatch};
 
 use crate::hangup::gone;
+use crate::segmented::{self, LogStreaming};
 use crate::sendfile::{send_range, Cursor, Sent};
 use crate::synced::Synced;
 
-/// What the server serves: one file, or the files of a directory.
+/// What the server serves: one file, one segmented log (with the single-file grammar), or
+/// the files and segmented logs of a directory.
 #[derive(Clone, Debug)]
 pub(crate) enum Served {
     File(FileWatch),
-    Dir { tree: Arc<Tree>, follower: Follower },
+    Log(SegmentedLog),
+    /// The segmented logs' table doubles as the directory's follower of plain files.
+    Dir {
+        tree: Arc<Tree>,
+        logs: Arc<Logs>,
+    },
 }
 
 impl Served {
     fn mode(&self) -> Mode {
         match self {
-            Served::File(_) => Mode::File,
+            Served::File(_) | Served::Log(_) => Mode::File,
             Served::Dir { .. } => Mode::Dir,
         }
     }
@@ -56,7 +67,7 @@ impl Served {
 
 /// Why a client's stream ended.
 #[derive(Debug)]
-enum End {
+pub(crate) enum End {
     /// The connection was reset or failed (a FIN alone is not a hang-up).
     HungUp,
     /// The file shrank under the client: the bytes it has may no longer be the file's.
@@ -65,8 +76,12 @@ enum End {
     Gone,
     /// Writing to the client failed.
     Socket(io::Error),
-    /// Reading the file failed, or kept coming up short.
+    /// Reading the file failed, or kept coming up short (or a segmented log's segments no
+    /// longer match their names).
     Unreadable(io::Error),
+    /// A segmented log: retention deleted the segment the client was to read next; the log
+    /// starts at this byte now.
+    Behind(u64),
 }
 
 impl std::fmt::Display for End {
@@ -77,6 +92,11 @@ impl std::fmt::Display for End {
             End::Gone => f.write_str("file was moved or deleted"),
             End::Socket(e) => write!(f, "write failed: {e}"),
             End::Unreadable(e) => write!(f, "reading the file failed: {e}"),
+            End::Behind(start) => write!(
+                f,
+                "the next segment was deleted by retention before the client reached it \
+                 (the log starts at byte {start} now)"
+            ),
         }
     }
 }
@@ -99,21 +119,33 @@ pub(crate) async fn serve(
     let Some(sock) = net::register(stream, peer) else {
         return;
     };
-    let Some(mut streaming) = Box::pin(start(&sock, peer, served, header_timeout, synced)).await
+    // A segmented log's follower comes out on the side, boxed, and is followed in a boxed
+    // future, socket and all: none of it is part of a file follower's state.
+    let mut log = None;
+    let Some(mut streaming) =
+        Box::pin(start(&sock, peer, served, header_timeout, synced, &mut log)).await
     else {
+        if let Some(log) = log {
+            Box::pin(segmented::serve(sock, peer, log)).await;
+        }
         return;
     };
     log::debug!(client:% = peer, path = streaming.shown(), offset = streaming.cur.offset; "client connected");
     let end = follow(&sock, &mut streaming).await;
+    report(peer, streaming.shown(), streaming.cur.offset, &end);
+}
+
+/// Logs how a client's stream ended: a warning if the server could not read what it serves.
+pub(crate) fn report(peer: SocketAddr, path: &str, offset: u64, end: &End) {
     if let End::Unreadable(_) = end {
-        log::warn!(client:% = peer, path = streaming.shown(), offset = streaming.cur.offset; "client closed: {end}");
+        log::warn!(client:% = peer, path = path, offset = offset; "client closed: {end}");
     } else {
-        log::debug!(client:% = peer, path = streaming.shown(), offset = streaming.cur.offset; "client done: {end}");
+        log::debug!(client:% = peer, path = path, offset = offset; "client done: {end}");
     }
 }
 
 /// Everything a follower keeps while it streams.
-struct Streaming {
+pub(crate) struct Streaming {
     /// The file, the next byte to send, and the epoch the client was placed in.
     cur: Cursor,
     /// Directory mode: end once the file is gone and sent whole.
@@ -138,6 +170,7 @@ async fn start(
     served: Served,
     header_timeout: Duration,
     synced: Option<Arc<Synced>>,
+    log_out: &mut Option<Box<LogStreaming>>,
 ) -> Option<Streaming> {
     let mode = served.mode();
     let max = match mode {
@@ -164,46 +197,73 @@ async fn start(
         (Ok(Request::Stream(req)), Served::File(file)) => {
             start_stream(sock, peer, file, req, None, header_timeout, synced).await
         }
-        (Ok(Request::Stream(req)), Served::Dir { tree, follower }) => {
-            start_path(sock, peer, &tree, &follower, req, header_timeout).await
+        (Ok(Request::Stream(req)), Served::Log(log)) => {
+            *log_out = segmented::start(sock, peer, log, req, None).await;
+            None
+        }
+        (Ok(Request::Stream(req)), Served::Dir { tree, logs }) => {
+            start_path(sock, peer, &tree, &logs, req, header_timeout, log_out).await
         }
         // The parser only returns `List` in directory mode.
-        (Ok(Request::List { .. }), Served::File(_)) => None,
+        (Ok(Request::List { .. }), Served::File(_) | Served::Log(_)) => None,
     }
 }
 
 /// Directory mode's `stream PATH ...`: the path is checked against [`Tree`]'s rule before
-/// anything is sent, and once more against the file actually opened.
+/// anything is sent, and once more against the file actually opened. A segmented log in the
+/// directory is one path, streamed as one log.
 async fn start_path(
     sock: &Async<TcpStream>,
     peer: SocketAddr,
     tree: &Tree,
-    follower: &Follower,
+    logs: &Logs,
     req: StreamRequest,
     patience: Duration,
+    log_out: &mut Option<Box<LogStreaming>>,
 ) -> Option<Streaming> {
     let requested = req.path.clone().unwrap_or_default();
     let shown = String::from_utf8_lossy(&requested).into_owned();
-    let real = match tree.resolve(&requested) {
-        Ok(real) => real,
+    let real = match tree.resolve_entry(&requested) {
+        Ok(Resolved::File(real)) => real,
+        Ok(Resolved::Log(real)) => {
+            let log = match logs.get(&real) {
+                Ok(log) => log,
+                Err(e) => {
+                    refuse_unfollowable(sock, peer, &shown, &e, segmented::refusal(&e)).await;
+                    return None;
+                }
+            };
+            *log_out = segmented::start(sock, peer, log, req, Some(&shown)).await;
+            return None;
+        }
         Err(refusal) => {
             log::debug!(client:% = peer, path = shown; "refused: {refusal}");
             net::refuse(sock, &refusal.to_refusal(&requested)).await;
             return None;
         }
     };
-    let file = match follower.follow(&real) {
+    let file = match logs.follower().follow(&real) {
         Ok(f) => f,
         Err(e) => {
-            // Which of our paths failed is for the log; the client learns why.
-            log::warn!(client:% = peer, path = shown; "cannot follow: {e}");
-            let why = watch::follow_refusal(&e);
-            let refusal = Refusal::new(why.code, format!("{shown:?}: {}", why.reason));
-            net::refuse(sock, &refusal).await;
+            refuse_unfollowable(sock, peer, &shown, &e, watch::follow_refusal(&e)).await;
             return None;
         }
     };
     start_stream(sock, peer, file, req, Some((tree, &shown)), patience, None).await
+}
+
+/// Directory mode: tells the client why `shown` (the path as it sent it) cannot be followed.
+/// Which of our paths failed, `e`, is for the server's log; the client learns `why`.
+async fn refuse_unfollowable(
+    sock: &Async<TcpStream>,
+    peer: SocketAddr,
+    shown: &str,
+    e: &io::Error,
+    why: Refusal,
+) {
+    log::warn!(client:% = peer, path = shown; "cannot follow: {e}");
+    let refusal = Refusal::new(why.code, format!("{shown:?}: {}", why.reason));
+    net::refuse(sock, &refusal).await;
 }
 
 /// Places the client in the file and confirms if asked. In directory mode (`dir`: the tree
@@ -246,6 +306,7 @@ async fn start_stream(
         let line = Confirmation {
             offset: at.offset,
             len: at.len,
+            start: 0,
         }
         .render();
         if writer.write_all(&line).await.is_err() {
@@ -350,11 +411,14 @@ async fn place<'a>(
 /// each wait: its readability interest then stays armed in epoll, so waking a follower for
 /// new data costs one `sendfile` and no re-registration.
 async fn follow(sock: &Async<TcpStream>, at: &mut Streaming) -> End {
-    let hung_up = async {
-        gone(sock).await;
-        End::HungUp
-    };
-    future::or(stream(sock, at), hung_up).await
+    future::or(stream(sock, at), hung_up(sock)).await
+}
+
+/// Completes once the client is gone (see [`crate::hangup`]): what every follower's sending
+/// loop runs beside.
+pub(crate) async fn hung_up(sock: &Async<TcpStream>) -> End {
+    gone(sock).await;
+    End::HungUp
 }
 
 /// The sending half of [`follow`]: wait for the file to grow past the offset, send, repeat.
@@ -405,7 +469,8 @@ async fn stream(sock: &Async<TcpStream>, at: &mut Streaming) -> End {
 
 /// Directory mode's `list`: the servable paths, one per line, then the connection closes;
 /// with `sizes` (`list sizes`) each line is `SIZE PATH`, the size from a `stat` as the walk
-/// passes the file (a file that vanished in between is left out).
+/// passes the file (a file that vanished in between is left out). A segmented log is one
+/// line, its size the log's global end (what `from byte -0` starts at).
 ///
 /// The walk is blocking file-system work, so it runs on the blocking pool and hands the
 /// listing over in chunks; a client that reads slowly holds the walk back instead of making
@@ -417,12 +482,17 @@ async fn send_listing(sock: &Async<TcpStream>, tree: &Arc<Tree>, sizes: bool) ->
     let walk = shared::rt::spawn_blocking(move || {
         let mut buf = Vec::with_capacity(CHUNK);
         let hung_up = || io::Error::from(io::ErrorKind::BrokenPipe);
-        tree.list(|path| {
+        tree.list(|path, kind| {
             if sizes {
-                let Ok(meta) = std::fs::metadata(tree.root().join(path)) else {
+                let full = tree.root().join(path);
+                let size = match kind {
+                    Kind::File => std::fs::metadata(full).map(|m| m.len()),
+                    Kind::Log => logfile::segments::Log::open(&full).map(|log| log.end()),
+                };
+                let Ok(size) = size else {
                     return Ok(());
                 };
-                buf.extend_from_slice(format!("{} ", meta.len()).as_bytes());
+                buf.extend_from_slice(format!("{size} ").as_bytes());
             }
             buf.extend_from_slice(path.as_bytes());
             buf.push(b'\n');
@@ -461,7 +531,8 @@ mod tests {
     /// release alike), and 696 once the sendfile loop kept one pointer to the client's
     /// `Cursor` rather than a reference per field (issue #25, which added the epoch check per
     /// `sendfile`). The bound is the size before that change, so whatever widens the follow
-    /// loop's state past it fails here.
+    /// loop's state past it fails here. Segmented logs (#19) made it 720 (the served enum
+    /// and the slot a log's follower is handed out in; the log's own loop is boxed).
     #[test]
     fn the_serve_future_stays_small() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -1,6 +1,7 @@
 //! tailsrv: `tail -f` as a TCP server.
 //!
-//! One process follows one append-only file (or the files of a directory). Each client sends
+//! One process follows one append-only file (a plain file, or a segmented log's directory),
+//! or the files and segmented logs of a directory. Each client sends
 //! one request line naming where it wants to start (grammar in `proto::request`), then
 //! receives the file's bytes from there on, following the file as it grows, until it hangs up.
 //!
@@ -10,6 +11,8 @@
 //! - `sendfile`: moving file bytes to a socket on readiness, without copying.
 //! - `hangup`: noticing a client that is gone (reset, failed), not one that only half-closed.
 //! - `synced`: `--serve-up-to-synced`, streaming only up to the collator's synced length.
+//! - `segmented`: a segmented log (`logfile::segments`, a directory of segments) served as
+//!   one log: global offsets, `gone` below the log start, the stream crossing segments.
 //!
 //! The file itself is watched by `shared::watch`, once for all clients.
 
@@ -17,6 +20,7 @@
 
 mod client;
 mod hangup;
+mod segmented;
 mod sendfile;
 mod server;
 mod synced;

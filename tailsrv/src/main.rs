@@ -14,6 +14,10 @@ use clap::Parser;
 /// Given a directory, tailsrv serves every regular file under it that no `.ignore` file
 /// excludes. The line is then `list` (the servable paths, one per line), `stream PATH`
 /// (follow PATH from its end) or `stream PATH from byte N` / `from byte -N`.
+///
+/// Given a segmented log's directory (it holds the marker `tailsrv-log`), tailsrv serves it
+/// as one log: N is a global offset, and a start that retention deleted is refused with
+/// `error: gone: ...` naming the log start.
 #[derive(Parser, Debug)]
 #[command(name = "tailsrv", version, about, long_about)]
 struct Args {
@@ -47,8 +51,8 @@ struct Args {
     #[command(flatten)]
     log: cli::LogArgs,
 
-    /// The file to serve (it need not exist yet), or a directory whose files are served
-    /// [default: the current directory].
+    /// The file to serve (it need not exist yet), a segmented log's directory, or a
+    /// directory whose files are served [default: the current directory].
     path: Option<PathBuf>,
 }
 

@@ -14,9 +14,15 @@
 //! file ending at or before the position; otherwise it is a short read (FUSE and network
 //! file systems return them for just-appended ranges) and is tried again after a pause, up to
 //! [`SHORT_PATIENCE`], then reported as [`Sent::Unreadable`].
+//!
+//! The same loop reads a segmented log's sealed segments ([`Source`] for `Arc<File>`): they
+//! never change, so they have no epoch to check, and a `sendfile` that finds one shorter than
+//! its end is reported as [`Sent::Truncated`] for the caller to name.
 
+use std::fs::File;
 use std::io;
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_io::Async;
@@ -50,9 +56,36 @@ pub enum Sent {
     Unreadable(io::Error),
 }
 
+/// What a [`Cursor`] reads: a followed file, whose bytes are the cursor's only while its
+/// epoch is the one the cursor was placed in, or a sealed segment, which never changes.
+pub trait Source {
+    /// The file to read, if its bytes are still those of a cursor placed in `epoch`.
+    fn current(&self, epoch: u64) -> Option<&File>;
+    /// The open file, for the `fstat` after a `sendfile` that sent nothing.
+    fn open_file(&self) -> Option<&File>;
+}
+
+impl Source for FileWatch {
+    fn current(&self, epoch: u64) -> Option<&File> {
+        self.file().filter(|_| self.epoch() == epoch)
+    }
+    fn open_file(&self) -> Option<&File> {
+        self.file()
+    }
+}
+
+impl Source for Arc<File> {
+    fn current(&self, _: u64) -> Option<&File> {
+        Some(self)
+    }
+    fn open_file(&self) -> Option<&File> {
+        Some(self)
+    }
+}
+
 /// Where a client is in its file: what [`send_range`] reads and advances.
-pub struct Cursor {
-    pub watch: FileWatch,
+pub struct Cursor<W = FileWatch> {
+    pub watch: W,
     /// The next byte to send.
     pub offset: u64,
     /// The watcher's epoch when the client was placed: a change ends the stream.
@@ -65,7 +98,11 @@ pub struct Cursor {
 ///
 /// Nothing past the real end of the file is ever sent. Errors are the socket's (`EPIPE`,
 /// `ECONNRESET`, ...) and mean the client is gone.
-pub async fn send_range(sock: &Async<TcpStream>, cur: &mut Cursor, end: u64) -> io::Result<Sent> {
+pub async fn send_range<W: Source>(
+    sock: &Async<TcpStream>,
+    cur: &mut Cursor<W>,
+    end: u64,
+) -> io::Result<Sent> {
     // The file is looked up in each call rather than kept across the awaits: every idle
     // follower pays for what its future keeps (`the_serve_future_stays_small`).
     // One pointer in the closure, not one per field it reads.
@@ -75,9 +112,8 @@ pub async fn send_range(sock: &Async<TcpStream>, cur: &mut Cursor, end: u64) -> 
             .write_with(move |s| {
                 // Checked here, not only before `write_with`: a follower parked on a full
                 // socket resumes in this closure, possibly long after a truncation.
-                let file = match c.watch.file() {
-                    Some(file) if c.watch.epoch() == c.epoch => file,
-                    _ => return Err(io::Error::from(STALE)),
+                let Some(file) = c.watch.current(c.epoch) else {
+                    return Err(io::Error::from(STALE));
                 };
                 let mut offset = c.offset;
                 let count = (end - offset).min(MAX_CHUNK) as usize;
@@ -119,9 +155,9 @@ pub async fn send_range(sock: &Async<TcpStream>, cur: &mut Cursor, end: u64) -> 
 /// After a `sendfile` at `pos` that sent nothing: `Truncated` if the file ends at or before
 /// `pos`; otherwise it is a short read, and this waits (2 ms, doubling up to 200 ms) until
 /// a byte at `pos` reads (None: try `sendfile` again), or [`SHORT_PATIENCE`] passes.
-async fn after_nothing_sent(watch: &FileWatch, pos: u64) -> Option<Sent> {
+async fn after_nothing_sent(watch: &impl Source, pos: u64) -> Option<Sent> {
     use std::os::unix::fs::FileExt;
-    let file = watch.file()?;
+    let file = watch.open_file()?;
     let mut waited = Duration::ZERO;
     let mut pause = Duration::from_millis(2);
     loop {

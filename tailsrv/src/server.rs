@@ -4,7 +4,8 @@
 //! Each accepted client gets its own task ([`crate::client`]); clients over `--max-clients`
 //! are told `error: busy: ...` and closed. In single-file mode the server stops when the file
 //! is moved or deleted (unless told to linger); in directory mode that only ends the file's
-//! own followers.
+//! own followers. A segmented log's directory is served as one log with the single-file
+//! grammar; retention deleting its old segments is part of its life, never a reason to stop.
 
 use std::io;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use futures_lite::future;
 use shared::rt;
+use shared::segments::{Logs, SegmentedLog};
 use shared::server::Server;
 use shared::tree::Tree;
 use shared::watch::{FileWatch, OnGone};
@@ -52,12 +54,16 @@ async fn serve(config: Config) -> io::Result<()> {
     let server = Server::new()?;
     // A directory is served as a tree of files; anything else (even a path that does not
     // exist yet) as a single file.
-    let served = if config.path.is_dir() {
+    let served = if logfile::segments::is_segmented(&config.path) {
+        let log = SegmentedLog::open(&server.watcher().follower(), &config.path)?;
+        log::info!(dir:% = log.dir().display(); "serving a segmented log");
+        Served::Log(log)
+    } else if config.path.is_dir() {
         let tree = Tree::new(&config.path)?.refusing_hardlinks(config.refuse_hardlinks);
         log::info!(dir:% = tree.root().display(); "serving the files of a directory");
         Served::Dir {
             tree: Arc::new(tree),
-            follower: server.watcher().follower(),
+            logs: Arc::new(Logs::new(server.watcher().follower())),
         }
     } else {
         let file = server.watcher().follower().follow(&config.path)?;
@@ -76,10 +82,10 @@ async fn serve(config: Config) -> io::Result<()> {
             )));
             Some(synced)
         }
-        Served::Dir { .. } if config.serve_up_to_synced => {
+        Served::Dir { .. } | Served::Log(_) if config.serve_up_to_synced => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "--serve-up-to-synced is for a single file",
+                "--serve-up-to-synced is for a single file (not a directory or segmented log)",
             ))
         }
         _ => None,
