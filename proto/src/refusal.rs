@@ -57,13 +57,16 @@ pub enum Code {
     SequenceGap,
     /// `disk-full`: the disk is full (nothing of the request was kept).
     DiskFull,
+    /// `gone`: what was asked for is below the start of a segmented log: retention deleted
+    /// it. The reason says where the log starts now.
+    Gone,
     /// A code this version does not know (sent by a newer server).
     Other,
 }
 
 impl Code {
     /// Every code this version knows, in documentation order.
-    pub const ALL: [Code; 18] = [
+    pub const ALL: [Code; 19] = [
         Code::BadRequest,
         Code::TooLong,
         Code::Timeout,
@@ -82,6 +85,7 @@ impl Code {
         Code::BadBody,
         Code::SequenceGap,
         Code::DiskFull,
+        Code::Gone,
     ];
 
     /// The token on the wire.
@@ -105,6 +109,7 @@ impl Code {
             Code::BadBody => "bad-body",
             Code::SequenceGap => "sequence-gap",
             Code::DiskFull => "disk-full",
+            Code::Gone => "gone",
             Code::Other => "other",
         }
     }
