@@ -28,6 +28,11 @@
 //! - moved (`IN_MOVE_SELF`) or deleted (link count 0, seen through `IN_ATTRIB`: we hold the
 //!   file open, so `IN_DELETE_SELF` would never come) → [`FileWatch::gone`].
 //!
+//! A directory can be watched too ([`Follower::watch_dir`]): a [`DirWatch`] counts the names
+//! that appear in it or leave it, for a reader of a segmented log, which learns that its
+//! active segment was sealed when the next one is created and that retention ran when old
+//! ones are deleted. It costs one watch on the directory, never one per file in it.
+//!
 //! A file is opened once and that inode is followed for good: after a rename or unlink the
 //! open descriptor still reads the same bytes, which is what `--linger-after-file-is-gone`
 //! serves. Following the same path again after it is gone starts over with whatever is at
@@ -177,6 +182,54 @@ struct Fingerprint {
 enum Target {
     File,
     Dir,
+    /// A [`DirWatch`]'s directory: names appearing or leaving.
+    Listing,
+}
+
+/// A watched directory ([`Follower::watch_dir`]): tells its waiters when a name appears in
+/// it or leaves it (created, deleted, renamed in or out). What changed is not kept: the
+/// reader lists the directory again. Clones share one watch, removed with the last one.
+#[derive(Clone)]
+pub struct DirWatch {
+    /// A file-less [`Inner`] whose epoch counts the changes.
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for DirWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DirWatch")
+            .field("path", &self.inner.path)
+            .field("changes", &self.changes())
+            .finish()
+    }
+}
+
+impl DirWatch {
+    /// The watched directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// How many times names appeared or left so far (and a bump for every overflow of the
+    /// kernel's event queue, when anything may have happened). Read it before listing the
+    /// directory: a change after the read is then never missed.
+    pub fn changes(&self) -> u64 {
+        self.inner.epoch.load(Ordering::Acquire)
+    }
+
+    /// Waits until [`DirWatch::changes`] is no longer `seen`.
+    pub async fn wait_change(&self, seen: u64) {
+        loop {
+            if self.changes() != seen {
+                return;
+            }
+            let listener = self.inner.changed.listen();
+            if self.changes() != seen {
+                return;
+            }
+            listener.await;
+        }
+    }
 }
 
 const PRESENT: u8 = 0;
@@ -595,6 +648,36 @@ impl Follower {
         Ok(file)
     }
 
+    /// Watches the directory `dir` for names appearing and leaving (see [`DirWatch`]). One
+    /// inotify watch, whatever the directory holds. Fails with context if it is not a
+    /// directory or the kernel's watch limit is reached.
+    pub fn watch_dir(&self, dir: &Path) -> io::Result<DirWatch> {
+        let file = FileWatch {
+            inner: Arc::new(Inner {
+                path: dir.to_owned(),
+                name: OsString::new(),
+                file: OnceLock::new(),
+                len: AtomicU64::new(0),
+                epoch: AtomicU64::new(0),
+                gone: AtomicU8::new(PRESENT),
+                changed: Event::new(),
+                wd: Mutex::new(None),
+                registry: self.registry.clone(),
+                announced: AtomicBool::new(false),
+                fingerprint: Mutex::new(Fingerprint::default()),
+                unreadable: Mutex::new(None),
+                behind: AtomicBool::new(false),
+            }),
+        };
+        let mask = WatchMask::CREATE
+            | WatchMask::MOVED_TO
+            | WatchMask::DELETE
+            | WatchMask::MOVED_FROM
+            | WatchMask::ONLYDIR;
+        self.add_watch(&file, dir, mask, Target::Listing)?;
+        Ok(DirWatch { inner: file.inner })
+    }
+
     /// Maps a batch of inotify events to the files they concern.
     fn dispatch(
         &self,
@@ -621,6 +704,18 @@ impl Follower {
         for (inner, mask, name, overflow) in candidates {
             let target = inner.wd.lock().unwrap().as_ref().map(|(_, t)| *t);
             let appeared = match target {
+                Some(Target::Listing) => {
+                    let names = EventMask::CREATE
+                        | EventMask::MOVED_TO
+                        | EventMask::DELETE
+                        | EventMask::MOVED_FROM;
+                    // The wd may carry other watchers' events (IN_ATTRIB): only names count.
+                    if !overflow && !mask.intersects(names) {
+                        continue;
+                    }
+                    inner.epoch.fetch_add(1, Ordering::AcqRel);
+                    false
+                }
                 _ if overflow => true,
                 Some(Target::Dir) if name.as_deref() == Some(inner.name.as_os_str()) => true,
                 Some(Target::Dir) => continue,
@@ -653,6 +748,7 @@ impl Follower {
         let what = match kind {
             Target::File => "watching",
             Target::Dir => "watching the directory of",
+            Target::Listing => "watching the directory",
         };
         // IN_MASK_ADD: another path may already watch this inode with a different mask.
         let wd = self
@@ -1178,5 +1274,73 @@ mod tests {
         };
         src.rewrite(&log_bytes(60, 4));
         assert!(step(&src, &mut unknown), "shorter than the length known");
+    }
+
+    #[test]
+    fn a_watched_directory_counts_names_appearing_and_leaving() {
+        // A scratch directory of this test's own (shared has no tempfile), removed at the end.
+        let path = std::env::temp_dir().join(format!("shared-watch-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).unwrap();
+        struct Dir(PathBuf);
+        impl Dir {
+            fn path(&self) -> &Path {
+                &self.0
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let dir = Dir(path);
+        let watcher = Watcher::new().unwrap();
+        let follower = watcher.follower();
+        let listing = follower.watch_dir(dir.path()).unwrap();
+        // A file followed in the same directory shares its inotify watch: its growth is no
+        // change of the listing.
+        let present = dir.path().join("present");
+        std::fs::write(&present, b"x").unwrap();
+        let followed = follower.follow(&present).unwrap();
+        let absent = follower.follow(&dir.path().join("later")).unwrap();
+        assert!(follower.watch_dir(&present).is_err(), "not a directory");
+        crate::rt::block_on(async {
+            let run = async {
+                watcher.run(OnGone::Linger).await.unwrap();
+            };
+            let checks = async {
+                async fn within(what: &str, f: impl std::future::Future<Output = ()>) {
+                    let deadline = std::time::Duration::from_secs(5);
+                    let timeout = async {
+                        async_io::Timer::after(deadline).await;
+                        panic!("{what}: no change seen within {deadline:?}");
+                    };
+                    futures_lite::future::or(f, timeout).await
+                }
+                let seen = listing.changes();
+                std::fs::write(dir.path().join("a"), b"").unwrap();
+                within("create", listing.wait_change(seen)).await;
+                // Growth of a followed file is seen by its follower, not counted as a change.
+                let seen = listing.changes();
+                crate::rt::spawn_blocking({
+                    let p = present.clone();
+                    move || {
+                        use std::io::Write;
+                        let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+                        f.write_all(b"more").unwrap();
+                    }
+                })
+                .await;
+                within("growth", followed.wait_until(|w| w.len() == 5)).await;
+                assert_eq!(listing.changes(), seen);
+                std::fs::rename(dir.path().join("a"), dir.path().join("later")).unwrap();
+                within("rename", listing.wait_change(seen)).await;
+                within("the absent file", absent.wait_until(|w| w.file().is_some())).await;
+                let seen = listing.changes();
+                std::fs::remove_file(dir.path().join("later")).unwrap();
+                within("delete", listing.wait_change(seen)).await;
+            };
+            futures_lite::future::or(run, checks).await;
+        });
     }
 }
