@@ -22,8 +22,8 @@
 
 use std::fs::File;
 use std::io;
-use std::path::PathBuf;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

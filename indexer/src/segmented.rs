@@ -98,7 +98,8 @@ impl Segmented {
             )
         })?;
         let real = |p: &Path| {
-            fs::canonicalize(p).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+            fs::canonicalize(p)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))
         };
         if real(index_dir)?.starts_with(real(dir)?) {
             return Err(io::Error::new(
@@ -277,7 +278,11 @@ impl Segmented {
                 }
             }
         };
-        let log = future::or(async { Err(scan.as_mut().await.err().unwrap_or_else(ended)) }, sealed).await?;
+        let log = future::or(
+            async { Err(scan.as_mut().await.err().unwrap_or_else(ended)) },
+            sealed,
+        )
+        .await?;
         let Some(next) = log
             .segments()
             .iter()
@@ -291,13 +296,15 @@ impl Segmented {
         };
         let len = next.base - active.name.base;
         // Indexed to the sealed end, or stopped by the log's content.
-        let done = index.wait_for(|s| {
-            s.ready && (s.end >= len || s.error.is_some() || s.failed.is_some())
-        });
-        future::or(async { Err(scan.as_mut().await.err().unwrap_or_else(ended)) }, async {
-            done.await;
-            Ok(())
-        })
+        let done = index
+            .wait_for(|s| s.ready && (s.end >= len || s.error.is_some() || s.failed.is_some()));
+        future::or(
+            async { Err(scan.as_mut().await.err().unwrap_or_else(ended)) },
+            async {
+                done.await;
+                Ok(())
+            },
+        )
         .await?;
         drop(scan);
         let state = index.snapshot();
