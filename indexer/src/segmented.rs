@@ -35,7 +35,6 @@
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::pin;
 use std::sync::{Arc, RwLock};
 
 use futures_lite::future;
@@ -261,7 +260,7 @@ impl Segmented {
             "following the active segment"
         );
         let index_path = self.index_path(active.name);
-        let mut scan = pin!(scanner::run(
+        let mut scan = Box::pin(scanner::run(
             index.clone(),
             watch.clone(),
             &index_path,
@@ -306,6 +305,7 @@ impl Segmented {
             },
         )
         .await?;
+        // Stopped: the segment is whole, and no write to its index file is in flight.
         drop(scan);
         let state = index.snapshot();
         let entries: Vec<u64> = state.starts[1..].to_vec();
