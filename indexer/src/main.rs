@@ -9,8 +9,11 @@ use proto::framing::{Framing, DEFAULT_MAX_MESSAGE};
 ///
 /// Protocol: one request per line, one answer per line (a number or `error: CODE: reason`):
 /// `offset-of N` (where message N starts; N = count gives where the next one will),
-/// `count` (complete messages), `message-at B` (the message containing byte B). Try
-/// `echo count | nc localhost PORT`.
+/// `count` (complete messages), `message-at B` (the message containing byte B), `start` and
+/// `end` (`OFFSET MSGNO` of the log's start and end). Try `echo count | nc localhost PORT`.
+///
+/// Given a segmented log's directory (it holds the marker `tailsrv-log`), it indexes the log
+/// as one, with global numbers across its segments; below the start, answers are `gone`.
 ///
 /// Given a directory and --index-dir, it indexes the files tailsrv would serve from that
 /// directory (same `.ignore` rules), each from the first query that names it: `offset-of

@@ -264,7 +264,7 @@ impl Segmented {
             index.clone(),
             watch.clone(),
             &index_path,
-            self.threads
+            self.threads,
         ));
         let sealed = async {
             loop {
