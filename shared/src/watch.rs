@@ -610,21 +610,7 @@ impl Follower {
                 }
             }
             let file = FileWatch {
-                inner: Arc::new(Inner {
-                    path: path.to_owned(),
-                    name,
-                    file: OnceLock::new(),
-                    len: AtomicU64::new(0),
-                    epoch: AtomicU64::new(0),
-                    gone: AtomicU8::new(PRESENT),
-                    changed: Event::new(),
-                    wd: Mutex::new(None),
-                    registry: self.registry.clone(),
-                    announced: AtomicBool::new(false),
-                    fingerprint: Mutex::new(Fingerprint::default()),
-                    unreadable: Mutex::new(None),
-                    behind: AtomicBool::new(false),
-                }),
+                inner: Arc::new(Inner::new(path, name, &self.registry)),
             };
             table
                 .by_path
@@ -653,21 +639,7 @@ impl Follower {
     /// directory or the kernel's watch limit is reached.
     pub fn watch_dir(&self, dir: &Path) -> io::Result<DirWatch> {
         let file = FileWatch {
-            inner: Arc::new(Inner {
-                path: dir.to_owned(),
-                name: OsString::new(),
-                file: OnceLock::new(),
-                len: AtomicU64::new(0),
-                epoch: AtomicU64::new(0),
-                gone: AtomicU8::new(PRESENT),
-                changed: Event::new(),
-                wd: Mutex::new(None),
-                registry: self.registry.clone(),
-                announced: AtomicBool::new(false),
-                fingerprint: Mutex::new(Fingerprint::default()),
-                unreadable: Mutex::new(None),
-                behind: AtomicBool::new(false),
-            }),
+            inner: Arc::new(Inner::new(dir, OsString::new(), &self.registry)),
         };
         let mask = WatchMask::CREATE
             | WatchMask::MOVED_TO
@@ -1120,6 +1092,27 @@ impl Registry {
             table.by_wd.remove(wd);
             // Best effort: the kernel already dropped the watch if its inode was deleted.
             let _ = self.watches.lock().unwrap().remove(wd.clone());
+        }
+    }
+}
+
+impl Inner {
+    /// A file (or directory) not yet open nor watched.
+    fn new(path: &Path, name: OsString, registry: &Arc<Registry>) -> Inner {
+        Inner {
+            path: path.to_owned(),
+            name,
+            file: OnceLock::new(),
+            len: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            gone: AtomicU8::new(PRESENT),
+            changed: Event::new(),
+            wd: Mutex::new(None),
+            registry: registry.clone(),
+            announced: AtomicBool::new(false),
+            fingerprint: Mutex::new(Fingerprint::default()),
+            unreadable: Mutex::new(None),
+            behind: AtomicBool::new(false),
         }
     }
 }

@@ -41,6 +41,17 @@ impl Written {
         }
     }
 
+    /// A log of `sealed` sealed segments of `each` messages, and `active` in the active one.
+    fn sealed(dir: &Path, sealed: usize, each: usize, active: usize) -> Written {
+        let mut w = Written::create(dir);
+        for _ in 0..sealed {
+            w.append(each);
+            w.roll();
+        }
+        w.append(active);
+        w
+    }
+
     fn log(&self) -> Log {
         Log::open(&self.dir).unwrap()
     }
@@ -112,6 +123,15 @@ fn start_indexer(dir: &Path, extra: &[&str]) -> Proc {
     args.extend(extra.iter().map(|s| s.to_string()));
     args.push(dir.display().to_string());
     Proc::start(BIN, &args)
+}
+
+/// Starts an indexer of `w`, waits until it has caught up and checks every answer.
+fn start_checked(w: &Written, extra: &[&str]) -> (Proc, QueryClient) {
+    let ix = start_indexer(&w.dir, extra);
+    let mut c = QueryClient::new(&ix);
+    wait_caught_up(&mut c, w);
+    check_all(&mut c, w);
+    (ix, c)
 }
 
 /// Waits until `end` answers the history's end and count.
@@ -197,10 +217,7 @@ fn a_segmented_log_answers_as_its_concatenation_through_rolls_and_retention() {
     w.append(17);
     w.roll();
     w.append(5);
-    let ix = start_indexer(&dir, &[]);
-    let mut c = QueryClient::new(&ix);
-    wait_caught_up(&mut c, &w);
-    check_all(&mut c, &w);
+    let (ix, mut c) = start_checked(&w, &[]);
     // Index files beside the log, one per segment; none inside it.
     assert_eq!(index_files(&idx).len(), 3, "{:?}", index_files(&idx));
     assert!(index_files(&dir).iter().all(|f| !f.ends_with(".idx")));
@@ -249,17 +266,9 @@ fn a_restart_reuses_sealed_indexes_and_forgets_deleted_segments() {
     let tmp = tempdir();
     let dir = tmp.path().join("log");
     let idx = tmp.path().join("idx");
-    let mut w = Written::create(&dir);
-    for _ in 0..6 {
-        w.append(25);
-        w.roll();
-    }
-    w.append(7);
+    let mut w = Written::sealed(&dir, 6, 25, 7);
     let idx_arg = idx.display().to_string();
-    let mut ix = start_indexer(&dir, &["--index", &idx_arg]);
-    let mut c = QueryClient::new(&ix);
-    wait_caught_up(&mut c, &w);
-    check_all(&mut c, &w);
+    let (mut ix, _) = start_checked(&w, &["--index", &idx_arg]);
     ix.signal(Signal::TERM);
     assert!(ix.wait_exit(PATIENCE).is_some());
     let before: Vec<(String, std::time::SystemTime)> = index_files(&idx)
@@ -273,10 +282,7 @@ fn a_restart_reuses_sealed_indexes_and_forgets_deleted_segments() {
     // While it is down: retention, and growth.
     w.expire(2);
     w.append(4);
-    let ix = start_indexer(&dir, &["--index", &idx_arg]);
-    let mut c = QueryClient::new(&ix);
-    wait_caught_up(&mut c, &w);
-    check_all(&mut c, &w);
+    let (ix, _) = start_checked(&w, &["--index", &idx_arg]);
     assert!(!ix.log.text().contains("rebuilding"), "{}", ix.log.text());
     let after = index_files(&idx);
     assert_eq!(after.len(), 5, "{after:?}");
@@ -291,16 +297,8 @@ fn a_restart_reuses_sealed_indexes_and_forgets_deleted_segments() {
 fn many_sealed_segments_cost_no_descriptor_each() {
     let tmp = tempdir();
     let dir = tmp.path().join("log");
-    let mut w = Written::create(&dir);
-    for _ in 0..60 {
-        w.append(3);
-        w.roll();
-    }
-    w.append(1);
-    let ix = start_indexer(&dir, &[]);
-    let mut c = QueryClient::new(&ix);
-    wait_caught_up(&mut c, &w);
-    check_all(&mut c, &w);
+    let w = Written::sealed(&dir, 60, 3, 1);
+    let (ix, _) = start_checked(&w, &[]);
     let fds = ix.fd_count();
     assert!(fds < 40, "{fds} descriptors open for a log of 61 segments");
 }
