@@ -133,7 +133,7 @@ impl Directory {
         let index = {
             let mut indexes = self.indexes.lock().unwrap();
             match indexes.get(&real) {
-                Some(ix) if ix.watch().gone().is_none() => ix.clone(),
+                Some(ix) if ix.watch().is_some_and(|w| w.gone().is_none()) => ix.clone(),
                 _ => {
                     let ix = self.start(&real).map_err(refuse)?;
                     indexes.insert(real, ix.clone());

@@ -12,17 +12,26 @@
 //! (it was rewritten in a way the watcher cannot see, see `shared::watch`) is refused too,
 //! and flags the index's generation as suspect: the scanner, which waits on that flag as
 //! well as on the log, rebuilds the index from the start.
+//!
+//! An index covers one file. For a segmented log that is one segment, and the index speaks
+//! the log's global numbers: its [`SegmentName`] origin (the segment's base offset and
+//! first message number) is added to every answer and every number in a refusal, so a
+//! router ([`crate::segmented`]) only picks the segment. The active segment is followed
+//! through its [`FileWatch`]; a sealed one is read by path, opened only for a lookup that
+//! misses the cache, so sealed segments cost neither a watch nor a descriptor.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use event_listener::Event;
+use logfile::segments::SegmentName;
 use proto::framing::{Framing, FramingError, Splitter};
-use proto::query::Answer;
+use proto::query::{Answer, Place, PlaceAnswer};
 use proto::{Code, Refusal};
 use shared::watch::FileWatch;
 
@@ -47,6 +56,18 @@ pub struct State {
     pub caught_up: bool,
     /// Why this index can no longer be kept (an I/O error on the log or the index file).
     pub failed: Option<String>,
+    /// Why the file does not hold what the log says it holds (a sealed segment whose
+    /// messages are not the ones its name and the next one's promise).
+    pub broken: Option<String>,
+}
+
+/// Where an index reads the bytes it covers.
+pub enum Bytes {
+    /// A file followed as it grows (a plain log, or a segmented log's active segment).
+    Followed(FileWatch),
+    /// A sealed segment, which never changes: opened by path when a lookup must read it.
+    /// Gone from its path means deleted by retention.
+    Sealed(PathBuf),
 }
 
 /// The index shared by the scanner and the query connections.
@@ -56,7 +77,9 @@ pub struct Index {
     /// Process-unique, names this index's strides in the shared cache.
     id: u64,
     cache: Option<Arc<StrideCache>>,
-    watch: FileWatch,
+    bytes: Bytes,
+    /// Where the indexed file starts in the log's global numbers (zero but for a segment).
+    origin: SegmentName,
     state: RwLock<State>,
     /// Notified after every update, for [`Index::wait_caught_up`].
     changed: Event,
@@ -106,14 +129,34 @@ struct Stride {
 }
 
 impl Index {
+    /// The index of a plain file, followed through `watch`; the scanner fills it.
     pub fn new(params: Params, watch: FileWatch, cache: Option<Arc<StrideCache>>) -> Self {
+        Index::of(
+            params,
+            Bytes::Followed(watch),
+            SegmentName::FIRST,
+            cache,
+            State::default(),
+        )
+    }
+
+    /// The index of the file `bytes`, which starts at `origin` in the log, answering from
+    /// `state` (a sealed segment's, whole; a default one for the scanner to fill).
+    pub fn of(
+        params: Params,
+        bytes: Bytes,
+        origin: SegmentName,
+        cache: Option<Arc<StrideCache>>,
+        state: State,
+    ) -> Self {
         static IDS: AtomicU64 = AtomicU64::new(1);
         Index {
             params,
             id: IDS.fetch_add(1, Ordering::Relaxed),
             cache,
-            watch,
-            state: RwLock::new(State::default()),
+            bytes,
+            origin,
+            state: RwLock::new(state),
             changed: Event::new(),
             suspect: AtomicU64::new(0),
             suspected: Event::new(),
@@ -150,9 +193,17 @@ impl Index {
         }
     }
 
-    /// The followed log.
-    pub fn watch(&self) -> &FileWatch {
-        &self.watch
+    /// The followed file; None for a sealed segment.
+    pub fn watch(&self) -> Option<&FileWatch> {
+        match &self.bytes {
+            Bytes::Followed(w) => Some(w),
+            Bytes::Sealed(_) => None,
+        }
+    }
+
+    /// A copy of what the scanner has established.
+    pub fn snapshot(&self) -> State {
+        self.read(State::clone)
     }
 
     /// Runs `f` on the state under the write lock (the scanner's only way in).
@@ -169,24 +220,29 @@ impl Index {
     /// `timeout`. Returns whether it caught up. A fresh index's first query uses it, so that
     /// it is answered from the whole log rather than from the first megabyte scanned.
     pub async fn wait_caught_up(&self, timeout: Duration) -> bool {
-        let done = |s: &State| s.caught_up || s.failed.is_some();
         let wait = async {
-            loop {
-                if self.read(done) {
-                    return true;
-                }
-                let listener = self.changed.listen();
-                if self.read(done) {
-                    return true;
-                }
-                listener.await;
-            }
+            self.wait_for(|s| s.caught_up || s.failed.is_some()).await;
+            true
         };
         let give_up = async {
             async_io::Timer::after(timeout).await;
             false
         };
         futures_lite::future::or(wait, give_up).await && self.read(|s| s.caught_up)
+    }
+
+    /// Waits until `done` holds of the state (checked after every update).
+    pub async fn wait_for(&self, done: impl Fn(&State) -> bool) {
+        loop {
+            if self.read(&done) {
+                return;
+            }
+            let listener = self.changed.listen();
+            if self.read(&done) {
+                return;
+            }
+            listener.await;
+        }
     }
 
     fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
@@ -196,27 +252,51 @@ impl Index {
 
     /// `count`: complete messages.
     pub fn count(&self) -> Answer {
+        self.end().map(|p| p.message)
+    }
+
+    /// `end`: where the next message will start, and its number (the count), read together.
+    pub fn end(&self) -> PlaceAnswer {
         self.read(|s| {
             not_ready(s)?;
             if let Some(e) = &s.error {
-                return Err(stopped(s, e));
+                return Err(self.stopped(s, e));
             }
-            Ok(s.count)
+            Ok(Place {
+                offset: self.origin.base + s.end,
+                message: self.origin.first_message + s.count,
+            })
+        })
+    }
+
+    /// `start`: where the indexed file starts (0 0 for a plain file: nothing is deleted).
+    pub fn start(&self) -> PlaceAnswer {
+        self.read(|s| {
+            not_ready(s)?;
+            Ok(Place {
+                offset: self.origin.base,
+                message: self.origin.first_message,
+            })
         })
     }
 
     /// `offset-of N`: where message `n` starts; `n == count` is where the next one will.
+    /// `n` is the log's number: at or past the origin's first message.
     pub fn offset_of(&self, n: u64, scratch: &mut Scratch) -> Answer {
+        let global = n;
+        let n = n
+            .checked_sub(self.origin.first_message)
+            .expect("routed to the segment that holds it");
         let found = self.read(|s| {
             not_ready(s)?;
             if n > s.count || (n == s.count && s.error.is_some()) {
                 return Err(match &s.error {
-                    Some(e) => stopped(s, e),
+                    Some(e) => self.stopped(s, e),
                     None => Refusal::new(
                         Code::NotYet,
                         format!(
-                            "message {n} does not exist yet (there are {} complete messages)",
-                            s.count
+                            "message {global} does not exist yet (there are {} complete messages)",
+                            self.origin.first_message + s.count
                         ),
                     ),
                 });
@@ -226,17 +306,18 @@ impl Index {
             }
             Ok(Ok(self.stride_of(s, (n / self.params.k()) as usize)))
         })?;
+        let base = self.origin.base;
         let st = match found {
-            Err(end) => return Ok(end),
+            Err(end) => return Ok(base + end),
             Ok(st) => st,
         };
         // Message n is the i-th of its stride; its start is where the one before it ends.
         let i = (n - st.j * self.params.k()) as usize;
         if i == 0 {
-            return Ok(st.from);
+            return Ok(base + st.from);
         }
         if let Some(rel) = self.cached(&st, scratch, |starts| starts[i - 1]) {
-            return rel.map(|rel| st.from + u64::from(rel));
+            return rel.map(|rel| base + st.from + u64::from(rel));
         }
         let mut seen = 0;
         let mut found = None;
@@ -247,21 +328,26 @@ impl Index {
             }
             found.is_some()
         })?;
-        self.confirm(st.generation, found)
+        self.confirm(st.generation, found).map(|o| base + o)
     }
 
-    /// `message-at B`: the number of the message that contains byte `b`.
+    /// `message-at B`: the number of the message that contains byte `b`. `b` is the log's
+    /// offset: at or past the origin's base.
     pub fn message_at(&self, b: u64, scratch: &mut Scratch) -> Answer {
+        let global = b;
+        let b = b
+            .checked_sub(self.origin.base)
+            .expect("routed to the segment that holds it");
         let st = self.read(|s| {
             not_ready(s)?;
             if b >= s.end {
                 return Err(match &s.error {
-                    Some(e) => stopped(s, e),
+                    Some(e) => self.stopped(s, e),
                     None => Refusal::new(
                         Code::NotYet,
                         format!(
-                            "byte {b} is not in a complete message yet (complete messages end at byte {})",
-                            s.end
+                            "byte {global} is not in a complete message yet (complete messages end at byte {})",
+                            self.origin.base + s.end
                         ),
                     ),
                 });
@@ -269,7 +355,7 @@ impl Index {
             let j = s.starts.partition_point(|&o| o <= b) - 1;
             Ok(self.stride_of(s, j))
         })?;
-        let first = st.j * self.params.k();
+        let first = self.origin.first_message + st.j * self.params.k();
         // The messages of the stride that start at or before b, the first one included.
         let rel = b - st.from;
         let counted = self.cached(&st, scratch, |starts| {
@@ -361,8 +447,25 @@ impl Index {
         buf: &mut Vec<u8>,
         on_end: impl FnMut(u64) -> bool,
     ) -> Result<(), Refusal> {
-        let Some(file) = self.watch.file() else {
-            return Err(Refusal::new(Code::Loading, "the log file is not open yet"));
+        let opened;
+        let file = match &self.bytes {
+            Bytes::Followed(watch) => match watch.file() {
+                Some(file) => file,
+                None => return Err(Refusal::new(Code::Loading, "the log file is not open yet")),
+            },
+            Bytes::Sealed(path) => {
+                opened = File::open(path).map_err(|e| match e.kind() {
+                    io::ErrorKind::NotFound => Refusal::new(
+                        Code::Gone,
+                        "retention deleted the segment that held it just now",
+                    ),
+                    _ => {
+                        log::warn!(path:% = path.display(); "lookup: cannot open the segment: {e}");
+                        Refusal::new(Code::Io, format!("opening a segment failed: {e}"))
+                    }
+                })?;
+                &opened
+            }
         };
         scan(
             file,
@@ -382,7 +485,10 @@ impl Index {
                 log::warn!(offset = from; "lookup failed: {e}");
                 Refusal::new(
                     Code::Io,
-                    format!("reading the log failed at byte {from}: {e}"),
+                    format!(
+                        "reading the log failed at byte {}: {e}",
+                        self.origin.base + from
+                    ),
                 )
             }
         })
@@ -403,6 +509,17 @@ impl Index {
         if self.read(|s| s.generation) != generation {
             return Refusal::new(Code::Rebuilding, "the index is being rebuilt; ask again");
         }
+        if let Bytes::Sealed(path) = &self.bytes {
+            // No scanner rebuilds a sealed segment: it was never to change.
+            log::error!(path:% = path.display(); "a sealed segment no longer matches its index");
+            return Refusal::new(
+                Code::BadLog,
+                format!(
+                    "the sealed segment {} was modified: it no longer splits where its index says",
+                    path.display()
+                ),
+            );
+        }
         self.flag(generation);
         Refusal::new(
             Code::Rebuilding,
@@ -415,6 +532,9 @@ fn not_ready(s: &State) -> Result<(), Refusal> {
     if let Some(why) = &s.failed {
         return Err(Refusal::new(Code::Io, format!("indexing failed: {why}")));
     }
+    if let Some(why) = &s.broken {
+        return Err(Refusal::new(Code::BadLog, why.clone()));
+    }
     match s.ready {
         true => Ok(()),
         false => Err(Refusal::new(
@@ -424,14 +544,17 @@ fn not_ready(s: &State) -> Result<(), Refusal> {
     }
 }
 
-fn stopped(s: &State, e: &FramingError) -> Refusal {
-    Refusal::new(
-        Code::BadLog,
-        format!(
-            "indexing stopped at byte {} after {} complete messages: {e}",
-            s.end, s.count
-        ),
-    )
+impl Index {
+    fn stopped(&self, s: &State, e: &FramingError) -> Refusal {
+        Refusal::new(
+            Code::BadLog,
+            format!(
+                "indexing stopped at byte {} after {} complete messages: {e}",
+                self.origin.base + s.end,
+                self.origin.first_message + s.count
+            ),
+        )
+    }
 }
 
 /// Splits the log from `from` (a message boundary) up to `end` with `pread` into `buf`,

@@ -9,8 +9,11 @@ use proto::framing::{Framing, DEFAULT_MAX_MESSAGE};
 ///
 /// Protocol: one request per line, one answer per line (a number or `error: CODE: reason`):
 /// `offset-of N` (where message N starts; N = count gives where the next one will),
-/// `count` (complete messages), `message-at B` (the message containing byte B). Try
-/// `echo count | nc localhost PORT`.
+/// `count` (complete messages), `message-at B` (the message containing byte B), `start` and
+/// `end` (`OFFSET MSGNO` of the log's start and end). Try `echo count | nc localhost PORT`.
+///
+/// Given a segmented log's directory (it holds the marker `tailsrv-log`), it indexes the log
+/// as one, with global numbers across its segments; below the start, answers are `gone`.
 ///
 /// Given a directory and --index-dir, it indexes the files tailsrv would serve from that
 /// directory (same `.ignore` rules), each from the first query that names it: `offset-of
@@ -24,11 +27,12 @@ struct Args {
 
     /// How messages are delimited: `\n`, a zero byte, a 4-byte big-endian length prefix, or
     /// a protobuf-style varint length prefix.
-    #[arg(long, default_value = "newline",
-          value_parser = cli::framing())]
-    framing: Framing,
+    /// [default: newline, or what a segmented log's marker says]
+    #[arg(long, value_parser = cli::framing())]
+    framing: Option<Framing>,
 
-    /// The index file [default: FILE.idx beside the log].
+    /// The index file [default: FILE.idx beside the log]; for a segmented log, the directory
+    /// of its segments' index files [default: LOGDIR.idx beside it].
     #[arg(long, value_name = "PATH", conflicts_with = "index_dir")]
     index: Option<PathBuf>,
 
@@ -66,15 +70,46 @@ struct Args {
     #[command(flatten)]
     log: cli::LogArgs,
 
-    /// The log file to index (it need not exist yet), or with --index-dir a directory whose
-    /// files are indexed.
+    /// The log file to index (it need not exist yet), a segmented log's directory (it holds
+    /// the marker `tailsrv-log`), or with --index-dir a directory whose files are indexed.
     path: PathBuf,
+}
+
+/// `PATH` + `suffix`, beside it.
+fn beside(path: &std::path::Path, suffix: &str) -> PathBuf {
+    let mut p = path.to_owned().into_os_string();
+    p.push(suffix);
+    PathBuf::from(p)
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     args.log.init();
+    let segmented = logfile::segments::is_segmented(&args.path);
+    let mut framing = args.framing.unwrap_or(Framing::Newline);
+    if segmented {
+        match segment_framing(&args.path, args.framing) {
+            Ok(f) => framing = f,
+            Err(e) => {
+                log::error!("{e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let source = match args.index_dir {
+        Some(_) if segmented => {
+            log::error!(
+                "{} is a segmented log, indexed as one log: drop --index-dir (its segments' \
+                 indexes go to --index DIR, default {})",
+                args.path.display(),
+                beside(&args.path, ".idx").display()
+            );
+            return ExitCode::from(2);
+        }
+        None if segmented => indexer::Source::Segmented {
+            index_dir: args.index.unwrap_or_else(|| beside(&args.path, ".idx")),
+            dir: args.path,
+        },
         Some(index_dir) if args.path.is_dir() => indexer::Source::Dir {
             root: args.path,
             index_dir,
@@ -95,11 +130,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         None => {
-            let index = args.index.unwrap_or_else(|| {
-                let mut p = args.path.clone().into_os_string();
-                p.push(".idx");
-                PathBuf::from(p)
-            });
+            let index = args.index.unwrap_or_else(|| beside(&args.path, ".idx"));
             if let Ok(meta) = std::fs::metadata(&args.path) {
                 if !meta.is_file() {
                     log::error!(
@@ -124,7 +155,7 @@ fn main() -> ExitCode {
         source,
         addr: args.listen.addr(),
         params: indexer::Params {
-            framing: args.framing,
+            framing,
             stride: args.stride,
             max_message: args.max_message,
         },
@@ -140,5 +171,27 @@ fn main() -> ExitCode {
             log::error!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The framing of the segmented log at `dir`: what its marker says, which `--framing` must
+/// not contradict (the segments' names count messages in the writer's framing).
+fn segment_framing(dir: &std::path::Path, given: Option<Framing>) -> Result<Framing, String> {
+    let log = logfile::segments::Log::open(dir).map_err(|e| e.to_string())?;
+    let Some(name) = &log.marker().framing else {
+        return Ok(given.unwrap_or(Framing::Newline));
+    };
+    let marked: Framing = name.parse().map_err(|e| {
+        format!(
+            "{}: its marker names the framing {name:?}, which this indexer does not know: {e}",
+            dir.display()
+        )
+    })?;
+    match given {
+        Some(f) if f != marked => Err(format!(
+            "--framing {f} contradicts the segmented log {}, whose marker says framing {marked}",
+            dir.display()
+        )),
+        _ => Ok(marked),
     }
 }

@@ -1,5 +1,5 @@
-//! One query connection's life. The grammar (`offset-of N`, `count`, `message-at B`, and the
-//! directory forms that name the file first) is `proto::query`'s; this module reads lines,
+//! One query connection's life. The grammar (`offset-of N`, `count`, `message-at B`, `start`,
+//! `end`, and the directory forms that name the file first) is `proto::query`'s; this module reads lines,
 //! asks the index, and writes answers.
 //!
 //! Every request gets exactly one answer line, a decimal number or `error: CODE: reason`,
@@ -23,12 +23,15 @@ use std::sync::Arc;
 
 use async_io::Async;
 use futures_lite::AsyncWriteExt;
-use proto::query::{render_answer, Answer, Query, Question, MAX_DIR_QUERY, MAX_LINE};
+use proto::query::{
+    render_answer, render_place, Answer, PlaceAnswer, Query, Question, MAX_DIR_QUERY, MAX_LINE,
+};
 use proto::{trim_line, Code, Mode, Refusal};
 use shared::net;
 
 use crate::directory::Directory;
 use crate::index::{Index, Scratch};
+use crate::segmented::Segmented;
 
 /// What queries are answered from.
 #[derive(Clone)]
@@ -37,29 +40,51 @@ pub(crate) enum Indexed {
     File(Arc<Index>),
     /// Directory mode: each request names its file first.
     Dir(Arc<Directory>),
+    /// A segmented log: requests name no file, and are routed to a segment.
+    Segmented(Arc<Segmented>),
 }
 
 impl Indexed {
     fn mode(&self) -> Mode {
         match self {
-            Indexed::File(_) => Mode::File,
+            Indexed::File(_) | Indexed::Segmented(_) => Mode::File,
             Indexed::Dir(_) => Mode::Dir,
         }
     }
 
     fn max_line(&self) -> usize {
-        match self {
-            Indexed::File(_) => MAX_LINE,
-            Indexed::Dir(_) => MAX_DIR_QUERY,
+        match self.mode() {
+            Mode::File => MAX_LINE,
+            Mode::Dir => MAX_DIR_QUERY,
         }
     }
 }
 
-fn ask(question: Question, index: &Index, scratch: &mut Scratch) -> Answer {
+/// One answer line: a number, or a place (`start`, `end`).
+pub(crate) enum Reply {
+    /// `offset-of`, `count`, `message-at`.
+    Number(Answer),
+    /// `start`, `end`.
+    Place(PlaceAnswer),
+}
+
+impl Reply {
+    fn render(&self, out: &mut Vec<u8>) {
+        match self {
+            Reply::Number(a) => render_answer(a, out),
+            Reply::Place(a) => render_place(a, out),
+        }
+    }
+}
+
+/// Answers `question` from one file's index.
+pub(crate) fn ask(question: Question, index: &Index, scratch: &mut Scratch) -> Reply {
     match question {
-        Question::OffsetOf(n) => index.offset_of(n, scratch),
-        Question::Count => index.count(),
-        Question::MessageAt(b) => index.message_at(b, scratch),
+        Question::OffsetOf(n) => Reply::Number(index.offset_of(n, scratch)),
+        Question::Count => Reply::Number(index.count()),
+        Question::MessageAt(b) => Reply::Number(index.message_at(b, scratch)),
+        Question::Start => Reply::Place(index.start()),
+        Question::End => Reply::Place(index.end()),
     }
 }
 
@@ -74,14 +99,21 @@ struct Conn {
 }
 
 /// Answers one line (without its newline).
-async fn answer(indexed: &Indexed, conn: &mut Conn, line: &[u8]) -> Answer {
-    let query = Query::parse(indexed.mode(), line)?;
+async fn answer(indexed: &Indexed, conn: &mut Conn, line: &[u8]) -> Reply {
+    let query = match Query::parse(indexed.mode(), line) {
+        Ok(q) => q,
+        Err(r) => return Reply::Number(Err(r)),
+    };
     let index = match (indexed, query.path) {
         (Indexed::File(index), _) => index.clone(),
+        (Indexed::Segmented(log), _) => return log.ask(query.question, &mut conn.scratch),
         (Indexed::Dir(dir), Some(path)) => match &conn.recent {
             Some((p, ix)) if p == path => ix.clone(),
             _ => {
-                let ix = dir.index_of(path).await?;
+                let ix = match dir.index_of(path).await {
+                    Ok(ix) => ix,
+                    Err(r) => return Reply::Number(Err(r)),
+                };
                 conn.recent = Some((path.to_vec(), ix.clone()));
                 ix
             }
@@ -119,7 +151,7 @@ async fn converse(sock: &Async<TcpStream>, indexed: &Indexed) -> io::Result<()> 
         if n == 0 {
             // A last request without its newline (`printf count | nc`) still gets its answer.
             if !trim_line(&partial).is_empty() {
-                render_answer(&answer(indexed, &mut conn, &partial).await, &mut out);
+                answer(indexed, &mut conn, &partial).await.render(&mut out);
                 write_all(sock, &out).await?;
             }
             return Ok(());
@@ -137,7 +169,7 @@ async fn converse(sock: &Async<TcpStream>, indexed: &Indexed) -> io::Result<()> 
                 too_long = true;
                 break;
             }
-            render_answer(&answer(indexed, &mut conn, line).await, &mut out);
+            answer(indexed, &mut conn, line).await.render(&mut out);
             partial.clear();
             data = &data[i + 1..];
         }

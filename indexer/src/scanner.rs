@@ -41,7 +41,7 @@ use shared::rt;
 use shared::watch::FileWatch;
 
 use crate::bulk::{self, Bulk};
-use crate::index::{self, Index};
+use crate::index::{self, Index, Params};
 use crate::store::{self, Fence, Identity, Opened, Store};
 
 /// Bytes per `pread`: small enough that the copy out of the page cache lands in the CPU
@@ -149,7 +149,7 @@ fn resume(
     entries: Vec<u64>,
 ) -> io::Result<(Store, Vec<u64>)> {
     let shown = index_path.display();
-    match verify(index, file, &entries) {
+    match verify(&index.params, file, &entries) {
         Ok(()) => {
             let offset = entries.last().copied().unwrap_or(0);
             let messages = entries.len() as u64 * index.params.k();
@@ -167,7 +167,7 @@ fn resume(
 }
 
 /// Checks that the log is still the file `entries` describe (see the module docs).
-fn verify(index: &Index, file: &File, entries: &[u64]) -> Result<(), String> {
+pub(crate) fn verify(params: &Params, file: &File, entries: &[u64]) -> Result<(), String> {
     let Some(&last) = entries.last() else {
         return Ok(());
     };
@@ -192,8 +192,8 @@ fn verify(index: &Index, file: &File, entries: &[u64]) -> Result<(), String> {
         let mut last_end = from;
         index::scan(
             file,
-            index.params.framing,
-            index.params.max_message,
+            params.framing,
+            params.max_message,
             from,
             to,
             &mut buf,
@@ -204,10 +204,10 @@ fn verify(index: &Index, file: &File, entries: &[u64]) -> Result<(), String> {
             },
         )
         .map_err(|e| format!("re-splitting bytes {from}..{to}: {e}"))?;
-        if ends != index.params.k() || last_end != to {
+        if ends != params.k() || last_end != to {
             return Err(format!(
                 "bytes {from}..{to} hold {ends} messages ending at {last_end}, the index says {} ending at {to}",
-                index.params.k()
+                params.k()
             ));
         }
     }

@@ -3,7 +3,8 @@
 //!
 //! Single-file mode: the scanner runs beside the accept loop (it only ends on an I/O error,
 //! which stops the indexer), and the log being moved or deleted stops the indexer: the index
-//! of a file that is gone is of no use. Directory mode: each indexed file gets its own
+//! of a file that is gone is of no use. A segmented log: [`crate::segmented`] follows its
+//! segments, and only an I/O error (the log's directory gone among them) stops it. Directory mode: each indexed file gets its own
 //! scanner from [`crate::directory`], and a file that is gone only ends its own index.
 
 use std::fs::{File, OpenOptions};
@@ -24,6 +25,7 @@ use crate::directory::{Directory, Settings};
 use crate::index::{Index, Params};
 use crate::query::{self, Indexed};
 use crate::scanner;
+use crate::segmented::Segmented;
 
 /// What to index.
 #[derive(Debug, Clone)]
@@ -34,6 +36,13 @@ pub enum Source {
         path: PathBuf,
         /// Its index file.
         index: PathBuf,
+    },
+    /// A segmented log (`logfile::segments`), its segments' indexes in `index_dir`.
+    Segmented {
+        /// The log's directory (it holds the marker).
+        dir: PathBuf,
+        /// Where the segments' index files go (outside `dir`).
+        index_dir: PathBuf,
     },
     /// The files of a directory, on demand, their indexes under `index_dir`.
     Dir {
@@ -48,6 +57,7 @@ impl Source {
     fn path(&self) -> &std::path::Path {
         match self {
             Source::File { path, .. } => path,
+            Source::Segmented { dir, .. } => dir,
             Source::Dir { root, .. } => root,
         }
     }
@@ -134,6 +144,24 @@ async fn serve(config: Config) -> io::Result<()> {
             let scan =
                 rt::spawn(async move { scanner::run(scanned, file, &index_path, threads).await });
             (Indexed::File(ix), Box::pin(scan), OnGone::Stop)
+        }
+        Source::Segmented { dir, index_dir } => {
+            let log = Arc::new(Segmented::new(
+                dir,
+                index_dir,
+                server.watcher().follower(),
+                params,
+                cache,
+                config.scan_threads,
+            )?);
+            log::info!(
+                dir:% = log.dir().display(), index_dir:% = log.index_dir().display(),
+                framing:% = params.framing, stride = params.stride;
+                "indexing a segmented log"
+            );
+            let scan = rt::spawn(log.clone().run());
+            // Segments come and go: the watcher must not stop for one.
+            (Indexed::Segmented(log), Box::pin(scan), OnGone::Linger)
         }
         Source::Dir { root, index_dir } => {
             let settings = Settings {

@@ -407,16 +407,29 @@ impl Store {
         let log = log.try_clone()?;
         let index = self.file.try_clone()?;
         let path = self.path.clone();
-        shared::rt::spawn_blocking(move || {
-            log.sync_data()
-                .map_err(|e| io::Error::new(e.kind(), format!("fdatasync of the log: {e}")))?;
-            index.sync_data().map_err(|e| ctx(&path, "fdatasync", e))
-        })
-        .await?;
+        shared::rt::spawn_blocking(move || sync_both(&log, &index, &path)).await?;
         self.unsynced = 0;
         self.since = None;
         Ok(())
     }
+
+    /// [`Store::sync`] on this thread, for work already on the blocking pool.
+    pub fn sync_blocking(&mut self, log: &File) -> io::Result<()> {
+        if self.since.is_some() {
+            sync_both(log, &self.file, &self.path)?;
+        }
+        self.unsynced = 0;
+        self.since = None;
+        Ok(())
+    }
+}
+
+/// `fdatasync` of the log, then of the index at `path`: no entry on disk points past the
+/// log's bytes on disk.
+fn sync_both(log: &File, index: &File, path: &Path) -> io::Result<()> {
+    log.sync_data()
+        .map_err(|e| io::Error::new(e.kind(), format!("fdatasync of the log: {e}")))?;
+    index.sync_data().map_err(|e| ctx(path, "fdatasync", e))
 }
 
 /// Orders the index files a scanner creates while it rebuilds (see

@@ -6,10 +6,18 @@
 //! offset-of N                 offset-of PATH N           byte offset where message N starts
 //! count                       count PATH                 number of complete messages
 //! message-at B                message-at PATH B          number of the message holding byte B
+//! start                       start PATH                 OFFSET MSGNO where the log starts
+//! end                         end PATH                   OFFSET MSGNO where the next message goes
 //! ```
 //!
-//! `offset-of COUNT` is where the next message will start. An answer is a decimal number or
-//! a [`Refusal`] line; the connection stays usable after a refusal.
+//! `offset-of COUNT` is where the next message will start. An answer is a decimal number (two
+//! for `start` and `end`: a [`Place`], byte offset first) or a [`Refusal`] line; the
+//! connection stays usable after a refusal.
+//!
+//! `start` is Kafka's log start offset: a segmented log loses its oldest segments to
+//! retention, and asking below its start is refused with `gone`. A plain file starts at
+//! `0 0`. `end` is the end of the complete messages and their count, read together, so
+//! the two numbers always belong to each other.
 //!
 //! Paths may contain spaces, so the directory grammar does not split on blanks: the command
 //! ends at the first space, the number is what follows the last space, and the path is
@@ -29,9 +37,9 @@ pub const MAX_LINE: usize = 256;
 /// Longest directory-mode query line accepted: a command, a path, a number.
 pub const MAX_DIR_QUERY: usize = MAX_DIR_LINE;
 
-const USAGE: &str = "commands: offset-of N, count, message-at B";
-const DIR_USAGE: &str =
-    "this indexer indexes a directory; commands: offset-of PATH N, count PATH, message-at PATH B";
+const USAGE: &str = "commands: offset-of N, count, message-at B, start, end";
+const DIR_USAGE: &str = "this indexer indexes a directory; commands: offset-of PATH N, \
+     count PATH, message-at PATH B, start PATH, end PATH";
 
 /// What is asked about one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +50,30 @@ pub enum Question {
     Count,
     /// `message-at B`: the number of the message that holds byte B.
     MessageAt(u64),
+    /// `start`: where the log starts (its oldest byte and message kept), a [`Place`].
+    Start,
+    /// `end`: where the next message will start and its number (the count), a [`Place`].
+    End,
+}
+
+impl Question {
+    /// The command word, and the argument if the question takes one.
+    fn words(self) -> (&'static str, Option<u64>) {
+        match self {
+            Question::OffsetOf(n) => ("offset-of", Some(n)),
+            Question::Count => ("count", None),
+            Question::MessageAt(b) => ("message-at", Some(b)),
+            Question::Start => ("start", None),
+            Question::End => ("end", None),
+        }
+    }
+
+    /// The question a command word names that takes no argument.
+    fn bare(command: &[u8]) -> Option<Question> {
+        [Question::Count, Question::Start, Question::End]
+            .into_iter()
+            .find(|q| q.words().0.as_bytes() == command)
+    }
 }
 
 /// One query line, borrowing its path from the line it was parsed from.
@@ -70,11 +102,7 @@ impl<'a> Query<'a> {
 
     /// Appends the query line, `\n` included, to `out`.
     pub fn render_into(&self, out: &mut Vec<u8>) {
-        let (command, arg) = match self.question {
-            Question::OffsetOf(n) => ("offset-of", Some(n)),
-            Question::Count => ("count", None),
-            Question::MessageAt(b) => ("message-at", Some(b)),
-        };
+        let (command, arg) = self.question.words();
         out.extend_from_slice(command.as_bytes());
         if let Some(path) = self.path {
             out.push(b' ');
@@ -125,11 +153,15 @@ fn parse_file(line: &[u8]) -> Result<Question, Refusal> {
     match command {
         b"offset-of" => Ok(Question::OffsetOf(number("message number")?)),
         b"message-at" => Ok(Question::MessageAt(number("byte offset")?)),
-        b"count" => match arg {
-            None => Ok(Question::Count),
-            Some(a) => Err(bad(format!("count takes no argument, got {:?}", shown(a)))),
-        },
         b"" => Err(bad(format!("empty request ({USAGE})"))),
+        c if Question::bare(c).is_some() => match arg {
+            None => Ok(Question::bare(c).expect("just matched")),
+            Some(a) => Err(bad(format!(
+                "{} takes no argument, got {:?}",
+                shown(c),
+                shown(a)
+            ))),
+        },
         other => Err(bad(format!("unknown command {:?} ({USAGE})", shown(other)))),
     }
 }
@@ -166,8 +198,10 @@ fn parse_dir(line: &[u8]) -> Result<(&[u8], Question), Refusal> {
     match command {
         b"offset-of" => with_number("message number").map(|(p, n)| (p, Question::OffsetOf(n))),
         b"message-at" => with_number("byte offset").map(|(p, b)| (p, Question::MessageAt(b))),
-        b"count" if rest.is_empty() => Err(bad(format!("count needs a path ({DIR_USAGE})"))),
-        b"count" => Ok((rest, Question::Count)),
+        c if Question::bare(c).is_some() => match rest.is_empty() {
+            true => Err(bad(format!("{} needs a path ({DIR_USAGE})", shown(c)))),
+            false => Ok((rest, Question::bare(c).expect("just matched"))),
+        },
         other => Err(bad(format!(
             "unknown command {:?} ({DIR_USAGE})",
             shown(other)
@@ -177,6 +211,43 @@ fn parse_dir(line: &[u8]) -> Result<(&[u8], Question), Refusal> {
 
 /// One answer: a number, or why not.
 pub type Answer = Result<u64, Refusal>;
+
+/// The answer to `start` or `end`: a byte offset and a message number, one place in the log.
+/// On the wire: `OFFSET MSGNO`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    /// The byte offset.
+    pub offset: u64,
+    /// The number of the message that starts there.
+    pub message: u64,
+}
+
+/// The answer to `start` or `end`.
+pub type PlaceAnswer = Result<Place, Refusal>;
+
+/// Appends a `start` or `end` answer line to `out`: `OFFSET MSGNO`, or a refusal.
+pub fn render_place(answer: &PlaceAnswer, out: &mut Vec<u8>) {
+    match answer {
+        Ok(p) => {
+            let _ = writeln!(out, "{} {}", p.offset, p.message);
+        }
+        Err(refusal) => refusal.render_into(out),
+    }
+}
+
+/// Parses a `start` or `end` answer line (with or without its newline). `None`: neither two
+/// numbers nor a refusal.
+pub fn parse_place(line: &[u8]) -> Option<PlaceAnswer> {
+    if let Some(refusal) = Refusal::parse(line) {
+        return Some(Err(refusal));
+    }
+    let text = trim_line(line.strip_suffix(b"\n").unwrap_or(line));
+    let i = memchr::memchr(b' ', text)?;
+    Some(Ok(Place {
+        offset: parse_u64(&text[..i])?,
+        message: parse_u64(&text[i + 1..])?,
+    }))
+}
 
 /// Appends an answer line to `out` (no allocation for numbers).
 pub fn render_answer(answer: &Answer, out: &mut Vec<u8>) {
@@ -212,9 +283,14 @@ mod tests {
         assert_eq!(ok(b"count"), Ok(Question::Count));
         assert_eq!(ok(b" offset-of  7 \r"), Ok(Question::OffsetOf(7)));
         assert_eq!(ok(b"message-at 0"), Ok(Question::MessageAt(0)));
+        assert_eq!(ok(b"start"), Ok(Question::Start));
+        assert_eq!(ok(b" end\r"), Ok(Question::End));
         for bad in [
             &b""[..],
             b"count 1",
+            b"start 0",
+            b"end x",
+            b"starts",
             b"offset-of",
             b"offset-of x",
             b"offset-of -1",
@@ -247,11 +323,15 @@ mod tests {
             ok(b"message-at a 5 7"),
             q(Some(b"a 5"), Question::MessageAt(7))
         );
+        assert_eq!(ok(b"start seg log"), q(Some(b"seg log"), Question::Start));
+        assert_eq!(ok(b"end a.log"), q(Some(b"a.log"), Question::End));
         for bad in [
             &b""[..],
             b"   ",
             b"count",
             b"count ",
+            b"start",
+            b"end ",
             b"offset-of 5",
             b"offset-of a.log",
             b"offset-of  5",
@@ -276,6 +356,20 @@ mod tests {
             Some(Err(Refusal::new(Code::NotYet, "message 9")))
         );
         assert_eq!(parse_answer(b"forty-two\n"), None);
+        let mut out = Vec::new();
+        let place = Place {
+            offset: 65536,
+            message: 1489,
+        };
+        render_place(&Ok(place), &mut out);
+        assert_eq!(out, b"65536 1489\n");
+        assert_eq!(parse_place(&out), Some(Ok(place)));
+        assert_eq!(parse_place(b"65536\n"), None);
+        assert_eq!(parse_place(b"1 2 3\n"), None);
+        assert_eq!(
+            parse_place(b"error: gone: x\n"),
+            Some(Err(Refusal::new(Code::Gone, "x")))
+        );
     }
 
     fn question() -> impl Strategy<Value = Question> {
@@ -283,6 +377,8 @@ mod tests {
             any::<u64>().prop_map(Question::OffsetOf),
             Just(Question::Count),
             any::<u64>().prop_map(Question::MessageAt),
+            Just(Question::Start),
+            Just(Question::End),
         ]
     }
 
@@ -316,6 +412,15 @@ mod tests {
             let _ = Query::parse(Mode::File, &line);
             let _ = Query::parse(Mode::Dir, &line);
             let _ = parse_answer(&line);
+            let _ = parse_place(&line);
+        }
+
+        #[test]
+        fn place_round_trip(offset: u64, message: u64) {
+            let a = Ok(Place { offset, message });
+            let mut line = Vec::new();
+            render_place(&a, &mut line);
+            prop_assert_eq!(parse_place(&line), Some(a));
         }
     }
 }

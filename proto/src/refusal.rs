@@ -57,8 +57,8 @@ pub enum Code {
     SequenceGap,
     /// `disk-full`: the disk is full (nothing of the request was kept).
     DiskFull,
-    /// `gone`: the byte asked for is before the log start (a segmented log's retention
-    /// deleted it); the reason names the log start.
+    /// `gone`: what was asked for is below the start of a segmented log (retention deleted
+    /// it); the reason names where the log starts now.
     Gone,
     /// A code this version does not know (sent by a newer server).
     Other,

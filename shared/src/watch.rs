@@ -588,7 +588,7 @@ impl Follower {
                 }
             }
             let file = FileWatch {
-                inner: self.new_inner(path, name),
+                inner: Arc::new(Inner::new(path, name, &self.registry)),
             };
             table
                 .by_path
@@ -612,32 +612,13 @@ impl Follower {
         Ok(file)
     }
 
-    /// A new, not yet watched entry for `path` (whose file name is `name`).
-    fn new_inner(&self, path: &Path, name: OsString) -> Arc<Inner> {
-        Arc::new(Inner {
-            path: path.to_owned(),
-            name,
-            file: OnceLock::new(),
-            len: AtomicU64::new(0),
-            epoch: AtomicU64::new(0),
-            gone: AtomicU8::new(PRESENT),
-            changed: Event::new(),
-            wd: Mutex::new(None),
-            registry: self.registry.clone(),
-            announced: AtomicBool::new(false),
-            fingerprint: Mutex::new(Fingerprint::default()),
-            unreadable: Mutex::new(None),
-            behind: AtomicBool::new(false),
-        })
-    }
-
     /// Watches the entries of directory `dir`: its [`DirWatch`] counts every name created,
     /// deleted or moved in or out of it, through this same inotify instance and thread (a
     /// segmented log's segments appear and disappear this way). The watch is removed when
     /// the last clone is dropped.
     pub fn watch_entries(&self, dir: &Path) -> io::Result<DirWatch> {
         let watch = FileWatch {
-            inner: self.new_inner(dir, OsString::new()),
+            inner: Arc::new(Inner::new(dir, OsString::new(), &self.registry)),
         };
         let mask = WatchMask::CREATE
             | WatchMask::DELETE
@@ -675,6 +656,14 @@ impl Follower {
             let target = inner.wd.lock().unwrap().as_ref().map(|(_, t)| *t);
             let appeared = match target {
                 Some(Target::Entries) => {
+                    let names = EventMask::CREATE
+                        | EventMask::MOVED_TO
+                        | EventMask::DELETE
+                        | EventMask::MOVED_FROM;
+                    // The wd may carry other watchers' events (IN_ATTRIB): only names count.
+                    if !overflow && !mask.intersects(names) {
+                        continue;
+                    }
                     // The count is bumped here, before the batch's refreshes and wake-ups.
                     inner.epoch.fetch_add(1, Ordering::AcqRel);
                     false
@@ -1087,6 +1076,27 @@ impl Registry {
     }
 }
 
+impl Inner {
+    /// A file (or directory) not yet open nor watched.
+    fn new(path: &Path, name: OsString, registry: &Arc<Registry>) -> Inner {
+        Inner {
+            path: path.to_owned(),
+            name,
+            file: OnceLock::new(),
+            len: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            gone: AtomicU8::new(PRESENT),
+            changed: Event::new(),
+            wd: Mutex::new(None),
+            registry: registry.clone(),
+            announced: AtomicBool::new(false),
+            fingerprint: Mutex::new(Fingerprint::default()),
+            unreadable: Mutex::new(None),
+            behind: AtomicBool::new(false),
+        }
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         let registry = self.registry.clone();
@@ -1237,5 +1247,73 @@ mod tests {
         };
         src.rewrite(&log_bytes(60, 4));
         assert!(step(&src, &mut unknown), "shorter than the length known");
+    }
+
+    #[test]
+    fn a_watched_directory_counts_names_appearing_and_leaving() {
+        // A scratch directory of this test's own (shared has no tempfile), removed at the end.
+        let path = std::env::temp_dir().join(format!("shared-watch-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).unwrap();
+        struct Dir(PathBuf);
+        impl Dir {
+            fn path(&self) -> &Path {
+                &self.0
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let dir = Dir(path);
+        let watcher = Watcher::new().unwrap();
+        let follower = watcher.follower();
+        let listing = follower.watch_entries(dir.path()).unwrap();
+        // A file followed in the same directory shares its inotify watch: its growth is no
+        // change of the listing.
+        let present = dir.path().join("present");
+        std::fs::write(&present, b"x").unwrap();
+        let followed = follower.follow(&present).unwrap();
+        let absent = follower.follow(&dir.path().join("later")).unwrap();
+        assert!(follower.watch_entries(&present).is_err(), "not a directory");
+        crate::rt::block_on(async {
+            let run = async {
+                watcher.run(OnGone::Linger).await.unwrap();
+            };
+            let checks = async {
+                async fn within(what: &str, f: impl std::future::Future<Output = ()>) {
+                    let deadline = std::time::Duration::from_secs(5);
+                    let timeout = async {
+                        async_io::Timer::after(deadline).await;
+                        panic!("{what}: no change seen within {deadline:?}");
+                    };
+                    futures_lite::future::or(f, timeout).await
+                }
+                let seen = listing.changes();
+                std::fs::write(dir.path().join("a"), b"").unwrap();
+                within("create", listing.wait_changed(seen)).await;
+                // Growth of a followed file is seen by its follower, not counted as a change.
+                let seen = listing.changes();
+                crate::rt::spawn_blocking({
+                    let p = present.clone();
+                    move || {
+                        use std::io::Write;
+                        let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+                        f.write_all(b"more").unwrap();
+                    }
+                })
+                .await;
+                within("growth", followed.wait_until(|w| w.len() == 5)).await;
+                assert_eq!(listing.changes(), seen);
+                std::fs::rename(dir.path().join("a"), dir.path().join("later")).unwrap();
+                within("rename", listing.wait_changed(seen)).await;
+                within("the absent file", absent.wait_until(|w| w.file().is_some())).await;
+                let seen = listing.changes();
+                std::fs::remove_file(dir.path().join("later")).unwrap();
+                within("delete", listing.wait_changed(seen)).await;
+            };
+            futures_lite::future::or(run, checks).await;
+        });
     }
 }
