@@ -358,16 +358,14 @@ async fn session(
                         opts.stream
                     )));
                 } else {
-                    if let Some(d) = opts.framing.delimiter() {
-                        if memchr_byte(d, &m.payload) {
-                            pending.flush(out, opts.sync_data).await?;
-                            return Err(Error::Message(format!(
-                                "stream sequence {seq} contains the {} delimiter: choose a length-prefixed --framing (u32be, varint)",
-                                opts.framing
-                            )));
-                        }
+                    if opts.framing.delimiter_in(&m.payload) {
+                        pending.flush(out, opts.sync_data).await?;
+                        return Err(Error::Message(format!(
+                            "stream sequence {seq} contains the {} delimiter: choose a length-prefixed --framing (u32be, varint)",
+                            opts.framing
+                        )));
                     }
-                    proto::collate::frame_into(opts.framing, &m.payload, &mut pending.bytes);
+                    opts.framing.encode(&m.payload, &mut pending.bytes);
                     pending.count += 1;
                     pending.acks.push(m);
                     expected += 1;
@@ -390,8 +388,4 @@ async fn session(
         }
         progress.tick(out.count, &format!("{lag} messages behind"));
     }
-}
-
-fn memchr_byte(b: u8, hay: &[u8]) -> bool {
-    hay.contains(&b)
 }

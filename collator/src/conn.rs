@@ -2,7 +2,7 @@
 //! them to the file's writer, and answer in request order.
 //!
 //! Two tasks per connection. The reader parses a request, reads its body, checks it
-//! ([`proto::collate::check_message`], [`proto::collate::check_batch`]) and submits it; what
+//! ([`proto::framing::check_message`], [`proto::framing::check_batch`]) and submits it; what
 //! it gets back (an answer, or a channel the writer will answer on) goes into a queue that
 //! the answerer drains in order, writing one line per request. So requests pipeline freely
 //! and the answers still come back in the order asked.
@@ -31,9 +31,8 @@ use std::time::Duration;
 use async_io::{Async, Timer};
 use event_listener::Event;
 use futures_lite::future;
-use proto::collate::{
-    check_batch, check_message, frame_into, Answer, Command, Request, MAX_HEADER,
-};
+use proto::collate::{Answer, Command, Request, MAX_HEADER};
+use proto::framing::{check_batch, check_message};
 use proto::{Code, Refusal};
 use shared::{net, rt};
 
@@ -422,7 +421,7 @@ async fn read_loop(
                     Command::Msg { .. } => {
                         check_message(settings.framing, &body, settings.max_message).map(|()| {
                             let mut out = Vec::with_capacity(body.len() + 10);
-                            frame_into(settings.framing, &body, &mut out);
+                            settings.framing.encode(&body, &mut out);
                             (out, 1)
                         })
                     }
@@ -532,7 +531,7 @@ async fn lines(
             }
             match check_message(settings.framing, line, settings.max_message) {
                 Ok(()) => {
-                    frame_into(settings.framing, line, &mut group);
+                    settings.framing.encode(line, &mut group);
                     count += 1;
                 }
                 Err(r) => refusals.push(r),

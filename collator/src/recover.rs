@@ -377,7 +377,6 @@ fn solid_end(file: &File, framing: Framing, boundary: u64, count: u64) -> io::Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::collate::frame_into;
 
     fn file_with(bytes: &[u8]) -> (tempfile::TempDir, File) {
         let dir = tempfile::tempdir().unwrap();
@@ -394,7 +393,7 @@ mod tests {
     fn framed(framing: Framing, msgs: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();
         for m in msgs {
-            frame_into(framing, m, &mut out);
+            framing.encode(m, &mut out);
         }
         out
     }
