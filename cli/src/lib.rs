@@ -6,7 +6,7 @@
 //! - [`flags`]: [`LogArgs`] (`-v`/`-q`, `--log-format`, `--journald`; `RUST_LOG` as the
 //!   fallback) and the [`framing`] value parser.
 //! - [`logger`]: the logger on stderr (text on a terminal, JSON otherwise) or the journal.
-//! - [`line`]: one record as one text or JSON line; [`time`]: its RFC 3339 timestamp.
+//! - [`line`](mod@line): one record as one text or JSON line; [`time`]: its RFC 3339 timestamp.
 //! - [`systemd`]: the journal sink and readiness ([`notify_ready`]), with the `systemd`
 //!   feature.
 //!

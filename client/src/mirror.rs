@@ -164,7 +164,8 @@ pub fn run(
                 .map_err(|e| file_err("reading the length of", e))?
                 .len();
             let window = opts.sync_bytes.saturating_add(READ_SIZE as u64);
-            let len = logfile::cut_zero_tail(f, window).map_err(|e| file_err("checking the tail of", e))?;
+            let len = logfile::cut_zero_tail(f, window)
+                .map_err(|e| file_err("checking the tail of", e))?;
             if len < before {
                 log::warn!(
                     path:% = path.display(), from = before, to = len;

@@ -202,8 +202,7 @@ mod tests {
         // A marker that starts past the end is no help either; a malformed one is none.
         if write_marker(&f, 1000, 1010, 0).is_ok() {
             assert_eq!(marked_end(&f).unwrap(), None);
-            rustix::fs::fsetxattr(&f, MARKER, b"1 x y", rustix::fs::XattrFlags::empty())
-                .unwrap();
+            rustix::fs::fsetxattr(&f, MARKER, b"1 x y", rustix::fs::XattrFlags::empty()).unwrap();
             assert_eq!(read_marker(&f), None);
         }
     }

@@ -2,7 +2,7 @@
 //! collator's log and journal, the indexer's index files, the consumers' state files,
 //! tsmirror's replica and tsbridge's output. Each mechanism exists once:
 //!
-//! - [`replace`] (module `replace`): the durable atomic replace of a small file (temporary,
+//! - [`replace()`] (module `replace`): the durable atomic replace of a small file (temporary,
 //!   `fsync`, rename, directory `fsync`; every error reported), and [`sync_dir`] alone for a
 //!   file just created in place.
 //! - [`lock_exclusive`] (module `lock`): the single-writer rule, a non-blocking exclusive

@@ -349,7 +349,8 @@ pub(crate) mod tests {
             assert_eq!((r.end, r.count), (0, 0), "{framing}");
             // Intact: nothing cut.
             let (_d, f) = file_with(&good);
-            let r = cut_torn_tail(&f, framing, 1000, &[(0, one), (one, whole)], 1 << 20, None).unwrap();
+            let r =
+                cut_torn_tail(&f, framing, 1000, &[(0, one), (one, whole)], 1 << 20, None).unwrap();
             assert_eq!((r.end, r.count, r.cut), (whole, 3, 0), "{framing}");
         }
     }

@@ -296,7 +296,10 @@ mod tests {
         // ...within the limit too.
         let (out, err, _) = decode(Framing::Nul, b"0123456789", 9, 4);
         assert!(out.is_empty());
-        assert!(matches!(err, Some(DecodeError::TooLong { offset: 0, max: 9 })), "{err:?}");
+        assert!(
+            matches!(err, Some(DecodeError::TooLong { offset: 0, max: 9 })),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -321,11 +324,22 @@ mod tests {
         );
         assert!(e.to_string().contains("over the limit of 1048576"), "{e}");
         // A varint of 2^62.
-        let (_, err, _) = decode(Framing::Varint, &[0x80; 8].iter().chain(&[0x40]).copied().collect::<Vec<_>>(), 1000, 64);
-        assert!(matches!(err, Some(DecodeError::Framing(FramingError::TooLong { .. }))));
+        let (_, err, _) = decode(
+            Framing::Varint,
+            &[0x80; 8].iter().chain(&[0x40]).copied().collect::<Vec<_>>(),
+            1000,
+            64,
+        );
+        assert!(matches!(
+            err,
+            Some(DecodeError::Framing(FramingError::TooLong { .. }))
+        ));
         // Eleven continuation bytes.
         let (_, err, _) = decode(Framing::Varint, &[0x80; 11], 1000, 64);
-        assert!(matches!(err, Some(DecodeError::Framing(FramingError::BadVarint { offset: 0 }))));
+        assert!(matches!(
+            err,
+            Some(DecodeError::Framing(FramingError::BadVarint { offset: 0 }))
+        ));
     }
 
     #[test]
@@ -338,7 +352,11 @@ mod tests {
             let at = consumed;
             match err {
                 Some(DecodeError::TooLong { offset, max: 10 }) => assert_eq!(offset, at),
-                Some(DecodeError::Framing(FramingError::TooLong { offset, len: 11, max: 10 })) => {
+                Some(DecodeError::Framing(FramingError::TooLong {
+                    offset,
+                    len: 11,
+                    max: 10,
+                })) => {
                     assert_eq!(offset, at)
                 }
                 e => panic!("{framing}: {e:?}"),
