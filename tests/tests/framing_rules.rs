@@ -8,9 +8,8 @@
 //!
 //! The bridge test needs nats-server (skipped with a note without it, except under CI=true).
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use tests::framed::{self, FRAMINGS};
@@ -28,19 +27,11 @@ fn cut_line(log: &str) -> Option<String> {
     )
 }
 
+/// A collator on `file` in `framing`, on a free loopback port.
 fn collator(file: &Path, framing: &str) -> Proc {
-    Proc::start(
-        "tailsrv-collator",
-        &[
-            "-p",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--framing",
-            framing,
-            file.to_str().unwrap(),
-        ],
-    )
+    let listen = ["-p", "0", "--bind", "127.0.0.1"];
+    let what = [&listen[..], &["--framing", framing, file.to_str().unwrap()]].concat();
+    Proc::start("tailsrv-collator", &what)
 }
 
 /// Waits for a spawned binary to exit; its log on failure.
@@ -143,26 +134,22 @@ fn a_zero_filled_bridge_output_is_cut_like_the_collators() {
     }
 }
 
-/// tswrite with `args` and `input` on stdin: (exit code, stdout, stderr).
+/// tswrite with `args` and `input` on stdin (a file, so no feeder is needed): (exit code,
+/// stdout, stderr).
 fn tswrite(args: &[&str], input: &[u8]) -> (i32, String, String) {
-    let mut child = Command::new(bin("tswrite"))
+    let dir = tempdir();
+    let stdin = dir.path().join("stdin");
+    std::fs::write(&stdin, input).unwrap();
+    let out = Command::new(bin("tswrite"))
         .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+        .stdin(std::fs::File::open(&stdin).unwrap())
+        .output()
         .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().unwrap();
-    feeder.join().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     (
         out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        text(&out.stdout),
+        text(&out.stderr),
     )
 }
 

@@ -265,12 +265,12 @@ mod tests {
         }
     }
 
+    /// `msgs` framed one after the other.
     fn framed(framing: Framing, msgs: &[&[u8]]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for m in msgs {
+        msgs.iter().fold(Vec::new(), |mut out, m| {
             framing.encode(m, &mut out);
-        }
-        out
+            out
+        })
     }
 
     #[test]
