@@ -7,8 +7,9 @@
 //! holds one log has (one stream per log, as `to-jetstream` requires); a gap (a deleted
 //! message, or another subject's messages) stops the bridge with an error rather than guess.
 //!
-//! On start the file is scanned with `proto::framing::Splitter`, a torn tail (a write cut
-//! short by a crash) is cut, and its messages are counted: N. The durable pull consumer is
+//! On start the file's torn tail (a write cut short by a crash, or the zeros a power loss can
+//! leave) is cut the way the collator cuts its own ([`logfile::cut_torn_tail`]), and its
+//! messages are counted: N. The durable pull consumer is
 //! then recreated to deliver from sequence `origin + N` (or from its old ack floor, if that is
 //! lower: the messages between were written but their acks were lost; they are acked now and
 //! not written again). Messages are appended in batches, fdatasync'ed with `--sync data`, and
@@ -17,15 +18,15 @@
 //! stream may then delete).
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, Message};
 use futures_lite::StreamExt;
-use proto::framing::{Framing, Splitter, DEFAULT_MAX_MESSAGE};
+use proto::framing::{Framing, DEFAULT_MAX_MESSAGE};
 
 use crate::nats::{self, Backoff};
 use crate::progress::Progress;
@@ -65,72 +66,38 @@ struct Output {
     count: u64,
 }
 
+/// Bytes framed before they are written: a flush goes out once it holds this much.
+const FLUSH_BYTES: usize = 1 << 20;
+
+/// The most a crash can leave torn at the end of the file: one flush (a little over
+/// [`FLUSH_BYTES`]: the message that crossed it may be as long as the splitter's limit).
+const MAX_CUT: u64 = FLUSH_BYTES as u64 + DEFAULT_MAX_MESSAGE + 16;
+
 impl Output {
-    /// Opens (creating) and locks the file, cuts a torn tail and counts its messages.
-    fn open(path: &PathBuf, framing: Framing) -> Result<Output, Error> {
+    /// Opens (creating) and locks the file, cuts a torn tail and counts its messages. The
+    /// cut is the collator's ([`logfile::cut_torn_tail`]): a partial message, and trailing
+    /// empty messages, which is what a zero-filled tail reads as (real ones are cut too, and
+    /// fetched again); a tail longer than one flush is refused.
+    fn open(path: &Path, framing: Framing) -> Result<Output, Error> {
         let shown = path.display();
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(path)
             .map_err(|e| Error::File(format!("cannot open {shown}: {e}")))?;
         logfile::lock_exclusive(&file, path, "tsbridge").map_err(|e| Error::File(e.to_string()))?;
-        let mut splitter = Splitter::new(framing, DEFAULT_MAX_MESSAGE);
-        let mut count = 0u64;
-        let mut buf = vec![0u8; 1 << 20];
-        file.seek(SeekFrom::Start(0))
-            .map_err(|e| Error::File(format!("cannot read {shown}: {e}")))?;
-        // Read up to fstat's length: a read that returns nothing before it is a short read
-        // (FUSE, network file systems), not the end; counting would stop early and the
-        // messages after it would be fetched and written again.
-        let file_len = file
-            .metadata()
-            .map_err(|e| Error::File(format!("cannot stat {shown}: {e}")))?
-            .len();
-        let mut at = 0u64;
-        let mut empty_reads = 0u32;
-        while at < file_len {
-            let n = match file.read(&mut buf) {
-                Ok(0) => {
-                    empty_reads += 1;
-                    if empty_reads > 200 {
-                        return Err(Error::File(format!(
-                            "cannot read {shown}: it reads empty at byte {at} of {file_len} \
-                             (a short read that never completed)"
-                        )));
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                    continue;
-                }
-                Ok(n) => {
-                    empty_reads = 0;
-                    at += n as u64;
-                    n
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::File(format!("cannot read {shown}: {e}"))),
-            };
-            if let Err(e) = splitter.feed(&buf[..n], |_| count += 1) {
-                return Err(Error::File(format!(
-                    "{shown} is not a file of {framing} messages: {e}"
-                )));
-            }
-        }
-        let len = splitter.offset();
-        let boundary = splitter.boundary();
-        if boundary < len {
-            log::warn!(
-                "{shown}: cutting a torn last message (bytes {boundary}..{len}, from a write cut short); it is fetched again"
-            );
-            file.set_len(boundary)
-                .and_then(|_| file.sync_data())
+        let r = logfile::cut_torn_tail(&file, framing, DEFAULT_MAX_MESSAGE, &[], MAX_CUT, None)
+            .map_err(|e| Error::File(format!("{shown}: {e}")))?;
+        if r.cut > 0 {
+            log::warn!("{shown}: the messages cut are fetched again from the stream");
+            file.sync_data()
                 .map_err(|e| Error::File(format!("cannot cut the torn tail of {shown}: {e}")))?;
         }
         Ok(Output {
             file,
-            path: path.clone(),
-            count,
+            path: path.to_owned(),
+            count: r.count,
         })
     }
 
@@ -358,22 +325,20 @@ async fn session(
                         opts.stream
                     )));
                 } else {
-                    if let Some(d) = opts.framing.delimiter() {
-                        if memchr_byte(d, &m.payload) {
-                            pending.flush(out, opts.sync_data).await?;
-                            return Err(Error::Message(format!(
-                                "stream sequence {seq} contains the {} delimiter: choose a length-prefixed --framing (u32be, varint)",
-                                opts.framing
-                            )));
-                        }
+                    if opts.framing.delimiter_in(&m.payload) {
+                        pending.flush(out, opts.sync_data).await?;
+                        return Err(Error::Message(format!(
+                            "stream sequence {seq} contains the {} delimiter: choose a length-prefixed --framing (u32be, varint)",
+                            opts.framing
+                        )));
                     }
-                    proto::collate::frame_into(opts.framing, &m.payload, &mut pending.bytes);
+                    opts.framing.encode(&m.payload, &mut pending.bytes);
                     pending.count += 1;
                     pending.acks.push(m);
                     expected += 1;
                 }
                 let done = opts.exit_at_end && expected > target;
-                if left == 0 || done || pending.acks.len() >= opts.batch || pending.bytes.len() >= 1 << 20 {
+                if left == 0 || done || pending.acks.len() >= opts.batch || pending.bytes.len() >= FLUSH_BYTES {
                     pending.flush(out, opts.sync_data).await?;
                     backoff.progress();
                     if done {
@@ -392,6 +357,50 @@ async fn session(
     }
 }
 
-fn memchr_byte(b: u8, hay: &[u8]) -> bool {
-    hay.contains(&b)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a power loss on XFS leaves: zeros after the last message that reached the disk.
+    /// Cut back to the messages in every framing, never counted as empty messages.
+    #[test]
+    fn a_zero_filled_tail_is_cut() {
+        for framing in Framing::ALL {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("out");
+            let mut data = Vec::new();
+            for m in [&b"one"[..], b"two", b"three"] {
+                framing.encode(m, &mut data);
+            }
+            let good = data.len() as u64;
+            data.resize(data.len() + 8192, 0);
+            std::fs::write(&path, &data).unwrap();
+            let out = Output::open(&path, framing).unwrap();
+            assert_eq!(out.count, 3, "{framing}");
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), good, "{framing}");
+            drop(out);
+            // Intact now: opened again, nothing changes.
+            assert_eq!(Output::open(&path, framing).unwrap().count, 3);
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), good);
+        }
+    }
+
+    #[test]
+    fn a_file_of_another_framing_is_refused_not_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        // Text read as u32be: "hell" claims 1.7 GB at byte 0, and the file (sparse after
+        // its first line) is longer than a crash could leave.
+        std::fs::write(&path, "hello world\n").unwrap();
+        let len = MAX_CUT + 1;
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+        let e = Output::open(&path, Framing::U32Be).unwrap_err();
+        assert!(e.to_string().contains("Not cutting it"), "{e}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+    }
 }

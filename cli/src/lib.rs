@@ -5,9 +5,10 @@
 //!
 //! - [`flags`]: [`LogArgs`] (`-v`/`-q`, `--log-format`, `--journald`; `RUST_LOG` as the
 //!   fallback) and the [`framing`] value parser.
-//! - [`logger`]: the logger on stderr (text on a terminal, JSON otherwise) or the journal;
-//!   [`notify_ready`].
-//! - [`line`]: one record as one text or JSON line.
+//! - [`logger`]: the logger on stderr (text on a terminal, JSON otherwise) or the journal.
+//! - [`line`](mod@line): one record as one text or JSON line; [`time`]: its RFC 3339 timestamp.
+//! - [`systemd`]: the journal sink and readiness ([`notify_ready`]), with the `systemd`
+//!   feature.
 //!
 //! This replaces femme, which wrote to stdout (data, for tscat) and unwrapped its write
 //! errors, so `tailsrv ... | head -1` died at its next log line.
@@ -17,6 +18,9 @@
 pub mod flags;
 pub mod line;
 pub mod logger;
+pub mod systemd;
+pub mod time;
 
 pub use flags::{framing, LogArgs, LogFormat};
-pub use logger::{notify_ready, ANNOUNCE};
+pub use logger::ANNOUNCE;
+pub use systemd::notify_ready;

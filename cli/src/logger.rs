@@ -1,5 +1,5 @@
 //! The logger: one line per record on **stderr**, or the systemd journal with `--journald`
-//! in builds with the `systemd` feature; and systemd readiness.
+//! in builds with the `systemd` feature ([`crate::systemd`]).
 //!
 //! A log line never stops the program: each line is built in memory ([`crate::line`]) and
 //! written with one `write_all` on the locked stderr, and a failed write (a closed pipe, a
@@ -58,31 +58,12 @@ enum Sink {
 
 #[cfg(feature = "systemd")]
 fn journal() -> std::io::Result<Sink> {
-    systemd_journal_logger::JournalLog::new().map(Sink::Journal)
+    crate::systemd::journal().map(Sink::Journal)
 }
 
-/// Without the `systemd` feature `--journald` is a usage error (exit 2, like clap's), with
-/// the command that builds a binary that has it.
 #[cfg(not(feature = "systemd"))]
 fn journal() -> std::io::Result<Sink> {
-    let program = std::env::current_exe().ok();
-    let program = program
-        .as_deref()
-        .and_then(|p| p.file_name())
-        .and_then(|n| n.to_str());
-    // The package that builds each binary with its `systemd` feature.
-    let package = match program {
-        Some("tailsrv-indexer") => "tailsrv-indexer",
-        Some("tailsrv-collator") => "tailsrv-collator",
-        Some("tscat" | "tsmirror" | "tswrite") => "tailsrv-consumers",
-        _ => "tailsrv",
-    };
-    let _ = writeln!(
-        std::io::stderr(),
-        "error: --journald needs a build with the systemd feature: \
-         cargo build --release -p {package} --features systemd"
-    );
-    std::process::exit(2);
+    crate::systemd::no_journal()
 }
 
 /// The logger: a level filter that lets [`ANNOUNCE`] through, in front of a [`Sink`].
@@ -113,15 +94,6 @@ impl Log for Logger {
     }
 
     fn flush(&self) {}
-}
-
-/// Tells systemd the service is ready (a no-op when not run by systemd, or without the
-/// `systemd` feature).
-pub fn notify_ready() {
-    #[cfg(feature = "systemd")]
-    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-        log::debug!("sd_notify failed: {e}");
-    }
 }
 
 #[cfg(test)]

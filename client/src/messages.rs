@@ -5,7 +5,7 @@
 //! length-prefixed message would read payload bytes as a prefix). [`Messages`] keeps the
 //! incomplete tail of the stream and releases the complete part, with the boundaries inside
 //! it, so a writer that manages only part of a batch can still tell which messages got out.
-//! The cutting itself is [`crate::framing::Splitter`]'s: framing is written once.
+//! The cutting itself is [`proto::framing::Splitter`]'s: framing is written once.
 //!
 //! Without a framing every byte is a boundary and bytes pass straight through.
 

@@ -11,9 +11,9 @@
 //! than what was received, which the length rule handles the same way, or, on file systems
 //! that do not order data before size updates, its size may cover blocks that were never
 //! written and read back as zeros. Those can only lie in what was not yet synced: the last
-//! `sync_bytes` plus one read ([`READ_SIZE`]). So on start [`cut_zero_tail`] cuts the file at
-//! the first byte of (a) the run of zero bytes that ends it, and (b) within that last window,
-//! the first 4 KiB-aligned block that is all zeros, whichever comes first. Cutting real zeros
+//! `sync_bytes` plus one read ([`READ_SIZE`]). So on start [`logfile::cut_zero_tail`] cuts the
+//! file at the first byte of (a) the run of zero bytes that ends it, and (b) within that last
+//! window, the first 4 KiB-aligned block that is all zeros, whichever comes first. Cutting real zeros
 //! is harmless: the mirror fetches them again from the server. tailsrv on the replica never
 //! serves the zeros of a crash this way, provided tsmirror ran (and cut) before it.
 //!
@@ -23,7 +23,6 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -80,9 +79,6 @@ impl std::error::Error for Error {}
 /// Bytes read from the socket at a time.
 pub const READ_SIZE: usize = 256 << 10;
 
-/// Aligned blocks checked for zeros on start (the page size of the writeback that may be lost).
-const BLOCK: u64 = 4096;
-
 /// How the mirror syncs and reports.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -130,44 +126,6 @@ pub fn open_locked(path: &Path, create: bool) -> Result<File, Error> {
     }
 }
 
-/// Cuts what a machine crash may have left as zeros at the end of `file` (see the module
-/// docs): returns the new length. `window` is how much at the end may not have been synced.
-pub fn cut_zero_tail(file: &File, window: u64) -> io::Result<u64> {
-    let len = file.metadata()?.len();
-    // (a) The zero bytes that end the file.
-    let mut end = len;
-    let mut buf = vec![0u8; 64 << 10];
-    while end > 0 {
-        let from = end.saturating_sub(buf.len() as u64);
-        let chunk = &mut buf[..(end - from) as usize];
-        file.read_exact_at(chunk, from)?;
-        match chunk.iter().rposition(|&b| b != 0) {
-            Some(i) => {
-                end = from + i as u64 + 1;
-                break;
-            }
-            None => end = from,
-        }
-    }
-    // (b) The first aligned all-zero block in the window before that.
-    let lo = end.saturating_sub(window).next_multiple_of(BLOCK);
-    let mut block = vec![0u8; BLOCK as usize];
-    let mut at = lo;
-    while at + BLOCK <= end {
-        file.read_exact_at(&mut block, at)?;
-        if block.iter().all(|&b| b == 0) {
-            end = at;
-            break;
-        }
-        at += BLOCK;
-    }
-    if end < len {
-        file.set_len(end)?;
-        file.sync_data()?;
-    }
-    Ok(end)
-}
-
 /// Mirrors `servers`' file into `path` until `stop` is raised (or, with a finite `retry`,
 /// no server is reachable).
 pub fn run(
@@ -206,7 +164,8 @@ pub fn run(
                 .map_err(|e| file_err("reading the length of", e))?
                 .len();
             let window = opts.sync_bytes.saturating_add(READ_SIZE as u64);
-            let len = cut_zero_tail(f, window).map_err(|e| file_err("checking the tail of", e))?;
+            let len = logfile::cut_zero_tail(f, window)
+                .map_err(|e| file_err("checking the tail of", e))?;
             if len < before {
                 log::warn!(
                     path:% = path.display(), from = before, to = len;
@@ -369,45 +328,5 @@ impl Progress {
         if self.shown.take().is_some() {
             eprintln!("\rcaught up{:60}", "");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cut(content: &[u8], window: u64) -> (u64, Vec<u8>) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("replica");
-        std::fs::write(&path, content).unwrap();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let len = cut_zero_tail(&file, window).unwrap();
-        (len, std::fs::read(&path).unwrap())
-    }
-
-    #[test]
-    fn zero_tails_are_cut() {
-        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251 + 1) as u8).collect();
-        // Nothing to cut.
-        assert_eq!(cut(&data, 1 << 20).0, 20_000);
-        assert_eq!(cut(b"", 1 << 20).0, 0);
-        // Trailing zero bytes, however many, and an all-zero file.
-        let mut tail = data.clone();
-        tail.extend_from_slice(&[0; 70_000]);
-        assert_eq!(cut(&tail, 4096), (20_000, data.clone()));
-        assert_eq!(cut(&[0; 9000], 4096).0, 0);
-        // An aligned zero block inside the window, data after it.
-        let mut hole = data.clone();
-        hole[8192..12_288].fill(0);
-        assert_eq!(cut(&hole, 1 << 20), (8192, data[..8192].to_vec()));
-        // ...but not one before the window, nor an unaligned run of zeros.
-        assert_eq!(cut(&hole, 4096).0, 20_000);
-        let mut unaligned = data.clone();
-        unaligned[8000..12_000].fill(0);
-        assert_eq!(cut(&unaligned, 1 << 20).0, 20_000);
     }
 }

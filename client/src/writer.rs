@@ -54,7 +54,8 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use proto::collate::{check_message, frame_into, Ack, Answer, Command, Producer, Request};
+use proto::collate::{Ack, Answer, Command, Producer, Request};
+use proto::framing::check_message;
 use proto::framing::Framing;
 use proto::{Code, Refusal};
 
@@ -361,7 +362,7 @@ impl<H: FnMut(Event<'_>)> Writer<H> {
             let first = self.next_index;
             self.next_index += 1;
             let mut framed = Vec::new();
-            frame_into(framing, message, &mut framed);
+            framing.encode(message, &mut framed);
             let len = framed.len() as u64;
             self.skip = (left > 1).then_some((left - 1, offset + len, msgno + 1, seq));
             (self.handler)(Event::Acked {
@@ -381,7 +382,7 @@ impl<H: FnMut(Event<'_>)> Writer<H> {
             self.started = Some(Instant::now());
         }
         let start = self.current.body.len();
-        frame_into(framing, message, &mut self.current.body);
+        framing.encode(message, &mut self.current.body);
         let end = self.current.body.len();
         let payload_start = match framing {
             Framing::Newline | Framing::Nul => start,

@@ -2,13 +2,13 @@
 //! them to the file's writer, and answer in request order.
 //!
 //! Two tasks per connection. The reader parses a request, reads its body, checks it
-//! ([`proto::collate::check_message`], [`proto::collate::check_batch`]) and submits it; what
+//! ([`proto::framing::check_message`], [`proto::framing::check_batch`]) and submits it; what
 //! it gets back (an answer, or a channel the writer will answer on) goes into a queue that
 //! the answerer drains in order, writing one line per request. So requests pipeline freely
 //! and the answers still come back in the order asked.
 //!
 //! **Back-pressure and memory:** a body is read only once its length fits in the collator's
-//! body budget ([`Budget`], `--max-pending` bytes for all connections and files, held until
+//! body budget ([`crate::budget`], `--max-pending` bytes for all connections and files, held until
 //! the body is written), and the reader also stops while this connection has more than its
 //! share of bytes in flight ([`conn_limit`]) or while the file's queue is full, so a fast
 //! producer fills its socket buffers, not the collator's memory. A connection's read buffer
@@ -31,13 +31,12 @@ use std::time::Duration;
 use async_io::{Async, Timer};
 use event_listener::Event;
 use futures_lite::future;
-use proto::collate::{
-    check_batch, check_message, frame_into, Answer, Command, Request, MAX_HEADER,
-};
+use proto::collate::{Answer, Command, Request, MAX_HEADER};
+use proto::framing::{check_batch, check_message};
 use proto::{Code, Refusal};
 use shared::{net, rt};
 
-use crate::server::Ctx;
+use crate::ctx::Ctx;
 use crate::writer::{FileWriter, Submitted};
 
 /// Read buffer per connection (at most; it starts at [`SMALL`] and grows while reads fill
@@ -46,60 +45,6 @@ const BUF: usize = 64 << 10;
 
 /// A connection's first read buffer: idle connections cost little.
 const SMALL: usize = 4 << 10;
-
-/// The memory budget for request bodies, shared by every connection: `--max-pending` bytes.
-/// A body is read only once its length is reserved here, and the reservation is held until
-/// its write is done, so bodies being read, queued and written never take more than the
-/// budget (one request may exceed it alone, so that it is not refused forever).
-#[derive(Debug)]
-pub struct Budget {
-    used: std::sync::Mutex<u64>,
-    cap: u64,
-    freed: Event,
-}
-
-/// A reservation in the [`Budget`], released when dropped.
-struct Permit {
-    budget: Arc<Budget>,
-    bytes: u64,
-}
-
-impl Budget {
-    /// A budget of `cap` bytes.
-    pub fn new(cap: u64) -> Arc<Budget> {
-        Arc::new(Budget {
-            used: std::sync::Mutex::new(0),
-            cap,
-            freed: Event::new(),
-        })
-    }
-
-    async fn acquire(self: &Arc<Budget>, bytes: u64) -> Permit {
-        loop {
-            let listener = self.freed.listen();
-            {
-                let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-                if *used == 0 || *used + bytes <= self.cap {
-                    *used += bytes;
-                    return Permit {
-                        budget: self.clone(),
-                        bytes,
-                    };
-                }
-            }
-            listener.await;
-        }
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        let mut used = self.budget.used.lock().unwrap_or_else(|p| p.into_inner());
-        *used -= self.bytes;
-        drop(used);
-        self.budget.freed.notify(usize::MAX);
-    }
-}
 
 /// Bytes one connection may have in flight: a quarter of the file's queue, at least one
 /// request.
@@ -422,7 +367,7 @@ async fn read_loop(
                     Command::Msg { .. } => {
                         check_message(settings.framing, &body, settings.max_message).map(|()| {
                             let mut out = Vec::with_capacity(body.len() + 10);
-                            frame_into(settings.framing, &body, &mut out);
+                            settings.framing.encode(&body, &mut out);
                             (out, 1)
                         })
                     }
@@ -532,7 +477,7 @@ async fn lines(
             }
             match check_message(settings.framing, line, settings.max_message) {
                 Ok(()) => {
-                    frame_into(settings.framing, line, &mut group);
+                    settings.framing.encode(line, &mut group);
                     count += 1;
                 }
                 Err(r) => refusals.push(r),

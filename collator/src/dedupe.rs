@@ -26,9 +26,9 @@
 //! `--no-xattr`, every group gets a `g` record, written before its data and (in `data`
 //! mode) synced with it before any answer (the two `fdatasync`s run in parallel, see
 //! [`crate::writer`]); otherwise the last group is described the same way by an extended attribute of the data file
-//! ([`crate::recover::MARKER`]), made durable by the data's own `fsync`. Either way, on
+//! ([`logfile::group::MARKER`]), made durable by the data's own `fsync`. Either way, on
 //! restart the file is cut to the end of the last group whose description is there *and*
-//! whose bytes check out against its CRC ([`crate::recover`]): a torn group (half a batch,
+//! whose bytes check out against its CRC ([`logfile::group`], [`crate::recover`]): a torn group (half a batch,
 //! zeros, a zero run with a newline after it, a message with a hole) fails its checksum or
 //! has no description, and goes whole. A producer record whose END is past the recovered end
 //! describes data that is not there and is dropped, so the retry writes it again. Journals

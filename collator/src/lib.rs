@@ -6,11 +6,15 @@
 //! Kafka-lite. The message numbers it answers are the indexer's, because both count the
 //! complete messages of the same file with the same framing.
 //!
-//! - [`conn`]: one producer's connection: the protocol ([`proto::collate`]), validation,
-//!   answers in request order, back-pressure.
+//! - [`conn`]: one producer's connection: the protocol ([`proto::collate`]), validation
+//!   ([`proto::framing`]), answers in request order, back-pressure.
+//! - [`ctx`]: what every connection shares (settings, files and writers, live connections)
+//!   and the drain at shutdown; [`budget`]: the memory budget for request bodies.
 //! - [`writer`]: one file's writer thread: group commit (one `pwritev` and at most one
 //!   `fdatasync` for everything queued), failures cut back or stop the collator.
-//! - [`recover`]: the restart check that cuts a torn tail.
+//! - [`recover`]: the restart check: the last complete write group found (an extended
+//!   attribute or the journal), the torn tail cut ([`logfile::cut_torn_tail`]), the writer
+//!   started.
 //! - [`dedupe`]: idempotent producers and the journal they (and the restart check) rely on.
 //! - [`watermark`]: the synced length, published in `FILE.synced` for tailsrv's
 //!   `--serve-up-to-synced`.
@@ -20,7 +24,9 @@
 
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
+mod budget;
 mod conn;
+mod ctx;
 mod dedupe;
 mod recover;
 mod segmented;
@@ -35,7 +41,7 @@ use std::time::Duration;
 pub use logfile::segments::{Retention, Rolling};
 pub use segmented::{parse_bytes, FAULT_VAR};
 pub use server::run;
-pub use writer::{Settings, Sync};
+pub use writer::{Settings, SyncMode};
 
 /// What the collator writes.
 #[derive(Debug, Clone)]

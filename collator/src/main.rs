@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use collator::{Config, Retention, Rolling, Settings, Sync, Target};
+use collator::{Config, Retention, Rolling, Settings, SyncMode, Target};
 use proto::framing::Framing;
 
 /// Appends whole messages from producers to a log and answers where each landed:
@@ -27,7 +27,7 @@ struct Args {
     /// When a request is acknowledged: `none` (queued), `write` (after write(2)), `data`
     /// (after fdatasync, group commit), `interval=MS` (after write; synced every MS).
     #[arg(long, default_value = "write", value_name = "MODE")]
-    sync: Sync,
+    sync: SyncMode,
 
     /// Longest message, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]

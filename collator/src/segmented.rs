@@ -37,7 +37,7 @@ use logfile::segments::{self, Log, Marker, Retention, Rolling, SegmentName};
 
 use crate::dedupe::Loaded;
 use crate::watermark;
-use crate::writer::{FileWriter, Settings, Sync};
+use crate::writer::{FileWriter, Settings};
 
 /// The environment variable naming a fault point, `STEP` or `STEP:N` (the N-th time the step
 /// is reached; the first by default), at which the collator kills itself with SIGKILL. For
@@ -284,8 +284,10 @@ pub fn open(
         .and_then(|born| SystemTime::now().duration_since(born).ok())
         .unwrap_or_default();
     let journal = logfile::sibling(&dir, ".collator");
-    let synced =
-        matches!(settings.sync, Sync::Data | Sync::Interval(_)).then(|| watermark::path_for(&dir));
+    let synced = settings
+        .sync
+        .publishes_watermark()
+        .then(|| watermark::path_for(&dir));
     let retention = match retention.is_set() {
         true => Some(start_retention(dir.clone(), retention)?),
         false => None,
@@ -305,7 +307,7 @@ pub fn open(
         rolled: false,
         _lock: lock,
     };
-    crate::server::open_writer(
+    crate::recover::open_writer(
         &active.path,
         &journal,
         synced.as_deref(),

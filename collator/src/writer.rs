@@ -4,7 +4,7 @@
 //! reserves the request's position at once (offset and message number are the queue's running
 //! end), checks idempotence, and queues it; a dedicated thread per file takes *everything*
 //! queued, from every connection, describes the group (`START END CRC`: in `data` mode in
-//! the file's extended attribute [`crate::recover::MARKER`], else or where there are none as
+//! the file's extended attribute [`logfile::group::MARKER`], else or where there are none as
 //! a journal `g` record), writes its journal records, then the data with one `pwritev`, syncs if the mode
 //! says so, and answers all of it. The description is what lets the restart check cut a torn
 //! group after a power loss; the attribute is made durable by the data's `fsync` (the same
@@ -13,7 +13,7 @@
 //! a write or a sync joins the next group: there is no timer and no artificial delay, so one
 //! producer gets the latency of one write, and sixteen share one `fdatasync`.
 //!
-//! When the answer goes out depends on [`Sync`]: `none` at queueing, `write` after the
+//! When the answer goes out depends on [`SyncMode`]: `none` at queueing, `write` after the
 //! write, `data` after the sync of journal and data, `interval` after the write with a sync
 //! every interval and at shutdown.
 //!
@@ -53,9 +53,10 @@ use crate::dedupe::{self, Check, Entry, Journal, Producers};
 use crate::segmented::Active;
 use crate::watermark::Watermark;
 
-/// When a request is acknowledged.
+/// `--sync`: when a request is acknowledged, and so what an acknowledgement promises. Asked
+/// through its methods, which say what each mode implies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sync {
+pub enum SyncMode {
     /// Once validated and queued.
     None,
     /// After `write(2)` returned.
@@ -66,19 +67,46 @@ pub enum Sync {
     Interval(Duration),
 }
 
-impl std::str::FromStr for Sync {
+impl SyncMode {
+    /// Whether a request is answered as soon as it is queued, before its write (`none`).
+    pub fn acks_at_queueing(self) -> bool {
+        self == SyncMode::None
+    }
+
+    /// Whether every write group is synced before it is answered (`data`): an answer means
+    /// on disk, and the group's description may ride on the data's own sync.
+    pub fn acks_after_sync(self) -> bool {
+        self == SyncMode::Data
+    }
+
+    /// The background sync's period (`interval=MS`).
+    pub fn sync_interval(self) -> Option<Duration> {
+        match self {
+            SyncMode::Interval(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// Whether the synced length is worth publishing (`FILE.synced`): only where syncs happen
+    /// as writes go (`data`, `interval=MS`).
+    pub fn publishes_watermark(self) -> bool {
+        self.acks_after_sync() || self.sync_interval().is_some()
+    }
+}
+
+impl std::str::FromStr for SyncMode {
     type Err = String;
 
-    fn from_str(s: &str) -> Result<Sync, String> {
+    fn from_str(s: &str) -> Result<SyncMode, String> {
         match s {
-            "none" => Ok(Sync::None),
-            "write" => Ok(Sync::Write),
-            "data" => Ok(Sync::Data),
+            "none" => Ok(SyncMode::None),
+            "write" => Ok(SyncMode::Write),
+            "data" => Ok(SyncMode::Data),
             _ => match s
                 .strip_prefix("interval=")
                 .and_then(|ms| ms.parse::<u64>().ok())
             {
-                Some(ms) if ms > 0 => Ok(Sync::Interval(Duration::from_millis(ms))),
+                Some(ms) if ms > 0 => Ok(SyncMode::Interval(Duration::from_millis(ms))),
                 _ => Err(format!(
                     "unknown sync mode {s:?} (expected none, write, data or interval=MS)"
                 )),
@@ -93,7 +121,7 @@ pub struct Settings {
     /// How messages are framed in the file.
     pub framing: Framing,
     /// When requests are acknowledged.
-    pub sync: Sync,
+    pub sync: SyncMode,
     /// Longest message.
     pub max_message: u64,
     /// Longest request body.
@@ -121,7 +149,7 @@ pub struct Opened {
     /// Where the synced length is published (single-file mode).
     pub watermark: Option<Watermark>,
     /// Whether each group is described by the file's extended attribute
-    /// ([`crate::recover::MARKER`]) rather than a journal record.
+    /// ([`logfile::group::MARKER`]) rather than a journal record.
     pub marker: bool,
     /// The log offset of the file's first byte: 0, or a segmented log's active segment's
     /// base ([`crate::segmented`]). Offsets, `end` and the journal are the log's; the file is
@@ -446,7 +474,7 @@ impl FileWriter {
                             },
                         );
                     }
-                    let (reply, answer) = if self.inner.settings.sync == Sync::None {
+                    let (reply, answer) = if self.inner.settings.sync.acks_at_queueing() {
                         (None, Submitted::Done(Ok(ack)))
                     } else {
                         let (tx, rx) = async_channel::bounded(1);
@@ -514,10 +542,7 @@ fn answer(job: &Job, reply: Reply) {
 
 /// The writer thread: groups until closed and drained, or until a sync fails.
 fn write_loop(inner: &Inner, mut disk: Disk) -> io::Result<()> {
-    let interval = match inner.settings.sync {
-        Sync::Interval(d) => Some(d),
-        _ => None,
-    };
+    let interval = inner.settings.sync.sync_interval();
     loop {
         let (jobs, bytes) = {
             let mut s = lock(&inner.state);
@@ -542,7 +567,7 @@ fn write_loop(inner: &Inner, mut disk: Disk) -> io::Result<()> {
             }
             if s.queue.is_empty() && s.closing {
                 drop(s);
-                if disk.dirty || inner.settings.sync != Sync::Data {
+                if disk.dirty || !inner.settings.sync.acks_after_sync() {
                     sync(inner, &mut disk, &[])?;
                 }
                 return Ok(());
@@ -586,7 +611,7 @@ fn write_loop(inner: &Inner, mut disk: Disk) -> io::Result<()> {
         disk.end += bytes;
         disk.count += count;
         disk.dirty = true;
-        if inner.settings.sync == Sync::Data {
+        if inner.settings.sync.acks_after_sync() {
             sync(inner, &mut disk, &jobs)?;
         }
         // The connections' answer tasks woken here are polled on this thread (a few, see
@@ -631,7 +656,7 @@ fn write_loop(inner: &Inner, mut disk: Disk) -> io::Result<()> {
         inner.room.notify(usize::MAX);
         if let Some(producers) = compact {
             // Everything in the file up to disk.end is written; in data mode synced too.
-            if inner.settings.sync != Sync::Data {
+            if !inner.settings.sync.acks_after_sync() {
                 sync(inner, &mut disk, &[])?;
             }
             let path = disk.journal.path().to_owned();
@@ -665,7 +690,7 @@ fn write_group(disk: &mut Disk, jobs: &[Job], bytes: u64) -> io::Result<()> {
     }
     if disk.marker {
         let pos = disk.pos();
-        crate::recover::write_marker(&disk.file, pos, pos + bytes, crc.finalize())?;
+        logfile::group::write_marker(&disk.file, pos, pos + bytes, crc.finalize())?;
     } else {
         dedupe::render_group(disk.end, disk.end + bytes, crc.finalize(), &mut records);
     }

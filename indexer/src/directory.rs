@@ -4,7 +4,7 @@
 //! Why on demand: a directory may hold thousands of files of which consumers care about a
 //! few, and each indexed file costs a watch, a descriptor, a task and a scan. So nothing is
 //! indexed until asked for; from then on the file is followed like a single-file indexer
-//! follows its log (same [`scanner`], same [`Index`], one shared [`Watcher`]).
+//! follows its log (same [`scanner`], same [`Index`], one shared [`watch::Watcher`]).
 //!
 //! Which paths may be indexed is tailsrv's rule, from the same code ([`Tree`]): inside the
 //! directory after symlinks, not excluded by an `.ignore` file, a regular readable file. It is

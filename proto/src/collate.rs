@@ -295,150 +295,6 @@ impl fmt::Display for Ack {
     }
 }
 
-/// Appends one message with `payload` to `out` in `framing` (the collator's framing of a
-/// `msg` body, and a client's of a batch). The payload must not contain a delimiter framing's
-/// delimiter: see [`check_message`].
-pub fn frame_into(framing: Framing, payload: &[u8], out: &mut Vec<u8>) {
-    match framing {
-        Framing::Newline | Framing::Nul => {
-            out.extend_from_slice(payload);
-            out.push(framing.delimiter().unwrap_or(b'\n'));
-        }
-        Framing::U32Be => {
-            out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-            out.extend_from_slice(payload);
-        }
-        Framing::Varint => {
-            let mut n = payload.len() as u64;
-            loop {
-                let low = (n & 0x7f) as u8;
-                n >>= 7;
-                if n == 0 {
-                    out.push(low);
-                    break;
-                }
-                out.push(low | 0x80);
-            }
-            out.extend_from_slice(payload);
-        }
-    }
-}
-
-/// Bytes [`frame_into`] adds to a payload of `len` bytes.
-pub fn frame_overhead(framing: Framing, len: u64) -> u64 {
-    match framing {
-        Framing::Newline | Framing::Nul => 1,
-        Framing::U32Be => 4,
-        Framing::Varint => (64 - len.max(1).leading_zeros() as u64).div_ceil(7),
-    }
-}
-
-/// Checks that `payload` can be one message in `framing` within `max_message` bytes: not
-/// empty (so a run of zeros left by a crash is never mistaken for messages), not too long, no
-/// delimiter inside, and within u32 for `u32be`.
-pub fn check_message(framing: Framing, payload: &[u8], max_message: u64) -> Result<(), Refusal> {
-    if payload.is_empty() {
-        return Err(Refusal::new(
-            Code::BadBody,
-            "empty messages are not written",
-        ));
-    }
-    let max = match framing {
-        Framing::U32Be => max_message.min(u64::from(u32::MAX)),
-        _ => max_message,
-    };
-    if payload.len() as u64 > max {
-        return Err(Refusal::new(
-            Code::TooBig,
-            format!(
-                "message of {} bytes is over the limit of {max}",
-                payload.len()
-            ),
-        ));
-    }
-    if let Some(d) = framing.delimiter() {
-        if memchr::memchr(d, payload).is_some() {
-            return Err(Refusal::new(
-                Code::BadBody,
-                format!("a single message may not contain the {framing} delimiter"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Checks a batch body: exactly `count` complete, non-empty messages of `framing`, each
-/// within `max_message`, and nothing else.
-pub fn check_batch(
-    framing: Framing,
-    body: &[u8],
-    count: u64,
-    max_message: u64,
-) -> Result<(), Refusal> {
-    let body_err = |why: String| Refusal::new(Code::BadBody, why);
-    if count == 0 || body.is_empty() {
-        return Err(body_err("a batch holds at least one message".into()));
-    }
-    let mut splitter = crate::framing::Splitter::new(framing, max_message);
-    let mut seen = 0u64;
-    let mut prev = 0u64;
-    let mut empty = None;
-    let mut too_big = None;
-    splitter
-        .feed(body, |end| {
-            // The prefix framings' limit is the splitter's; a delimited message's is checked here.
-            let delimited_payload = (end - prev).saturating_sub(1);
-            if empty.is_none() && payload_is_empty(framing, &body[prev as usize..end as usize]) {
-                empty = Some(seen);
-            }
-            if too_big.is_none() && framing.delimiter().is_some() && delimited_payload > max_message
-            {
-                too_big = Some(seen);
-            }
-            seen += 1;
-            prev = end;
-        })
-        .map_err(|e| match e {
-            crate::framing::FramingError::TooLong { .. } => {
-                Refusal::new(Code::TooBig, format!("in the batch: {e}"))
-            }
-            e => body_err(format!("in the batch: {e}")),
-        })?;
-    if let Some(i) = empty {
-        return Err(body_err(format!(
-            "message {i} of the batch is empty; empty messages are not written"
-        )));
-    }
-    if let Some(i) = too_big {
-        return Err(Refusal::new(
-            Code::TooBig,
-            format!("message {i} of the batch is over the limit of {max_message} bytes"),
-        ));
-    }
-    if !splitter.at_boundary() {
-        return Err(body_err(format!(
-            "the batch ends inside a message ({} bytes after the last complete one)",
-            body.len() as u64 - splitter.boundary()
-        )));
-    }
-    if seen != count {
-        return Err(body_err(format!(
-            "the batch holds {seen} messages, the header says {count}"
-        )));
-    }
-    Ok(())
-}
-
-/// Whether the framed message `framed` has an empty payload.
-fn payload_is_empty(framing: Framing, framed: &[u8]) -> bool {
-    match framing {
-        Framing::Newline | Framing::Nul => framed.len() == 1,
-        Framing::U32Be => framed.len() == 4,
-        // A zero length, possibly in a padded (non-canonical) varint.
-        Framing::Varint => framed.iter().all(|&b| b & 0x7f == 0),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,57 +375,6 @@ mod tests {
         assert_eq!(Answer::parse(b"nope"), None);
     }
 
-    #[test]
-    fn bodies() {
-        let max = 10;
-        assert!(check_message(Framing::Newline, b"abc", max).is_ok());
-        assert_eq!(
-            check_message(Framing::Newline, b"a\nb", max)
-                .unwrap_err()
-                .code,
-            Code::BadBody
-        );
-        assert_eq!(
-            check_message(Framing::Nul, b"", max).unwrap_err().code,
-            Code::BadBody
-        );
-        assert_eq!(
-            check_message(Framing::U32Be, &[1; 11], max)
-                .unwrap_err()
-                .code,
-            Code::TooBig
-        );
-        for framing in Framing::ALL {
-            let mut body = Vec::new();
-            frame_into(framing, b"one", &mut body);
-            frame_into(framing, b"two!", &mut body);
-            assert!(check_batch(framing, &body, 2, max).is_ok(), "{framing}");
-            assert_eq!(
-                check_batch(framing, &body, 3, max).unwrap_err().code,
-                Code::BadBody
-            );
-            assert_eq!(
-                check_batch(framing, &body[..body.len() - 1], 2, max)
-                    .unwrap_err()
-                    .code,
-                Code::BadBody,
-                "{framing}"
-            );
-            let mut with_empty = body.clone();
-            frame_into(framing, b"", &mut with_empty);
-            assert_eq!(
-                check_batch(framing, &with_empty, 3, max).unwrap_err().code,
-                Code::BadBody
-            );
-            let mut big = body.clone();
-            frame_into(framing, &[b'x'; 11], &mut big);
-            assert_eq!(
-                check_batch(framing, &big, 3, max).unwrap_err().code,
-                Code::TooBig
-            );
-        }
-    }
-
     fn any_command() -> impl Strategy<Value = Command> {
         prop_oneof![
             any::<u64>().prop_map(|len| Command::Msg { len }),
@@ -607,30 +412,10 @@ mod tests {
         }
 
         #[test]
-        fn framed_messages_pass_the_batch_check(
-            msgs in proptest::collection::vec(proptest::collection::vec(1u8..255, 1..300), 1..8),
-            f in 0..4usize,
-        ) {
-            let framing = Framing::ALL[f];
-            let mut body = Vec::new();
-            for m in &msgs {
-                let m: Vec<u8> = m.iter().map(|&b| if Some(b) == framing.delimiter() { b'x' } else { b }).collect();
-                prop_assert!(check_message(framing, &m, 1000).is_ok());
-                let before = body.len();
-                frame_into(framing, &m, &mut body);
-                prop_assert_eq!((body.len() - before) as u64, m.len() as u64 + frame_overhead(framing, m.len() as u64));
-            }
-            prop_assert!(check_batch(framing, &body, msgs.len() as u64, 1000).is_ok());
-        }
-
-        #[test]
-        fn parsers_never_panic(line in proptest::collection::vec(any::<u8>(), 0..200), count: u64) {
+        fn parsers_never_panic(line in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = Request::parse(Mode::File, &line);
             let _ = Request::parse(Mode::Dir, &line);
             let _ = Answer::parse(&line);
-            for framing in Framing::ALL {
-                let _ = check_batch(framing, &line, count % 5, 50);
-            }
         }
     }
 }

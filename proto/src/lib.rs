@@ -5,14 +5,16 @@
 //!   the optional ` ok` confirmation) and the server's `ok N LEN` answer.
 //! - [`query`]: the indexer's queries (`offset-of`, `count`, `message-at`) and answers.
 //! - [`collate`]: the collator's requests (`msg`, `batch`, `lines`, `end`, idempotence and
-//!   directory fields), its `ok`/`end` answers, and the checks of message and batch bodies.
+//!   directory fields) and its `ok`/`end` answers.
 //! - [`refusal`]: `error: CODE: reason`, the one refusal line every server sends, with stable
 //!   codes that programs match instead of prose.
-//! - [`framing`]: where one message ends and the next begins (newline, NUL, u32be, varint).
+//! - [`framing`]: where one message ends and the next begins (newline, NUL, u32be, varint):
+//!   encoding, the checks of message and batch bodies, the splitter and a bounded decoder.
 //! - [`watermark`]: the `FILE.synced` sidecar the collator writes and tailsrv reads.
 //!
-//! This crate does no I/O and has no runtime: servers read lines off their sockets and hand
-//! them here; clients render here and write. So a grammar changes in exactly one place, and a
+//! This crate opens nothing and has no runtime: servers read lines off their sockets and hand
+//! them here; clients render here and write (the framing decoder reads a `BufRead` it is
+//! handed). So a grammar changes in exactly one place, and a
 //! client library can depend on it without pulling in a server.
 
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]

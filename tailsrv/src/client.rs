@@ -1,10 +1,10 @@
 //! The life of one client, one function per step:
 //!
-//! 1. [`serve`]: register the socket, read the request (bounded in size and time) and parse
-//!    it with `proto`. Single-file mode: an offset. Directory mode ([`serve_path`]): `list`,
-//!    or which file to stream from where, checked against [`Tree`]'s rule before anything
-//!    is sent.
-//! 2. [`serve_stream`] / [`place`]: wait for the file to exist and resolve the start offset
+//! 1. [`serve`] / [`start`]: register the socket, read the request (bounded in size and time)
+//!    and parse it with `proto`. Single-file mode: an offset. Directory mode
+//!    ([`start_path`]): `list`, or which file to stream from where, checked against
+//!    [`Tree`]'s rule before anything is sent.
+//! 2. [`start_stream`] / [`place`]: wait for the file to exist and resolve the start offset
 //!    against it; answer `ok N LEN` first if the client asked for a confirmation. A client still
 //!    waiting after the header timeout for a file that exists but cannot be opened is told
 //!    why (`error: unreadable: permission denied`) rather than left hanging; the watcher

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use client::state::{fnv1a, ProducerState, ProducerStateFile, FNV_START};
 use client::writer::{clock_seq, Config, Error, Event, Writer};
-use proto::framing::Framing;
+use proto::framing::{Decoder, Framing};
 
 const AFTER_HELP: &str = "\
 Output: one line per input message, in input order: `BYTE MSG` (the byte offset where it \
@@ -35,7 +35,9 @@ point, or different within it, is refused (exit 5) before anything is sent.
 Exit status: 0 every message acknowledged; 1 some messages were refused, their fate is \
 unknown, or they were lost after an ack (each has its `error:` line); 2 bad command line; 3 \
 no collator reachable (every message not acknowledged has its `error:` line); 4 reading \
-stdin or writing stdout failed; 5 the state file is corrupt, in use or unwritable, or stdin \
+stdin failed (an I/O error, a message over --max-message, a malformed length prefix, or stdin \
+ending inside a length-prefixed message: the messages before it are still written) or writing \
+stdout failed; 5 the state file is corrupt, in use or unwritable, or stdin \
 is not the input it was saved for.";
 
 /// Append the messages on stdin to a log through a tailsrv-collator and print where each
@@ -82,7 +84,8 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
     keep_acked: usize,
 
-    /// Longest message (the collator's --max-message).
+    /// Longest message (the collator's --max-message). A longer one on stdin, or a length
+    /// prefix announcing one, stops tswrite (exit 4) before anything is allocated for it.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     max_message: u64,
 
@@ -104,68 +107,6 @@ impl Pos {
     fn eat(&mut self, b: &[u8]) {
         self.bytes += b.len() as u64;
         self.hash = fnv1a(self.hash, b);
-    }
-}
-
-/// Reads the next message from stdin in `framing`; `None` at the end. `pos` counts what was
-/// consumed.
-fn next_message(
-    input: &mut impl BufRead,
-    framing: Framing,
-    pos: &mut Pos,
-) -> io::Result<Option<Vec<u8>>> {
-    match framing {
-        Framing::Newline | Framing::Nul => {
-            let d = framing.delimiter().unwrap_or(b'\n');
-            let mut m = Vec::new();
-            if input.read_until(d, &mut m)? == 0 {
-                return Ok(None);
-            }
-            pos.eat(&m);
-            if m.last() == Some(&d) {
-                m.pop();
-            }
-            Ok(Some(m))
-        }
-        Framing::U32Be => {
-            let mut len = [0u8; 4];
-            match input.read_exact(&mut len) {
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-                r => r?,
-            }
-            let mut m = vec![0; u32::from_be_bytes(len) as usize];
-            input.read_exact(&mut m)?;
-            pos.eat(&len);
-            pos.eat(&m);
-            Ok(Some(m))
-        }
-        Framing::Varint => {
-            let mut len = 0u64;
-            let mut prefix = Vec::new();
-            for i in 0..10 {
-                let mut b = [0u8; 1];
-                if input.read(&mut b)? == 0 {
-                    return if i == 0 {
-                        Ok(None)
-                    } else {
-                        Err(io::ErrorKind::UnexpectedEof.into())
-                    };
-                }
-                prefix.push(b[0]);
-                len |= u64::from(b[0] & 0x7f) << (7 * i);
-                if b[0] & 0x80 == 0 {
-                    let mut m = vec![0; len as usize];
-                    input.read_exact(&mut m)?;
-                    pos.eat(&prefix);
-                    pos.eat(&m);
-                    return Ok(Some(m));
-                }
-            }
-            Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "malformed varint prefix",
-            ))
-        }
     }
 }
 
@@ -352,6 +293,10 @@ fn main() -> ExitCode {
     let mut saved_at = Instant::now();
     let mut index = 0u64;
     let mut status = 0u8;
+    let mut stdin_failed = false;
+    // Messages are read whole, within --max-message: a length prefix over it (a corrupt one,
+    // or the wrong --framing) is an error before anything is allocated for it.
+    let mut input = Decoder::new(input, args.framing, args.max_message);
     // Takes the handler's notes: output lines, checkpoints (saved when due), losses.
     let take = |note: Note,
                 owed: &mut BTreeMap<u64, String>,
@@ -410,7 +355,7 @@ fn main() -> ExitCode {
     };
     loop {
         // Nothing more to read without waiting: send what is batched first.
-        if input.buffer().is_empty() {
+        if input.get_ref().buffer().is_empty() {
             if let Err(e) = writer.flush() {
                 log::error!("{e}");
                 status = 3;
@@ -437,12 +382,16 @@ fn main() -> ExitCode {
             saved_at = Instant::now();
         }
         emit(&mut owed, &mut printed);
-        let message = match next_message(&mut input, args.framing, &mut pos) {
-            Ok(Some(m)) => m,
+        let message = match input.next_message() {
+            Ok(Some(m)) => {
+                pos.eat(m.framed());
+                m.payload()
+            }
             Ok(None) => break,
             Err(e) => {
+                // What was read before is still written and answered.
                 log::error!("reading stdin: {e}");
-                status = 4;
+                stdin_failed = true;
                 break;
             }
         };
@@ -452,7 +401,7 @@ fn main() -> ExitCode {
         if state.is_some() {
             marks.push_back((index + 1, pos));
         }
-        match writer.write(&message) {
+        match writer.write(message) {
             Ok(()) => index += 1,
             Err(Error::Unreachable(why)) => {
                 log::error!("no collator reachable: {why}");
@@ -497,7 +446,7 @@ fn main() -> ExitCode {
         );
         status = 5;
     }
-    if status == 0 && out_error.is_some() {
+    if status == 0 && (stdin_failed || out_error.is_some()) {
         status = 4;
     }
     if status == 0 && failed {

@@ -1,109 +1,18 @@
-//! Message framing: where one message ends and the next begins in a byte stream.
+//! [`Splitter`]: where each message of a stream ends, fed in pieces cut anywhere.
 //!
-//! tailsrv only knows bytes; the indexer and message-aware clients need message boundaries.
-//! Four framings cover what writers actually produce:
-//!
-//! - `newline`: a message ends with `\n` (log lines, JSON lines);
-//! - `nul`: a message ends with a zero byte;
-//! - `u32be`: a 4-byte big-endian length, then that many bytes (Kafka-style size prefix);
-//! - `varint`: an unsigned LEB128 length, then that many bytes (protobuf's
-//!   `writeDelimitedTo` / `parseDelimitedFrom`).
-//!
-//! [`Splitter`] is incremental because the stream arrives in pieces cut anywhere, inside a
-//! length prefix too: it keeps the partial prefix between calls and reports a message only
-//! once its last byte has been fed, so half a message is never counted. Delimiters are found
-//! with memchr; payloads of length-prefixed messages are skipped by arithmetic, never scanned,
-//! and a reader may even skip them without reading ([`Splitter::skip_payload`]).
+//! It is incremental because the stream arrives in pieces cut anywhere, inside a length
+//! prefix too: it keeps the partial prefix between calls and reports a message only once its
+//! last byte has been fed, so half a message is never counted. Delimiters are found with
+//! memchr; payloads of length-prefixed messages are skipped by arithmetic, never scanned, and
+//! a reader may even skip them without reading ([`Splitter::skip_payload`]).
 //!
 //! A malformed prefix (a length over the configured maximum, or a varint longer than 10
 //! bytes) is not something to resynchronise from: every later boundary would be a guess. The
 //! splitter fails for good at that point and keeps returning the same error.
 
 use std::fmt;
-use std::str::FromStr;
 
-/// How messages are delimited in the stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Framing {
-    /// A message ends with `\n`.
-    Newline,
-    /// A message ends with a zero byte.
-    Nul,
-    /// A 4-byte big-endian length, then that many bytes.
-    U32Be,
-    /// An unsigned LEB128 length (protobuf delimited), then that many bytes.
-    Varint,
-}
-
-impl Framing {
-    /// Every framing.
-    pub const ALL: [Framing; 4] = [
-        Framing::Newline,
-        Framing::Nul,
-        Framing::U32Be,
-        Framing::Varint,
-    ];
-
-    /// The name used on command lines and in messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            Framing::Newline => "newline",
-            Framing::Nul => "nul",
-            Framing::U32Be => "u32be",
-            Framing::Varint => "varint",
-        }
-    }
-
-    /// The framing's code in files (the indexer's index header). Fixed forever: a new
-    /// framing takes a new code, and no code is ever reused.
-    pub fn code(self) -> u8 {
-        match self {
-            Framing::Newline => 0,
-            Framing::Nul => 1,
-            Framing::U32Be => 2,
-            Framing::Varint => 3,
-        }
-    }
-
-    /// The framing stored as `code` ([`Framing::code`]).
-    pub fn from_code(code: u8) -> Option<Framing> {
-        Framing::ALL.into_iter().find(|f| f.code() == code)
-    }
-
-    /// The names [`Framing::from_str`](std::str::FromStr) accepts, for command-line help.
-    pub const NAMES: [&'static str; 4] = ["newline", "nul", "u32be", "varint"];
-
-    /// The delimiter byte, for the delimiter framings.
-    pub fn delimiter(self) -> Option<u8> {
-        match self {
-            Framing::Newline => Some(b'\n'),
-            Framing::Nul => Some(0),
-            Framing::U32Be | Framing::Varint => None,
-        }
-    }
-}
-
-impl fmt::Display for Framing {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Framing {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Framing::ALL
-            .into_iter()
-            .find(|f| f.name() == s)
-            .ok_or_else(|| {
-                format!("unknown framing {s:?} (expected newline, nul, u32be or varint)")
-            })
-    }
-}
-
-/// Default limit on one message's length: anything longer is taken as a corrupt prefix.
-pub const DEFAULT_MAX_MESSAGE: u64 = 64 << 20;
+use super::Framing;
 
 /// Longest valid LEB128 encoding of a u64.
 const MAX_VARINT_LEN: u8 = 10;
@@ -452,6 +361,7 @@ impl Splitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::framing::DEFAULT_MAX_MESSAGE;
 
     /// Independent encoders and a naive, whole-buffer reference splitter.
     fn u32be(msgs: &[Vec<u8>]) -> Vec<u8> {
@@ -695,19 +605,6 @@ mod tests {
             s.feed(&max, |_| {}),
             Err(FramingError::TooLong { len: u64::MAX, .. })
         ));
-    }
-
-    #[test]
-    fn names_round_trip() {
-        for f in Framing::ALL {
-            assert_eq!(f.to_string().parse::<Framing>(), Ok(f));
-            assert_eq!(Framing::from_code(f.code()), Some(f));
-            assert!(Framing::NAMES.contains(&f.name()));
-        }
-        // The codes are the index files' format: they never change.
-        let codes: Vec<u8> = Framing::ALL.iter().map(|f| f.code()).collect();
-        assert_eq!(codes, [0, 1, 2, 3]);
-        assert!("u32-be".parse::<Framing>().is_err());
     }
 
     #[test]
