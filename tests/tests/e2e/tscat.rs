@@ -246,7 +246,7 @@ fn from_message_lands_exactly_on_message_n_for_every_framing() {
         let dir = tempdir();
         let path = dir.path().join("log");
         let count = 120;
-        let (mut data, starts) = messages(framing, 0, count);
+        let (data, starts) = messages(framing, 0, count);
         append(&path, &data);
         let ix = framed_indexer(&path, framing, dir.path());
         let srv = tailsrv(&path).start();
@@ -285,29 +285,43 @@ fn from_message_lands_exactly_on_message_n_for_every_framing() {
             starts[holder],
             tscat(&common(&["--last", &last.to_string()])).spawn(),
         ));
-        for (what, from, cat) in &cats {
-            cat.wait_len(data.len() - from);
-            assert!(cat.output() == data[*from..], "{framing} {what}");
-            // Where a relative start lands is fixed once tscat has asked and connected.
-            cat.wait_stderr("connected", 1);
-        }
         // Everyone follows: two more messages, the first appended in two pieces.
         let (more, _) = messages(framing, count, 2);
-        append(&path, &more[..3]);
-        append(&path, &more[3..]);
-        data.extend_from_slice(&more);
-        for (what, from, cat) in cats {
-            cat.wait_len(data.len() - from);
-            cat.signal(Signal::TERM);
-            let (status, out, err) = cat.finish();
-            assert!(status.success(), "{framing} {what}: {status:?} {err}");
-            assert!(
-                out == data[from..],
-                "{framing} {what}: {} bytes, expected {}",
-                out.len(),
-                data.len() - from
-            );
-        }
+        starts_then_growth(framing, &path, data, &more, 3, cats);
+    }
+}
+
+/// Each tscat of `cats` (what it was asked, the offset it starts at, the process) prints the
+/// file `data` from there; then `more` is appended in two pieces (`split` bytes, the rest),
+/// and each prints that too and stops cleanly on SIGTERM.
+fn starts_then_growth(
+    framing: &str,
+    path: &Path,
+    mut data: Vec<u8>,
+    more: &[u8],
+    split: usize,
+    cats: Vec<(String, usize, Proc)>,
+) {
+    for (what, from, cat) in &cats {
+        cat.wait_len(data.len() - from);
+        assert!(cat.output() == data[*from..], "{framing} {what}");
+        // Where a relative start lands is fixed once tscat has asked and connected.
+        cat.wait_stderr("connected", 1);
+    }
+    append(path, &more[..split]);
+    append(path, &more[split..]);
+    data.extend_from_slice(more);
+    for (what, from, cat) in cats {
+        cat.wait_len(data.len() - from);
+        cat.signal(Signal::TERM);
+        let (status, out, err) = cat.finish();
+        assert!(status.success(), "{framing} {what}: {status:?} {err}");
+        assert!(
+            out == data[from..],
+            "{framing} {what}: {} bytes, expected {}",
+            out.len(),
+            data.len() - from
+        );
     }
 }
 
@@ -725,7 +739,7 @@ fn tscat_path_from_message_asks_the_directory_indexer() {
         let rel = "t/y z.log";
         let path = root.join(rel);
         let count = 80;
-        let (mut data, starts) = messages(framing, 0, count);
+        let (data, starts) = messages(framing, 0, count);
         append(&path, &data);
         let ix = dir_indexer(&root, framing, &dir.path().join("indexes"));
         let srv = tailsrv(&root).start();
@@ -758,24 +772,9 @@ fn tscat_path_from_message_asks_the_directory_indexer() {
             data.len(),
             tscat(&common(&["--from-end"])).spawn(),
         ));
-        for (what, from, cat) in &cats {
-            cat.wait_len(data.len() - from);
-            assert!(cat.output() == data[*from..], "{framing} {what}");
-            // Where a relative start lands is fixed once tscat has asked and connected.
-            cat.wait_stderr("connected", 1);
-        }
         // They follow the file: one more message, appended in two pieces.
         let (more, _) = messages(framing, count, 1);
-        append(&path, &more[..2]);
-        append(&path, &more[2..]);
-        data.extend_from_slice(&more);
-        for (what, from, cat) in cats {
-            cat.wait_len(data.len() - from);
-            cat.signal(Signal::TERM);
-            let (status, out, err) = cat.finish();
-            assert!(status.success(), "{framing} {what}: {status:?} {err}");
-            assert!(out == data[from..], "{framing} {what}");
-        }
+        starts_then_growth(framing, &path, data, &more, 2, cats);
     }
 }
 
