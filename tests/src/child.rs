@@ -2,8 +2,8 @@
 //! consumers (tscat, tsmirror, tswrite, tsbridge) and outside tools (nc, socat, sh, script).
 //!
 //! [`Spawn`] says what to start and how: the arguments (for a server, `-p PORT --bind ADDR`
-//! first and its PATH last), the working directory, an open-file limit, what to feed its stdin
-//! (nothing, some bytes, bytes at a pace, or a closure on a thread). [`Proc`] is the running
+//! first and its PATH last), the working directory, an open-file limit, what its stdin is
+//! (nothing, a file, some bytes, bytes at a pace, or a closure on a thread). [`Proc`] is the running
 //! child: its stdout captured raw (or left to the test) and its stderr (the log) captured, each
 //! with a way to wait on it; it is killed and reaped by pid when dropped, and every wait is
 //! bounded.

@@ -368,7 +368,7 @@ fn thousand_concurrent_clients_get_identical_bytes() {
     let mut clients: Vec<(TcpStream, usize)> = (0..CLIENTS)
         .map(|i| {
             let from = (i * 37) % first.len();
-            (srv.request(&from.to_string()), from)
+            (srv.request(from.to_string()), from)
         })
         .collect();
     let second = random_bytes(30_000, 10);

@@ -44,7 +44,7 @@ fn server_killed_and_restarted_mid_stream_output_is_exact() {
     append(&path, &all);
     let srv = tailsrv(&path).start();
     let port = srv.addr().port();
-    let cat = tscat(&strings(&["--from-byte", "0", &srv.addr().to_string()])).spawn();
+    let cat = tscat(strings(&["--from-byte", "0", &srv.addr().to_string()])).spawn();
     cat.wait_len(all.len());
 
     let more = random_bytes(200_000, 2);
@@ -156,7 +156,7 @@ fn fails_over_to_a_tsmirror_replica_without_gap_or_duplicate() {
     let mut all = random_bytes(250_000, 10);
     append(&primary_file, &all);
     let primary = tailsrv(&primary_file).start();
-    let mirror = tsmirror(&strings(&[
+    let mirror = tsmirror(strings(&[
         &primary.addr().to_string(),
         replica_file.to_str().unwrap(),
     ]))
@@ -166,7 +166,7 @@ fn fails_over_to_a_tsmirror_replica_without_gap_or_duplicate() {
     assert!(eventually(PATIENCE, || len(&replica_file) == all.len()));
 
     let servers = format!("{},{}", primary.addr(), replica.addr());
-    let cat = tscat(&strings(&["--servers", &servers])).spawn();
+    let cat = tscat(strings(&["--servers", &servers])).spawn();
     cat.wait_len(all.len());
 
     // The mirror stops; the primary moves ahead of the replica, and tscat with it.
@@ -268,14 +268,14 @@ fn from_message_lands_exactly_on_message_n_for_every_framing() {
         };
         let mut cats = Vec::new();
         for n in [0, 1, 17, 18, 99, count - 1, count] {
-            let cat = tscat(&common(&["--from-message", &n.to_string()])).spawn();
+            let cat = tscat(common(&["--from-message", &n.to_string()])).spawn();
             cats.push((format!("--from-message {n}"), starts[n], cat));
         }
         // Relative starts resolved by the indexer to message boundaries.
         cats.push((
             "--from-end".into(),
             data.len(),
-            tscat(&common(&["--from-end"])).spawn(),
+            tscat(common(&["--from-end"])).spawn(),
         ));
         let last = 1_000;
         let cut = data.len() - last;
@@ -283,7 +283,7 @@ fn from_message_lands_exactly_on_message_n_for_every_framing() {
         cats.push((
             format!("--last {last}"),
             starts[holder],
-            tscat(&common(&["--last", &last.to_string()])).spawn(),
+            tscat(common(&["--last", &last.to_string()])).spawn(),
         ));
         // Everyone follows: two more messages, the first appended in two pieces.
         let (more, _) = messages(framing, count, 2);
@@ -527,7 +527,7 @@ fn refusal_lines_are_never_output_and_are_retried() {
     assert!(out.is_empty(), "the refusal reached stdout: {out:?}");
     assert!(err.contains("too many clients"), "{err}");
 
-    let cat = tscat(&strings(&[&srv.addr().to_string()])).spawn();
+    let cat = tscat(strings(&[&srv.addr().to_string()])).spawn();
     cat.wait_stderr("too many clients", 1);
     drop(holder);
     cat.wait_len(data.len());
@@ -550,8 +550,8 @@ fn data_that_looks_like_a_refusal_is_still_data() {
     let srv = tailsrv(&path).start();
     let port = srv.addr().port();
     let addr = srv.addr().to_string();
-    let cat = tscat(&strings(&[&addr])).spawn();
-    let mirror = tsmirror(&strings(&[&addr, replica.to_str().unwrap()])).spawn();
+    let cat = tscat(strings(&[&addr])).spawn();
+    let mirror = tsmirror(strings(&[&addr, replica.to_str().unwrap()])).spawn();
     cat.wait_len(data.len());
     assert!(eventually(PATIENCE, || std::fs::read(&replica)
         .is_ok_and(|r| r.len() == data.len())));
@@ -586,7 +586,7 @@ fn a_relative_start_is_confirmed_by_the_server_and_resumes_exactly() {
     let port = srv.addr().port();
     // --last 4 and a state file: the server resolves the start and says where (`ok 0`), so
     // the position is absolute from the first byte on.
-    let cat = tscat(&strings(&[
+    let cat = tscat(strings(&[
         "--last",
         "4",
         "--state",
@@ -617,7 +617,7 @@ fn closed_output_is_a_clean_stop_with_an_exact_checkpoint() {
     let data = random_bytes(2_000_000, 30);
     append(&path, &data);
     let srv = tailsrv(&path).start();
-    let mut cat = tscat(&strings(&[
+    let mut cat = tscat(strings(&[
         "--state",
         state.to_str().unwrap(),
         &srv.addr().to_string(),
@@ -646,7 +646,7 @@ fn the_stream_socket_has_a_short_keepalive() {
     let path = dir.path().join("log");
     append(&path, b"x\n");
     let srv = tailsrv(&path).start();
-    let cat = tscat(&strings(&[&srv.addr().to_string()])).spawn();
+    let cat = tscat(strings(&[&srv.addr().to_string()])).spawn();
     cat.wait_len(2);
     let server_port = format!("{:04X}", srv.addr().port());
     let client_timer = || -> Option<(u32, u64)> {
@@ -700,7 +700,7 @@ fn tscat_path_follows_one_file_of_a_directory_across_restarts() {
     append(&root.join("other.log"), &random_bytes(50_000, 32));
     let srv = tailsrv(&root).start();
     let port = srv.addr().port();
-    let cat = tscat(&strings(&[
+    let cat = tscat(strings(&[
         "--path",
         "sub dir/b.log",
         &srv.addr().to_string(),
@@ -764,13 +764,13 @@ fn tscat_path_from_message_asks_the_directory_indexer() {
         };
         let mut cats = Vec::new();
         for n in [0, 17, count - 1, count] {
-            let cat = tscat(&common(&["--from-message", &n.to_string()])).spawn();
+            let cat = tscat(common(&["--from-message", &n.to_string()])).spawn();
             cats.push((format!("--from-message {n}"), starts[n], cat));
         }
         cats.push((
             "--from-end".into(),
             data.len(),
-            tscat(&common(&["--from-end"])).spawn(),
+            tscat(common(&["--from-end"])).spawn(),
         ));
         // They follow the file: one more message, appended in two pieces.
         let (more, _) = messages(framing, count, 1);
@@ -787,7 +787,7 @@ fn tscat_path_refusals_fail_clearly_and_are_not_retried() {
     append(&root.join("k.secret"), b"secret\n");
     append(&root.join("ok.log"), b"fine\n");
     let dir_srv = tailsrv(&root).start();
-    let file_srv = tailsrv(&root.join("ok.log")).start();
+    let file_srv = tailsrv(root.join("ok.log")).start();
     let ix = dir_indexer(&root, "newline", &dir.path().join("indexes"));
     let dir_addr = dir_srv.addr().to_string();
     let file_addr = file_srv.addr().to_string();
@@ -853,7 +853,7 @@ fn tscat_path_refusals_fail_clearly_and_are_not_retried() {
     append(&other_root.join("ok.log"), b"fine\n");
     let refusing = tailsrv(&other_root).start();
     let list = format!("{},{dir_addr}", refusing.addr());
-    let cat = tscat(&strings(&["--path", "ok.log", "--servers", &list])).spawn();
+    let cat = tscat(strings(&["--path", "ok.log", "--servers", &list])).spawn();
     cat.wait_len(5);
     cat.signal(Signal::TERM);
     let (status, out, err) = cat.finish();
@@ -1092,7 +1092,7 @@ fn count_and_bytes_stop_exactly() {
     let small = dir.path().join("small");
     append(&small, b"one\n");
     let srv2 = tailsrv(&small).start();
-    let cat = tscat(&strings(&[
+    let cat = tscat(strings(&[
         "--count",
         "2",
         "--framing",
@@ -1136,7 +1136,7 @@ fn bad_addresses_are_usage_errors_at_once() {
     let dir = tempdir();
     let replica = dir.path().join("replica");
     for server in ["localhost", "no-such-host.invalid:1"] {
-        let (status, _, err) = tsmirror(&strings(&[server, replica.to_str().unwrap()]))
+        let (status, _, err) = tsmirror(strings(&[server, replica.to_str().unwrap()]))
             .spawn()
             .finish();
         assert_eq!(status.code(), Some(2), "{server}: {err}");

@@ -60,7 +60,7 @@ fn tsmirror_creates_its_file_only_once_a_server_accepted() {
     let dir_srv = tailsrv(&served).start();
     let replica = dir.path().join("replica");
     let rep = replica.to_str().unwrap();
-    let (status, _, err) = tsmirror(&strings(&[&dir_srv.addr().to_string(), rep]))
+    let (status, _, err) = tsmirror(strings(&[&dir_srv.addr().to_string(), rep]))
         .spawn()
         .finish();
     assert_eq!(status.code(), Some(4), "{err}");
@@ -68,7 +68,7 @@ fn tsmirror_creates_its_file_only_once_a_server_accepted() {
 
     // Nobody listening: it retries, and no file appears meanwhile.
     let dead = loopback(free_port()).to_string();
-    let mirror = tsmirror(&strings(&[&dead, rep])).spawn();
+    let mirror = tsmirror(strings(&[&dead, rep])).spawn();
     mirror.wait_stderr("cannot connect", 2);
     assert!(
         !replica.exists(),
@@ -83,7 +83,7 @@ fn tsmirror_creates_its_file_only_once_a_server_accepted() {
     let source = dir.path().join("source");
     append(&source, b"");
     let srv = tailsrv(&source).start();
-    let mirror = tsmirror(&strings(&[&srv.addr().to_string(), rep])).spawn();
+    let mirror = tsmirror(strings(&[&srv.addr().to_string(), rep])).spawn();
     mirror.wait_stderr("created the replica", 1);
     assert!(replica.exists());
     append(&source, b"hello\n");
@@ -112,7 +112,7 @@ fn tsmirror_cuts_a_zero_filled_tail_left_by_a_crash() {
     zero_hole.extend_from_slice(&data[200_704 + 8192..230_000]);
     for (case, start) in [("tail", zero_tail), ("hole", zero_hole)] {
         std::fs::write(&replica, &start).unwrap();
-        let mirror = tsmirror(&strings(&[&srv.addr().to_string(), rep])).spawn();
+        let mirror = tsmirror(strings(&[&srv.addr().to_string(), rep])).spawn();
         mirror.wait_stderr("zero bytes at the end", 1);
         assert!(
             eventually(PATIENCE, || len(&replica) >= data.len()),
@@ -126,7 +126,7 @@ fn tsmirror_cuts_a_zero_filled_tail_left_by_a_crash() {
         assert!(copy == data, "{case}: the replica differs from the source");
     }
     // A replica without zeros is left alone (nothing cut, nothing said).
-    let mirror = tsmirror(&strings(&[&srv.addr().to_string(), rep])).spawn();
+    let mirror = tsmirror(strings(&[&srv.addr().to_string(), rep])).spawn();
     mirror.wait_stderr("mirroring from the replica's length", 1);
     mirror.signal(Signal::TERM);
     let (status, _, err) = mirror.finish();
