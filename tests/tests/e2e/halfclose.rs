@@ -94,8 +94,7 @@ fn shutdown_right_after_the_header_gets_the_whole_file_and_its_growth() {
     }
     assert_still_open(&mut s);
     // Shutting down in the middle of the stream changes nothing either.
-    let mut late = srv.connect();
-    late.write_all(b"0\n").unwrap();
+    let mut late = srv.request("0");
     let head = read_exact(&mut late, 100_000);
     late.shutdown(Shutdown::Write).unwrap();
     let rest = read_exact(&mut late, all.len() - head.len());
@@ -198,9 +197,7 @@ fn hold_clients(srv: &Proc, n: usize, half: bool, len: usize) -> (Vec<TcpStream>
             if half {
                 half_closed(srv, "0")
             } else {
-                let mut s = srv.connect();
-                s.write_all(b"0\n").unwrap();
-                s
+                srv.request("0")
             }
         })
         .collect();

@@ -577,7 +577,7 @@ fn error_answers_keep_the_connection() {
     let mut s = p.connect();
     s.write_all(format!("count\n{}\n", "9".repeat(300)).as_bytes())
         .unwrap();
-    let text = String::from_utf8(read_to_end(&mut s)).unwrap();
+    let text = read_text(&mut s);
     assert!(
         text.starts_with("3\nerror: too-long: request line longer than 256 bytes"),
         "{text:?}"

@@ -230,7 +230,7 @@ fn paths_follow_tailsrvs_rule_and_errors_keep_the_connection() {
     let mut s = p.connect();
     s.write_all(format!("count {}\n", "a".repeat(5000)).as_bytes())
         .unwrap();
-    let answer = String::from_utf8(read_to_end(&mut s)).unwrap();
+    let answer = read_text(&mut s);
     assert!(
         answer.starts_with("error: too-long: request line longer than"),
         "{answer:?}"

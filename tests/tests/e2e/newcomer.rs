@@ -99,8 +99,7 @@ fn a_directory_request_whose_start_does_not_parse_is_refused() {
         );
     }
     // The well-formed request still streams.
-    let mut s = srv.connect();
-    s.write_all(b"stream app.log from byte 0 ok\n").unwrap();
+    let mut s = srv.request("stream app.log from byte 0 ok");
     assert_eq!(read_exact(&mut s, 9), b"ok 0 2\nx\n");
 }
 
@@ -135,8 +134,7 @@ fn serve_up_to_synced_warns_when_nothing_is_published() {
     );
     assert!(line.is_some(), "no warning; log:\n{}", srv.log.text());
     // Once a synced length is published the follower is served (and no warning repeats).
-    let mut s = srv.connect();
-    s.write_all(b"0 ok\n").unwrap();
+    let mut s = srv.request("0 ok");
     let sidecar = dir.path().join("log.synced");
     // One record: the synced length as an 8-byte big-endian u64 (proto::watermark).
     append(&sidecar, &8u64.to_be_bytes());
@@ -163,9 +161,7 @@ fn tail_n_starts_at_the_last_n_lines() {
         let want = lines[lines.len().saturating_sub(n)..].concat();
         let start = all.len() - want.len();
         // The raw header, confirmed.
-        let mut s = srv.connect();
-        s.write_all(format!("last {n} lines ok\n").as_bytes())
-            .unwrap();
+        let mut s = srv.request(format!("last {n} lines ok"));
         let ok = format!("ok {start} {}\n", all.len());
         let got = read_exact(&mut s, ok.len() + want.len());
         assert!(
@@ -188,8 +184,7 @@ fn tail_n_starts_at_the_last_n_lines() {
     }
     // An unfinished last line counts as one.
     append(&path, b"partial");
-    let mut s = srv.connect();
-    s.write_all(b"last 2 lines ok\n").unwrap();
+    let mut s = srv.request("last 2 lines ok");
     let want = b"line 19999\npartial";
     let ok = format!("ok {} {}\n", all.len() - 11, all.len() + 7);
     assert_eq!(
@@ -198,8 +193,7 @@ fn tail_n_starts_at_the_last_n_lines() {
     );
     // In directory mode: `stream PATH last N lines`.
     let srv = tailsrv(dir.path()).start();
-    let mut s = srv.connect();
-    s.write_all(b"stream log last 1 lines ok\n").unwrap();
+    let mut s = srv.request("stream log last 1 lines ok");
     let ok = format!("ok {} {}\n", all.len(), all.len() + 7);
     assert_eq!(
         read_exact(&mut s, ok.len() + 7),

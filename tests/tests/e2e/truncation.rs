@@ -71,8 +71,7 @@ fn truncate_and_regrow_past_the_old_length_closes_followers() {
     let srv = tailsrv(&path).start();
     let mut old = vec![b'A'; 1000];
     for round in 0..10u8 {
-        let mut c = srv.connect();
-        c.write_all(b"0\n").unwrap();
+        let mut c = srv.request("0");
         assert_eq!(read_exact(&mut c, old.len()), old, "round {round}");
         let new = vec![b'B' + round; old.len() * 2];
         truncate_and_regrow(&path, &new);
@@ -268,8 +267,7 @@ impl World {
 
     /// Connects a follower at `start` and lets it catch up.
     fn connect(&mut self, start: u64, ctx: &str) {
-        let mut sock = self.srv.connect();
-        sock.write_all(format!("{start}\n").as_bytes()).unwrap();
+        let sock = self.srv.request(start.to_string());
         self.followers.push(Follower {
             sock,
             pos: start,
@@ -604,16 +602,14 @@ fn unreadable_file_is_retried_and_waiting_clients_are_told() {
     assert!(srv.log.wait_for("Permission denied", PATIENCE).is_some());
     // A client waiting past the header timeout is told why, rather than left hanging.
     let started = Instant::now();
-    let mut c = srv.connect();
-    c.write_all(b"0\n").unwrap();
+    let mut c = srv.request("0");
     assert_eq!(read_text(&mut c), "error: unreadable: permission denied\n");
     assert!(started.elapsed() >= Duration::from_millis(900));
     // More attribute changes that leave it unreadable: no new warning.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o200)).unwrap();
     // A client that is waiting when the file becomes readable is served.
-    let mut waiting = srv.connect();
-    waiting.write_all(b"0\n").unwrap();
+    let mut waiting = srv.request("0");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     assert_eq!(read_exact(&mut waiting, 6), b"hello\n");
     assert!(srv
@@ -627,8 +623,7 @@ fn unreadable_file_is_retried_and_waiting_clients_are_told() {
         srv.log.text()
     );
     // And so is everyone after, with what is appended.
-    let mut later = srv.connect();
-    later.write_all(b"0\n").unwrap();
+    let mut later = srv.request("0");
     assert_eq!(read_exact(&mut later, 6), b"hello\n");
     f.write_all(b"world\n").unwrap();
     assert_eq!(read_exact(&mut later, 6), b"world\n");
@@ -747,8 +742,7 @@ fn truncate_and_regrow_closes_followers_in_the_middle_of_a_backlog() {
     let deadline = Instant::now() + Duration::from_secs(25);
     let followers: Vec<_> = (0..FOLLOWERS)
         .map(|i| {
-            let mut c = srv.connect();
-            c.write_all(b"0\n").unwrap();
+            let mut c = srv.request("0");
             let (old, paused, slow, received) =
                 (old.clone(), paused.clone(), slow.clone(), received.clone());
             std::thread::spawn(move || -> Result<u64, String> {
