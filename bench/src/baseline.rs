@@ -63,7 +63,8 @@ struct ThreadServer {
 impl ThreadServer {
     fn start(serve: Serve) -> Result<ThreadServer> {
         // std's listener: backlog 128, as a naive server gets.
-        let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("binding: {e}"))?;
+        let listener =
+            TcpListener::bind((tests::LOOPBACK, 0)).map_err(|e| format!("binding: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let stop = Arc::new(AtomicBool::new(false));
         let clients: Registry = Arc::default();

@@ -51,17 +51,7 @@ pub fn bridge(plan: &Plan, table: &mut Table) -> Result<()> {
         line.push(b'\n');
         std::fs::write(&log, line.repeat(n))
             .map_err(|e| format!("writing {}: {e}", log.display()))?;
-        let server = Server::start(
-            "tailsrv",
-            &[
-                "-p",
-                "0",
-                "--bind",
-                "127.0.0.1",
-                "-q",
-                log.to_str().unwrap(),
-            ],
-        )?;
+        let server = Server::start(tests::tailsrv(&log).arg("-q"))?;
         let (mut raw, mut dedupe, mut via) = (0f64, 0f64, 0f64);
         for _ in 0..plan.reps.max(2) {
             run_no += 1;

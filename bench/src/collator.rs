@@ -258,19 +258,7 @@ fn run_collator(
     let path = plan
         .dir
         .join(format!("collated-{sync}-{conns}-{size}-{depth}.log"));
-    let server = Server::start(
-        COLLATOR,
-        &[
-            "-p",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--sync",
-            sync,
-            "-q",
-            path.to_str().unwrap_or(""),
-        ],
-    )?;
+    let server = Server::start(tests::collator(&path).args(["--sync", sync, "-q"]))?;
     let addr = server.addr;
     let threads: Vec<_> = (0..conns)
         .map(|_| std::thread::spawn(move || producer(addr, size, depth, window)))
@@ -367,17 +355,7 @@ fn restart(plan: &Plan, data: &DataFile) -> Result<f64> {
     let _ = std::fs::read(&data.path).map(|v| v.len());
     let journal = plan.dir.join("data.log.collator");
     let start = Instant::now();
-    let server = Server::start(
-        COLLATOR,
-        &[
-            "-p",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "-q",
-            data.path.to_str().unwrap_or(""),
-        ],
-    )?;
+    let server = Server::start(tests::collator(&data.path).arg("-q"))?;
     let secs = start.elapsed().as_secs_f64();
     drop(server);
     let _ = std::fs::remove_file(journal);

@@ -92,16 +92,7 @@ pub fn slow(plan: &Plan, data: &DataFile, table: &mut Table) -> Result<()> {
 }
 
 fn start_tailsrv(data: &DataFile) -> Result<Server> {
-    Server::start(
-        "tailsrv",
-        &[
-            "-p".as_ref(),
-            "0".as_ref(),
-            "--bind".as_ref(),
-            "127.0.0.1".as_ref(),
-            data.path.as_os_str(),
-        ],
-    )
+    Server::start(tests::tailsrv(&data.path))
 }
 
 /// `n` clients each read `each` bytes from byte 0; returns the seconds until the last is done.

@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::num::NonZeroUsize;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -192,17 +192,7 @@ pub fn spawn_indexer(
     index: &std::path::Path,
     extra: &[&str],
 ) -> Result<Server> {
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "-p".as_ref(),
-        "0".as_ref(),
-        "--bind".as_ref(),
-        "127.0.0.1".as_ref(),
-        "--index".as_ref(),
-        index.as_os_str(),
-    ];
-    args.extend(extra.iter().map(std::ffi::OsStr::new));
-    args.push(log.as_os_str());
-    Server::start(INDEXER, &args)
+    Server::start(tests::indexer(log).arg("--index").arg(index).args(extra))
 }
 
 /// Keeps the round with the higher request rate.
@@ -274,12 +264,9 @@ struct Redis {
 
 impl Redis {
     fn start() -> Result<Redis> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("finding a free port: {e}"))?
-            .port();
+        let port = tests::try_free_port()?;
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &port.to_string(), "--bind", tests::LOOPBACK])
             .args(["--save", "", "--appendonly", "no"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -289,7 +276,7 @@ impl Redis {
                 io::ErrorKind::NotFound => "redis-server not installed".to_owned(),
                 _ => format!("starting redis-server: {e}"),
             })?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = tests::loopback(port);
         let server = Server::adopt(child, addr);
         let ready = tests::eventually(tests::PATIENCE, || ping(addr).is_ok());
         if !ready {

@@ -655,16 +655,7 @@ fn start_tailsrv(path: &Path, trace: Option<&std::path::PathBuf>) -> Result<Serv
         Some(t) => std::env::set_var("TAILSRV_TRACE", t),
         None => std::env::remove_var("TAILSRV_TRACE"),
     }
-    Server::start(
-        "tailsrv",
-        &[
-            "-p".as_ref(),
-            "0".as_ref(),
-            "--bind".as_ref(),
-            "127.0.0.1".as_ref(),
-            path.as_os_str(),
-        ],
-    )
+    Server::start(tests::tailsrv(path))
 }
 
 /// A new followed file, with one line that no follower is meant to see.

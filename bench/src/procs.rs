@@ -2,11 +2,11 @@
 //!
 //! A [`Server`] is one of our release binaries, found next to the bench executable (so the
 //! bench measures exactly the build it came with), started on 127.0.0.1 with `-p 0`; its port
-//! comes from its `listening on ADDR` log line. Starting, the log and killing by pid on drop
-//! are the test harness's ([`tests::Proc`], whose `try_` starters report errors instead of
-//! panicking); this module adds only what the bench reads about a running server.
+//! comes from its `listening on ADDR` log line. The starters, the log and killing by pid on
+//! drop are the test harness's ([`tests::tailsrv`] and the others, [`tests::Spawn::try_start`]
+//! reporting errors instead of panicking); this module adds only what the bench reads about a
+//! running server.
 
-use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Child;
@@ -26,9 +26,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts our binary `name` with `args` and waits for its `listening on ADDR` line.
-    pub fn start<S: AsRef<OsStr>>(name: &str, args: &[S]) -> Result<Server> {
-        Ok(Server::wrap(tests::Proc::try_start(name, args)?))
+    /// Starts a server of ours (`tests::tailsrv(path)`, ...) and waits for its
+    /// `listening on ADDR` line.
+    pub fn start(server: tests::Spawn) -> Result<Server> {
+        Ok(Server::wrap(server.try_start()?))
     }
 
     /// Wraps a child that does not log its address (redis): the caller knows it.

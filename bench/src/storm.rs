@@ -27,16 +27,7 @@ pub fn storm(plan: &Plan, table: &mut Table) -> Result<()> {
     let n = plan
         .cap(plan.storm_clients.max(1), table)
         .min(plan.max_conns() / 3);
-    let tailsrv = Server::start(
-        "tailsrv",
-        &[
-            "-p".as_ref(),
-            "0".as_ref(),
-            "--bind".as_ref(),
-            "127.0.0.1".as_ref(),
-            path.as_os_str(),
-        ],
-    )?;
+    let tailsrv = Server::start(tests::tailsrv(&path))?;
     let baseline = SendfileServer::start(&path)?;
     // The slowest of the repetitions: the target is a bound on the worst case.
     let mut worst: Option<(Storm, Storm)> = None;

@@ -1,13 +1,9 @@
-//! The tests' own view of the four framings and of the indexer's protocol.
+//! The tests' own view of the four framings, and of the requests that carry framed messages
+//! (the collator's `msg` and `batch`).
 //!
 //! The encoder and the naive scanner are written from the framing definitions and share no
 //! code with `proto::framing`, so the indexer and the consumers are checked against offsets
 //! they did not compute. The naive scan looks at every byte: slow, obviously right.
-
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
-
-use crate::{eventually, Proc, PATIENCE};
 
 /// Every framing, by its command-line name.
 pub const FRAMINGS: [&str; 4] = ["newline", "nul", "u32be", "varint"];
@@ -96,74 +92,35 @@ pub fn naive_starts(framing: &str, data: &[u8]) -> (Vec<u64>, u64) {
     (starts, pos as u64)
 }
 
-/// A connection to a tailsrv-indexer: one request line, one answer line.
-pub struct QueryClient {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl QueryClient {
-    pub fn new(p: &Proc) -> QueryClient {
-        let s = p.connect();
-        s.set_read_timeout(Some(PATIENCE)).unwrap();
-        QueryClient {
-            reader: BufReader::new(s.try_clone().unwrap()),
-            writer: s,
+/// The payload of the one framed `message` (the tests only write short varint prefixes).
+pub fn payload<'a>(framing: &str, message: &'a [u8]) -> &'a [u8] {
+    match framing {
+        "newline" | "nul" => &message[..message.len() - 1],
+        "u32be" => &message[4..],
+        _ => {
+            let prefix = message.iter().position(|b| b & 0x80 == 0).unwrap() + 1;
+            &message[prefix..]
         }
     }
-
-    /// One answer line, without its newline.
-    pub fn line(&mut self) -> String {
-        let mut l = String::new();
-        self.reader
-            .read_line(&mut l)
-            .unwrap_or_else(|e| panic!("reading an answer: {e}"));
-        assert!(l.ends_with('\n'), "answer not terminated: {l:?}");
-        l.trim_end().to_owned()
-    }
-
-    pub fn ask(&mut self, q: &str) -> String {
-        self.writer.write_all(format!("{q}\n").as_bytes()).unwrap();
-        self.line()
-    }
-
-    /// Sends every query in one write (pipelined) and reads as many answers.
-    pub fn ask_all(&mut self, qs: &[String]) -> Vec<String> {
-        let batch: String = qs.iter().map(|q| format!("{q}\n")).collect();
-        let mut writer = self.writer.try_clone().unwrap();
-        let sender = std::thread::spawn(move || writer.write_all(batch.as_bytes()).unwrap());
-        let answers = qs.iter().map(|_| self.line()).collect();
-        sender.join().unwrap();
-        answers
-    }
-
-    /// The answer to `q` as a number, or None for an error answer.
-    pub fn parsed(&mut self, q: &str) -> Option<u64> {
-        self.ask(q).parse().ok()
-    }
-
-    /// The answer to `q`, which must be a number.
-    pub fn number(&mut self, q: &str) -> u64 {
-        let a = self.ask(q);
-        a.parse()
-            .unwrap_or_else(|_| panic!("{q:?} answered {a:?}, not a number"))
-    }
-
-    /// Asks the count query `q` until it reaches `n` (the indexer catches up asynchronously),
-    /// then checks that it did not overshoot: a half-written message must never count.
-    pub fn wait_count(&mut self, q: &str, n: u64) {
-        let last = self.wait_answer(q, |a| a.parse::<u64>().is_ok_and(|c| c >= n));
-        assert_eq!(last, n.to_string(), "{q:?} overshot");
-    }
-
-    /// Asks until the answer satisfies `ok` (for changes the indexer learns of by inotify).
-    pub fn wait_answer(&mut self, q: &str, ok: impl Fn(&str) -> bool) -> String {
-        let mut last = String::new();
-        let reached = eventually(PATIENCE, || {
-            last = self.ask(q);
-            ok(&last)
-        });
-        assert!(reached, "{q:?}: last answer {last:?}");
-        last
-    }
 }
+
+/// The collator request `msg LEN\nBODY` for one message.
+pub fn msg_request(payload: &[u8]) -> Vec<u8> {
+    let mut r = format!("msg {}\n", payload.len()).into_bytes();
+    r.extend_from_slice(payload);
+    r
+}
+
+/// The collator request `batch COUNT LEN\nBODY` for `payloads`, encoded in `framing`.
+pub fn batch_request(framing: &str, payloads: &[Vec<u8>]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for p in payloads {
+        encode(framing, p, &mut body);
+    }
+    let mut r = format!("batch {} {}\n", payloads.len(), body.len()).into_bytes();
+    r.extend_from_slice(&body);
+    r
+}
+
+/// A connection to a tailsrv-indexer: one request line, one answer line.
+pub type QueryClient = crate::LineClient;

@@ -1,5 +1,7 @@
-//! LazyFS for the power-loss tests: a FUSE file system with its own page cache, so a test can
-//! drop every byte that was not `fsync`ed (a power loss) or tear one write in parts.
+//! LazyFS for the power-loss tests (`tests/tests/e2e/powerloss.rs`; `cargo test -p tests --test
+//! e2e powerloss::` runs them alone): a FUSE file system with its own page cache, so a test can
+//! drop every byte that was not `fsync`ed (a power loss) or tear one write in parts. Each test
+//! mounts its own, so they run beside each other and beside the other tests of the executable.
 //!
 //! [`LazyFs::mount`] mounts a private LazyFS (its own config, fault FIFO, backing directory and
 //! small cache) on a temp directory; dropping it unmounts and kills the LazyFS process by pid.

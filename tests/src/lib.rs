@@ -1,19 +1,61 @@
-//! The harness for the end-to-end tests: start the real binaries, learn their port from the
-//! `listening on ADDR` log line, talk to them over real sockets, stop them by pid.
+//! The harness for the end-to-end tests (`tests/tests/e2e/`) and the bench: start the real
+//! binaries, learn their port from the `listening on ADDR` log line, talk to them over real
+//! sockets on [`LOOPBACK`], stop them by pid.
+//!
+//! What is here, once: the starters of every binary ([`tailsrv`], [`indexer`], [`collator`],
+//! [`tscat`], [`tsmirror`], [`tswrite`], [`tsbridge`]) and the one child wrapper under them
+//! ([`Spawn`], [`Proc`]); the clients ([`Proc::request`] for tailsrv, [`LineClient`] for the
+//! indexer and the collator); the loopback address; the PRNG ([`Rng`]); the tests' own framing
+//! code ([`framed`]); LazyFS ([`lazyfs`]) and NATS ([`nats`]) for the tests that need them.
 //!
 //! The binaries are the ones cargo built next to the test executable (`target/<profile>/`);
 //! the README's test command builds them first (`cargo build --workspace`).
 
+mod child;
 pub mod framed;
 pub mod lazyfs;
+mod line;
+pub mod lines;
 pub mod nats;
+mod rng;
+mod starters;
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpStream};
+pub use child::{Log, Proc, Spawn};
+pub use line::LineClient;
+pub use rng::{random_bytes, seed, Rng};
+pub use starters::{collator, indexer, tailsrv, tsbridge, tscat, tsmirror, tswrite};
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+/// The one address the tests bind and dial: the IPv4 loopback (never another interface).
+pub const LOOPBACK: &str = "127.0.0.1";
+
+/// `LOOPBACK:port`.
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A free loopback port (bound, then released for a server to take; or, left alone, a port
+/// nothing listens on).
+pub fn free_port() -> u16 {
+    try_free_port().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`free_port`] that reports failure instead of panicking (the bench's way).
+pub fn try_free_port() -> Result<u16, String> {
+    TcpListener::bind((LOOPBACK, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("finding a free port: {e}"))
+}
+
+/// Owned strings from string slices (argument lists built up by a test).
+pub fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
 
 /// Generous bound for anything a busy 2-core CI machine should do "at once".
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -42,219 +84,9 @@ pub fn bin(name: &str) -> PathBuf {
     bin_path(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Everything a child process has logged so far, with a way to wait for a line.
-#[derive(Clone, Default)]
-pub struct Log {
-    inner: Arc<(Mutex<String>, Condvar)>,
-}
-
-impl Log {
-    fn push(&self, line: &str) {
-        let (text, cv) = &*self.inner;
-        let mut text = text.lock().unwrap();
-        text.push_str(line);
-        text.push('\n');
-        cv.notify_all();
-    }
-
-    /// The whole log so far.
-    pub fn text(&self) -> String {
-        self.inner.0.lock().unwrap().clone()
-    }
-
-    /// Waits until the log contains `needle` at least `n` times.
-    pub fn wait_count(&self, needle: &str, n: usize, timeout: Duration) -> bool {
-        let (text, cv) = &*self.inner;
-        let deadline = Instant::now() + timeout;
-        let mut guard = text.lock().unwrap();
-        loop {
-            if guard.matches(needle).count() >= n {
-                return true;
-            }
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                return false;
-            };
-            guard = cv.wait_timeout(guard, left).unwrap().0;
-        }
-    }
-
-    /// Waits until the log contains `needle`; returns the log text from the match on.
-    pub fn wait_for(&self, needle: &str, timeout: Duration) -> Option<String> {
-        let (text, cv) = &*self.inner;
-        let deadline = Instant::now() + timeout;
-        let mut guard = text.lock().unwrap();
-        loop {
-            if let Some(i) = guard.find(needle) {
-                return Some(guard[i..].to_owned());
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            guard = cv.wait_timeout(guard, left).unwrap().0;
-        }
-    }
-}
-
-/// A running binary of ours. Killed (by pid) when dropped.
-pub struct Proc {
-    child: Child,
-    /// Its stdout and stderr, line by line (the servers log to stderr).
-    pub log: Log,
-    /// The address from its `listening on` line, if it printed one.
-    pub addr: Option<SocketAddr>,
-}
-
-impl Proc {
-    /// Starts `name` with `args` and waits for its `listening on ADDR` line.
-    pub fn start<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S]) -> Proc {
-        Proc::try_start(name, args).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// [`Proc::start`] that reports failure instead of panicking (the bench's starter).
-    pub fn try_start<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S]) -> Result<Proc, String> {
-        Proc::try_start_cmd(name, Command::new(bin_path(name)?).args(args))
-    }
-
-    /// Starts `cmd` (the binary `name`) and waits for its `listening on ADDR` line. On a
-    /// failure the child is killed before the error is returned.
-    pub fn try_start_cmd(name: &str, cmd: &mut Command) -> Result<Proc, String> {
-        let mut p = Proc::try_spawn_cmd(name, cmd)?;
-        p.addr = Some(p.wait_listening(name)?);
-        Ok(p)
-    }
-
-    /// Wraps a child that does not log its address (a peer such as redis): the caller knows it.
-    pub fn adopt(child: Child, addr: SocketAddr) -> Proc {
-        Proc {
-            child,
-            log: Log::default(),
-            addr: Some(addr),
-        }
-    }
-
-    fn wait_listening(&self, name: &str) -> Result<SocketAddr, String> {
-        let Some(rest) = self.log.wait_for("listening on ", PATIENCE) else {
-            return Err(format!(
-                "{name} did not report its address within {PATIENCE:?}; log:\n{}",
-                self.log.text()
-            ));
-        };
-        let addr: String = rest["listening on ".len()..]
-            .chars()
-            .take_while(|c| !c.is_whitespace() && *c != '"' && *c != '\u{1b}')
-            .collect();
-        addr.parse()
-            .map_err(|e| format!("{name} logged a bad address {addr:?}: {e}"))
-    }
-
-    /// Number of file descriptors the process has open.
-    pub fn fd_count(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    }
-
-    /// Starts `name` with `args` without waiting for anything.
-    pub fn spawn<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S]) -> Proc {
-        Proc::try_spawn_cmd(name, Command::new(bin(name)).args(args))
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// Like [`Proc::start`], with the child's open-file limit set to `nofile`.
-    pub fn start_with_fd_limit<S: AsRef<std::ffi::OsStr>>(
-        name: &str,
-        args: &[S],
-        nofile: u64,
-    ) -> Proc {
-        use std::os::unix::process::CommandExt;
-        let mut cmd = Command::new(bin(name));
-        cmd.args(args);
-        // SAFETY: setrlimit is async-signal-safe and touches only the child.
-        unsafe {
-            cmd.pre_exec(move || {
-                let limit = rustix::process::Rlimit {
-                    current: Some(nofile),
-                    maximum: Some(nofile),
-                };
-                rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)?;
-                Ok(())
-            });
-        }
-        Proc::try_start_cmd(name, &mut cmd).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn try_spawn_cmd(name: &str, cmd: &mut Command) -> Result<Proc, String> {
-        let mut child = cmd
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("starting {name}: {e}"))?;
-        let log = Log::default();
-        for out in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines() {
-                    match line {
-                        Ok(l) => log.push(&l),
-                        Err(_) => break,
-                    }
-                }
-            });
-        }
-        Ok(Proc {
-            child,
-            log,
-            addr: None,
-        })
-    }
-
-    /// The address it listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-            .expect("process did not print a listening address")
-    }
-
-    /// Connects a client to it.
-    pub fn connect(&self) -> TcpStream {
-        TcpStream::connect(self.addr()).expect("connect")
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends `sig` to this process (and only this one).
-    pub fn signal(&self, sig: rustix::process::Signal) {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
-        let _ = rustix::process::kill_process(pid, sig);
-    }
-
-    /// Waits for the process to exit, up to `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Raises this process's open-file limit to its hard limit (tests with many clients).
+/// Raises this process's open-file limit to its hard limit (tests with many clients). Every
+/// test of the binary shares the limit; it is only ever raised, never lowered (a server that
+/// must run short of descriptors gets its own limit: [`Spawn::fd_limit`]).
 pub fn raise_fd_limit() -> u64 {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let lim = getrlimit(Resource::Nofile);
@@ -285,6 +117,19 @@ pub fn read_exact(s: &mut TcpStream, n: usize) -> Vec<u8> {
     buf
 }
 
+/// Leaves for real: closes `s` with a reset (SO_LINGER 0), as a killed process with unread
+/// input does. A plain close (a FIN) looks like a half-close to a server until it next sends.
+pub fn reset(s: TcpStream) {
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+}
+
+/// [`read_to_end`] as text (a server's error answer: one line, then EOF).
+pub fn read_text(s: &mut TcpStream) -> String {
+    String::from_utf8(read_to_end(s)).expect("UTF-8 text")
+}
+
 /// Reads until the peer closes (or [`PATIENCE`] runs out, which fails the test).
 pub fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
     s.set_read_timeout(Some(PATIENCE)).unwrap();
@@ -307,19 +152,6 @@ pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-/// `n` deterministic pseudo-random bytes (xorshift64*), so a misplaced byte is noticed.
-pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
-        })
-        .collect()
 }
 
 /// Appends `data` to the file at `path` (opened, written, closed: as a logging writer would).

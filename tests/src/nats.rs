@@ -9,13 +9,13 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use crate::PATIENCE;
+use crate::{try_free_port as free_port, Proc, Spawn, LOOPBACK, PATIENCE};
 
 /// Whether `nats-server` can be run. Without it a test prints a note and skips, except under
 /// `CI=true`, where `.ci/run` installs it and its absence fails the test.
@@ -51,14 +51,6 @@ pub fn version() -> String {
         .unwrap_or_default()
 }
 
-/// A free loopback port (bound, then released for the server to take).
-fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("finding a free port: {e}"))
-}
-
 /// One nats-server.
 pub struct Node {
     /// Its `server_name`.
@@ -69,13 +61,13 @@ pub struct Node {
     pub http: u16,
     conf: PathBuf,
     log: PathBuf,
-    child: Option<Child>,
+    proc: Option<Proc>,
 }
 
 impl Node {
     /// `HOST:PORT` for clients.
     pub fn url(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{LOOPBACK}:{}", self.port)
     }
 
     /// Everything it logged.
@@ -84,38 +76,32 @@ impl Node {
     }
 
     fn start(&mut self) -> Result<(), String> {
-        let child = Command::new("nats-server")
+        let proc = Spawn::tool("nats-server")
             .arg("-c")
             .arg(&self.conf)
             .arg("-l")
             .arg(&self.log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting nats-server {}: {e}", self.name))?;
-        self.child = Some(child);
+            .try_spawn()
+            .map_err(|e| format!("{e} ({})", self.name))?;
+        self.proc = Some(proc);
         Ok(())
     }
 
     /// SIGKILL, by pid.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.proc = None;
     }
 
     /// Whether it is running (not killed).
     pub fn alive(&self) -> bool {
-        self.child.is_some()
+        self.proc.is_some()
     }
 
     /// GET `path` from its monitoring port: the body.
     pub fn http_get(&self, path: &str) -> Option<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.http)).ok()?;
+        let mut s = TcpStream::connect((LOOPBACK, self.http)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {LOOPBACK}\r\n\r\n").ok()?;
         let mut text = String::new();
         s.read_to_string(&mut text).ok()?;
         text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
@@ -149,7 +135,7 @@ impl Cluster {
         let routes: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
         let route_list = routes
             .iter()
-            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .map(|p| format!("nats-route://{LOOPBACK}:{p}"))
             .collect::<Vec<_>>()
             .join(", ");
         // The guard exists before the first child, so an error below kills what started.
@@ -162,13 +148,13 @@ impl Cluster {
             let (port, http) = (free_port()?, free_port()?);
             let store = dir.join(format!("store-{name}"));
             let mut conf = format!(
-                "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{http}\n\
+                "server_name: {name}\nlisten: {LOOPBACK}:{port}\nhttp: {LOOPBACK}:{http}\n\
                  jetstream {{ store_dir: \"{}\" }}\n",
                 store.display()
             );
             if n > 1 {
                 conf.push_str(&format!(
-                    "cluster {{ name: c1, listen: 127.0.0.1:{route}, routes: [{route_list}] }}\n"
+                    "cluster {{ name: c1, listen: {LOOPBACK}:{route}, routes: [{route_list}] }}\n"
                 ));
             }
             conf.push_str(extra);
@@ -181,13 +167,13 @@ impl Cluster {
                 http,
                 conf: path,
                 log: dir.join(format!("{}.log", i + 1)),
-                child: None,
+                proc: None,
             });
             cluster.nodes.last_mut().expect("just pushed").start()?;
         }
         let deadline = Instant::now() + PATIENCE;
         for node in &cluster.nodes {
-            while TcpStream::connect(("127.0.0.1", node.port)).is_err() {
+            while TcpStream::connect((LOOPBACK, node.port)).is_err() {
                 if Instant::now() >= deadline {
                     return Err(format!(
                         "{} does not accept clients within {PATIENCE:?}; log:\n{}",

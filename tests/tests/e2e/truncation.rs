@@ -29,26 +29,9 @@ use std::time::{Duration, Instant};
 use tests::framed::{naive_starts, QueryClient};
 use tests::*;
 
-fn tailsrv(path: &Path) -> Proc {
-    tailsrv_with(path, &[])
-}
-
-fn tailsrv_with(path: &Path, extra: &[&str]) -> Proc {
-    let mut args = vec!["-p", "0", "--bind", "127.0.0.1"];
-    args.extend_from_slice(extra);
-    args.push(path.to_str().unwrap());
-    Proc::start("tailsrv", &args)
-}
-
-fn indexer(path: &Path, index: &Path) -> Proc {
-    indexer_with(path, index, &[])
-}
-
-fn indexer_with(path: &Path, index: &Path, extra: &[&str]) -> Proc {
-    let mut args = vec!["-p", "0", "--bind", "127.0.0.1", "--stride", "4"];
-    args.extend_from_slice(extra);
-    args.extend(["--index", index.to_str().unwrap(), path.to_str().unwrap()]);
-    Proc::start("tailsrv-indexer", &args)
+/// The indexer of `path`, its index at `index`, a cache entry every 4 messages.
+fn indexer_on(path: &Path, index: &Path) -> Spawn {
+    indexer(path).args(["--stride", "4", "--index"]).arg(index)
 }
 
 /// `ftruncate(fd, 0)` then one `write` of `data` on the same descriptor, microseconds apart.
@@ -85,11 +68,10 @@ fn truncate_and_regrow_past_the_old_length_closes_followers() {
     let dir = tempdir();
     let path = dir.path().join("log");
     append(&path, &[b'A'; 1000]);
-    let srv = tailsrv(&path);
+    let srv = tailsrv(&path).start();
     let mut old = vec![b'A'; 1000];
     for round in 0..10u8 {
-        let mut c = srv.connect();
-        c.write_all(b"0\n").unwrap();
+        let mut c = srv.request("0");
         assert_eq!(read_exact(&mut c, old.len()), old, "round {round}");
         let new = vec![b'B' + round; old.len() * 2];
         truncate_and_regrow(&path, &new);
@@ -126,7 +108,7 @@ fn indexer_rebuilds_after_truncate_and_regrow() {
             .collect()
     };
     append(&path, &lines(2_000, 10, 0));
-    let p = indexer(&path, &dir.path().join("log.idx"));
+    let p = indexer_on(&path, &dir.path().join("log.idx")).start();
     let mut q = QueryClient::new(&p);
     q.wait_count("count", 2_000);
     for round in 0..10 {
@@ -161,36 +143,19 @@ fn indexer_rebuilds_after_truncate_and_regrow() {
 // ---------------------------------------------------------------------------------------
 // The property test.
 
-/// xorshift64*: the test's own PRNG, so a seed replays a failure exactly.
-struct Rng(u64);
+/// Log-like bytes: printable, a newline about every ten bytes.
+fn log_bytes(rng: &mut Rng, n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|_| match rng.below(10) {
+            0 => b'\n',
+            _ => b'a' + rng.below(26) as u8,
+        })
+        .collect()
+}
 
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in `0..n` (n > 0).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    /// Log-like bytes: printable, a newline about every ten bytes.
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n)
-            .map(|_| match self.below(10) {
-                0 => b'\n',
-                _ => b'a' + self.below(26) as u8,
-            })
-            .collect()
-    }
-    /// A byte other than `old`.
-    fn other_than(&mut self, old: u8) -> u8 {
-        old ^ (1 + self.below(255) as u8)
-    }
+/// A byte other than `old`.
+fn other_than(rng: &mut Rng, old: u8) -> u8 {
+    old ^ (1 + rng.below(255) as u8)
 }
 
 /// Bytes before the end that the watcher is allowed to check (`shared::watch::FINGERPRINT`
@@ -263,8 +228,10 @@ impl World {
         let path = dir.join(format!("log{n}"));
         std::fs::write(&path, b"").unwrap();
         // Errors only: tens of thousands of truncations would otherwise be as many warnings.
-        let srv = tailsrv_with(&path, &["-qq"]);
-        let idx = indexer_with(&path, &dir.join(format!("log{n}.idx")), &["-qq"]);
+        let srv = tailsrv(&path).arg("-qq").start();
+        let idx = indexer_on(&path, &dir.join(format!("log{n}.idx")))
+            .arg("-qq")
+            .start();
         let q = QueryClient::new(&idx);
         World {
             path,
@@ -300,8 +267,7 @@ impl World {
 
     /// Connects a follower at `start` and lets it catch up.
     fn connect(&mut self, start: u64, ctx: &str) {
-        let mut sock = self.srv.connect();
-        sock.write_all(format!("{start}\n").as_bytes()).unwrap();
+        let sock = self.srv.request(start.to_string());
         self.followers.push(Follower {
             sock,
             pos: start,
@@ -448,7 +414,7 @@ impl World {
             // Append, as a logger would.
             0..=3 => {
                 let n = 1 + rng.below(120) as usize;
-                let data = rng.bytes(n);
+                let data = log_bytes(rng, n);
                 self.note(format!("appended {n} at {len}"));
                 append(&self.path, &data);
                 self.file.extend_from_slice(&data);
@@ -476,11 +442,11 @@ impl World {
                     1 => rng.below(len - to + 1),
                     _ => len - to + 1 + rng.below(200),
                 } as usize;
-                let mut data = rng.bytes(regrow);
+                let mut data = log_bytes(rng, regrow);
                 for (i, b) in data.iter_mut().enumerate() {
                     if let Some(&old) = self.file.get(to as usize + i) {
                         if *b == old {
-                            *b = rng.other_than(old);
+                            *b = other_than(rng, old);
                         }
                     }
                 }
@@ -502,10 +468,10 @@ impl World {
                 let from = len - 1 - rng.below(len.min(TAIL));
                 let mut data: Vec<u8> = self.file[from as usize..]
                     .iter()
-                    .map(|&b| rng.other_than(b))
+                    .map(|&b| other_than(rng, b))
                     .collect();
                 let more = rng.below(50) as usize;
-                data.extend(rng.bytes(more));
+                data.extend(log_bytes(rng, more));
                 self.note(format!("rewrote {from}..{len} of {len}, + {more}"));
                 self.handle().write_all_at(&data, from).unwrap();
                 self.file.truncate(from as usize);
@@ -522,7 +488,7 @@ impl World {
                 self.ensure_witness(ctx);
                 let from = rng.below(len - TAIL);
                 let n = 1 + rng.below((len - TAIL - from).min(20));
-                let data = rng.bytes(n as usize);
+                let data = log_bytes(rng, n as usize);
                 self.note(format!("rewrote {from}..{} of {len}", from + n));
                 self.handle().write_all_at(&data, from).unwrap();
                 self.file[from as usize..(from + n) as usize].copy_from_slice(&data);
@@ -545,23 +511,13 @@ impl World {
     }
 }
 
-fn seed() -> u64 {
-    match std::env::var("TRUNCATION_SEED") {
-        Ok(s) => s.parse().expect("TRUNCATION_SEED must be a number"),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64,
-    }
-}
-
 #[test]
 fn random_appends_truncations_and_rewrites() {
     let scenarios: u64 = std::env::var("TRUNCATION_SCENARIOS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000);
-    let seed = seed();
+    let seed = seed("TRUNCATION_SEED");
     println!("seed {seed} (TRUNCATION_SEED={seed} replays it), {scenarios} scenarios");
     let dir = tempdir();
     // Several files, each with its own tailsrv and indexer, driven by a thread each: the
@@ -610,9 +566,10 @@ fn random_appends_truncations_and_rewrites() {
 // Unreadable now, readable later (issue #10, item 5).
 
 /// Starts tailsrv unable to override file permissions, even as root (its bounding set
-/// loses CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, from a thread of its own so the rest of
-/// the test keeps them), so that a file with mode 000 cannot be opened by it.
-fn tailsrv_without_permission_override(args: Vec<String>) -> Proc {
+/// loses CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH on a thread of its own, which the child
+/// inherits: the rest of the test, and the tests beside it in this process, keep them), so
+/// that a file with mode 000 cannot be opened by it.
+fn without_permission_override(server: Spawn) -> Proc {
     std::thread::spawn(move || {
         use rustix::thread::{remove_capability_from_bounding_set, CapabilitySet};
         if rustix::process::geteuid().is_root() {
@@ -621,7 +578,7 @@ fn tailsrv_without_permission_override(args: Vec<String>) -> Proc {
                     .expect("dropping a capability from the bounding set (needs CAP_SETPCAP)");
             }
         }
-        Proc::start("tailsrv", &args)
+        server.start()
     })
     .join()
     .unwrap()
@@ -632,17 +589,8 @@ fn unreadable_file_is_retried_and_waiting_clients_are_told() {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = tempdir();
     let path = dir.path().join("log");
-    let args: Vec<String> = vec![
-        "-p".into(),
-        "0".into(),
-        "--bind".into(),
-        "127.0.0.1".into(),
-        "--header-timeout".into(),
-        "1".into(),
-        path.display().to_string(),
-    ];
     // Absent at start: the server waits for it.
-    let srv = tailsrv_without_permission_override(args);
+    let srv = without_permission_override(tailsrv(&path).args(["--header-timeout", "1"]));
     // Created unreadable (mode 000): the server cannot open it.
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -654,19 +602,14 @@ fn unreadable_file_is_retried_and_waiting_clients_are_told() {
     assert!(srv.log.wait_for("Permission denied", PATIENCE).is_some());
     // A client waiting past the header timeout is told why, rather than left hanging.
     let started = Instant::now();
-    let mut c = srv.connect();
-    c.write_all(b"0\n").unwrap();
-    assert_eq!(
-        String::from_utf8(read_to_end(&mut c)).unwrap(),
-        "error: unreadable: permission denied\n"
-    );
+    let mut c = srv.request("0");
+    assert_eq!(read_text(&mut c), "error: unreadable: permission denied\n");
     assert!(started.elapsed() >= Duration::from_millis(900));
     // More attribute changes that leave it unreadable: no new warning.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o200)).unwrap();
     // A client that is waiting when the file becomes readable is served.
-    let mut waiting = srv.connect();
-    waiting.write_all(b"0\n").unwrap();
+    let mut waiting = srv.request("0");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     assert_eq!(read_exact(&mut waiting, 6), b"hello\n");
     assert!(srv
@@ -680,8 +623,7 @@ fn unreadable_file_is_retried_and_waiting_clients_are_told() {
         srv.log.text()
     );
     // And so is everyone after, with what is appended.
-    let mut later = srv.connect();
-    later.write_all(b"0\n").unwrap();
+    let mut later = srv.request("0");
     assert_eq!(read_exact(&mut later, 6), b"hello\n");
     f.write_all(b"world\n").unwrap();
     assert_eq!(read_exact(&mut later, 6), b"world\n");
@@ -735,7 +677,7 @@ fn old_format_and_damaged_magic_are_rebuilt() {
     v1[56..60].copy_from_slice(&crc.to_le_bytes());
     v1.extend_from_slice(&[0x5a; 12 * 10]);
     std::fs::write(&idx, &v1).unwrap();
-    let p = indexer(&path, &idx);
+    let p = indexer_on(&path, &idx).start();
     assert!(p.log.wait_for("format version 1", PATIENCE).is_some());
     let mut q = QueryClient::new(&p);
     q.wait_count("count", starts.len() as u64);
@@ -750,7 +692,7 @@ fn old_format_and_damaged_magic_are_rebuilt() {
     assert_eq!((written.len() - 64) % 12, 0);
 
     // A restart resumes from it (the log is known by inode and first bytes).
-    let p = indexer(&path, &idx);
+    let p = indexer_on(&path, &idx).start();
     assert!(p
         .log
         .wait_for("resuming from the index", PATIENCE)
@@ -762,7 +704,7 @@ fn old_format_and_damaged_magic_are_rebuilt() {
     let mut damaged = written.clone();
     damaged[2] ^= 0x04;
     std::fs::write(&idx, &damaged).unwrap();
-    let p = indexer(&path, &idx);
+    let p = indexer_on(&path, &idx).start();
     assert!(p.log.wait_for("magic number are wrong", PATIENCE).is_some());
     let mut q = QueryClient::new(&p);
     q.wait_count("count", starts.len() as u64);
@@ -792,7 +734,7 @@ fn truncate_and_regrow_closes_followers_in_the_middle_of_a_backlog() {
     let path = dir.path().join("log");
     let old = Arc::new(random_bytes(SIZE, 25));
     append(&path, &old);
-    let srv = tailsrv(&path);
+    let srv = tailsrv(&path).start();
     let paused = Arc::new(AtomicBool::new(false));
     let slow = Arc::new(AtomicBool::new(true));
     let received: Arc<Vec<AtomicU64>> =
@@ -800,8 +742,7 @@ fn truncate_and_regrow_closes_followers_in_the_middle_of_a_backlog() {
     let deadline = Instant::now() + Duration::from_secs(25);
     let followers: Vec<_> = (0..FOLLOWERS)
         .map(|i| {
-            let mut c = srv.connect();
-            c.write_all(b"0\n").unwrap();
+            let mut c = srv.request("0");
             let (old, paused, slow, received) =
                 (old.clone(), paused.clone(), slow.clone(), received.clone());
             std::thread::spawn(move || -> Result<u64, String> {

@@ -4,20 +4,11 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tests::*;
-
-/// tailsrv's arguments for `path` on a free loopback port, after `extra`.
-fn tailsrv_args(path: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    args.extend(["-p", "0", "--bind", "127.0.0.1"].map(String::from));
-    args.push(path.display().to_string());
-    args
-}
 
 /// The log line that says `listening on`.
 fn listening_line(p: &Proc) -> String {
@@ -44,39 +35,8 @@ fn json(line: &str) -> serde_json::Value {
 
 /// Runs `name` to its exit (within [`PATIENCE`]): status, stdout, stderr.
 fn run_to_exit(name: &str, args: &[&str]) -> (ExitStatus, String, String) {
-    let mut child = Command::new(bin(name))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-    let deadline = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{name} {args:?} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let (mut out, mut err) = (String::new(), String::new());
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (status, out, err)
+    let (status, out, err) = Spawn::bin(name).args(args).run();
+    (status, String::from_utf8_lossy(&out).into_owned(), err)
 }
 
 #[test]
@@ -86,9 +46,9 @@ fn a_closed_stderr_does_not_stop_the_server() {
     let data = random_bytes(100_000, 7);
     append(&path, &data[..60_000]);
     // -v: every client is logged (debug), so the server writes to the closed pipe below.
-    let mut child = Command::new(bin("tailsrv"))
-        .args(tailsrv_args(&path, &["-v"]))
-        .env_remove("RUST_LOG")
+    let mut child = tailsrv(&path)
+        .arg("-v")
+        .command()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -165,24 +125,14 @@ fn quiet_still_says_where_it_listens() {
     let dir = tempdir();
     let path = dir.path().join("log");
     for quiet in ["-q", "-qq"] {
-        let p = Proc::start("tailsrv", &tailsrv_args(&path, &[quiet]));
+        let p = tailsrv(&path).arg(quiet).start();
         let v = json(&listening_line(&p));
         assert_eq!(v["msg"], format!("listening on {}", p.addr()));
         // Nothing else at info: `file does not exist yet` is an info line.
         assert!(!p.log.text().contains("does not exist"), "{}", p.log.text());
     }
     // The indexer too.
-    let p = Proc::start(
-        "tailsrv-indexer",
-        &[
-            "-q",
-            "-p",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            path.to_str().unwrap(),
-        ],
-    );
+    let p = indexer(&path).arg("-q").start();
     json(&listening_line(&p));
 }
 
@@ -190,7 +140,7 @@ fn quiet_still_says_where_it_listens() {
 fn text_format_is_one_readable_line() {
     let dir = tempdir();
     let path = dir.path().join("log");
-    let p = Proc::start("tailsrv", &tailsrv_args(&path, &["--log-format", "text"]));
+    let p = tailsrv(&path).args(["--log-format", "text"]).start();
     let line = listening_line(&p);
     // 2026-11-26T00:47:32.123Z INFO  listening on 127.0.0.1:4321 addr=127.0.0.1:4321
     let (time, rest) = line.split_once(' ').unwrap();
@@ -235,24 +185,20 @@ fn fatal_errors_are_logged_on_stderr() {
     let dir = tempdir();
     let path = dir.path().join("log");
     let path = path.to_str().unwrap();
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = TcpListener::bind((LOOPBACK, 0)).unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let dead = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let dead = dead.to_string();
+    let dead = loopback(free_port()).to_string();
     let missing_dir = dir.path().join("no/such/dir/replica");
     let cases: [(&str, Vec<&str>, i32, &str); 4] = [
         (
             "tailsrv",
-            vec!["-p", &port, "--bind", "127.0.0.1", path],
+            vec!["-p", &port, "--bind", LOOPBACK, path],
             1,
             "binding",
         ),
         (
             "tailsrv-indexer",
-            vec!["-p", &port, "--bind", "127.0.0.1", path],
+            vec!["-p", &port, "--bind", LOOPBACK, path],
             1,
             "binding",
         ),

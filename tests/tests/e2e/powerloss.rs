@@ -12,21 +12,19 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
-use tests::framed;
+use tests::framed::{self, batch_request};
 use tests::lazyfs::{self, LazyFs};
 use tests::*;
-
-const COLLATOR: &str = "tailsrv-collator";
 
 /// The payload of message `i` of producer `p`: it names itself, and its filler (letters only,
 /// no delimiter of any framing) is a function of both, so a torn or mixed message is seen.
@@ -74,7 +72,7 @@ impl Scan {
         };
         for (k, &start) in starts.iter().enumerate() {
             let stop = starts.get(k + 1).copied().unwrap_or(end) as usize;
-            let body = message_body(framing, &data[start as usize..stop]);
+            let body = framed::payload(framing, &data[start as usize..stop]);
             match parse(body) {
                 Some(id) => {
                     s.at.entry(id).or_default().push(start);
@@ -124,108 +122,64 @@ impl Scan {
     }
 }
 
-/// A message's bytes without its framing (the tests only write short messages).
-fn message_body<'a>(framing: &str, m: &'a [u8]) -> &'a [u8] {
-    match framing {
-        "newline" | "nul" => &m[..m.len() - 1],
-        "u32be" => &m[4..],
-        _ => {
-            let n = m.iter().position(|b| b & 0x80 == 0).unwrap() + 1;
-            &m[n..]
-        }
-    }
-}
-
-fn collator(file: &Path, port: &str, extra: &[&str]) -> Proc {
-    let mut args = vec!["-p", port, "--bind", "127.0.0.1"];
-    args.extend_from_slice(extra);
-    args.push(file.to_str().unwrap());
-    Proc::start(COLLATOR, &args)
-}
-
-fn tailsrv(file: &Path, extra: &[&str]) -> Proc {
-    let mut args = vec!["-p", "0", "--bind", "127.0.0.1"];
-    args.extend_from_slice(extra);
-    args.push(file.to_str().unwrap());
-    Proc::start("tailsrv", &args)
+/// A collator writing `file` at `port` ("0": a free one) with `extra` flags.
+fn collator_at(file: &Path, port: &str, extra: &[&str]) -> Proc {
+    collator(file)
+        .port(port.parse().unwrap())
+        .args(extra)
+        .start()
 }
 
 /// A tswrite process fed producer `p`'s messages at a steady pace until told to stop, its
-/// output lines (one per message, in input order) collected as they come.
+/// output lines (one per message, in input order) collected as they come. Dropped, it is
+/// killed (its feeder stops at the next write).
 struct Tswrite {
     p: usize,
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<String>>,
+    proc: Proc,
     stop: Arc<AtomicBool>,
-    feeder: Option<JoinHandle<usize>>,
-    readers: Vec<JoinHandle<()>>,
+    /// How many messages it was given (final once the feeder has stopped).
+    sent: Arc<AtomicUsize>,
 }
 
 impl Tswrite {
     fn start(p: usize, server: &str, extra: &[&str]) -> Tswrite {
-        let mut child = Command::new(bin("tswrite"))
-            .arg(server)
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting tswrite");
         let stop = Arc::new(AtomicBool::new(false));
-        let mut sin = child.stdin.take().unwrap();
-        let stop2 = stop.clone();
-        let feeder = std::thread::spawn(move || {
-            let mut i = 0;
-            while !stop2.load(Ordering::Relaxed) {
-                let mut chunk = Vec::new();
-                for _ in 0..5 {
-                    chunk.extend_from_slice(&payload(p, i));
-                    chunk.push(b'\n');
-                    i += 1;
+        let sent = Arc::new(AtomicUsize::new(0));
+        let (stop2, sent2) = (stop.clone(), sent.clone());
+        let proc = tswrite([server])
+            .args(extra)
+            .feed(move |mut sin| {
+                let mut i = 0;
+                while !stop2.load(Ordering::Relaxed) {
+                    let mut chunk = Vec::new();
+                    for _ in 0..5 {
+                        chunk.extend_from_slice(&payload(p, i));
+                        chunk.push(b'\n');
+                        i += 1;
+                    }
+                    if sin.write_all(&chunk).is_err() {
+                        break;
+                    }
+                    sent2.store(i, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(10));
                 }
-                if sin.write_all(&chunk).is_err() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            i
-        });
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let out = child.stdout.take().unwrap();
-        let l2 = lines.clone();
-        let r1 = std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                l2.lock().unwrap().push(l);
-            }
-        });
-        let err = child.stderr.take().unwrap();
-        let e2 = stderr.clone();
-        let r2 = std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                let mut e = e2.lock().unwrap();
-                e.push_str(&l);
-                e.push('\n');
-            }
-        });
+                sent2.store(i, Ordering::Relaxed);
+            })
+            .spawn();
         Tswrite {
             p,
-            child,
-            lines,
-            stderr,
+            proc,
             stop,
-            feeder: Some(feeder),
-            readers: vec![r1, r2],
+            sent,
         }
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.proc.pid()
     }
 
     fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
+        self.proc.out.lines()
     }
 
     /// Stops feeding, closes stdin and waits (bounded) for tswrite to answer for everything.
@@ -233,43 +187,29 @@ impl Tswrite {
     /// stderr.
     fn finish(mut self, timeout: Duration) -> (ExitStatus, Vec<String>, usize, String) {
         self.stop.store(true, Ordering::Relaxed);
-        let sent = self.feeder.take().unwrap().join().unwrap();
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "tswrite P{} did not finish within {timeout:?} ({} of {sent} answered); \
-                     stderr:\n{}",
-                    self.p,
-                    self.lines().len(),
-                    self.stderr.lock().unwrap()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        for r in self.readers.drain(..) {
-            r.join().unwrap();
+        if self.proc.wait_exit(timeout).is_none() {
+            panic!(
+                "tswrite P{} did not finish within {timeout:?} ({} of {} answered); \
+                 stderr:\n{}",
+                self.p,
+                self.lines().len(),
+                self.sent.load(Ordering::Relaxed),
+                self.proc.log.text()
+            );
         }
+        let (status, out, stderr) = self.proc.finish();
+        let sent = self.sent.load(Ordering::Relaxed);
         if !status.success() {
-            let e = self.stderr.lock().unwrap();
             eprintln!("tswrite P{} exited {status}; stderr (head):", self.p);
-            for l in e.lines().take(4) {
+            for l in stderr.lines().take(4) {
                 eprintln!("  {l}");
             }
         }
-        let stderr = self.stderr.lock().unwrap().clone();
-        (status, self.lines(), sent, stderr)
-    }
-}
-
-impl Drop for Tswrite {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let lines = String::from_utf8_lossy(&out)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        (status, lines, sent, stderr)
     }
 }
 
@@ -314,9 +254,9 @@ struct Rounds {
 fn power_loss_rounds(test: &str, sync: &str, producers: usize, rounds: usize) -> Option<Rounds> {
     let mut fs = LazyFs::mount(test)?;
     let file = fs.mnt().join("log");
-    let mut c = collator(&file, "0", &["--sync", sync]);
+    let mut c = collator_at(&file, "0", &["--sync", sync]);
     let port = c.addr().port().to_string();
-    let server = format!("127.0.0.1:{port}");
+    let server = format!("{LOOPBACK}:{port}");
     let ps: Vec<Tswrite> = (0..producers)
         .map(|p| {
             Tswrite::start(
@@ -366,7 +306,7 @@ fn power_loss_rounds(test: &str, sync: &str, producers: usize, rounds: usize) ->
         }
         r.before.push(ps.iter().map(Tswrite::lines).collect());
         r.synced.push(synced_then);
-        c = collator(&file, &port, &["--sync", sync]);
+        c = collator_at(&file, &port, &["--sync", sync]);
         let log = c.log.text();
         r.cuts.push(
             log.lines()
@@ -617,50 +557,6 @@ fn power_loss_in_interval_mode_loses_only_the_unsynced_tail() {
     );
 }
 
-/// A producer on the raw protocol: one request, one answer line.
-struct Raw {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Raw {
-    fn new(p: &Proc) -> Raw {
-        Raw::connect(p.addr())
-    }
-
-    fn connect(addr: std::net::SocketAddr) -> Raw {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(PATIENCE)).unwrap();
-        Raw {
-            reader: BufReader::new(s.try_clone().unwrap()),
-            writer: s,
-        }
-    }
-
-    /// Sends `req` and returns the answer line, or the error that ended the connection.
-    fn ask(&mut self, req: &[u8]) -> String {
-        if let Err(e) = self.writer.write_all(req) {
-            return format!("(send failed: {e})");
-        }
-        let mut l = String::new();
-        match self.reader.read_line(&mut l) {
-            Ok(0) => "(closed)".into(),
-            Ok(_) => l.trim_end().to_owned(),
-            Err(e) => format!("(read failed: {e})"),
-        }
-    }
-}
-
-fn batch_request(framing: &str, msgs: &[Vec<u8>]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for m in msgs {
-        framed::encode(framing, m, &mut body);
-    }
-    let mut r = format!("batch {} {}\n", msgs.len(), body.len()).into_bytes();
-    r.extend_from_slice(&body);
-    r
-}
-
 /// Issue #25, test 3: one write group torn by LazyFS (`torn-op`: only some thirds of the
 /// `pwritev` reach the disk, then the file system dies, as in a power loss mid-write), in
 /// several shapes and two framings. After the restart the file ends at the last complete
@@ -684,20 +580,20 @@ fn torn_write_is_cut_back_to_the_last_complete_group() {
     for (round, (framing, persist)) in cases.iter().enumerate() {
         let what = format!("{framing}, parts {persist:?} of 3 persisted");
         let file = fs.mnt().join(format!("log{round}"));
-        let mut c = collator(&file, "0", &["--sync", "data", "--framing", framing]);
-        let mut p = Raw::new(&c);
+        let mut c = collator_at(&file, "0", &["--sync", "data", "--framing", framing]);
+        let mut p = LineClient::new(&c);
         let mut n = 0;
         let mut acked = 0;
         for b in 0..5 {
             let msgs: Vec<Vec<u8>> = (n..n + 8).map(|i| payload(b, i)).collect();
             n += 8;
-            let a = p.ask(&batch_request(framing, &msgs));
+            let a = p.try_request(&batch_request(framing, &msgs));
             assert!(a.starts_with("ok "), "{test}: {what}: {a}");
             acked += 8;
         }
         fs.torn_op(&file, 3, persist);
         let msgs: Vec<Vec<u8>> = (n..n + 8).map(|i| payload(9, i)).collect();
-        let answer = p.ask(&batch_request(framing, &msgs));
+        let answer = p.try_request(&batch_request(framing, &msgs));
         assert!(
             fs.wait_dead(PATIENCE),
             "{test}: {what}: LazyFS did not tear the write (answer {answer}); log:\n{}",
@@ -708,27 +604,18 @@ fn torn_write_is_cut_back_to_the_last_complete_group() {
         drop(p);
         fs.restart();
         let torn_len = std::fs::metadata(&file).unwrap().len();
-        let c = Proc::spawn(
-            COLLATOR,
-            &[
-                "-p",
-                "0",
-                "--bind",
-                "127.0.0.1",
-                "--sync",
-                "data",
-                "--framing",
-                framing,
-                file.to_str().unwrap(),
-            ],
-        );
-        let Some(listening) = c.log.wait_for("listening on ", PATIENCE) else {
-            failures.push(format!(
-                "{what}: the collator did not restart on the torn file ({torn_len} bytes); \
-                 log:\n{}",
-                c.log.text()
-            ));
-            continue;
+        let restarted = collator(&file)
+            .args(["--sync", "data", "--framing", framing])
+            .try_start();
+        let c = match restarted {
+            Ok(c) => c,
+            Err(e) => {
+                failures.push(format!(
+                    "{what}: the collator did not restart on the torn file ({torn_len} \
+                     bytes): {e}"
+                ));
+                continue;
+            }
         };
         let data = std::fs::read(&file).unwrap();
         let scan = Scan::of(framing, &data);
@@ -757,13 +644,9 @@ fn torn_write_is_cut_back_to_the_last_complete_group() {
             continue;
         }
         // The collator goes on from the last complete group.
-        let addr: String = listening["listening on ".len()..]
-            .chars()
-            .take_while(|ch| !ch.is_whitespace() && *ch != '"')
-            .collect();
-        let mut p = Raw::connect(addr.parse().unwrap());
+        let mut p = LineClient::new(&c);
         assert_eq!(
-            p.ask(b"end\n"),
+            p.try_request(b"end\n"),
             format!("end {} {acked} {framing}", data.len()),
             "{test}: {what}"
         );
@@ -814,11 +697,11 @@ fn synced_follower(sync: &str) {
         return;
     };
     let file = fs.mnt().join("log");
-    let mut c = collator(&file, "0", &["--sync", sync]);
+    let mut c = collator_at(&file, "0", &["--sync", sync]);
     let port = c.addr().port().to_string();
-    let server = format!("127.0.0.1:{port}");
+    let server = format!("{LOOPBACK}:{port}");
     let got = Arc::new(Mutex::new(Vec::new()));
-    let mut ts = tailsrv(&file, &["--serve-up-to-synced"]);
+    let mut ts = tailsrv(&file).arg("--serve-up-to-synced").start();
     let mut follower = follow(ts.addr(), 0, got.clone());
     let mut before = 0;
     let mut dropped = Vec::new();
@@ -844,7 +727,7 @@ fn synced_follower(sync: &str) {
         c.wait_exit(PATIENCE).unwrap();
         ts.wait_exit(PATIENCE).unwrap();
         follower.join().unwrap();
-        c = collator(&file, &port, &["--sync", sync]);
+        c = collator_at(&file, &port, &["--sync", sync]);
         let data = std::fs::read(&file).unwrap();
         dropped.push(len_then.saturating_sub(data.len() as u64));
         let held = got.lock().unwrap().clone();
@@ -871,7 +754,7 @@ fn synced_follower(sync: &str) {
             }
         );
         before = held.len();
-        ts = tailsrv(&file, &["--serve-up-to-synced"]);
+        ts = tailsrv(&file).arg("--serve-up-to-synced").start();
         follower = follow(ts.addr(), before as u64, got.clone());
     }
     // The restarted collator synced what it recovered: the follower gets all of it.
@@ -909,11 +792,8 @@ fn servers_survive_short_reads_on_lazyfs() {
     };
     let file = fs.mnt().join("log");
     std::fs::write(&file, b"").unwrap();
-    let ts = tailsrv(&file, &[]);
-    let ix = Proc::start(
-        "tailsrv-indexer",
-        &["-p", "0", "--bind", "127.0.0.1", file.to_str().unwrap()],
-    );
+    let ts = tailsrv(&file).start();
+    let ix = indexer(&file).start();
     let bufs: Vec<Arc<Mutex<Vec<u8>>>> = (0..4).map(|_| Arc::default()).collect();
     let followers: Vec<_> = bufs
         .iter()
@@ -1004,18 +884,14 @@ fn servers_survive_short_reads_on_lazyfs() {
 /// An indexer connection whose failures fail the test with the indexer's log.
 struct Query<'a> {
     ix: &'a Proc,
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    client: LineClient,
 }
 
 impl Query<'_> {
     fn new(ix: &Proc) -> Query<'_> {
-        let s = ix.connect();
-        s.set_read_timeout(Some(PATIENCE)).unwrap();
         Query {
             ix,
-            reader: BufReader::new(s.try_clone().unwrap()),
-            writer: s,
+            client: LineClient::new(ix),
         }
     }
 
@@ -1024,19 +900,15 @@ impl Query<'_> {
     fn number(&mut self, query: &str) -> u64 {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let mut l = String::new();
-            let r = self
-                .writer
-                .write_all(format!("{query}\n").as_bytes())
-                .and_then(|()| self.reader.read_line(&mut l));
-            match (r, l.trim_end().parse()) {
-                (Ok(_), Ok(n)) => return n,
-                (Ok(_), _) if l.starts_with("error: loading:") && Instant::now() < deadline => {
+            let l = self.client.try_request(format!("{query}\n").as_bytes());
+            match l.parse() {
+                Ok(n) => return n,
+                Err(_) if l.starts_with("error: loading:") && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                (r, _) => panic!(
-                    "{query:?} was answered {l:?} ({r:?}); the indexer's log (panics and last \
-                 lines):\n{}",
+                Err(_) => panic!(
+                    "{query:?} was answered {l:?}; the indexer's log (panics and last \
+                     lines):\n{}",
                     log_digest(&self.ix.log.text())
                 ),
             }
@@ -1072,8 +944,8 @@ fn log_digest(log: &str) -> String {
 #[test]
 fn restarted_tswrite_with_state_writes_exactly_once() {
     let test = "restarted_tswrite_with_state_writes_exactly_once";
-    let help = Command::new(bin("tswrite")).arg("--help").output().unwrap();
-    if !String::from_utf8_lossy(&help.stdout).contains("--state") {
+    let (_, help, _) = tswrite(["--help"]).run();
+    if !String::from_utf8_lossy(&help).contains("--state") {
         eprintln!("SKIPPED {test}: this tswrite has no --state option (issue #25, item 5)");
         return;
     }
@@ -1089,35 +961,26 @@ fn restarted_tswrite_with_state_writes_exactly_once() {
         input.push(b'\n');
     }
     std::fs::write(&input_path, &input).unwrap();
-    let errors = dir.path().join("stderr");
+    // Every run's stderr, for the failure message.
+    let mut errors = String::new();
     let file = fs.mnt().join("log");
     let state = fs.mnt().join("tswrite.state");
-    let mut c = collator(&file, "0", &["--sync", "data"]);
+    let mut c = collator_at(&file, "0", &["--sync", "data"]);
     let port = c.addr().port().to_string();
     let run = || {
-        Command::new(bin("tswrite"))
-            .args([
-                &format!("127.0.0.1:{port}"),
-                "--id",
-                "S7",
-                "--state",
-                state.to_str().unwrap(),
-                "--batch-bytes",
-                "400",
-                "--retry-secs",
-                "30",
-            ])
-            .stdin(File::open(&input_path).unwrap())
-            .stdout(Stdio::null())
-            .stderr(
-                File::options()
-                    .create(true)
-                    .append(true)
-                    .open(&errors)
-                    .unwrap(),
-            )
-            .spawn()
-            .unwrap()
+        tswrite([
+            &format!("{LOOPBACK}:{port}"),
+            "--id",
+            "S7",
+            "--state",
+            state.to_str().unwrap(),
+            "--batch-bytes",
+            "400",
+            "--retry-secs",
+            "30",
+        ])
+        .stdin_file(File::open(&input_path).unwrap())
+        .spawn()
     };
     let len = || std::fs::metadata(&file).map_or(0, |m| m.len());
     let mut kills = 0;
@@ -1127,7 +990,7 @@ fn restarted_tswrite_with_state_writes_exactly_once() {
         let mut t = run();
         let target = len() + input.len() as u64 / 12;
         let grew = eventually(PATIENCE, || len() >= target);
-        if t.try_wait().unwrap().is_some() {
+        if t.wait_exit(Duration::ZERO).is_some() {
             break;
         }
         assert!(
@@ -1137,30 +1000,27 @@ fn restarted_tswrite_with_state_writes_exactly_once() {
         kills += 1;
         if round == 5 {
             // Its machine (and the collator's) loses power; the state file is on it too.
-            fs.power_loss(&[t.id(), c.pid()]);
-            let _ = t.wait();
+            fs.power_loss(&[t.pid(), c.pid()]);
+            t.wait_exit(PATIENCE)
+                .expect("tswrite dies with its machine");
             c.wait_exit(PATIENCE).unwrap();
-            c = collator(&file, &port, &["--sync", "data"]);
+            c = collator_at(&file, &port, &["--sync", "data"]);
         } else {
-            let _ = t.kill();
-            let _ = t.wait();
+            t.kill();
         }
+        errors.push_str(&t.finish().2);
     }
     assert_eq!(kills, 6, "{test}: tswrite finished before all six kills");
     let mut t = run();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut status = None;
-    while status.is_none() && Instant::now() < deadline {
-        status = t.try_wait().unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let Some(status) = status else {
-        let _ = t.kill();
-        let _ = t.wait();
+    if t.wait_exit(Duration::from_secs(60)).is_none() {
         panic!("{test}: the last tswrite did not finish in 60 s");
-    };
-    let err = std::fs::read_to_string(&errors).unwrap_or_default();
-    assert!(status.success(), "{test}: tswrite exited {status}: {err}");
+    }
+    let (status, _, err) = t.finish();
+    errors.push_str(&err);
+    assert!(
+        status.success(),
+        "{test}: tswrite exited {status}: {errors}"
+    );
     c.signal(Signal::TERM);
     assert!(c.wait_exit(PATIENCE).is_some_and(|s| s.success()));
     let data = std::fs::read(&file).unwrap();

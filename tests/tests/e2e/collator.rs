@@ -7,83 +7,33 @@
 //! message with its acknowledged number.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
-use tests::framed::{self, QueryClient, FRAMINGS};
+use tests::framed::{self, batch_request, msg_request, FRAMINGS};
 use tests::*;
 
-const BIN: &str = "tailsrv-collator";
-
-fn collator(file: &Path, extra: &[&str]) -> Proc {
-    let mut args = vec!["-p", "0", "--bind", "127.0.0.1"];
-    args.extend_from_slice(extra);
-    let file = file.to_str().unwrap();
-    args.push(file);
-    Proc::start(BIN, &args)
+/// A collator writing `file` on a free port, with `extra` flags.
+fn collate(file: &Path, extra: &[&str]) -> Proc {
+    collator(file).args(extra).start()
 }
 
 /// A producer connection: requests out, answer lines in.
-struct Producer {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
+type Producer = LineClient;
 
-impl Producer {
-    fn new(p: &Proc) -> Producer {
-        let s = p.connect();
-        s.set_read_timeout(Some(PATIENCE)).unwrap();
-        Producer {
-            reader: BufReader::new(s.try_clone().unwrap()),
-            writer: s,
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).unwrap();
-    }
-
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        self.reader.read_line(&mut l).unwrap();
-        l.trim_end().to_owned()
-    }
-
-    fn ask(&mut self, bytes: &[u8]) -> String {
-        self.send(bytes);
-        self.line()
-    }
-
-    /// `ok OFFSET MSGNO COUNT` as numbers.
-    fn ok(line: &str) -> (u64, u64, u64) {
-        let f: Vec<u64> = line
-            .strip_prefix("ok ")
-            .unwrap_or_else(|| panic!("not an ok answer: {line:?}"))
-            .split(' ')
-            .map(|n| n.parse().unwrap())
-            .collect();
-        (f[0], f[1], f[2])
-    }
-}
-
-fn msg(payload: &[u8]) -> Vec<u8> {
-    let mut r = format!("msg {}\n", payload.len()).into_bytes();
-    r.extend_from_slice(payload);
-    r
-}
-
-fn batch(framing: &str, payloads: &[Vec<u8>]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for p in payloads {
-        framed::encode(framing, p, &mut body);
-    }
-    let mut r = format!("batch {} {}\n", payloads.len(), body.len()).into_bytes();
-    r.extend_from_slice(&body);
-    r
+/// `ok OFFSET MSGNO COUNT` as numbers.
+fn ok(line: &str) -> (u64, u64, u64) {
+    let f: Vec<u64> = line
+        .strip_prefix("ok ")
+        .unwrap_or_else(|| panic!("not an ok answer: {line:?}"))
+        .split(' ')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    (f[0], f[1], f[2])
 }
 
 /// A payload that names itself and never holds a delimiter (`framed::encode` would alter it).
@@ -137,40 +87,25 @@ fn concurrent_producers_every_framing() {
     for framing in FRAMINGS {
         let dir = tempdir();
         let file = dir.path().join("log");
-        let c = collator(&file, &["--framing", framing, "--sync", "data"]);
-        let ix = Proc::start(
-            "tailsrv-indexer",
-            &[
-                "-p",
-                "0",
-                "--bind",
-                "127.0.0.1",
-                "--framing",
-                framing,
-                "--stride",
-                "3",
-                file.to_str().unwrap(),
-            ],
-        );
-        let ts = Proc::start(
-            "tailsrv",
-            &["-p", "0", "--bind", "127.0.0.1", file.to_str().unwrap()],
-        );
-        let mut follower = ts.connect();
-        follower.write_all(b"0\n").unwrap();
+        let c = collate(&file, &["--framing", framing, "--sync", "data"]);
+        let ix = indexer(&file)
+            .args(["--framing", framing, "--stride", "3"])
+            .start();
+        let ts = tailsrv(&file).start();
+        let mut follower = ts.request("0");
         const N: usize = 150;
         let addr = c.addr();
         let singles = std::thread::spawn(move || {
-            let mut p = Producer::new_addr(addr);
+            let mut p = Producer::connect(addr);
             let all: Vec<Vec<u8>> = (0..N).map(|i| payload(0, i, i % 50 + 1)).collect();
             let mut wire = Vec::new();
             for m in &all {
-                wire.extend_from_slice(&msg(m));
+                wire.extend_from_slice(&msg_request(m));
             }
             p.send(&wire);
             all.into_iter()
                 .map(|m| {
-                    let (o, n, c) = Producer::ok(&p.line());
+                    let (o, n, c) = ok(&p.line());
                     assert_eq!(c, 1);
                     (o, n, m)
                 })
@@ -178,11 +113,11 @@ fn concurrent_producers_every_framing() {
         });
         let fr = framing.to_owned();
         let batches = std::thread::spawn(move || {
-            let mut p = Producer::new_addr(addr);
+            let mut p = Producer::connect(addr);
             let mut out = Vec::new();
             for b in 0..N / 10 {
                 let ms: Vec<Vec<u8>> = (0..10).map(|i| payload(1, b * 10 + i, 200 + i)).collect();
-                let (o, n, c) = Producer::ok(&p.ask(&batch(&fr, &ms)));
+                let (o, n, c) = ok(&p.request(&batch_request(&fr, &ms)));
                 assert_eq!(c, 10);
                 let mut off = o;
                 for (i, m) in ms.into_iter().enumerate() {
@@ -196,7 +131,7 @@ fn concurrent_producers_every_framing() {
         });
         let fr = framing.to_owned();
         let lines = std::thread::spawn(move || {
-            let mut p = Producer::new_addr(addr);
+            let mut p = Producer::connect(addr);
             let ms: Vec<Vec<u8>> = (0..N).map(|i| payload(2, i, i % 30 + 1)).collect();
             let mut wire = b"lines\n".to_vec();
             for m in &ms {
@@ -204,11 +139,11 @@ fn concurrent_producers_every_framing() {
                 wire.push(b'\n');
             }
             p.send(&wire);
-            p.writer.shutdown(std::net::Shutdown::Write).unwrap();
+            p.shutdown_write();
             let mut out = Vec::new();
             let mut next = 0;
             while next < ms.len() {
-                let (o, n, c) = Producer::ok(&p.line());
+                let (o, n, c) = ok(&p.line());
                 let mut off = o;
                 for i in 0..c {
                     let m = ms[next].clone();
@@ -228,9 +163,11 @@ fn concurrent_producers_every_framing() {
             input.extend_from_slice(m);
             input.push(b'\n');
         }
-        let printed = tswrite(&[&addr.to_string(), "--id", "tw"], &input);
-        assert!(printed.status.success(), "tswrite: {:?}", printed.status);
-        let mut acked: Vec<(u64, u64, Vec<u8>)> = String::from_utf8(printed.stdout)
+        let (status, printed, err) = tswrite([&addr.to_string(), "--id", "tw"])
+            .input(input)
+            .run();
+        assert!(status.success(), "tswrite: {status:?}; stderr:\n{err}");
+        let mut acked: Vec<(u64, u64, Vec<u8>)> = String::from_utf8(printed)
             .unwrap()
             .lines()
             .zip(ms)
@@ -246,7 +183,7 @@ fn concurrent_producers_every_framing() {
         let data = std::fs::read(&file).unwrap();
         check_file(framing, &data, &acked);
         // The indexer numbers them the same way.
-        let mut q = QueryClient::new(&ix);
+        let mut q = LineClient::new(&ix);
         q.wait_count("count", acked.len() as u64);
         let asks: Vec<String> = acked.iter().map(|a| format!("offset-of {}", a.1)).collect();
         let answers = q.ask_all(&asks);
@@ -263,38 +200,6 @@ fn concurrent_producers_every_framing() {
     }
 }
 
-impl Producer {
-    fn new_addr(addr: std::net::SocketAddr) -> Producer {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(PATIENCE)).unwrap();
-        Producer {
-            reader: BufReader::new(s.try_clone().unwrap()),
-            writer: s,
-        }
-    }
-}
-
-fn tswrite(args: &[&str], stdin: &[u8]) -> std::process::Output {
-    let mut child = Command::new(bin("tswrite"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut sin = child.stdin.take().unwrap();
-    let input = stdin.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = sin.write_all(&input);
-    });
-    let out = child.wait_with_output().unwrap();
-    feeder.join().unwrap();
-    if !out.status.success() {
-        eprintln!("tswrite stderr: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    out
-}
-
 /// The collator is killed with SIGKILL 25 times while tswrite (an idempotent `Writer`)
 /// writes through it; each time a new collator starts on the same file and port. Every
 /// message is acknowledged, is in the file exactly once, at its acknowledged position.
@@ -303,8 +208,8 @@ fn kill_9_during_writes_loses_and_duplicates_nothing() {
     let dir = tempdir();
     let file = dir.path().join("log");
     let framing = "u32be";
-    let mut c = collator(&file, &["--framing", framing]);
-    let port = c.addr().port().to_string();
+    let mut c = collate(&file, &["--framing", framing]);
+    let port = c.addr().port();
     const N: usize = 40_000;
     let ms: Vec<Vec<u8>> = (0..N).map(|i| payload(9, i, i % 60 + 1)).collect();
     let mut input = Vec::new();
@@ -312,33 +217,17 @@ fn kill_9_during_writes_loses_and_duplicates_nothing() {
         input.extend_from_slice(m);
         input.push(b'\n');
     }
-    let mut child = Command::new(bin("tswrite"))
-        .args([
-            &format!("127.0.0.1:{port}"),
-            "--id",
-            "killer",
-            "--batch-bytes",
-            "2000",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut sin = child.stdin.take().unwrap();
     // Fed slowly, so the kills land while messages are flowing.
-    let feeder = std::thread::spawn(move || {
-        for chunk in input.chunks(input.len() / 400 + 1) {
-            sin.write_all(chunk).unwrap();
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    });
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        stdout.read_to_string(&mut s).unwrap();
-        s
-    });
+    let chunk = input.len() / 400 + 1;
+    let writer = tswrite([
+        &format!("{LOOPBACK}:{port}"),
+        "--id",
+        "killer",
+        "--batch-bytes",
+        "2000",
+    ])
+    .paced(input, 0, chunk, Duration::from_millis(20))
+    .spawn();
     let started = Instant::now();
     let mut kills = 0;
     let mut cuts = 0;
@@ -354,28 +243,22 @@ fn kill_9_during_writes_loses_and_duplicates_nothing() {
         c.signal(Signal::KILL);
         c.wait_exit(PATIENCE).expect("killed collator exits");
         kills += 1;
-        c = Proc::start(
-            BIN,
-            &[
-                "-p",
-                &port,
-                "--bind",
-                "127.0.0.1",
-                "--framing",
-                framing,
-                file.to_str().unwrap(),
-            ],
-        );
+        c = collator(&file)
+            .port(port)
+            .args(["--framing", framing])
+            .start();
         if c.log.text().contains("cutting a torn tail") {
             cuts += 1;
         }
         last_end = std::fs::metadata(&file).unwrap().len();
         restart_ends.insert(last_end);
     }
-    feeder.join().unwrap();
-    let status = child.wait().unwrap();
-    let out = reader.join().unwrap();
-    assert!(status.success(), "tswrite failed: {status:?}");
+    let (status, out, err) = writer.finish_within(Duration::from_secs(120));
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        status.success(),
+        "tswrite failed: {status:?}; stderr:\n{err}"
+    );
     assert!(kills >= 20, "only {kills} kills");
     // The kills landed while data was flowing: the file grew between most restarts.
     assert!(
@@ -406,10 +289,10 @@ fn torn_tails_are_cut_on_restart() {
     for framing in FRAMINGS {
         let dir = tempdir();
         let file = dir.path().join("log");
-        let mut c = collator(&file, &["--framing", framing]);
+        let mut c = collate(&file, &["--framing", framing]);
         let mut p = Producer::new(&c);
         let ms: Vec<Vec<u8>> = (0..5).map(|i| payload(0, i, 10)).collect();
-        let (_, _, n) = Producer::ok(&p.ask(&batch(framing, &ms)));
+        let (_, _, n) = ok(&p.request(&batch_request(framing, &ms)));
         assert_eq!(n, 5);
         drop(p);
         c.signal(Signal::TERM);
@@ -433,7 +316,7 @@ fn torn_tails_are_cut_on_restart() {
                 append(Path::new(&journal), record.as_bytes());
             }
             append(&file, &tail);
-            let c = collator(&file, &["--framing", framing]);
+            let c = collate(&file, &["--framing", framing]);
             assert!(
                 c.log.wait_for("cutting a torn tail", PATIENCE).is_some(),
                 "{framing} {what}: nothing cut; log:\n{}",
@@ -442,7 +325,7 @@ fn torn_tails_are_cut_on_restart() {
             assert_eq!(std::fs::read(&file).unwrap(), good, "{framing} {what}");
             let mut p = Producer::new(&c);
             assert_eq!(
-                p.ask(b"end\n"),
+                p.request(b"end\n"),
                 format!("end {} 5 {framing}", good.len()),
                 "{framing} {what}"
             );
@@ -456,7 +339,7 @@ fn torn_tails_are_cut_on_restart() {
 fn bad_input() {
     let dir = tempdir();
     let file = dir.path().join("log");
-    let c = collator(
+    let c = collate(
         &file,
         &[
             "--max-message",
@@ -469,11 +352,11 @@ fn bad_input() {
     );
     let mut p = Producer::new(&c);
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (msg(b""), "error: bad-body:"),
-        (msg(b"a\nb"), "error: bad-body:"),
-        (msg(&[b'x'; 101]), "error: too-big:"),
+        (msg_request(b""), "error: bad-body:"),
+        (msg_request(b"a\nb"), "error: bad-body:"),
+        (msg_request(&[b'x'; 101]), "error: too-big:"),
         (
-            batch("newline", &[b"a".to_vec(), b"b".to_vec()]).replace_count(3),
+            batch_request("newline", &[b"a".to_vec(), b"b".to_vec()]).replace_count(3),
             "error: bad-body:",
         ),
         (b"batch 2 4\nab\nc".to_vec(), "error: bad-body:"),
@@ -494,7 +377,7 @@ fn bad_input() {
     ];
     let mut answers = Vec::new();
     for (req, want) in &cases {
-        let a = p.ask(req);
+        let a = p.request(req);
         assert!(
             a.starts_with(want),
             "{:?}: {a:?}",
@@ -514,14 +397,14 @@ fn bad_input() {
     ] {
         let mut s = c.connect();
         s.write_all(req).unwrap();
-        let all = String::from_utf8(read_to_end(&mut s)).unwrap();
+        let all = read_text(&mut s);
         assert!(all.starts_with(want), "{all:?}");
         assert_eq!(all.lines().count(), 1, "{all:?}");
     }
     // Answers owed before a bad header still come first.
     let mut s = c.connect();
     s.write_all(b"msg 1\nqend\nnonsense\n").unwrap();
-    let all = String::from_utf8(read_to_end(&mut s)).unwrap();
+    let all = read_text(&mut s);
     let lines: Vec<&str> = all.lines().collect();
     assert_eq!(lines.len(), 3, "{all:?}");
     assert_eq!(lines[0], "ok 6 3 1");
@@ -548,11 +431,8 @@ impl ReplaceCount for Vec<u8> {
 fn second_collator_on_the_same_file_is_refused() {
     let dir = tempdir();
     let file = dir.path().join("log");
-    let c = collator(&file, &[]);
-    let mut second = Proc::spawn(
-        BIN,
-        &["-p", "0", "--bind", "127.0.0.1", file.to_str().unwrap()],
-    );
+    let c = collate(&file, &[]);
+    let mut second = collator(&file).spawn();
     let status = second.wait_exit(PATIENCE).expect("second collator exits");
     assert!(!status.success());
     assert!(
@@ -564,7 +444,7 @@ fn second_collator_on_the_same_file_is_refused() {
         second.log.text()
     );
     let mut p = Producer::new(&c);
-    assert_eq!(p.ask(&msg(b"still here")), "ok 0 0 1");
+    assert_eq!(p.request(&msg_request(b"still here")), "ok 0 0 1");
 }
 
 /// SIGTERM while requests are in flight: every request sent before it is answered `ok`
@@ -573,23 +453,19 @@ fn second_collator_on_the_same_file_is_refused() {
 fn sigterm_drains_in_flight_requests() {
     let dir = tempdir();
     let file = dir.path().join("log");
-    let mut c = collator(&file, &["--sync", "data"]);
+    let mut c = collate(&file, &["--sync", "data"]);
     let mut p = Producer::new(&c);
     let ms: Vec<Vec<u8>> = (0..2000).map(|i| payload(0, i, 20)).collect();
     let mut wire = Vec::new();
     for m in &ms {
-        wire.extend_from_slice(&msg(m));
+        wire.extend_from_slice(&msg_request(m));
     }
     p.send(&wire);
     let first = p.line();
     c.signal(Signal::TERM);
     let mut acked = vec![first];
-    loop {
-        let mut l = String::new();
-        match p.reader.read_line(&mut l) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => acked.push(l.trim_end().to_owned()),
-        }
+    while let Some(l) = p.next_line() {
+        acked.push(l);
     }
     assert!(c.wait_exit(PATIENCE).expect("exits").success());
     let oks: Vec<(u64, u64, Vec<u8>)> = acked
@@ -597,7 +473,7 @@ fn sigterm_drains_in_flight_requests() {
         .take_while(|l| l.starts_with("ok "))
         .zip(&ms)
         .map(|(l, m)| {
-            let (o, n, _) = Producer::ok(l);
+            let (o, n, _) = ok(l);
             (o, n, m.clone())
         })
         .collect();
@@ -616,24 +492,13 @@ fn directory_mode() {
     std::fs::create_dir_all(root.join("app")).unwrap();
     std::fs::write(root.join(".ignore"), "secret*\n").unwrap();
     let journals = dir.path().join("journals");
-    let c = Proc::start(
-        BIN,
-        &[
-            "-p",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--journal-dir",
-            journals.to_str().unwrap(),
-            root.to_str().unwrap(),
-        ],
-    );
+    let c = collator(&root).arg("--journal-dir").arg(&journals).start();
     let mut p = Producer::new(&c);
-    assert_eq!(p.ask(b"end to app/a.log\n"), "end 0 0 newline");
+    assert_eq!(p.request(b"end to app/a.log\n"), "end 0 0 newline");
     assert!(!root.join("app/a.log").exists(), "`end` creates nothing");
-    assert_eq!(p.ask(b"msg 2 to app/a.log\nhi"), "ok 0 0 1");
-    assert_eq!(p.ask(b"msg 3 to app/a.log\nyou"), "ok 3 1 1");
-    assert_eq!(p.ask(b"msg 1 to b.log\nx"), "ok 0 0 1");
+    assert_eq!(p.request(b"msg 2 to app/a.log\nhi"), "ok 0 0 1");
+    assert_eq!(p.request(b"msg 3 to app/a.log\nyou"), "ok 3 1 1");
+    assert_eq!(p.request(b"msg 1 to b.log\nx"), "ok 0 0 1");
     assert_eq!(std::fs::read(root.join("app/a.log")).unwrap(), b"hi\nyou\n");
     for bad in [
         &b"msg 1 to ../outside\nx"[..],
@@ -641,13 +506,13 @@ fn directory_mode() {
         b"msg 1 to secret.log\nx",
         b"msg 1 to app/../b.log\nx",
     ] {
-        let a = p.ask(bad);
+        let a = p.request(bad);
         assert!(a.starts_with("error: not-served:"), "{a:?}");
     }
     assert!(p
-        .ask(b"msg 1 to nodir/x.log\nx")
+        .request(b"msg 1 to nodir/x.log\nx")
         .starts_with("error: not-found:"));
-    assert!(p.ask(b"msg 1\nx").starts_with("error: wrong-mode:"));
+    assert!(p.request(b"msg 1\nx").starts_with("error: wrong-mode:"));
     assert!(!dir.path().join("outside").exists());
     assert!(!root.join("secret.log").exists());
 }
@@ -687,15 +552,15 @@ fn disk_full_cuts_back_and_keeps_serving() {
         return;
     };
     let file = mnt.join("log");
-    let mut c = collator(&file, &["--max-message", "100000"]);
+    let mut c = collate(&file, &["--max-message", "100000"]);
     let mut p = Producer::new(&c);
     let mut acked = Vec::new();
     let mut full = None;
     for i in 0..100 {
         let m = payload(0, i, 30_000);
-        let a = p.ask(&msg(&m));
+        let a = p.request(&msg_request(&m));
         if a.starts_with("ok ") {
-            let (o, n, _) = Producer::ok(&a);
+            let (o, n, _) = ok(&a);
             acked.push((o, n, m));
         } else {
             full = Some(a);
@@ -707,12 +572,12 @@ fn disk_full_cuts_back_and_keeps_serving() {
     let data = std::fs::read(&file).unwrap();
     check_file("newline", &data, &acked);
     // Still serving: a small message fits in what is left... or is refused the same way.
-    let a = p.ask(&msg(b"small"));
+    let a = p.request(&msg_request(b"small"));
     assert!(
         a.starts_with("ok ") || a.starts_with("error: disk-full:"),
         "{a:?}"
     );
-    assert!(p.ask(b"end\n").starts_with("end "));
+    assert!(p.request(b"end\n").starts_with("end "));
     c.signal(Signal::TERM);
     c.wait_exit(PATIENCE);
 }
@@ -729,16 +594,16 @@ fn many_connections_share_the_file() {
 fn many_connections(sync: &str) {
     let dir = tempdir();
     let file = dir.path().join("log");
-    let mut c = collator(&file, &["--sync", sync]);
+    let mut c = collate(&file, &["--sync", sync]);
     let addr = c.addr();
     let threads: Vec<_> = (0..16)
         .map(|t| {
             std::thread::spawn(move || {
-                let mut p = Producer::new_addr(addr);
+                let mut p = Producer::connect(addr);
                 (0..50)
                     .map(|i| {
                         let m = payload(t, i, 10);
-                        let (o, n, _) = Producer::ok(&p.ask(&msg(&m)));
+                        let (o, n, _) = ok(&p.request(&msg_request(&m)));
                         (o, n, m)
                     })
                     .collect::<Vec<_>>()
@@ -766,19 +631,8 @@ fn followers_never_see_past_the_synced_length() {
     let dir = tempdir();
     let file = dir.path().join("log");
     std::fs::write(&file, b"0123456789").unwrap();
-    let ts = Proc::start(
-        "tailsrv",
-        &[
-            "-p",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--serve-up-to-synced",
-            file.to_str().unwrap(),
-        ],
-    );
-    let mut f = ts.connect();
-    f.write_all(b"0\n").unwrap();
+    let ts = tailsrv(&file).arg("--serve-up-to-synced").start();
+    let mut f = ts.request("0");
     f.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     let mut buf = [0u8; 64];
@@ -798,27 +652,16 @@ fn followers_never_see_past_the_synced_length() {
     // With a collator writing in data mode.
     let dir = tempdir();
     let file = dir.path().join("log");
-    let c = collator(&file, &["--sync", "data"]);
-    let ts = Proc::start(
-        "tailsrv",
-        &[
-            "-p",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--serve-up-to-synced",
-            file.to_str().unwrap(),
-        ],
-    );
-    let mut f = ts.connect();
-    f.write_all(b"0\n").unwrap();
+    let c = collate(&file, &["--sync", "data"]);
+    let ts = tailsrv(&file).arg("--serve-up-to-synced").start();
+    let mut f = ts.request("0");
     let addr = c.addr();
     let producers: Vec<_> = (0..4)
         .map(|t| {
             std::thread::spawn(move || {
-                let mut p = Producer::new_addr(addr);
+                let mut p = Producer::connect(addr);
                 for i in 0..100 {
-                    Producer::ok(&p.ask(&msg(&payload(t, i, 50))));
+                    ok(&p.request(&msg_request(&payload(t, i, 50))));
                 }
             })
         })
@@ -886,15 +729,15 @@ fn torn_write(framing: &str, marker: &[&str], what: &str) {
     let journal = std::path::PathBuf::from(journal);
     let mut args = vec!["--framing", framing, "--sync", "data"];
     args.extend_from_slice(marker);
-    let mut c = collator(&file, &args);
+    let mut c = collate(&file, &args);
     let mut p = Producer::new(&c);
-    Producer::ok(&p.ask(&msg(&payload(0, 0, 20))));
+    ok(&p.request(&msg_request(&payload(0, 0, 20))));
     let ms: Vec<Vec<u8>> = (1..4).map(|i| payload(0, i, 20)).collect();
-    assert_eq!(Producer::ok(&p.ask(&batch(framing, &ms))).2, 3);
+    assert_eq!(ok(&p.request(&batch_request(framing, &ms))).2, 3);
     let good = std::fs::read(&file).unwrap();
     // The last group, a batch of three, is the one to tear.
     let last: Vec<Vec<u8>> = (4..7).map(|i| payload(0, i, 20)).collect();
-    assert_eq!(Producer::ok(&p.ask(&batch(framing, &last))).1, 4);
+    assert_eq!(ok(&p.request(&batch_request(framing, &last))).1, 4);
     drop(p);
     c.signal(Signal::KILL);
     c.wait_exit(PATIENCE);
@@ -934,7 +777,7 @@ fn torn_write(framing: &str, marker: &[&str], what: &str) {
     let what = format!("{framing} {what} {marker:?}");
     std::fs::write(&file, &content).unwrap();
     std::fs::write(&journal, journal_bytes).unwrap();
-    let mut c = collator(&file, &args);
+    let mut c = collate(&file, &args);
     let line = c.log.wait_for("cutting a torn tail", PATIENCE);
     assert!(
         line.is_some(),
@@ -949,11 +792,11 @@ fn torn_write(framing: &str, marker: &[&str], what: &str) {
     );
     let mut p = Producer::new(&c);
     assert_eq!(
-        p.ask(b"end\n"),
+        p.request(b"end\n"),
         format!("end {} 4 {framing}", good.len()),
         "{what}"
     );
-    let (o, n, _) = Producer::ok(&p.ask(&msg(b"after")));
+    let (o, n, _) = ok(&p.request(&msg_request(b"after")));
     assert_eq!((o, n), (good.len() as u64, 4), "{what}");
     drop(p);
     c.signal(Signal::KILL);
@@ -967,7 +810,7 @@ fn torn_write(framing: &str, marker: &[&str], what: &str) {
 fn sequences_wrap_and_huge_lengths_are_answered() {
     let dir = tempdir();
     let file = dir.path().join("log");
-    let mut c = collator(&file, &[]);
+    let mut c = collate(&file, &[]);
     let mut p = Producer::new(&c);
     let req = |seq: u64, body: &[u8]| {
         let mut r = format!("msg {} id w seq {seq}\n", body.len()).into_bytes();
@@ -975,14 +818,18 @@ fn sequences_wrap_and_huge_lengths_are_answered() {
         r
     };
     for seq in 10..13 {
-        Producer::ok(&p.ask(&req(seq, b"early")));
+        ok(&p.request(&req(seq, b"early")));
     }
-    let max = p.ask(&req(u64::MAX, b"max"));
-    let (o, n, _) = Producer::ok(&max);
+    let max = p.request(&req(u64::MAX, b"max"));
+    let (o, n, _) = ok(&max);
     assert_eq!((o, n), (18, 3));
-    Producer::ok(&p.ask(&req(0, b"zero")));
-    assert_eq!(p.ask(&req(u64::MAX, b"max")), max, "a retry after the wrap");
-    let gap = p.ask(&req(13, b"thirteen"));
+    ok(&p.request(&req(0, b"zero")));
+    assert_eq!(
+        p.request(&req(u64::MAX, b"max")),
+        max,
+        "a retry after the wrap"
+    );
+    let gap = p.request(&req(13, b"thirteen"));
     assert!(
         gap.starts_with("error: sequence-gap:") && gap.contains("expected 1"),
         "{gap:?}"
@@ -994,7 +841,7 @@ fn sequences_wrap_and_huge_lengths_are_answered() {
     s.write_all(b"msg 18446744073709551615\nsome bytes")
         .unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
-    let answer = String::from_utf8(read_to_end(&mut s)).unwrap();
+    let answer = read_text(&mut s);
     assert!(answer.starts_with("error: too-big:"), "{answer:?}");
     c.signal(Signal::TERM);
     c.wait_exit(PATIENCE);
@@ -1021,7 +868,7 @@ fn memory_is_bounded_while_bodies_arrive() {
     let dir = tempdir();
     let file = dir.path().join("log");
     const MIB: u64 = 1 << 20;
-    let c = collator(
+    let c = collate(
         &file,
         &[
             "--max-pending",
@@ -1036,7 +883,7 @@ fn memory_is_bounded_while_bodies_arrive() {
     );
     // Warm up: one small request.
     let mut p = Producer::new(&c);
-    Producer::ok(&p.ask(&msg(b"warm")));
+    ok(&p.request(&msg_request(b"warm")));
     drop(p);
     std::thread::sleep(Duration::from_millis(200));
     let baseline = rss(&c);
@@ -1108,12 +955,12 @@ fn memory_is_bounded_while_bodies_arrive() {
 fn a_stalled_body_times_out() {
     let dir = tempdir();
     let file = dir.path().join("log");
-    let c = collator(&file, &["--header-timeout", "1"]);
+    let c = collate(&file, &["--header-timeout", "1"]);
     let mut s = c.connect();
     s.write_all(b"msg 1000\n").unwrap();
     s.write_all(&[b'x'; 500]).unwrap();
     let started = Instant::now();
-    let answer = String::from_utf8(read_to_end(&mut s)).unwrap();
+    let answer = read_text(&mut s);
     assert!(answer.starts_with("error: timeout:"), "{answer:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(std::fs::read(&file).unwrap(), b"");
@@ -1135,7 +982,7 @@ fn refused_writes_are_not_in_the_file() {
     std::fs::write(&ballast, vec![1u8; 96 << 10]).unwrap();
     let file = mnt.join("log");
     let args = ["--max-message", "100000", "--sync", "data"];
-    let mut c = collator(&file, &args);
+    let mut c = collate(&file, &args);
     let mut p = Producer::new(&c);
     let mut acked = Vec::new();
     let mut refused = None;
@@ -1143,9 +990,9 @@ fn refused_writes_are_not_in_the_file() {
         let m = payload(0, i, 30_000);
         let mut req = format!("msg {} id r seq {}\n", m.len(), 100 + i).into_bytes();
         req.extend_from_slice(&m);
-        let a = p.ask(&req);
+        let a = p.request(&req);
         if a.starts_with("ok ") {
-            let (o, n, _) = Producer::ok(&a);
+            let (o, n, _) = ok(&a);
             acked.push((o, n, m));
         } else {
             refused = Some((a, req, m));
@@ -1172,7 +1019,7 @@ fn refused_writes_are_not_in_the_file() {
     c.signal(Signal::KILL);
     c.wait_exit(PATIENCE);
     std::fs::remove_file(&ballast).unwrap();
-    let c = collator(&file, &args);
+    let c = collate(&file, &args);
     assert!(c.log.wait_for("writing ", PATIENCE).is_some());
     assert!(
         !c.log.text().contains("cutting a torn tail"),
@@ -1181,13 +1028,13 @@ fn refused_writes_are_not_in_the_file() {
     );
     assert_eq!(std::fs::metadata(&file).unwrap().len(), at);
     let mut p = Producer::new(&c);
-    let retry = p.ask(&req);
+    let retry = p.request(&req);
     eprintln!("refused: {answer}; retry after the restart: {retry}");
     let ok = retry
         .strip_prefix("ok ")
         .unwrap_or_else(|| panic!("{retry:?}"));
     assert!(ok.starts_with(&format!("{at} ")), "{retry:?}");
-    assert_eq!(p.ask(&req), retry, "a second retry is a duplicate");
+    assert_eq!(p.request(&req), retry, "a second retry is a duplicate");
     let data = std::fs::read(&file).unwrap();
     assert_eq!(data.len() as u64, at + m.len() as u64 + 1);
     assert_eq!(memchr::memmem::find_iter(&data, &m).count(), 1);

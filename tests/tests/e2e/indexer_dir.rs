@@ -16,8 +16,6 @@ use rustix::process::Signal;
 use tests::framed::{encode, naive_starts, FRAMINGS};
 use tests::*;
 
-const BIN: &str = "tailsrv-indexer";
-
 fn stream(framing: &str, count: usize, seed: u64) -> Vec<u8> {
     let sizes = random_bytes(count, seed);
     let mut out = Vec::new();
@@ -37,7 +35,7 @@ fn stream(framing: &str, count: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-type Client = framed::QueryClient;
+type Client = LineClient;
 
 /// The served directory and the index directory of one test.
 struct Dirs {
@@ -64,20 +62,16 @@ impl Dirs {
         fs::write(p, data).unwrap();
     }
 
-    fn args(&self, framing: &str, extra: &[&str]) -> Vec<String> {
-        let mut a: Vec<String> = ["-p", "0", "--bind", "127.0.0.1", "--framing", framing]
-            .iter()
-            .chain(extra)
-            .map(|s| s.to_string())
-            .collect();
-        a.push("--index-dir".into());
-        a.push(self.index.display().to_string());
-        a.push(self.root.display().to_string());
-        a
+    /// The indexer of `root`, its indexes in `index`.
+    fn indexer(&self) -> Spawn {
+        indexer(&self.root).arg("--index-dir").arg(&self.index)
     }
 
     fn start(&self, framing: &str, extra: &[&str]) -> Proc {
-        Proc::start(BIN, &self.args(framing, extra))
+        self.indexer()
+            .args(["--framing", framing])
+            .args(extra)
+            .start()
     }
 }
 
@@ -236,7 +230,7 @@ fn paths_follow_tailsrvs_rule_and_errors_keep_the_connection() {
     let mut s = p.connect();
     s.write_all(format!("count {}\n", "a".repeat(5000)).as_bytes())
         .unwrap();
-    let answer = String::from_utf8(read_to_end(&mut s)).unwrap();
+    let answer = read_text(&mut s);
     assert!(
         answer.starts_with("error: too-long: request line longer than"),
         "{answer:?}"
@@ -348,22 +342,14 @@ fn the_index_directory_must_not_overlap_the_served_one() {
     let d = Dirs::new();
     d.write("a.log", b"x\n");
     // Runs the indexer to its exit; its log must come to contain `needle`.
-    let run = |args: Vec<String>, needle: &str| {
-        let mut p = Proc::spawn(BIN, &args);
+    let run = |indexer: Spawn, needle: &str| {
+        let mut p = indexer.spawn();
         let status = p.wait_exit(PATIENCE).expect("exits");
         let said = p.log.wait_for(needle, PATIENCE).is_some();
         assert!(said, "no {needle:?} in the log:\n{}", p.log.text());
         status
     };
-    let with_index = |index: &Path| {
-        let mut a: Vec<String> = ["-p", "0", "--bind", "127.0.0.1", "--index-dir"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        a.push(index.display().to_string());
-        a.push(d.root.display().to_string());
-        a
-    };
+    let with_index = |index: &Path| indexer(&d.root).arg("--index-dir").arg(index);
 
     let inside = d.root.join("ix");
     let status = run(with_index(&inside), "is inside the indexed directory");
@@ -389,21 +375,18 @@ fn the_index_directory_must_not_overlap_the_served_one() {
     assert!(!status.success());
 
     // A directory without --index-dir, --index-dir with a file: usage errors.
-    let root = d.root.display().to_string();
-    let status = run(args_of(&["-p", "0", &root]), "needs --index-dir");
+    let status = run(indexer(&d.root).default_bind(), "needs --index-dir");
     assert_eq!(status.code(), Some(2));
-    let file = d.root.join("a.log").display().to_string();
-    let ix = d.index.display().to_string();
+    let file = d.root.join("a.log");
     let status = run(
-        args_of(&["-p", "0", "--index-dir", &ix, &file]),
+        indexer(&file)
+            .default_bind()
+            .arg("--index-dir")
+            .arg(&d.index),
         "not a directory",
     );
     assert_eq!(status.code(), Some(2));
     assert_eq!(files_under(&d.root).len(), 1);
-}
-
-fn args_of(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
 }
 
 #[test]
@@ -411,16 +394,7 @@ fn single_file_mode_keeps_its_grammar() {
     let tmp = tempdir();
     let path = tmp.path().join("log");
     fs::write(&path, b"a\nbb\n").unwrap();
-    let p = Proc::start(
-        BIN,
-        &args_of(&[
-            "-p",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            &path.display().to_string(),
-        ]),
-    );
+    let p = indexer(&path).start();
     let mut c = Client::new(&p);
     // Single-file mode indexes from the start, without a first query: wait for it.
     c.wait_answer("count", |a| a == "2");

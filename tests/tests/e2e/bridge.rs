@@ -16,7 +16,6 @@ use tests::framed::{self, FRAMINGS};
 use tests::nats::{self, Cluster};
 use tests::*;
 
-const BRIDGE: &str = "tsbridge";
 /// Bound for a bridge run that should finish.
 const RUN: Duration = Duration::from_secs(90);
 
@@ -30,13 +29,6 @@ fn input(framing: &str, n: usize, max: usize, seed: u64) -> Vec<u8> {
         framed::encode(framing, &body[..len], &mut out);
     }
     out
-}
-
-fn tailsrv(file: &Path) -> Proc {
-    Proc::start(
-        "tailsrv",
-        &["-p", "0", "--bind", "127.0.0.1", file.to_str().unwrap()],
-    )
 }
 
 fn to_js(urls: &str, server: &Proc, stream: &str, framing: &str, extra: &[&str]) -> Proc {
@@ -57,7 +49,7 @@ fn to_js(urls: &str, server: &Proc, stream: &str, framing: &str, extra: &[&str])
     ];
     args.extend_from_slice(extra);
     args.push(&addr);
-    Proc::spawn(BRIDGE, &args)
+    tsbridge(args).spawn()
 }
 
 fn from_js(urls: &str, stream: &str, framing: &str, file: &Path, extra: &[&str]) -> Proc {
@@ -74,7 +66,7 @@ fn from_js(urls: &str, stream: &str, framing: &str, file: &Path, extra: &[&str])
     ];
     args.extend_from_slice(extra);
     args.push(file.to_str().unwrap());
-    Proc::spawn(BRIDGE, &args)
+    tsbridge(args).spawn()
 }
 
 fn finish(p: &mut Proc, what: &str) -> ExitStatus {
@@ -94,19 +86,6 @@ fn finish_ok(p: &mut Proc, what: &str) {
         "{what} failed ({status}); log:\n{}",
         p.log.text()
     );
-}
-
-/// The payload of the message `data[start..next]` of `framing`, by the tests' own reading.
-fn payload<'a>(framing: &str, data: &'a [u8], start: u64, next: u64) -> &'a [u8] {
-    let m = &data[start as usize..next as usize];
-    match framing {
-        "newline" | "nul" => &m[..m.len() - 1],
-        "u32be" => &m[4..],
-        _ => {
-            let prefix = m.iter().position(|b| b & 0x80 == 0).unwrap() + 1;
-            &m[prefix..]
-        }
-    }
 }
 
 /// The stream holds every message of `data` exactly once, in order: sequence i+1 is message
@@ -139,7 +118,7 @@ fn check_stream(urls: &str, stream: &str, framing: &str, data: &[u8]) {
         );
         assert_eq!(
             m.payload,
-            payload(framing, data, start, next),
+            framed::payload(framing, &data[start as usize..next as usize]),
             "message {i}: payload"
         );
     }
@@ -178,7 +157,7 @@ fn round_trip_every_framing() {
         let data = input(framing, 3000, 300, 40 + k as u64);
         let log = dir.path().join(format!("{framing}.log"));
         std::fs::write(&log, &data).unwrap();
-        let server = tailsrv(&log);
+        let server = tailsrv(&log).start();
         let stream = format!("RT_{}", framing.to_uppercase());
         let create = ["--create-stream", "--replicas", "3", "--exit-at-end"];
         let mut b = to_js(&urls, &server, &stream, framing, &create);
@@ -217,7 +196,11 @@ fn round_trip_every_framing() {
             let mut want = Vec::new();
             for (i, &s) in starts.iter().enumerate() {
                 let next = starts.get(i + 1).copied().unwrap_or(end);
-                framed::encode("u32be", payload(framing, &data, s, next), &mut want);
+                framed::encode(
+                    "u32be",
+                    framed::payload(framing, &data[s as usize..next as usize]),
+                    &mut want,
+                );
             }
             assert!(
                 std::fs::read(&out).unwrap() == want,
@@ -250,7 +233,7 @@ fn kill9_bridges_repeatedly() {
     let half = starts[starts.len() / 2] as usize;
     let log = dir.path().join("k.log");
     std::fs::write(&log, &data[..half]).unwrap();
-    let server = tailsrv(&log);
+    let server = tailsrv(&log).start();
     let create = ["--create-stream", "--replicas", "3", "--window", "256"];
     let kills = 15;
     let mut appended = half;
@@ -323,7 +306,7 @@ fn stream_leader_killed_during_transfer() {
     let data = input(framing, 40_000, 120, 11);
     let log = dir.path().join("l.log");
     std::fs::write(&log, &data).unwrap();
-    let server = tailsrv(&log);
+    let server = tailsrv(&log).start();
     let mut b = to_js(
         &urls,
         &server,
@@ -387,7 +370,7 @@ fn clear_errors() {
     data.extend(std::iter::repeat_n(b'x', 2000));
     data.push(b'\n');
     std::fs::write(&log, &data).unwrap();
-    let server = tailsrv(&log);
+    let server = tailsrv(&log).start();
     let small = Cluster::start(1, "max_payload: 1024");
     let urls = small.urls();
     let run = |p: &mut Proc, what: &str, code: i32, needle: &str| {
@@ -416,21 +399,14 @@ fn clear_errors() {
         "other.subject",
         &server.addr().to_string(),
     ];
-    let mut p = Proc::spawn(BRIDGE, &args);
+    let mut p = tsbridge(args).spawn();
     run(&mut p, "subject mismatch", 4, "do not include");
     // The first message made it; the stream holds the log up to the big one.
     let stored = nats::read_stream(&urls, "BIG");
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].payload, b"short");
 
-    let dead = format!(
-        "127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    );
+    let dead = loopback(free_port()).to_string();
     let t = Instant::now();
     let mut p = to_js(&dead, &server, "X", "newline", &["--give-up-after", "1"]);
     run(&mut p, "unreachable", 1, "unreachable");
@@ -455,7 +431,7 @@ fn clear_errors() {
         "a",
         &server.addr().to_string(),
     ];
-    let mut p = Proc::spawn(BRIDGE, &args);
+    let mut p = tsbridge(args).spawn();
     run(&mut p, "auth failure", 6, "refused the credentials");
 
     // Two from-jetstream on one file: the second is refused at once.
@@ -498,16 +474,7 @@ fn directory_mode_path() {
     let data = input("nul", 2000, 100, 5);
     std::fs::write(dir.path().join("app/events.log"), &data).unwrap();
     std::fs::write(dir.path().join("other.log"), b"not this one\n").unwrap();
-    let server = Proc::start(
-        "tailsrv",
-        &[
-            "-p",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            dir.path().to_str().unwrap(),
-        ],
-    );
+    let server = tailsrv(dir.path()).start();
     let addr = server.addr().to_string();
     let args = [
         "to-jetstream",
@@ -525,7 +492,7 @@ fn directory_mode_path() {
         "--exit-at-end",
         &addr,
     ];
-    let mut b = Proc::spawn(BRIDGE, &args);
+    let mut b = tsbridge(args).spawn();
     finish_ok(&mut b, "to-jetstream --path");
     let stored = nats::read_stream(&urls, "D");
     let (starts, _) = framed::naive_starts("nul", &data);
@@ -557,7 +524,7 @@ fn the_default_log_id_names_the_log_not_the_address() {
     let dir = tempdir();
     let log = dir.path().join("app.log");
     std::fs::write(&log, "one\ntwo\n").unwrap();
-    let server = tailsrv(&log);
+    let server = tailsrv(&log).start();
     let port = server.addr().port();
     let bridge = |host: &str, extra: &[&str]| {
         let addr = format!("{host}:{port}");
@@ -573,9 +540,9 @@ fn the_default_log_id_names_the_log_not_the_address() {
         ];
         args.extend_from_slice(extra);
         args.push(&addr);
-        Proc::spawn(BRIDGE, &args)
+        tsbridge(args).spawn()
     };
-    let mut b = bridge("127.0.0.1", &["--create-stream"]);
+    let mut b = bridge(LOOPBACK, &["--create-stream"]);
     finish_ok(&mut b, "first bridge, by 127.0.0.1");
     append(&log, b"three\n");
     let mut b = bridge("localhost", &[]);

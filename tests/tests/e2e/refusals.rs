@@ -5,14 +5,13 @@
 //! way round), and a code from a future version. The servers' real prose can then be reworded
 //! freely: behaviour follows `proto::Code::is_transient` alone.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tests::{bin, PATIENCE};
+use tests::{tscat, Proc, LOOPBACK};
 
 /// What the scripted server does with one connection.
 #[derive(Clone)]
@@ -33,7 +32,7 @@ struct Scripted {
 
 impl Scripted {
     fn start(script: Vec<Answer>) -> Scripted {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = TcpListener::bind((LOOPBACK, 0)).unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -67,62 +66,9 @@ impl Scripted {
     }
 }
 
-/// tscat on `addr`, stdout read by a thread into a shared buffer.
-struct Tscat {
-    child: Child,
-    out: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Tscat {
-    fn start(addr: SocketAddr) -> Tscat {
-        let mut child = Command::new(bin("tscat"))
-            .args(["--log-format", "text", &addr.to_string()])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting tscat");
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let mut stdout = child.stdout.take().unwrap();
-        let sink = out.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        Tscat { child, out }
-    }
-
-    /// Waits for the exit (bounded), returning the code and stderr.
-    fn wait(mut self) -> (Option<i32>, String) {
-        let deadline = Instant::now() + PATIENCE;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "tscat did not exit in time");
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let mut err = String::new();
-        let _ = self.child.stderr.take().unwrap().read_to_string(&mut err);
-        (status.code(), err)
-    }
-
-    fn output(&self) -> Vec<u8> {
-        self.out.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Tscat {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// tscat on `addr`.
+fn tscat_on(addr: SocketAddr) -> Proc {
+    tscat([addr.to_string()]).spawn()
 }
 
 #[test]
@@ -134,17 +80,9 @@ fn transient_codes_are_retried_whatever_their_prose() {
         Answer::Refuse("error: loading: wrong mode entirely\n"),
         Answer::Serve(b"error: not-served: this line is data\nhello\n"),
     ]);
-    let tscat = Tscat::start(server.addr);
+    let tscat = tscat_on(server.addr);
     let want = b"error: not-served: this line is data\nhello\n";
-    let deadline = Instant::now() + PATIENCE;
-    while tscat.output() != want {
-        assert!(
-            Instant::now() < deadline,
-            "tscat never printed the data: {:?}",
-            String::from_utf8_lossy(&tscat.output())
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    tscat.wait_until("the data", |o| o == want);
     assert_eq!(server.accepted.load(Ordering::SeqCst), 4);
     // Every attempt asked for the same start, with a confirmation.
     assert!(server.requests.lock().unwrap().iter().all(|r| r == "0 ok"));
@@ -160,8 +98,8 @@ fn permanent_codes_end_the_run_whatever_their_prose() {
         "error: from-the-future: too many clients\n",
     ] {
         let server = Scripted::start(vec![Answer::Refuse(refusal)]);
-        let tscat = Tscat::start(server.addr);
-        let (code, err) = tscat.wait();
+        let (status, _, err) = tscat_on(server.addr).finish();
+        let code = status.code();
         assert_eq!(code, Some(7), "{refusal:?}: {err}");
         assert_eq!(
             server.accepted.load(Ordering::SeqCst),
@@ -177,7 +115,7 @@ fn permanent_codes_end_the_run_whatever_their_prose() {
 fn a_stream_without_a_confirmation_is_not_trusted() {
     // A server that sends data without `ok N` (an old tailsrv, or something else on the
     // port): nothing it sends reaches the output.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = TcpListener::bind((LOOPBACK, 0)).unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         let mut held = Vec::new();
@@ -186,7 +124,7 @@ fn a_stream_without_a_confirmation_is_not_trusted() {
             held.push(s);
         }
     });
-    let tscat = Tscat::start(addr);
+    let tscat = tscat_on(addr);
     std::thread::sleep(Duration::from_millis(500));
     assert!(tscat.output().is_empty());
 }

@@ -44,32 +44,12 @@ impl Framing {
     }
 }
 
-/// xorshift64: small, deterministic, good enough to pick sizes and split points.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    /// A message length from 0 bytes to over 64 KiB, mostly small.
-    fn message_len(&mut self) -> usize {
-        match self.below(100) {
-            0..=79 => self.below(200) as usize,
-            80..=95 => 200 + self.below(5_000) as usize,
-            _ => 60_000 + self.below(10_000) as usize,
-        }
+/// A message length from 0 bytes to over 64 KiB, mostly small.
+fn message_len(rng: &mut Rng) -> usize {
+    match rng.below(100) {
+        0..=79 => rng.below(200) as usize,
+        80..=95 => 200 + rng.below(5_000) as usize,
+        _ => 60_000 + rng.below(10_000) as usize,
     }
 }
 
@@ -81,8 +61,8 @@ fn encode(framing: Framing, payload: &[u8], out: &mut Vec<u8>) {
 fn random_stream(framing: Framing, count: usize, rng: &mut Rng) -> Vec<u8> {
     let mut out = Vec::new();
     for _ in 0..count {
-        let len = rng.message_len();
-        let payload: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let len = message_len(rng);
+        let payload = rng.bytes(len);
         encode(framing, &payload, &mut out);
     }
     out
@@ -94,20 +74,13 @@ fn naive_starts(framing: Framing, data: &[u8]) -> (Vec<u64>, u64) {
     framed::naive_starts(framing.flag(), data)
 }
 
-type Client = framed::QueryClient;
+type Client = LineClient;
 
 fn start(path: &Path, framing: Framing, extra: &[&str]) -> Proc {
-    let mut args: Vec<String> = vec![
-        "-p".into(),
-        "0".into(),
-        "--bind".into(),
-        "127.0.0.1".into(),
-        "--framing".into(),
-        framing.flag().into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.push(path.display().to_string());
-    Proc::start(BIN, &args)
+    indexer(path)
+        .args(["--framing", framing.flag()])
+        .args(extra)
+        .start()
 }
 
 /// Checks every answer the indexer can give for the log at `path` against a naive scan:
@@ -429,18 +402,7 @@ fn corrupt_index_is_repaired_or_refused() {
     // Not an index at all: refused with a clear error, and left untouched.
     let garbage = random_bytes(500, 4);
     fs::write(&idx, &garbage).unwrap();
-    let mut p = Proc::spawn(
-        BIN,
-        &[
-            "-p",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--stride",
-            "4",
-            path.to_str().unwrap(),
-        ],
-    );
+    let mut p = indexer(&path).args(["--stride", "4"]).spawn();
     let status = p.wait_exit(PATIENCE).expect("indexer should exit");
     assert!(!status.success());
     assert!(
@@ -615,7 +577,7 @@ fn error_answers_keep_the_connection() {
     let mut s = p.connect();
     s.write_all(format!("count\n{}\n", "9".repeat(300)).as_bytes())
         .unwrap();
-    let text = String::from_utf8(read_to_end(&mut s)).unwrap();
+    let text = read_text(&mut s);
     assert!(
         text.starts_with("3\nerror: too-long: request line longer than 256 bytes"),
         "{text:?}"
@@ -711,17 +673,13 @@ fn index_elsewhere_and_command_line() {
     assert!(!dir.path().join("log.idx").exists());
 
     for (flag, want) in [("--help", "offset-of"), ("--version", "0.")] {
-        let out = std::process::Command::new(bin(BIN))
-            .arg(flag)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        assert!(String::from_utf8_lossy(&out.stdout).contains(want));
+        let (status, out, _) = Spawn::bin(BIN).arg(flag).run();
+        assert!(status.success());
+        assert!(String::from_utf8_lossy(&out).contains(want));
     }
-    let out = std::process::Command::new(bin(BIN))
+    let (status, _, err) = Spawn::bin(BIN)
         .args(["-p", "0", "--framing", "csv", "log"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("u32be"));
+        .run();
+    assert!(!status.success());
+    assert!(err.contains("u32be"));
 }

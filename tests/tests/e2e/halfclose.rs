@@ -14,34 +14,16 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use socket2::SockRef;
 use tests::framed::naive_starts;
 use tests::*;
-
-/// Starts tailsrv on `path` (a file or a directory) on a free loopback port.
-fn tailsrv(path: &Path) -> Proc {
-    Proc::start(
-        "tailsrv",
-        &[
-            "-p",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            &path.display().to_string(),
-        ],
-    )
-}
 
 /// Connects, sends `request` and its newline, then shuts down the sending side, as `ncat`
 /// does when its input ends.
 fn half_closed(srv: &Proc, request: &str) -> TcpStream {
-    let mut s = srv.connect();
-    s.write_all(format!("{request}\n").as_bytes()).unwrap();
+    let s = srv.request(request);
     s.shutdown(Shutdown::Write).unwrap();
     s
 }
@@ -85,7 +67,7 @@ fn shutdown_right_after_the_header_gets_the_whole_file_and_its_growth() {
     let path = dir.path().join("log");
     let data = random_bytes(1 << 20, 1);
     append(&path, &data);
-    let srv = tailsrv(&path);
+    let srv = tailsrv(&path).start();
     for header in ["0", "-1000", "5000"] {
         let mut s = half_closed(&srv, header);
         let from = match header {
@@ -112,8 +94,7 @@ fn shutdown_right_after_the_header_gets_the_whole_file_and_its_growth() {
     }
     assert_still_open(&mut s);
     // Shutting down in the middle of the stream changes nothing either.
-    let mut late = srv.connect();
-    late.write_all(b"0\n").unwrap();
+    let mut late = srv.request("0");
     let head = read_exact(&mut late, 100_000);
     late.shutdown(Shutdown::Write).unwrap();
     let rest = read_exact(&mut late, all.len() - head.len());
@@ -127,7 +108,7 @@ fn a_slow_half_closed_reader_of_a_large_file_gets_every_byte() {
     let path = dir.path().join("log");
     let data = random_bytes(6 << 20, 4);
     append(&path, &data);
-    let srv = tailsrv(&path);
+    let srv = tailsrv(&path).start();
     let mut s = half_closed(&srv, "0");
     // ~1.5 s of reading: the kernel's buffers fill and drain hundreds of times.
     let got = read_slowly(&mut s, data.len(), 32 << 10, Duration::from_millis(8));
@@ -144,7 +125,7 @@ fn half_closed_before_the_file_exists_and_in_directory_mode() {
     let dir = tempdir();
     // Single-file mode, the file absent: the client waits, half-closed, and is served.
     let path = dir.path().join("later.log");
-    let srv = tailsrv(&path);
+    let srv = tailsrv(&path).start();
     let mut s = half_closed(&srv, "0");
     assert_still_open(&mut s);
     let data = random_bytes(300_000, 6);
@@ -158,7 +139,7 @@ fn half_closed_before_the_file_exists_and_in_directory_mode() {
     std::fs::create_dir_all(root.join("app")).unwrap();
     let file = root.join("app/events.log");
     append(&file, &data);
-    let srv = tailsrv(&root);
+    let srv = tailsrv(&root).start();
     let mut s = half_closed(&srv, "stream app/events.log from byte 1000");
     assert_eq!(read_exact(&mut s, data.len() - 1000), &data[1000..]);
     let more = random_bytes(50_000, 7);
@@ -171,13 +152,13 @@ fn half_closed_before_the_file_exists_and_in_directory_mode() {
 }
 
 /// A FIN before any byte of a request is a hang-up (a FIN after part of one completes it, as a
-/// newline would: `tests/tests/newcomer.rs`).
+/// newline would: `newcomer.rs`).
 #[test]
 fn a_fin_before_any_request_byte_is_a_hang_up() {
     let dir = tempdir();
     let path = dir.path().join("log");
     append(&path, b"x");
-    let srv = tailsrv(&path);
+    let srv = tailsrv(&path).start();
     let mut probe = half_closed(&srv, "0");
     read_exact(&mut probe, 1);
     std::thread::sleep(Duration::from_millis(300)); // see `hold_clients`
@@ -216,9 +197,7 @@ fn hold_clients(srv: &Proc, n: usize, half: bool, len: usize) -> (Vec<TcpStream>
             if half {
                 half_closed(srv, "0")
             } else {
-                let mut s = srv.connect();
-                s.write_all(b"0\n").unwrap();
-                s
+                srv.request("0")
             }
         })
         .collect();
@@ -231,12 +210,6 @@ fn hold_clients(srv: &Proc, n: usize, half: bool, len: usize) -> (Vec<TcpStream>
     );
     clients.insert(0, probe);
     (clients, base)
-}
-
-/// Closes `s` with a reset (SO_LINGER 0), as a killed process with unread input does.
-fn reset(s: TcpStream) {
-    SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
-    drop(s);
 }
 
 /// Waits until the server is back to `base` descriptors; returns how long that took.
@@ -255,7 +228,7 @@ fn reset_clients_are_released_at_once_while_the_file_is_quiet() {
     let dir = tempdir();
     let path = dir.path().join("log");
     append(&path, b"quiet");
-    let srv = tailsrv(&path);
+    let srv = tailsrv(&path).start();
     // Half-closed first: these are watched for resets only, not for readability.
     for half in [true, false] {
         let (mut clients, base) = hold_clients(&srv, 50, half, 5);
@@ -272,7 +245,7 @@ fn cleanly_closed_clients_are_released_at_the_next_write() {
     let dir = tempdir();
     let path = dir.path().join("log");
     append(&path, b"quiet");
-    let srv = tailsrv(&path);
+    let srv = tailsrv(&path).start();
     let (mut clients, base) = hold_clients(&srv, 50, false, 5);
     let _probe = clients.remove(0);
     drop(clients); // FIN only: from the server's side, a half-close
@@ -293,7 +266,7 @@ fn cleanly_closed_clients_are_released_by_keepalive_while_the_file_is_quiet() {
     let dir = tempdir();
     let path = dir.path().join("log");
     append(&path, b"quiet");
-    let srv = tailsrv(&path);
+    let srv = tailsrv(&path).start();
     let (mut clients, base) = hold_clients(&srv, 20, false, 5);
     let _probe = clients.remove(0);
     drop(clients);
@@ -323,69 +296,15 @@ fn have(tool: &str) -> bool {
 }
 
 /// An external client: `input` on its stdin (then end of input), its stdout collected.
-/// Killed (by pid) when dropped.
-struct Tool {
-    child: Child,
-    out: Arc<Mutex<Vec<u8>>>,
+fn tool(program: &str, args: &[String], input: &[u8]) -> Proc {
+    Spawn::tool(program).args(args).input(input).spawn()
 }
 
-impl Tool {
-    fn run(program: &str, args: &[String], input: &[u8]) -> Tool {
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {program}: {e}"));
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(input).unwrap();
-        drop(stdin);
-        let out = Arc::new(Mutex::new(Vec::new()));
-        let mut stdout = child.stdout.take().unwrap();
-        let sink = out.clone();
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 64 << 10];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        Tool { child, out }
-    }
-
-    /// Waits until it has written `n` bytes (and a moment more, to catch extra ones).
-    fn output(&self, n: usize) -> Vec<u8> {
-        let len = || self.out.lock().unwrap().len();
-        assert!(
-            eventually(PATIENCE, || len() >= n),
-            "got {} of {n} bytes",
-            len()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-        self.out.lock().unwrap().clone()
-    }
-
-    /// Waits until it exits by itself; its exit status.
-    fn exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "still running");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Tool {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Waits until `tool` has written `n` bytes (and a moment more, to catch extra ones).
+fn output_of(tool: &Proc, n: usize) -> Vec<u8> {
+    tool.wait_len(n);
+    std::thread::sleep(Duration::from_millis(100));
+    tool.output()
 }
 
 #[test]
@@ -395,7 +314,7 @@ fn socat_nc_and_ncat_get_the_whole_file_and_its_growth() {
     // Larger than every socket buffer on the way, as in the issue (15.7 MB there).
     let data = random_bytes(12 << 20, 8);
     append(&path, &data);
-    let srv = tailsrv(&path);
+    let srv = tailsrv(&path).start();
     let port = srv.addr().port().to_string();
     // Each of these shuts down its sending side once its input (`0\n`) ends.
     let tools: [(&str, Vec<String>); 3] = [
@@ -406,26 +325,32 @@ fn socat_nc_and_ncat_get_the_whole_file_and_its_growth() {
                 "-t".into(),
                 "3600".into(),
                 "-".into(),
-                format!("TCP:127.0.0.1:{port}"),
+                format!("TCP:{LOOPBACK}:{port}"),
             ],
         ),
-        ("nc", vec!["-N".into(), "127.0.0.1".into(), port.clone()]),
-        ("ncat", vec!["127.0.0.1".into(), port.clone()]),
+        ("nc", vec!["-N".into(), LOOPBACK.into(), port.clone()]),
+        ("ncat", vec![LOOPBACK.into(), port.clone()]),
     ];
     let mut running = Vec::new();
     for (program, args) in &tools {
         if have(program) {
-            running.push((*program, Tool::run(program, args, b"0\n")));
+            running.push((*program, tool(program, args, b"0\n")));
         }
     }
     for (program, tool) in &running {
-        assert!(tool.output(data.len()) == data, "{program}: bytes differ");
+        assert!(
+            output_of(tool, data.len()) == data,
+            "{program}: bytes differ"
+        );
     }
     let more = random_bytes(100_000, 9);
     append(&path, &more);
     let all = [data, more].concat();
     for (program, tool) in &running {
-        assert!(tool.output(all.len()) == all, "{program}: growth differs");
+        assert!(
+            output_of(tool, all.len()) == all,
+            "{program}: growth differs"
+        );
     }
 }
 
@@ -493,17 +418,8 @@ fn indexer_answers_pipelined_queries_sent_with_a_fin_single_file() {
     let path = dir.path().join("log");
     let log = newline_log(5000, 10);
     append(&path, &log);
-    let p = Proc::start(
-        "tailsrv-indexer",
-        &[
-            "-p",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            &path.display().to_string(),
-        ],
-    );
-    let mut c = tests::framed::QueryClient::new(&p);
+    let p = indexer(&path).start();
+    let mut c = LineClient::new(&p);
     c.wait_count("count", 5000);
     // ~10,000 queries, ~190 KB: several reads, all with the FIN right behind them.
     let (text, want) = queries(None, &log);
@@ -516,11 +432,12 @@ fn indexer_answers_pipelined_queries_sent_with_a_fin_single_file() {
     for (tool, args) in [("nc", vec!["-N"]), ("ncat", vec![])] {
         if have(tool) {
             let mut args: Vec<String> = args.into_iter().map(String::from).collect();
-            args.extend(["127.0.0.1".to_string(), p.addr().port().to_string()]);
-            let mut t = Tool::run(tool, &args, b"count\noffset-of 2\n");
+            args.extend([LOOPBACK.to_string(), p.addr().port().to_string()]);
+            let mut t = self::tool(tool, &args, b"count\noffset-of 2\n");
             let expect = format!("5000\n{}\n", naive_starts("newline", &log).0[2]);
-            assert_eq!(t.output(expect.len()), expect.as_bytes(), "{tool}");
-            assert!(t.exit().success(), "{tool} did not exit cleanly");
+            assert_eq!(output_of(&t, expect.len()), expect.as_bytes(), "{tool}");
+            let status = t.wait_exit(PATIENCE).expect("still running");
+            assert!(status.success(), "{tool} did not exit cleanly");
         }
     }
 }
@@ -534,18 +451,10 @@ fn indexer_answers_pipelined_queries_sent_with_a_fin_directory_mode() {
     // it, so the FIN is in long before the first answer is written.
     let log = newline_log(20_000, 11);
     append(&root.join("app/events.log"), &log);
-    let p = Proc::start(
-        "tailsrv-indexer",
-        &[
-            "-p",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--index-dir",
-            &dir.path().join("indexes").display().to_string(),
-            &root.display().to_string(),
-        ],
-    );
+    let p = indexer(&root)
+        .arg("--index-dir")
+        .arg(dir.path().join("indexes"))
+        .start();
     let (text, want) = queries(Some("app/events.log"), &log);
     let got = ask_then_fin(&p, text);
     assert_eq!(got.len(), want.len(), "every query answered");

@@ -2,55 +2,30 @@
 //! `--help`), what it refuses before doing anything (exit 2, nothing bound, nothing
 //! created), and tailsrv's default PATH. Real binaries, real sockets on 127.0.0.1.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use tests::*;
 
 const BINARIES: [&str; 4] = ["tailsrv", "tailsrv-indexer", "tscat", "tsmirror"];
 
-/// Runs `name args` to completion (bounded by [`PATIENCE`]).
-fn run(name: &str, args: &[&str], dir: Option<&Path>) -> Output {
-    let mut cmd = Command::new(bin(name));
-    cmd.args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(dir) = dir {
-        cmd.current_dir(dir);
-    }
-    let mut child = cmd.spawn().expect("spawn");
-    let deadline = Instant::now() + PATIENCE;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{name} {args:?} did not exit within {PATIENCE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
+/// Runs `name args` to completion (bounded by [`PATIENCE`]): status, stdout, stderr.
+fn run(name: &str, args: &[&str]) -> (ExitStatus, String, String) {
+    let (status, out, err) = Spawn::bin(name).args(args).run();
+    (status, String::from_utf8_lossy(&out).into_owned(), err)
 }
 
 #[test]
 fn every_binary_names_itself() {
     let version = env!("CARGO_PKG_VERSION");
     for name in BINARIES {
-        let out = run(name, &["--version"], None);
-        assert!(out.status.success(), "{name} --version: {out:?}");
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            format!("{name} {version}\n"),
-            "{name} --version"
-        );
+        let (status, out, err) = run(name, &["--version"]);
+        assert!(status.success(), "{name} --version: {status:?} {err}");
+        assert_eq!(out, format!("{name} {version}\n"), "{name} --version");
         for help in ["-h", "--help"] {
-            let out = run(name, &[help], None);
-            assert!(out.status.success(), "{name} {help}: {out:?}");
-            let text = String::from_utf8_lossy(&out.stdout);
+            let (status, text, err) = run(name, &[help]);
+            assert!(status.success(), "{name} {help}: {status:?} {err}");
             assert!(
                 text.contains(&format!("Usage: {name}")),
                 "{name} {help}:\n{text}"
@@ -74,7 +49,6 @@ fn servers_refuse_what_they_cannot_serve_before_listening() {
     append(&log, b"a\n");
     let not_index = dir.path().join("not.idx");
     std::fs::write(&not_index, b"precious data").unwrap();
-    let listen = ["-p", "0", "--bind", "127.0.0.1"];
     let cases: Vec<(&str, Vec<&str>, &str)> = vec![
         ("tailsrv", vec![fifo], "is a FIFO"),
         ("tailsrv", vec!["/dev/null"], "is a device"),
@@ -104,21 +78,15 @@ fn servers_refuse_what_they_cannot_serve_before_listening() {
         ),
     ];
     for (name, extra, needle) in cases {
-        let args: Vec<&str> = listen
-            .iter()
-            .copied()
-            .chain(extra.iter().copied())
-            .collect();
         let started = Instant::now();
-        let out = run(name, &args, None);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{name} {extra:?}: {err}");
+        let (status, out, err) = Spawn::server(name).args(&extra).run();
+        assert_eq!(status.code(), Some(2), "{name} {extra:?}: {err}");
         assert!(err.contains(needle), "{name} {extra:?}: {err}");
         assert!(
             !err.contains("listening on"),
             "{name} {extra:?} listened before refusing: {err}"
         );
-        assert!(out.stdout.is_empty());
+        assert!(out.is_empty());
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "{name} {extra:?}: not at once"
@@ -133,27 +101,17 @@ fn tailsrv_without_path_serves_the_current_directory() {
     append(&dir.path().join("a.log"), b"alpha\n");
     std::fs::create_dir(dir.path().join("sub")).unwrap();
     append(&dir.path().join("sub/b.log"), b"beta\n");
-    let (mut child, addr) = start_in(dir.path(), &[]);
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"list\n").unwrap();
-    assert_eq!(read_to_end(&mut s), b"a.log\nsub/b.log\n");
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"stream sub/b.log from byte 0 ok\n").unwrap();
-    s.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut got = vec![0u8; b"ok 0 5\nbeta\n".len()];
-    s.read_exact(&mut got).unwrap();
-    assert_eq!(got, b"ok 0 5\nbeta\n");
-    let _ = child.kill();
-    let _ = child.wait();
+    let srv = in_dir(dir.path()).start();
+    assert_eq!(read_to_end(&mut srv.request("list")), b"a.log\nsub/b.log\n");
+    let mut s = srv.request("stream sub/b.log from byte 0 ok");
+    assert_eq!(read_exact(&mut s, 12), b"ok 0 5\nbeta\n");
 }
 
-/// Starts tailsrv in `dir` (its working directory) with PATH args `path`; returns the child
-/// and its address. The caller kills it.
-fn start_in(dir: &Path, path: &[&str]) -> (Child, SocketAddr) {
-    let (child, text) = until_listening(dir, path);
-    let rest = text.split("listening on ").nth(1).expect("listening line");
-    let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
-    (child, addr)
+/// tailsrv in `dir` (its working directory) without a PATH, logging as text.
+fn in_dir(dir: &Path) -> Spawn {
+    Spawn::server("tailsrv")
+        .args(["--log-format", "text"])
+        .current_dir(dir)
 }
 
 #[test]
@@ -161,7 +119,7 @@ fn tailsrv_logs_what_it_serves() {
     let dir = tempdir();
     append(&dir.path().join("a.log"), b"alpha\n");
     // Without PATH: the current directory, said so, and named.
-    let out = run_until_listening(dir.path(), &[]);
+    let out = in_dir(dir.path()).start().log.text();
     assert!(
         out.contains("no PATH given: serving the current directory"),
         "{out}"
@@ -172,54 +130,11 @@ fn tailsrv_logs_what_it_serves() {
         "{out}"
     );
     // A file: named.
-    let out = run_until_listening(dir.path(), &["a.log"]);
+    let out = in_dir(dir.path()).target("a.log").start().log.text();
     assert!(
         out.contains("serving a file") && out.contains("a.log"),
         "{out}"
     );
-}
-
-/// tailsrv's stderr up to and including its `listening on` line; then it is killed.
-fn run_until_listening(dir: &Path, path: &[&str]) -> String {
-    let (mut child, text) = until_listening(dir, path);
-    let _ = child.kill();
-    let _ = child.wait();
-    text
-}
-
-/// Starts tailsrv in `dir`; returns it and its stderr up to its `listening on` line.
-fn until_listening(dir: &Path, path: &[&str]) -> (Child, String) {
-    let mut args = vec!["-p", "0", "--bind", "127.0.0.1"];
-    args.extend_from_slice(path);
-    let mut child = Command::new(bin("tailsrv"))
-        .args(["--log-format", "text"])
-        .args(&args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tailsrv");
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut text = String::new();
-    let deadline = Instant::now() + PATIENCE;
-    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        text.push_str(&line);
-        text.push('\n');
-        if line.contains("listening on") {
-            return (child, text);
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("tailsrv never said `listening on`:\n{text}");
 }
 
 #[test]
@@ -236,10 +151,7 @@ fn tsmirror_shows_progress_on_a_terminal_when_catching_up() {
     f.set_len(200 << 20).unwrap();
     drop(f);
     append(&source, b"end\n");
-    let srv = Proc::start(
-        "tailsrv",
-        &["-p", "0", "--bind", "127.0.0.1", source.to_str().unwrap()],
-    );
+    let srv = tailsrv(&source).start();
     let replica = dir.path().join("replica");
     let typescript = dir.path().join("typescript");
     let cmd = format!(
@@ -248,21 +160,15 @@ fn tsmirror_shows_progress_on_a_terminal_when_catching_up() {
         srv.addr(),
         replica.display()
     );
-    let mut child = Command::new("script")
+    let script = Spawn::tool("script")
         .args(["-qfec", &cmd, typescript.to_str().unwrap()])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("script");
+        .spawn();
     let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let done = eventually(Duration::from_secs(60), || len(&replica) > 200 << 20);
     let shown = eventually(PATIENCE, || {
         std::fs::read_to_string(&typescript).is_ok_and(|t| t.contains("caught up"))
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(script);
     // The tsmirror under `script` is not our child: find it by its replica path and stop it.
     stop_by_cmdline(replica.to_str().unwrap());
     assert!(done, "the replica did not catch up");

@@ -1,314 +1,40 @@
-//! The consumers end to end: `tscat` and `tsmirror` against real tailsrv (and
-//! tailsrv-indexer) processes on 127.0.0.1, killed and restarted under them.
+//! tscat end to end, against real tailsrv (and tailsrv-indexer) processes on 127.0.0.1, killed
+//! and restarted under it; tsmirror where tscat reads a replica (`tsmirror.rs` tests it alone).
 //!
 //! Ground truth is always the test's own copy of what it appended; message offsets are
 //! computed by the test's own encoders (newline, nul, u32be, varint written here, not by
 //! the code under test). tscat's stdout is captured raw, byte for byte.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::io::Read;
+use std::path::Path;
+use std::process::ExitStatus;
+use std::time::Instant;
 
 use rustix::process::Signal;
+use tests::lines::{Lines, Writer};
 use tests::*;
 
 /// What tscat may repeat after `kill -9` (its --help and the README state this bound):
 /// 256 KiB of checkpoint interval plus one 64 KiB read plus what the (64 KiB) pipe held.
 const KILL_REPEAT_BOUND: usize = (256 + 64 + 64) << 10;
 
-/// Starts tailsrv on `path` at `port` (0: a free one).
-fn tailsrv(path: &Path, port: u16) -> Proc {
-    let args: Vec<String> = vec![
-        "-p".into(),
-        port.to_string(),
-        "--bind".into(),
-        "127.0.0.1".into(),
-        path.display().to_string(),
-    ];
-    Proc::start("tailsrv", &args)
-}
-
 /// Starts tailsrv-indexer on `path` with `framing`, its index in `dir`.
-fn indexer(path: &Path, framing: &str, dir: &Path) -> Proc {
-    let index = dir.join(format!("{framing}.idx"));
-    let args: Vec<String> = vec![
-        "-p".into(),
-        "0".into(),
-        "--bind".into(),
-        "127.0.0.1".into(),
-        "--framing".into(),
-        framing.into(),
-        "--index".into(),
-        index.display().to_string(),
-        path.display().to_string(),
-    ];
-    Proc::start("tailsrv-indexer", &args)
+fn framed_indexer(path: &Path, framing: &str, dir: &Path) -> Proc {
+    indexer(path)
+        .args(["--framing", framing, "--index"])
+        .arg(dir.join(format!("{framing}.idx")))
+        .start()
 }
 
 /// Asks an indexer one question (test-side client, to wait for it to catch up).
 fn ask_indexer(ix: &Proc, request: &str) -> String {
-    let mut s = ix.connect();
-    s.write_all(format!("{request}\n").as_bytes()).unwrap();
-    s.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut answer = Vec::new();
-    let mut byte = [0u8; 1];
-    while s.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
-        answer.push(byte[0]);
-    }
-    String::from_utf8(answer).unwrap()
-}
-
-/// Bytes a child writes to one pipe, collected by a thread, with a way to wait on them.
-#[derive(Clone, Default)]
-struct Capture(Arc<(Mutex<Captured>, Condvar)>);
-
-/// The bytes so far, and whether the pipe has closed.
-type Captured = (Vec<u8>, bool);
-
-impl Capture {
-    fn of(mut pipe: impl Read + Send + 'static) -> Capture {
-        let c = Capture::default();
-        let sink = c.clone();
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 1 << 16];
-            loop {
-                let n = pipe.read(&mut buf).unwrap_or(0);
-                let (lock, cv) = &*sink.0;
-                let mut g = lock.lock().unwrap();
-                if n == 0 {
-                    g.1 = true;
-                } else {
-                    g.0.extend_from_slice(&buf[..n]);
-                }
-                cv.notify_all();
-                if n == 0 {
-                    return;
-                }
-            }
-        });
-        c
-    }
-
-    /// Waits until `cond(bytes, closed)` holds; false after [`PATIENCE`].
-    fn wait(&self, cond: impl Fn(&[u8], bool) -> bool) -> bool {
-        let (lock, cv) = &*self.0;
-        let deadline = Instant::now() + PATIENCE;
-        let mut g = lock.lock().unwrap();
-        while !cond(&g.0, g.1) {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                return false;
-            };
-            g = cv.wait_timeout(g, left).unwrap().0;
-        }
-        true
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        self.0 .0.lock().unwrap().0.clone()
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.bytes()).into_owned()
-    }
-}
-
-/// A running consumer binary (tscat, tsmirror), stdout captured raw, stderr as text.
-/// Killed by pid when dropped.
-struct Consumer {
-    child: Child,
-    out: Capture,
-    err: Capture,
-}
-
-impl Consumer {
-    fn start(name: &str, args: &[String]) -> Consumer {
-        let (child, stdout, err) = spawn(name, args);
-        Consumer {
-            child,
-            out: Capture::of(stdout),
-            err,
-        }
-    }
-
-    /// Waits until the output satisfies `cond`; fails the test with context after [`PATIENCE`].
-    fn wait_until(&self, what: &str, cond: impl Fn(&[u8]) -> bool) {
-        if !self.out.wait(|o, _| cond(o)) {
-            panic!(
-                "timed out waiting for {what}; {} bytes of output; stderr:\n{}",
-                self.out.bytes().len(),
-                self.err.text()
-            );
-        }
-    }
-
-    fn wait_len(&self, n: usize) {
-        self.wait_until(&format!("{n} bytes"), |o| o.len() >= n);
-    }
-
-    /// Waits until stderr contains `needle` `times` times.
-    fn wait_stderr(&self, needle: &str, times: usize) {
-        let found = self
-            .err
-            .wait(|e, _| String::from_utf8_lossy(e).matches(needle).count() >= times);
-        assert!(
-            found,
-            "no {needle:?} x{times} in stderr:\n{}",
-            self.err.text()
-        );
-    }
-
-    fn output(&self) -> Vec<u8> {
-        self.out.bytes()
-    }
-
-    fn signal(&self, sig: Signal) {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
-        let _ = rustix::process::kill_process(pid, sig);
-    }
-
-    /// Waits for the exit and the end of both pipes: status, whole stdout, whole stderr.
-    fn finish(mut self) -> (ExitStatus, Vec<u8>, String) {
-        let status = wait_exit(&mut self.child);
-        assert!(self.out.wait(|_, closed| closed), "stdout never closed");
-        assert!(self.err.wait(|_, closed| closed), "stderr never closed");
-        (status, self.out.bytes(), self.err.text())
-    }
-}
-
-impl Drop for Consumer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Spawns a binary with stdout piped (returned unread) and stderr captured (its log, as text
-/// lines: the tests look for messages that JSON would escape).
-fn spawn(name: &str, args: &[String]) -> (Child, ChildStdout, Capture) {
-    let mut child = Command::new(bin(name))
-        .args(["--log-format", "text"])
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-    let stdout = child.stdout.take().unwrap();
-    let err = Capture::of(child.stderr.take().unwrap());
-    (child, stdout, err)
-}
-
-fn wait_exit(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "process did not exit in time");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    LineClient::new(ix).ask(request)
 }
 
 /// Runs tscat until it exits by itself: status, stdout, stderr.
 fn tscat_once(args: &[String]) -> (ExitStatus, Vec<u8>, String) {
-    Consumer::start("tscat", args).finish()
+    tscat(args).run()
 }
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
-
-/// A port nothing listens on (bound, then released).
-fn dead_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Text lines that carry their own number, so a line says where it sits in the file.
-struct Lines {
-    data: Vec<u8>,
-    /// Offset where line i starts.
-    starts: Vec<usize>,
-}
-
-impl Lines {
-    fn new() -> Lines {
-        Lines {
-            data: Vec::new(),
-            starts: Vec::new(),
-        }
-    }
-
-    /// Appends `n` more lines (of varying length) to the test's copy; returns their bytes.
-    fn more(&mut self, n: usize) -> Vec<u8> {
-        let from = self.data.len();
-        for _ in 0..n {
-            let i = self.starts.len();
-            self.starts.push(self.data.len());
-            let pad = "x".repeat(i * 7 % 90);
-            self.data
-                .extend_from_slice(format!("line {i:09} {pad}\n").as_bytes());
-        }
-        self.data[from..].to_vec()
-    }
-
-    /// The offset of the line `bytes` starts with (which must be a whole line's start).
-    fn offset_of_first(&self, bytes: &[u8]) -> usize {
-        let n: usize = std::str::from_utf8(&bytes[5..14]).unwrap().parse().unwrap();
-        self.starts[n]
-    }
-}
-
-/// Appends lines from a thread until told to stop (bounded in count), keeping the test's copy.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    handle: Option<std::thread::JoinHandle<Lines>>,
-}
-
-impl Writer {
-    fn start(path: PathBuf, mut lines: Lines) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = std::thread::spawn(move || {
-            // Bounded: at most 20,000 appends (~60 MB), whatever the test does.
-            for _ in 0..20_000 {
-                if flag.load(Ordering::Relaxed) {
-                    break;
-                }
-                let chunk = lines.more(40);
-                append(&path, &chunk);
-                // Pacing, not synchronisation: keeps the stream flowing for a while.
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            lines
-        });
-        Writer {
-            stop,
-            handle: Some(handle),
-        }
-    }
-
-    fn finish(mut self) -> Lines {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.take().unwrap().join().unwrap()
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 
 #[test]
 fn server_killed_and_restarted_mid_stream_output_is_exact() {
@@ -316,12 +42,9 @@ fn server_killed_and_restarted_mid_stream_output_is_exact() {
     let path = dir.path().join("log");
     let mut all = random_bytes(300_000, 1);
     append(&path, &all);
-    let srv = tailsrv(&path, 0);
+    let srv = tailsrv(&path).start();
     let port = srv.addr().port();
-    let cat = Consumer::start(
-        "tscat",
-        &args(&["--from-byte", "0", &srv.addr().to_string()]),
-    );
+    let cat = tscat(strings(&["--from-byte", "0", &srv.addr().to_string()])).spawn();
     cat.wait_len(all.len());
 
     let more = random_bytes(200_000, 2);
@@ -331,7 +54,7 @@ fn server_killed_and_restarted_mid_stream_output_is_exact() {
     let more = random_bytes(150_000, 3);
     append(&path, &more);
     all.extend_from_slice(&more);
-    let srv = tailsrv(&path, port);
+    let srv = tailsrv(&path).port(port).start();
     cat.wait_len(all.len());
 
     // And again, with the server gone a little longer (a few backoff rounds).
@@ -341,7 +64,7 @@ fn server_killed_and_restarted_mid_stream_output_is_exact() {
     all.extend_from_slice(&more);
     // Let tscat fail a few rounds first (backoff), then bring the server back.
     cat.wait_stderr("cannot connect", 3);
-    let _srv = tailsrv(&path, port);
+    let _srv = tailsrv(&path).port(port).start();
     cat.wait_len(all.len());
 
     cat.signal(Signal::TERM);
@@ -359,9 +82,9 @@ fn state_file_kill9_repeats_within_bound_sigterm_repeats_nothing() {
     let state = dir.path().join("state");
     let mut lines = Lines::new();
     append(&path, &lines.more(2_000));
-    let srv = tailsrv(&path, 0);
+    let srv = tailsrv(&path).start();
     let writer = Writer::start(path.clone(), lines);
-    let cat_args = args(&[
+    let cat_args = strings(&[
         "--state",
         state.to_str().unwrap(),
         "--framing",
@@ -370,20 +93,20 @@ fn state_file_kill9_repeats_within_bound_sigterm_repeats_nothing() {
     ]);
 
     // Run 1 dies by kill -9 mid-stream.
-    let cat = Consumer::start("tscat", &cat_args);
+    let cat = tscat(&cat_args).spawn();
     cat.wait_len(600_000);
     cat.signal(Signal::KILL);
     let (_, out1, _) = cat.finish();
 
     // Run 2 resumes from the last checkpoint, then stops cleanly on SIGTERM mid-stream.
-    let cat = Consumer::start("tscat", &cat_args);
+    let cat = tscat(&cat_args).spawn();
     cat.wait_len(600_000);
     cat.signal(Signal::TERM);
     let (status, out2, err2) = cat.finish();
     assert!(status.success(), "{status:?}: {err2}");
 
     // Run 3 must continue exactly where run 2 stopped, to the end.
-    let cat = Consumer::start("tscat", &cat_args);
+    let cat = tscat(&cat_args).spawn();
     cat.wait_len(100_000);
     let lines = writer.finish();
     let file = std::fs::read(&path).unwrap();
@@ -432,17 +155,18 @@ fn fails_over_to_a_tsmirror_replica_without_gap_or_duplicate() {
     let replica_file = dir.path().join("replica");
     let mut all = random_bytes(250_000, 10);
     append(&primary_file, &all);
-    let primary = tailsrv(&primary_file, 0);
-    let mirror = Consumer::start(
-        "tsmirror",
-        &args(&[&primary.addr().to_string(), replica_file.to_str().unwrap()]),
-    );
-    let replica = tailsrv(&replica_file, 0);
+    let primary = tailsrv(&primary_file).start();
+    let mirror = tsmirror(strings(&[
+        &primary.addr().to_string(),
+        replica_file.to_str().unwrap(),
+    ]))
+    .spawn();
+    let replica = tailsrv(&replica_file).start();
     let len = |p: &Path| std::fs::metadata(p).map(|m| m.len() as usize).unwrap_or(0);
     assert!(eventually(PATIENCE, || len(&replica_file) == all.len()));
 
     let servers = format!("{},{}", primary.addr(), replica.addr());
-    let cat = Consumer::start("tscat", &args(&["--servers", &servers]));
+    let cat = tscat(strings(&["--servers", &servers])).spawn();
     cat.wait_len(all.len());
 
     // The mirror stops; the primary moves ahead of the replica, and tscat with it.
@@ -472,48 +196,6 @@ fn fails_over_to_a_tsmirror_replica_without_gap_or_duplicate() {
     assert!(status.success(), "{status:?}: {err}");
     assert_eq!(out.len(), all.len(), "{err}");
     assert!(out == all, "output differs from the stream");
-}
-
-#[test]
-fn tsmirror_interrupted_many_times_stays_byte_identical() {
-    let dir = tempdir();
-    let source = dir.path().join("source");
-    let replica = dir.path().join("replica");
-    let mut lines = Lines::new();
-    append(&source, &lines.more(1_000));
-    let srv = tailsrv(&source, 0);
-    let writer = Writer::start(source.clone(), lines);
-    let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    let mirror_args = args(&[&srv.addr().to_string(), replica.to_str().unwrap()]);
-
-    for round in 0..10 {
-        let before = len(&replica);
-        let mirror = Consumer::start("tsmirror", &mirror_args);
-        assert!(
-            eventually(PATIENCE, || len(&replica) > before + 50_000),
-            "round {round}: the replica does not grow"
-        );
-        if round == 3 {
-            // A second mirror of the same file is refused, and changes nothing.
-            let (status, _, err) = Consumer::start("tsmirror", &mirror_args).finish();
-            assert_eq!(status.code(), Some(3), "{err}");
-            assert!(err.contains("locked"), "{err}");
-        }
-        if round % 2 == 0 {
-            mirror.signal(Signal::KILL);
-            mirror.finish();
-        } else {
-            mirror.signal(Signal::TERM);
-            let (status, _, err) = mirror.finish();
-            assert!(status.success(), "round {round}: {status:?} {err}");
-        }
-    }
-    let lines = writer.finish();
-    let _mirror = Consumer::start("tsmirror", &mirror_args);
-    assert!(eventually(PATIENCE, || len(&replica) >= lines.data.len() as u64));
-    let copy = std::fs::read(&replica).unwrap();
-    assert_eq!(copy.len(), lines.data.len());
-    assert!(copy == lines.data, "replica differs from the source");
 }
 
 /// One message, by the tests' own encoder (independent of proto::framing).
@@ -564,17 +246,17 @@ fn from_message_lands_exactly_on_message_n_for_every_framing() {
         let dir = tempdir();
         let path = dir.path().join("log");
         let count = 120;
-        let (mut data, starts) = messages(framing, 0, count);
+        let (data, starts) = messages(framing, 0, count);
         append(&path, &data);
-        let ix = indexer(&path, framing, dir.path());
-        let srv = tailsrv(&path, 0);
+        let ix = framed_indexer(&path, framing, dir.path());
+        let srv = tailsrv(&path).start();
         assert!(
             eventually(PATIENCE, || ask_indexer(&ix, "count") == count.to_string()),
             "{framing}: indexer never counted {count}"
         );
         let common = |extra: &[&str]| {
-            let mut a = args(extra);
-            a.extend(args(&[
+            let mut a = strings(extra);
+            a.extend(strings(&[
                 "-v",
                 "--indexer",
                 &ix.addr().to_string(),
@@ -586,14 +268,14 @@ fn from_message_lands_exactly_on_message_n_for_every_framing() {
         };
         let mut cats = Vec::new();
         for n in [0, 1, 17, 18, 99, count - 1, count] {
-            let cat = Consumer::start("tscat", &common(&["--from-message", &n.to_string()]));
+            let cat = tscat(common(&["--from-message", &n.to_string()])).spawn();
             cats.push((format!("--from-message {n}"), starts[n], cat));
         }
         // Relative starts resolved by the indexer to message boundaries.
         cats.push((
             "--from-end".into(),
             data.len(),
-            Consumer::start("tscat", &common(&["--from-end"])),
+            tscat(common(&["--from-end"])).spawn(),
         ));
         let last = 1_000;
         let cut = data.len() - last;
@@ -601,31 +283,45 @@ fn from_message_lands_exactly_on_message_n_for_every_framing() {
         cats.push((
             format!("--last {last}"),
             starts[holder],
-            Consumer::start("tscat", &common(&["--last", &last.to_string()])),
+            tscat(common(&["--last", &last.to_string()])).spawn(),
         ));
-        for (what, from, cat) in &cats {
-            cat.wait_len(data.len() - from);
-            assert!(cat.output() == data[*from..], "{framing} {what}");
-            // Where a relative start lands is fixed once tscat has asked and connected.
-            cat.wait_stderr("connected", 1);
-        }
         // Everyone follows: two more messages, the first appended in two pieces.
         let (more, _) = messages(framing, count, 2);
-        append(&path, &more[..3]);
-        append(&path, &more[3..]);
-        data.extend_from_slice(&more);
-        for (what, from, cat) in cats {
-            cat.wait_len(data.len() - from);
-            cat.signal(Signal::TERM);
-            let (status, out, err) = cat.finish();
-            assert!(status.success(), "{framing} {what}: {status:?} {err}");
-            assert!(
-                out == data[from..],
-                "{framing} {what}: {} bytes, expected {}",
-                out.len(),
-                data.len() - from
-            );
-        }
+        starts_then_growth(framing, &path, data, &more, 3, cats);
+    }
+}
+
+/// Each tscat of `cats` (what it was asked, the offset it starts at, the process) prints the
+/// file `data` from there; then `more` is appended in two pieces (`split` bytes, the rest),
+/// and each prints that too and stops cleanly on SIGTERM.
+fn starts_then_growth(
+    framing: &str,
+    path: &Path,
+    mut data: Vec<u8>,
+    more: &[u8],
+    split: usize,
+    cats: Vec<(String, usize, Proc)>,
+) {
+    for (what, from, cat) in &cats {
+        cat.wait_len(data.len() - from);
+        assert!(cat.output() == data[*from..], "{framing} {what}");
+        // Where a relative start lands is fixed once tscat has asked and connected.
+        cat.wait_stderr("connected", 1);
+    }
+    append(path, &more[..split]);
+    append(path, &more[split..]);
+    data.extend_from_slice(more);
+    for (what, from, cat) in cats {
+        cat.wait_len(data.len() - from);
+        cat.signal(Signal::TERM);
+        let (status, out, err) = cat.finish();
+        assert!(status.success(), "{framing} {what}: {status:?} {err}");
+        assert!(
+            out == data[from..],
+            "{framing} {what}: {} bytes, expected {}",
+            out.len(),
+            data.len() - from
+        );
     }
 }
 
@@ -638,15 +334,15 @@ fn whole_messages_only_across_a_stop() {
     let (data, starts) = messages("varint", 0, 20);
     let big = 17; // the 70,000-byte message: a 3-byte prefix
     append(&path, &data[..starts[big] + 1]);
-    let srv = tailsrv(&path, 0);
-    let cat_args = args(&[
+    let srv = tailsrv(&path).start();
+    let cat_args = strings(&[
         "--framing",
         "varint",
         "--state",
         state.to_str().unwrap(),
         &srv.addr().to_string(),
     ]);
-    let cat = Consumer::start("tscat", &cat_args);
+    let cat = tscat(&cat_args).spawn();
     cat.wait_len(starts[big]);
     // The checkpoint reaches the last complete message (and no further) once tscat is idle.
     let expect_state = |n: usize| format!("tailsrv-consumer-state 1\noffset {n}\n");
@@ -665,7 +361,7 @@ fn whole_messages_only_across_a_stop() {
     );
 
     append(&path, &data[starts[big] + 40_000..]);
-    let cat = Consumer::start("tscat", &cat_args);
+    let cat = tscat(&cat_args).spawn();
     cat.wait_len(data.len() - starts[big]);
     cat.signal(Signal::INT);
     let (status, out, err) = cat.finish();
@@ -681,8 +377,8 @@ fn whole_messages_only_across_a_stop() {
 
 #[test]
 fn unreachable_servers_fail_clearly() {
-    let dead = format!("127.0.0.1:{}", dead_port());
-    let (status, out, err) = tscat_once(&args(&["--no-retry", &dead]));
+    let dead = loopback(free_port()).to_string();
+    let (status, out, err) = tscat_once(&strings(&["--no-retry", &dead]));
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(out.is_empty());
     assert!(
@@ -690,9 +386,9 @@ fn unreachable_servers_fail_clearly() {
         "{err}"
     );
 
-    let other = format!("127.0.0.1:{}", dead_port());
+    let other = loopback(free_port()).to_string();
     let list = format!("{dead},{other}");
-    let (status, _, err) = tscat_once(&args(&["--give-up-after", "1", "--servers", &list]));
+    let (status, _, err) = tscat_once(&strings(&["--give-up-after", "1", "--servers", &list]));
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("gave up after 1.0s"), "{err}");
     assert!(err.contains(&dead) && err.contains(&other), "{err}");
@@ -707,10 +403,10 @@ fn indexer_errors_fail_clearly() {
     let dir = tempdir();
     let path = dir.path().join("log");
     append(&path, b"a\nb\nc\n");
-    let ix = indexer(&path, "newline", dir.path());
-    let srv = tailsrv(&path, 0);
+    let ix = framed_indexer(&path, "newline", dir.path());
+    let srv = tailsrv(&path).start();
     assert!(eventually(PATIENCE, || ask_indexer(&ix, "count") == "3"));
-    let (status, out, err) = tscat_once(&args(&[
+    let (status, out, err) = tscat_once(&strings(&[
         "--from-message",
         "10",
         "--indexer",
@@ -721,8 +417,8 @@ fn indexer_errors_fail_clearly() {
     assert!(out.is_empty());
     assert!(err.contains("refused \"offset-of 10\""), "{err}");
 
-    let dead = format!("127.0.0.1:{}", dead_port());
-    let (status, _, err) = tscat_once(&args(&[
+    let dead = loopback(free_port()).to_string();
+    let (status, _, err) = tscat_once(&strings(&[
         "--from-message",
         "1",
         "--indexer",
@@ -738,11 +434,11 @@ fn state_file_errors_fail_clearly() {
     let dir = tempdir();
     let path = dir.path().join("log");
     append(&path, b"hello\n");
-    let srv = tailsrv(&path, 0);
+    let srv = tailsrv(&path).start();
     let state = dir.path().join("state");
     let garbage = b"tailsrv-consumer-state 1\noffset twelve\n";
     std::fs::write(&state, garbage).unwrap();
-    let cat_args = args(&["--state", state.to_str().unwrap(), &srv.addr().to_string()]);
+    let cat_args = strings(&["--state", state.to_str().unwrap(), &srv.addr().to_string()]);
     let (status, out, err) = tscat_once(&cat_args);
     assert_eq!(status.code(), Some(3), "{err}");
     assert!(out.is_empty());
@@ -758,7 +454,7 @@ fn state_file_errors_fail_clearly() {
 
     // Two consumers on one state file: the second is refused.
     std::fs::remove_file(&state).unwrap();
-    let first = Consumer::start("tscat", &cat_args);
+    let first = tscat(&cat_args).spawn();
     first.wait_len(6);
     let (status, _, err) = tscat_once(&cat_args);
     assert_eq!(status.code(), Some(3), "{err}");
@@ -770,7 +466,8 @@ fn option_combinations_that_cannot_work_are_refused() {
     let dir = tempdir();
     let state = dir.path().join("state");
     let state = state.to_str().unwrap();
-    let srv = "127.0.0.1:9"; // never contacted
+    let srv = loopback(9).to_string(); // never contacted
+    let srv = srv.as_str();
     for (case, needle) in [
         (
             vec!["--last", "10", "--framing", "u32be", srv],
@@ -783,7 +480,7 @@ fn option_combinations_that_cannot_work_are_refused() {
         ),
         (vec!["--from-byte", "1"], "no server given"),
     ] {
-        let (status, out, err) = tscat_once(&args(&case));
+        let (status, out, err) = tscat_once(&strings(&case));
         assert_eq!(status.code(), Some(2), "{case:?}: {err}");
         assert!(out.is_empty());
         assert!(err.contains(needle), "{case:?}: {err}");
@@ -798,8 +495,8 @@ fn malformed_message_stops_after_the_last_good_one() {
     let good = encode("u32be", b"fine");
     append(&path, &good);
     append(&path, &[0xff, 0xff, 0xff, 0xff, 1, 2, 3]);
-    let srv = tailsrv(&path, 0);
-    let (status, out, err) = tscat_once(&args(&[
+    let srv = tailsrv(&path).start();
+    let (status, out, err) = tscat_once(&strings(&[
         "--framing",
         "u32be",
         "--max-message",
@@ -820,20 +517,17 @@ fn refusal_lines_are_never_output_and_are_retried() {
     let path = dir.path().join("log");
     let data = random_bytes(5_000, 20);
     append(&path, &data);
-    let mut args_srv: Vec<String> = args(&["-p", "0", "--bind", "127.0.0.1", "--max-clients", "1"]);
-    args_srv.push(path.display().to_string());
-    let srv = Proc::start("tailsrv", &args_srv);
+    let srv = tailsrv(&path).args(["--max-clients", "1"]).start();
     // Take the only slot (it is ours once bytes flow).
-    let mut holder = srv.connect();
-    holder.write_all(b"0\n").unwrap();
+    let mut holder = srv.request("0");
     read_exact(&mut holder, 10);
 
-    let (status, out, err) = tscat_once(&args(&["--no-retry", &srv.addr().to_string()]));
+    let (status, out, err) = tscat_once(&strings(&["--no-retry", &srv.addr().to_string()]));
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(out.is_empty(), "the refusal reached stdout: {out:?}");
     assert!(err.contains("too many clients"), "{err}");
 
-    let cat = Consumer::start("tscat", &args(&[&srv.addr().to_string()]));
+    let cat = tscat(strings(&[&srv.addr().to_string()])).spawn();
     cat.wait_stderr("too many clients", 1);
     drop(holder);
     cat.wait_len(data.len());
@@ -853,11 +547,11 @@ fn data_that_looks_like_a_refusal_is_still_data() {
     let replica = dir.path().join("replica");
     let mut data = b"error: not-served: this line is data\n".to_vec();
     append(&path, &data);
-    let srv = tailsrv(&path, 0);
+    let srv = tailsrv(&path).start();
     let port = srv.addr().port();
     let addr = srv.addr().to_string();
-    let cat = Consumer::start("tscat", &args(&[&addr]));
-    let mirror = Consumer::start("tsmirror", &args(&[&addr, replica.to_str().unwrap()]));
+    let cat = tscat(strings(&[&addr])).spawn();
+    let mirror = tsmirror(strings(&[&addr, replica.to_str().unwrap()])).spawn();
     cat.wait_len(data.len());
     assert!(eventually(PATIENCE, || std::fs::read(&replica)
         .is_ok_and(|r| r.len() == data.len())));
@@ -869,7 +563,7 @@ fn data_that_looks_like_a_refusal_is_still_data() {
         append(&path, line);
         data.extend_from_slice(line);
     }
-    let _srv = tailsrv(&path, port);
+    let _srv = tailsrv(&path).port(port).start();
     cat.wait_len(data.len());
     assert!(eventually(PATIENCE, || std::fs::read(&replica)
         .is_ok_and(|r| r.len() == data.len())));
@@ -888,26 +582,24 @@ fn a_relative_start_is_confirmed_by_the_server_and_resumes_exactly() {
     let path = dir.path().join("log");
     let state = dir.path().join("state");
     append(&path, b"old\n");
-    let srv = tailsrv(&path, 0);
+    let srv = tailsrv(&path).start();
     let port = srv.addr().port();
     // --last 4 and a state file: the server resolves the start and says where (`ok 0`), so
     // the position is absolute from the first byte on.
-    let cat = Consumer::start(
-        "tscat",
-        &args(&[
-            "--last",
-            "4",
-            "--state",
-            state.to_str().unwrap(),
-            &srv.addr().to_string(),
-        ]),
-    );
+    let cat = tscat(strings(&[
+        "--last",
+        "4",
+        "--state",
+        state.to_str().unwrap(),
+        &srv.addr().to_string(),
+    ]))
+    .spawn();
     cat.wait_len(4);
     append(&path, b"new\n");
     cat.wait_len(8);
     drop(srv); // SIGKILL
     append(&path, b"while down\n");
-    let _srv = tailsrv(&path, port);
+    let _srv = tailsrv(&path).port(port).start();
     cat.wait_len(19);
     cat.signal(Signal::TERM);
     let (status, out, err) = cat.finish();
@@ -924,28 +616,25 @@ fn closed_output_is_a_clean_stop_with_an_exact_checkpoint() {
     let state = dir.path().join("state");
     let data = random_bytes(2_000_000, 30);
     append(&path, &data);
-    let srv = tailsrv(&path, 0);
-    let (mut child, mut stdout, err) = spawn(
-        "tscat",
-        &args(&["--state", state.to_str().unwrap(), &srv.addr().to_string()]),
-    );
+    let srv = tailsrv(&path).start();
+    let mut cat = tscat(strings(&[
+        "--state",
+        state.to_str().unwrap(),
+        &srv.addr().to_string(),
+    ]))
+    .raw_stdout()
+    .spawn();
+    let mut stdout = cat.take_stdout();
     let mut got = vec![0u8; 100_000];
     stdout.read_exact(&mut got).unwrap();
     assert!(got == data[..100_000]);
     drop(stdout); // the reader goes away while tscat is blocked writing
-    let status = wait_exit(&mut child);
-    assert!(err.wait(|_, closed| closed));
-    assert!(status.success(), "{status:?}: {}", err.text());
-    assert!(err.text().is_empty(), "{}", err.text());
-    let saved = std::fs::read_to_string(&state).unwrap();
-    let offset: usize = saved
-        .strip_prefix("tailsrv-consumer-state 1\noffset ")
-        .and_then(|s| s.strip_suffix('\n'))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad state {saved:?}"));
+    let (status, _, err) = cat.finish();
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(err.is_empty(), "{err}");
     // What sat in the pipe when the reader closed it was never read: the position is
     // exactly what the reader took.
-    assert_eq!(offset, 100_000);
+    assert_eq!(saved_offset(&state), 100_000);
 }
 
 #[test]
@@ -956,17 +645,20 @@ fn the_stream_socket_has_a_short_keepalive() {
     let dir = tempdir();
     let path = dir.path().join("log");
     append(&path, b"x\n");
-    let srv = tailsrv(&path, 0);
-    let cat = Consumer::start("tscat", &args(&[&srv.addr().to_string()]));
+    let srv = tailsrv(&path).start();
+    let cat = tscat(strings(&[&srv.addr().to_string()])).spawn();
     cat.wait_len(2);
     let server_port = format!("{:04X}", srv.addr().port());
     let client_timer = || -> Option<(u32, u64)> {
         let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
         table.lines().skip(1).find_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
-            let (local, remote, timer) = (f[1], f[2], f[5]);
+            let (local, remote, state, timer) = (f[1], f[2], f[3], f[5]);
             let (kind, when) = timer.split_once(':')?;
-            (remote.ends_with(&format!(":{server_port}"))
+            // Established (01): not a closed connection of an earlier server on this port
+            // number, in TIME_WAIT (another test's, in this process).
+            (state == "01"
+                && remote.ends_with(&format!(":{server_port}"))
                 && !local.ends_with(&format!(":{server_port}")))
             .then(|| (kind.parse().ok(), u64::from_str_radix(when, 16).ok()))
             .and_then(|(k, w)| Some((k?, w?)))
@@ -990,18 +682,10 @@ fn the_stream_socket_has_a_short_keepalive() {
 
 /// Starts tailsrv-indexer on the directory `root`, its indexes in `index_dir`.
 fn dir_indexer(root: &Path, framing: &str, index_dir: &Path) -> Proc {
-    let args: Vec<String> = vec![
-        "-p".into(),
-        "0".into(),
-        "--bind".into(),
-        "127.0.0.1".into(),
-        "--framing".into(),
-        framing.into(),
-        "--index-dir".into(),
-        index_dir.display().to_string(),
-        root.display().to_string(),
-    ];
-    Proc::start("tailsrv-indexer", &args)
+    indexer(root)
+        .args(["--framing", framing, "--index-dir"])
+        .arg(index_dir)
+        .start()
 }
 
 #[test]
@@ -1014,12 +698,14 @@ fn tscat_path_follows_one_file_of_a_directory_across_restarts() {
     append(&path, &all);
     // A neighbour that must never leak into the stream.
     append(&root.join("other.log"), &random_bytes(50_000, 32));
-    let srv = tailsrv(&root, 0);
+    let srv = tailsrv(&root).start();
     let port = srv.addr().port();
-    let cat = Consumer::start(
-        "tscat",
-        &args(&["--path", "sub dir/b.log", &srv.addr().to_string()]),
-    );
+    let cat = tscat(strings(&[
+        "--path",
+        "sub dir/b.log",
+        &srv.addr().to_string(),
+    ]))
+    .spawn();
     cat.wait_len(all.len());
 
     let more = random_bytes(100_000, 33);
@@ -1030,7 +716,7 @@ fn tscat_path_follows_one_file_of_a_directory_across_restarts() {
     let more = random_bytes(70_000, 34);
     append(&path, &more);
     all.extend_from_slice(&more);
-    let _srv = tailsrv(&root, port);
+    let _srv = tailsrv(&root).port(port).start();
     cat.wait_len(all.len());
 
     cat.signal(Signal::TERM);
@@ -1053,18 +739,18 @@ fn tscat_path_from_message_asks_the_directory_indexer() {
         let rel = "t/y z.log";
         let path = root.join(rel);
         let count = 80;
-        let (mut data, starts) = messages(framing, 0, count);
+        let (data, starts) = messages(framing, 0, count);
         append(&path, &data);
         let ix = dir_indexer(&root, framing, &dir.path().join("indexes"));
-        let srv = tailsrv(&root, 0);
+        let srv = tailsrv(&root).start();
         assert_eq!(
             ask_indexer(&ix, &format!("count {rel}")),
             count.to_string(),
             "{framing}"
         );
         let common = |extra: &[&str]| {
-            let mut a = args(extra);
-            a.extend(args(&[
+            let mut a = strings(extra);
+            a.extend(strings(&[
                 "-v",
                 "--path",
                 rel,
@@ -1078,32 +764,17 @@ fn tscat_path_from_message_asks_the_directory_indexer() {
         };
         let mut cats = Vec::new();
         for n in [0, 17, count - 1, count] {
-            let cat = Consumer::start("tscat", &common(&["--from-message", &n.to_string()]));
+            let cat = tscat(common(&["--from-message", &n.to_string()])).spawn();
             cats.push((format!("--from-message {n}"), starts[n], cat));
         }
         cats.push((
             "--from-end".into(),
             data.len(),
-            Consumer::start("tscat", &common(&["--from-end"])),
+            tscat(common(&["--from-end"])).spawn(),
         ));
-        for (what, from, cat) in &cats {
-            cat.wait_len(data.len() - from);
-            assert!(cat.output() == data[*from..], "{framing} {what}");
-            // Where a relative start lands is fixed once tscat has asked and connected.
-            cat.wait_stderr("connected", 1);
-        }
         // They follow the file: one more message, appended in two pieces.
         let (more, _) = messages(framing, count, 1);
-        append(&path, &more[..2]);
-        append(&path, &more[2..]);
-        data.extend_from_slice(&more);
-        for (what, from, cat) in cats {
-            cat.wait_len(data.len() - from);
-            cat.signal(Signal::TERM);
-            let (status, out, err) = cat.finish();
-            assert!(status.success(), "{framing} {what}: {status:?} {err}");
-            assert!(out == data[from..], "{framing} {what}");
-        }
+        starts_then_growth(framing, &path, data, &more, 2, cats);
     }
 }
 
@@ -1115,8 +786,8 @@ fn tscat_path_refusals_fail_clearly_and_are_not_retried() {
     std::fs::write(root.join(".ignore"), b"*.secret\n").unwrap();
     append(&root.join("k.secret"), b"secret\n");
     append(&root.join("ok.log"), b"fine\n");
-    let dir_srv = tailsrv(&root, 0);
-    let file_srv = tailsrv(&root.join("ok.log"), 0);
+    let dir_srv = tailsrv(&root).start();
+    let file_srv = tailsrv(root.join("ok.log")).start();
     let ix = dir_indexer(&root, "newline", &dir.path().join("indexes"));
     let dir_addr = dir_srv.addr().to_string();
     let file_addr = file_srv.addr().to_string();
@@ -1164,7 +835,7 @@ fn tscat_path_refusals_fail_clearly_and_are_not_retried() {
         ),
         (vec!["--path", "a\nb", &dir_addr], 2, vec!["--path must be"]),
     ] {
-        let (status, out, err) = tscat_once(&args(&case));
+        let (status, out, err) = tscat_once(&strings(&case));
         assert_eq!(status.code(), Some(code), "{case:?}: {err}");
         assert!(
             out.is_empty(),
@@ -1180,9 +851,9 @@ fn tscat_path_refusals_fail_clearly_and_are_not_retried() {
     std::fs::create_dir_all(&other_root).unwrap();
     std::fs::write(other_root.join(".ignore"), b"ok.log\n").unwrap();
     append(&other_root.join("ok.log"), b"fine\n");
-    let refusing = tailsrv(&other_root, 0);
+    let refusing = tailsrv(&other_root).start();
     let list = format!("{},{dir_addr}", refusing.addr());
-    let cat = Consumer::start("tscat", &args(&["--path", "ok.log", "--servers", &list]));
+    let cat = tscat(strings(&["--path", "ok.log", "--servers", &list])).spawn();
     cat.wait_len(5);
     cat.signal(Signal::TERM);
     let (status, out, err) = cat.finish();
@@ -1212,14 +883,8 @@ fn tscat_into_head(cat_args: &[String], n: usize, out: &Path) -> Vec<u8> {
         quoted.join(" "),
         out.display()
     );
-    let mut child = Command::new("sh")
-        .args(["-c", &script])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("sh");
-    let status = wait_exit(&mut child);
-    assert!(status.success(), "{script}: {status:?}");
+    let (status, _, err) = Spawn::tool("sh").args(["-c", &script]).run();
+    assert!(status.success(), "{script}: {status:?}: {err}");
     std::fs::read(out).unwrap()
 }
 
@@ -1232,7 +897,7 @@ fn a_pipe_reader_that_stops_never_causes_a_skip() {
     let path = dir.path().join("log");
     let data = random_bytes(2_200_000, 40);
     append(&path, &data);
-    let srv = tailsrv(&path, 0);
+    let srv = tailsrv(&path).start();
     let addr = srv.addr().to_string();
     let mut sizes: Vec<usize> = vec![1, 2, 100, 1000, 4095, 4096, 4097, 65_535, 65_536, 65_537];
     sizes.extend([
@@ -1250,7 +915,11 @@ fn a_pipe_reader_that_stops_never_causes_a_skip() {
     for n in sizes {
         let state = dir.path().join(format!("state-{n}"));
         let st = state.to_str().unwrap();
-        let got = tscat_into_head(&args(&["--state", st, &addr]), n, &dir.path().join("out"));
+        let got = tscat_into_head(
+            &strings(&["--state", st, &addr]),
+            n,
+            &dir.path().join("out"),
+        );
         assert!(got == data[..n], "head -c {n}: not the file's first bytes");
         let saved = saved_offset(&state);
         assert!(
@@ -1261,7 +930,7 @@ fn a_pipe_reader_that_stops_never_causes_a_skip() {
             n - saved <= 64 << 10,
             "head -c {n}: the checkpoint {saved} repeats more than a pipe's worth"
         );
-        let (status, rest, err) = tscat_once(&args(&["--state", st, "--exit-at-end", &addr]));
+        let (status, rest, err) = tscat_once(&strings(&["--state", st, "--exit-at-end", &addr]));
         assert!(status.success(), "{status:?}: {err}");
         assert!(
             rest == data[saved..],
@@ -1276,12 +945,12 @@ fn a_framed_pipe_reader_that_stops_resumes_at_a_message_it_did_not_finish() {
     let path = dir.path().join("log");
     let (data, starts) = messages("u32be", 0, 3_000);
     append(&path, &data);
-    let srv = tailsrv(&path, 0);
+    let srv = tailsrv(&path).start();
     let addr = srv.addr().to_string();
     for n in [3, 5_000, 70_000, 200_000, 700_000] {
         let state = dir.path().join(format!("state-{n}"));
         let st = state.to_str().unwrap();
-        let cat_args = args(&["--state", st, "--framing", "u32be", &addr]);
+        let cat_args = strings(&["--state", st, "--framing", "u32be", &addr]);
         let got = tscat_into_head(&cat_args, n, &dir.path().join("out"));
         assert!(got == data[..n]);
         let saved = saved_offset(&state);
@@ -1307,16 +976,16 @@ fn exit_at_end_prints_what_is_there_and_exits() {
     let state = dir.path().join("state");
     let st = state.to_str().unwrap();
     append(&path, b"a\nbb\nccc");
-    let srv = tailsrv(&path, 0);
+    let srv = tailsrv(&path).start();
     let addr = srv.addr().to_string();
 
     // Raw bytes: everything, exit 0.
-    let (status, out, err) = tscat_once(&args(&["--exit-at-end", &addr]));
+    let (status, out, err) = tscat_once(&strings(&["--exit-at-end", &addr]));
     assert!(status.success(), "{status:?}: {err}");
     assert_eq!(out, b"a\nbb\nccc");
 
     // Whole messages only: the incomplete "ccc" is left for the next run.
-    let framed = args(&[
+    let framed = strings(&[
         "--exit-at-end",
         "--framing",
         "newline",
@@ -1342,11 +1011,11 @@ fn exit_at_end_prints_what_is_there_and_exits() {
     // An empty file, and a start past the end: nothing, exit 0.
     let empty = dir.path().join("empty");
     append(&empty, b"");
-    let srv2 = tailsrv(&empty, 0);
-    let (status, out, err) = tscat_once(&args(&["--exit-at-end", &srv2.addr().to_string()]));
+    let srv2 = tailsrv(&empty).start();
+    let (status, out, err) = tscat_once(&strings(&["--exit-at-end", &srv2.addr().to_string()]));
     assert!(status.success(), "{status:?}: {err}");
     assert!(out.is_empty());
-    let (status, out, err) = tscat_once(&args(&["--exit-at-end", "--from-byte", "100", &addr]));
+    let (status, out, err) = tscat_once(&strings(&["--exit-at-end", "--from-byte", "100", &addr]));
     assert!(status.success(), "{status:?}: {err}");
     assert!(out.is_empty());
 
@@ -1354,10 +1023,10 @@ fn exit_at_end_prints_what_is_there_and_exits() {
     let mut lines = Lines::new();
     let grow = dir.path().join("grow");
     append(&grow, &lines.more(5_000));
-    let srv3 = tailsrv(&grow, 0);
+    let srv3 = tailsrv(&grow).start();
     let before = std::fs::metadata(&grow).unwrap().len() as usize;
     let writer = Writer::start(grow.clone(), lines);
-    let (status, out, err) = tscat_once(&args(&[
+    let (status, out, err) = tscat_once(&strings(&[
         "--exit-at-end",
         "--framing",
         "newline",
@@ -1381,11 +1050,11 @@ fn count_and_bytes_stop_exactly() {
     let st = state.to_str().unwrap();
     let (data, starts) = messages("varint", 0, 400);
     append(&path, &data);
-    let srv = tailsrv(&path, 0);
+    let srv = tailsrv(&path).start();
     let addr = srv.addr().to_string();
 
     // --count N: exactly N messages, then the next N from where the first run stopped.
-    let count = args(&["--count", "17", "--framing", "varint", "--state", st, &addr]);
+    let count = strings(&["--count", "17", "--framing", "varint", "--state", st, &addr]);
     for round in 0..3 {
         let (status, out, err) = tscat_once(&count);
         assert!(status.success(), "{status:?}: {err}");
@@ -1400,7 +1069,7 @@ fn count_and_bytes_stop_exactly() {
     }
     // --bytes N with a framing: the whole messages that end within N bytes.
     let at = saved_offset(&state);
-    let (status, out, err) = tscat_once(&args(&[
+    let (status, out, err) = tscat_once(&strings(&[
         "--bytes",
         "5000",
         "--framing",
@@ -1415,24 +1084,22 @@ fn count_and_bytes_stop_exactly() {
     assert_eq!(saved_offset(&state), end);
 
     // --bytes N raw: exactly N bytes, from anywhere.
-    let (status, out, err) = tscat_once(&args(&["--bytes", "12345", "--from-byte", "7", &addr]));
+    let (status, out, err) = tscat_once(&strings(&["--bytes", "12345", "--from-byte", "7", &addr]));
     assert!(status.success(), "{status:?}: {err}");
     assert!(out == data[7..7 + 12345]);
 
     // A limit beyond the file waits for it: --count 2 on a file that has one message.
     let small = dir.path().join("small");
     append(&small, b"one\n");
-    let srv2 = tailsrv(&small, 0);
-    let cat = Consumer::start(
-        "tscat",
-        &args(&[
-            "--count",
-            "2",
-            "--framing",
-            "newline",
-            &srv2.addr().to_string(),
-        ]),
-    );
+    let srv2 = tailsrv(&small).start();
+    let cat = tscat(strings(&[
+        "--count",
+        "2",
+        "--framing",
+        "newline",
+        &srv2.addr().to_string(),
+    ]))
+    .spawn();
     cat.wait_len(4);
     append(&small, b"two\nthree\n");
     let (status, out, err) = cat.finish();
@@ -1440,7 +1107,7 @@ fn count_and_bytes_stop_exactly() {
     assert_eq!(out, b"one\ntwo\n");
 
     // --count needs --framing: a usage error.
-    let (status, out, err) = tscat_once(&args(&["--count", "2", &addr]));
+    let (status, out, err) = tscat_once(&strings(&["--count", "2", &addr]));
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(out.is_empty());
     assert!(err.contains("--framing"), "{err}");
@@ -1449,17 +1116,19 @@ fn count_and_bytes_stop_exactly() {
 #[test]
 fn bad_addresses_are_usage_errors_at_once() {
     let started = Instant::now();
+    let (not_a_port, one) = (format!("{LOOPBACK}:notaport"), loopback(1).to_string());
+    let one_and_no_host = format!("{one},:4321");
     for (case, needle) in [
         (vec!["localhost"], "port is missing"),
-        (vec!["127.0.0.1:notaport"], "not a port number"),
+        (vec![&not_a_port], "not a port number"),
         (vec!["no-such-host.invalid:4321"], "cannot be resolved"),
-        (vec!["--servers", "127.0.0.1:1,:4321"], "host is missing"),
+        (vec!["--servers", &one_and_no_host], "host is missing"),
         (
-            vec!["--from-message", "1", "--indexer", "nowhere", "127.0.0.1:1"],
+            vec!["--from-message", "1", "--indexer", "nowhere", &one],
             "indexer \"nowhere\"",
         ),
     ] {
-        let (status, out, err) = tscat_once(&args(&case));
+        let (status, out, err) = tscat_once(&strings(&case));
         assert_eq!(status.code(), Some(2), "{case:?}: {err}");
         assert!(out.is_empty());
         assert!(err.contains(needle), "{case:?}: {err}");
@@ -1467,94 +1136,11 @@ fn bad_addresses_are_usage_errors_at_once() {
     let dir = tempdir();
     let replica = dir.path().join("replica");
     for server in ["localhost", "no-such-host.invalid:1"] {
-        let (status, _, err) =
-            Consumer::start("tsmirror", &args(&[server, replica.to_str().unwrap()])).finish();
+        let (status, _, err) = tsmirror(strings(&[server, replica.to_str().unwrap()]))
+            .spawn()
+            .finish();
         assert_eq!(status.code(), Some(2), "{server}: {err}");
     }
     assert!(!replica.exists(), "a refused tsmirror created its file");
     assert!(started.elapsed() < PATIENCE, "not at once");
-}
-
-#[test]
-fn tsmirror_creates_its_file_only_once_a_server_accepted() {
-    let dir = tempdir();
-    let served = dir.path().join("served");
-    std::fs::create_dir(&served).unwrap();
-    append(&served.join("a.log"), b"x\n");
-    // A directory-mode server refuses a single-file request for good: exit 4, no file.
-    let dir_srv = tailsrv(&served, 0);
-    let replica = dir.path().join("replica");
-    let rep = replica.to_str().unwrap();
-    let (status, _, err) =
-        Consumer::start("tsmirror", &args(&[&dir_srv.addr().to_string(), rep])).finish();
-    assert_eq!(status.code(), Some(4), "{err}");
-    assert!(!replica.exists(), "a refused tsmirror left a file");
-
-    // Nobody listening: it retries, and no file appears meanwhile.
-    let dead = format!("127.0.0.1:{}", dead_port());
-    let mirror = Consumer::start("tsmirror", &args(&[&dead, rep]));
-    mirror.wait_stderr("cannot connect", 2);
-    assert!(
-        !replica.exists(),
-        "an unconnected tsmirror created its file"
-    );
-    mirror.signal(Signal::TERM);
-    let (status, _, err) = mirror.finish();
-    assert!(status.success(), "{status:?}: {err}");
-    assert!(!replica.exists());
-
-    // An empty source that a server accepts: the (empty) replica exists.
-    let source = dir.path().join("source");
-    append(&source, b"");
-    let srv = tailsrv(&source, 0);
-    let mirror = Consumer::start("tsmirror", &args(&[&srv.addr().to_string(), rep]));
-    mirror.wait_stderr("created the replica", 1);
-    assert!(replica.exists());
-    append(&source, b"hello\n");
-    assert!(eventually(PATIENCE, || std::fs::read(&replica).unwrap() == b"hello\n"));
-    mirror.signal(Signal::TERM);
-    let (status, _, err) = mirror.finish();
-    assert!(status.success(), "{status:?}: {err}");
-}
-
-#[test]
-fn tsmirror_cuts_a_zero_filled_tail_left_by_a_crash() {
-    let dir = tempdir();
-    let source = dir.path().join("source");
-    let data = random_bytes(300_000, 50);
-    append(&source, &data);
-    let srv = tailsrv(&source, 0);
-    let replica = dir.path().join("replica");
-    let rep = replica.to_str().unwrap();
-    let len = |p: &Path| std::fs::metadata(p).map(|m| m.len() as usize).unwrap_or(0);
-    // What a crash can leave: the size covers blocks never written (zeros), at the end, or
-    // before a block that was written.
-    let mut zero_tail = data[..100_000].to_vec();
-    zero_tail.extend_from_slice(&[0u8; 10_000]);
-    let mut zero_hole = data[..200_704].to_vec(); // 49 * 4096
-    zero_hole.extend_from_slice(&[0u8; 8192]);
-    zero_hole.extend_from_slice(&data[200_704 + 8192..230_000]);
-    for (case, start) in [("tail", zero_tail), ("hole", zero_hole)] {
-        std::fs::write(&replica, &start).unwrap();
-        let mirror = Consumer::start("tsmirror", &args(&[&srv.addr().to_string(), rep]));
-        mirror.wait_stderr("zero bytes at the end", 1);
-        assert!(
-            eventually(PATIENCE, || len(&replica) >= data.len()),
-            "{case}"
-        );
-        mirror.signal(Signal::TERM);
-        let (status, _, err) = mirror.finish();
-        assert!(status.success(), "{case}: {status:?}: {err}");
-        let copy = std::fs::read(&replica).unwrap();
-        assert_eq!(copy.len(), data.len(), "{case}: {err}");
-        assert!(copy == data, "{case}: the replica differs from the source");
-    }
-    // A replica without zeros is left alone (nothing cut, nothing said).
-    let mirror = Consumer::start("tsmirror", &args(&[&srv.addr().to_string(), rep]));
-    mirror.wait_stderr("mirroring from the replica's length", 1);
-    mirror.signal(Signal::TERM);
-    let (status, _, err) = mirror.finish();
-    assert!(status.success(), "{status:?}: {err}");
-    assert!(!err.contains("zero bytes"), "{err}");
-    assert!(std::fs::read(&replica).unwrap() == data);
 }

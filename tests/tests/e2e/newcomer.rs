@@ -5,50 +5,24 @@
 
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tests::*;
-
-/// tailsrv on `target` (a file, or a directory) on a free loopback port.
-fn tailsrv(target: &std::path::Path, bind: bool) -> Proc {
-    let mut args = vec!["-p".to_string(), "0".into()];
-    if bind {
-        args.extend(["--bind".into(), "127.0.0.1".into()]);
-    }
-    args.push(target.display().to_string());
-    Proc::start("tailsrv", &args)
-}
 
 /// Runs tscat with `args` until it exits, at most `limit`: its status (None: still running
 /// at the limit, then killed) and stdout.
 fn tscat_within(args: &[String], limit: Duration) -> (Option<i32>, Vec<u8>) {
-    let mut child = Command::new(bin("tscat"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Read while it runs: a full pipe would block it.
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut stdout, &mut out);
-        out
-    });
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s.code();
+    let mut cat = tscat(args).spawn();
+    match cat.wait_exit(limit) {
+        Some(_) => {
+            let (status, out, _) = cat.finish();
+            (status.code(), out)
         }
-        if t0.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
+        None => {
+            cat.kill();
+            (None, cat.output())
         }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    (status, reader.join().unwrap())
+    }
 }
 
 #[test]
@@ -56,7 +30,7 @@ fn a_start_at_the_end_with_exit_at_end_exits_on_a_quiet_file() {
     let dir = tempdir();
     let path = dir.path().join("log");
     append(&path, b"one\ntwo\n");
-    let srv = tailsrv(&path, true);
+    let srv = tailsrv(&path).start();
     for start in [&["--from-end"][..], &["--last", "0"]] {
         let mut args: Vec<String> = start.iter().map(|s| s.to_string()).collect();
         args.extend(["--exit-at-end".into(), srv.addr().to_string()]);
@@ -80,7 +54,7 @@ fn a_header_ended_by_fin_without_a_newline_is_answered() {
     let dir = tempdir();
     let path = dir.path().join("log");
     append(&path, b"hello\n");
-    let srv = tailsrv(&path, true);
+    let srv = tailsrv(&path).start();
     for header in [&b"0"[..], b"-3 ok", b"0 ok\r"] {
         let mut s = srv.connect();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -101,7 +75,7 @@ fn a_header_ended_by_fin_without_a_newline_is_answered() {
     let mut s = srv.connect();
     s.write_all(b"abc").unwrap();
     s.shutdown(Shutdown::Write).unwrap();
-    let answer = String::from_utf8(read_to_end(&mut s)).unwrap();
+    let answer = read_text(&mut s);
     assert!(answer.starts_with("error: bad-request: "), "{answer:?}");
 }
 
@@ -109,7 +83,7 @@ fn a_header_ended_by_fin_without_a_newline_is_answered() {
 fn a_directory_request_whose_start_does_not_parse_is_refused() {
     let dir = tempdir();
     append(&dir.path().join("app.log"), b"x\n");
-    let srv = tailsrv(dir.path(), true);
+    let srv = tailsrv(dir.path()).start();
     for line in [
         &b"stream app.log ok\n"[..],
         b"stream app.log from 0\n",
@@ -118,15 +92,14 @@ fn a_directory_request_whose_start_does_not_parse_is_refused() {
         let mut s = srv.connect();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.write_all(line).unwrap();
-        let answer = String::from_utf8(read_to_end(&mut s)).unwrap();
+        let answer = read_text(&mut s);
         assert!(
             answer.starts_with("error: bad-request: "),
             "{line:?} -> {answer:?}"
         );
     }
     // The well-formed request still streams.
-    let mut s = srv.connect();
-    s.write_all(b"stream app.log from byte 0 ok\n").unwrap();
+    let mut s = srv.request("stream app.log from byte 0 ok");
     assert_eq!(read_exact(&mut s, 9), b"ok 0 2\nx\n");
 }
 
@@ -135,27 +108,15 @@ fn servers_bind_loopback_unless_told() {
     let dir = tempdir();
     let path = dir.path().join("log");
     append(&path, b"x");
-    let srv = tailsrv(&path, false);
+    let srv = tailsrv(&path).default_bind().start();
     assert!(srv.addr().ip().is_loopback(), "{}", srv.addr());
-    let idx = Proc::start(
-        "tailsrv-indexer",
-        &[
-            "-p".to_string(),
-            "0".into(),
-            "--index".into(),
-            dir.path().join("idx").display().to_string(),
-            path.display().to_string(),
-        ],
-    );
+    let idx = indexer(&path)
+        .default_bind()
+        .arg("--index")
+        .arg(dir.path().join("idx"))
+        .start();
     assert!(idx.addr().ip().is_loopback(), "{}", idx.addr());
-    let col = Proc::start(
-        "tailsrv-collator",
-        &[
-            "-p".to_string(),
-            "0".into(),
-            dir.path().join("c.log").display().to_string(),
-        ],
-    );
+    let col = collator(dir.path().join("c.log")).default_bind().start();
     assert!(col.addr().ip().is_loopback(), "{}", col.addr());
     let _ = TcpStream::connect(srv.addr()).unwrap();
 }
@@ -166,25 +127,14 @@ fn serve_up_to_synced_warns_when_nothing_is_published() {
     let path = dir.path().join("log");
     // What a collator in `--sync write` mode leaves: data, and no FILE.synced.
     append(&path, b"written, never synced\n");
-    let srv = Proc::start(
-        "tailsrv",
-        &[
-            "-p".to_string(),
-            "0".into(),
-            "--bind".into(),
-            "127.0.0.1".into(),
-            "--serve-up-to-synced".into(),
-            path.display().to_string(),
-        ],
-    );
+    let srv = tailsrv(&path).arg("--serve-up-to-synced").start();
     let line = srv.log.wait_for(
         "no synced length has been published",
         Duration::from_secs(15),
     );
     assert!(line.is_some(), "no warning; log:\n{}", srv.log.text());
     // Once a synced length is published the follower is served (and no warning repeats).
-    let mut s = srv.connect();
-    s.write_all(b"0 ok\n").unwrap();
+    let mut s = srv.request("0 ok");
     let sidecar = dir.path().join("log.synced");
     // One record: the synced length as an 8-byte big-endian u64 (proto::watermark).
     append(&sidecar, &8u64.to_be_bytes());
@@ -206,14 +156,12 @@ fn tail_n_starts_at_the_last_n_lines() {
     let lines: Vec<String> = (0..20_000).map(|i| format!("line {i}\n")).collect();
     let all = lines.concat();
     append(&path, all.as_bytes());
-    let srv = tailsrv(&path, true);
+    let srv = tailsrv(&path).start();
     for n in [0usize, 1, 3, 12_345, 20_000, 30_000] {
         let want = lines[lines.len().saturating_sub(n)..].concat();
         let start = all.len() - want.len();
         // The raw header, confirmed.
-        let mut s = srv.connect();
-        s.write_all(format!("last {n} lines ok\n").as_bytes())
-            .unwrap();
+        let mut s = srv.request(format!("last {n} lines ok"));
         let ok = format!("ok {start} {}\n", all.len());
         let got = read_exact(&mut s, ok.len() + want.len());
         assert!(
@@ -236,8 +184,7 @@ fn tail_n_starts_at_the_last_n_lines() {
     }
     // An unfinished last line counts as one.
     append(&path, b"partial");
-    let mut s = srv.connect();
-    s.write_all(b"last 2 lines ok\n").unwrap();
+    let mut s = srv.request("last 2 lines ok");
     let want = b"line 19999\npartial";
     let ok = format!("ok {} {}\n", all.len() - 11, all.len() + 7);
     assert_eq!(
@@ -245,9 +192,8 @@ fn tail_n_starts_at_the_last_n_lines() {
         [ok.as_bytes(), &want[..]].concat()
     );
     // In directory mode: `stream PATH last N lines`.
-    let srv = tailsrv(dir.path(), true);
-    let mut s = srv.connect();
-    s.write_all(b"stream log last 1 lines ok\n").unwrap();
+    let srv = tailsrv(dir.path()).start();
+    let mut s = srv.request("stream log last 1 lines ok");
     let ok = format!("ok {} {}\n", all.len(), all.len() + 7);
     assert_eq!(
         read_exact(&mut s, ok.len() + 7),
@@ -262,11 +208,11 @@ fn list_sizes_gives_each_path_its_length_and_list_is_unchanged() {
     append(&dir.path().join("a.log"), b"12345");
     append(&dir.path().join("sub/with space.log"), b"");
     append(&dir.path().join("z.log"), &[7u8; 70_000]);
-    let srv = tailsrv(dir.path(), true);
+    let srv = tailsrv(dir.path()).start();
     let ask = |line: &[u8]| {
         let mut s = srv.connect();
         s.write_all(line).unwrap();
-        String::from_utf8(read_to_end(&mut s)).unwrap()
+        read_text(&mut s)
     };
     assert_eq!(ask(b"list\n"), "a.log\nsub/with space.log\nz.log\n");
     assert_eq!(
@@ -283,17 +229,15 @@ fn tsmirror_path_mirrors_a_file_of_a_directory_server() {
     let src = served.join("sub/app.log");
     let first = random_bytes(100_000, 24);
     append(&src, &first);
-    let srv = tailsrv(&served, true);
+    let srv = tailsrv(&served).start();
     let replica = dir.path().join("replica.log");
-    let mut mirror = Proc::spawn(
-        "tsmirror",
-        &[
-            "--path".to_string(),
-            "sub/app.log".into(),
-            srv.addr().to_string(),
-            replica.display().to_string(),
-        ],
-    );
+    let mut mirror = tsmirror([
+        "--path".to_string(),
+        "sub/app.log".into(),
+        srv.addr().to_string(),
+        replica.display().to_string(),
+    ])
+    .spawn();
     let same = |want: &[u8]| {
         eventually(Duration::from_secs(10), || {
             std::fs::read(&replica).is_ok_and(|got| got == want)
@@ -314,13 +258,9 @@ fn help_flags(bin_name: &str, sub: &[&str]) -> Vec<(String, Option<String>)> {
     let mut runs: Vec<Vec<&str>> = vec![vec![]];
     runs.extend(sub.iter().map(|s| vec![*s]));
     for run in runs {
-        let out = Command::new(bin(bin_name))
-            .args(&run)
-            .arg("--help")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{bin_name} {run:?} --help");
-        for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let (status, out, _) = Spawn::bin(bin_name).args(&run).arg("--help").run();
+        assert!(status.success(), "{bin_name} {run:?} --help");
+        for line in String::from_utf8(out).unwrap().lines() {
             let t = line.trim_start();
             let (t, short) = if t.len() > 4 && t.starts_with('-') && t.as_bytes()[2] == b',' {
                 (t[4..].trim_start(), Some(t[..2].to_string()))

@@ -3,7 +3,7 @@
 //! scratch repository), containment by the test's own canonicalization.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -11,18 +11,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tests::*;
-
-fn tailsrv_dir(dir: &Path) -> Proc {
-    let dir = dir.display().to_string();
-    Proc::start("tailsrv", &["-p", "0", "--bind", "127.0.0.1", &dir])
-}
-
-fn request(srv: &Proc, line: &[u8]) -> TcpStream {
-    let mut s = srv.connect();
-    s.write_all(line).unwrap();
-    s.write_all(b"\n").unwrap();
-    s
-}
 
 fn write(path: &Path, data: &[u8]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -126,8 +114,8 @@ fn list_shows_exactly_the_servable_files() {
     let dir = tempdir();
     let (root, outside) = (dir.path().join("root"), dir.path().join("outside"));
     let files = fixture(&root, &outside);
-    let srv = tailsrv_dir(&root);
-    let listing = String::from_utf8(read_to_end(&mut request(&srv, b"list"))).unwrap();
+    let srv = tailsrv(&root).start();
+    let listing = read_text(&mut srv.request(b"list"));
     let listed: Vec<&str> = listing.lines().collect();
 
     // Expected: the fixture's regular files that git would not ignore.
@@ -150,7 +138,7 @@ fn list_shows_exactly_the_servable_files() {
 
     // Everything listed can be streamed, and holds what the fixture wrote.
     for path in listed {
-        let mut s = request(&srv, format!("stream {path} from byte 0").as_bytes());
+        let mut s = srv.request(format!("stream {path} from byte 0").as_bytes());
         let want = format!("content of {path}\n");
         assert_eq!(read_exact(&mut s, want.len()), want.as_bytes(), "{path}");
     }
@@ -165,25 +153,15 @@ fn every_stream_form_and_growth() {
     write(&path, &data);
     // -v: the server logs each accepted request, which is how the test knows that the
     // from-the-end clients have been placed before it appends.
-    let dir_arg = root.display().to_string();
-    let srv = Proc::start(
-        "tailsrv",
-        &["-p", "0", "--bind", "127.0.0.1", "-v", &dir_arg],
-    );
+    let srv = tailsrv(&root).arg("-v").start();
     let mut clients = vec![
-        (request(&srv, b"stream nginx/access.log from byte 0"), 0),
+        (srv.request(b"stream nginx/access.log from byte 0"), 0),
+        (srv.request(b"stream nginx/access.log from byte 1234"), 1234),
+        (srv.request(b"stream nginx/access.log from byte -200"), 4800),
+        (srv.request(b"stream nginx/access.log from byte -0"), 5000),
+        (srv.request(b"stream nginx/access.log"), 5000),
         (
-            request(&srv, b"stream nginx/access.log from byte 1234"),
-            1234,
-        ),
-        (
-            request(&srv, b"stream nginx/access.log from byte -200"),
-            4800,
-        ),
-        (request(&srv, b"stream nginx/access.log from byte -0"), 5000),
-        (request(&srv, b"stream nginx/access.log"), 5000),
-        (
-            request(&srv, b"stream nginx/access.log from byte 5000\r"),
+            srv.request(b"stream nginx/access.log from byte 5000\r"),
             5000,
         ),
     ];
@@ -201,7 +179,7 @@ fn every_stream_form_and_growth() {
         assert_eq!(read_exact(s, more.len()), more);
     }
     // From a byte the file has not reached yet: wait for it.
-    let mut ahead = request(&srv, b"stream nginx/access.log from byte 6000");
+    let mut ahead = srv.request(b"stream nginx/access.log from byte 6000");
     let more2 = random_bytes(400, 13);
     append(&path, &more2);
     let mut all = data;
@@ -215,7 +193,7 @@ fn every_refusal_is_an_error_line_and_nothing_else() {
     let dir = tempdir();
     let (root, outside) = (dir.path().join("root"), dir.path().join("outside"));
     fixture(&root, &outside);
-    let srv = tailsrv_dir(&root);
+    let srv = tailsrv(&root).start();
     let long = "a/".repeat(2049) + "x";
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (
@@ -298,8 +276,8 @@ fn every_refusal_is_an_error_line_and_nothing_else() {
         (b"lists".to_vec(), "unknown request"),
     ];
     for (line, expect) in cases {
-        let mut s = request(&srv, &line);
-        let answer = String::from_utf8(read_to_end(&mut s)).unwrap();
+        let mut s = srv.request(&line);
+        let answer = read_text(&mut s);
         let shown = String::from_utf8_lossy(&line[..line.len().min(60)]).into_owned();
         assert!(answer.starts_with("error: "), "{shown:?} -> {answer:?}");
         assert!(answer.contains(expect), "{shown:?} -> {answer:?}");
@@ -307,7 +285,7 @@ fn every_refusal_is_an_error_line_and_nothing_else() {
         assert!(!answer.contains("content of"), "{shown:?} leaked data");
     }
     // A symlink inside the tree to a servable file inside it is fine.
-    let mut s = request(&srv, b"stream link-in.log from byte 0");
+    let mut s = srv.request(b"stream link-in.log from byte 0");
     assert_eq!(read_exact(&mut s, 26), b"content of app/access.log\n");
 }
 
@@ -317,7 +295,7 @@ fn random_paths_are_served_only_inside_and_unignored() {
     let (root, outside) = (dir.path().join("root"), dir.path().join("outside"));
     fixture(&root, &outside);
     let real_root = std::fs::canonicalize(&root).unwrap();
-    let srv = tailsrv_dir(&root);
+    let srv = tailsrv(&root).start();
     let parts = [
         "app",
         "secret",
@@ -362,7 +340,7 @@ fn random_paths_are_served_only_inside_and_unignored() {
         .map(|p| {
             (
                 p.clone(),
-                request(&srv, format!("stream {p} from byte 0").as_bytes()),
+                srv.request(format!("stream {p} from byte 0").as_bytes()),
             )
         })
         .collect();
@@ -420,8 +398,8 @@ fn files_created_and_deleted_while_followed() {
     let dir = tempdir();
     let root = dir.path().join("root");
     std::fs::create_dir_all(root.join("logs")).unwrap();
-    let mut srv = tailsrv_dir(&root);
-    let mut waiting = request(&srv, b"stream logs/new.log from byte 0");
+    let mut srv = tailsrv(&root).start();
+    let mut waiting = srv.request(b"stream logs/new.log from byte 0");
     let path = root.join("logs/new.log");
     append(&path, b"first\n");
     assert_eq!(read_exact(&mut waiting, 6), b"first\n");
@@ -432,7 +410,7 @@ fn files_created_and_deleted_while_followed() {
     assert_eq!(read_to_end(&mut waiting), b"");
     // The server goes on; the same path can be created again and followed anew.
     assert!(srv.wait_exit(Duration::ZERO).is_none());
-    let mut again = request(&srv, b"stream logs/new.log from byte 0");
+    let mut again = srv.request(b"stream logs/new.log from byte 0");
     append(&path, b"reborn\n");
     assert_eq!(read_exact(&mut again, 7), b"reborn\n");
     // Moved while followed: closed too.
@@ -473,12 +451,12 @@ fn one_watch_per_followed_file_shared_and_released() {
             format!("file {i:02}\n").as_bytes(),
         );
     }
-    let srv = tailsrv_dir(&root);
+    let srv = tailsrv(&root).start();
     assert_eq!(inotify_watches(&srv), 0);
     let mut followers = Vec::new();
     for i in 0..FILES {
         for _ in 0..PER_FILE {
-            let mut s = request(&srv, format!("stream f{i}.log from byte 0").as_bytes());
+            let mut s = srv.request(format!("stream f{i}.log from byte 0").as_bytes());
             assert_eq!(read_exact(&mut s, 8), format!("file {i:02}\n").as_bytes());
             followers.push((i, s));
         }
@@ -494,7 +472,7 @@ fn one_watch_per_followed_file_shared_and_released() {
         assert_eq!(read_exact(s, 6), b"grown\n", "follower of f{i}");
     }
     // Half the files lose all their followers (by a reset: a FIN alone is not a hang-up,
-    // see tests/tests/halfclose.rs): their watches go.
+    // see halfclose.rs): their watches go.
     let reset = |s: &TcpStream| {
         socket2::SockRef::from(s)
             .set_linger(Some(Duration::ZERO))
@@ -527,8 +505,8 @@ fn a_large_listing_is_complete() {
             expected.insert(rel);
         }
     }
-    let srv = tailsrv_dir(&root);
-    let listing = String::from_utf8(read_to_end(&mut request(&srv, b"list"))).unwrap();
+    let srv = tailsrv(&root).start();
+    let listing = read_text(&mut srv.request(b"list"));
     let listed: BTreeSet<String> = listing.lines().map(str::to_owned).collect();
     assert_eq!(listed.len(), 5000);
     assert_eq!(listed, expected);
@@ -545,65 +523,33 @@ fn hard_links_are_refused_when_asked() {
     write(&root.join("plain.log"), b"plain\n");
     write(&outside.join("secret.log"), b"secret\n");
     std::fs::hard_link(outside.join("secret.log"), root.join("linked.log")).unwrap();
-    let root_arg = root.display().to_string();
 
     // Without the flag: served (the documented limit of the path rule).
-    let open = tailsrv_dir(&root);
-    let mut s = request(&open, b"stream linked.log from byte 0 ok");
+    let open = tailsrv(&root).start();
+    let mut s = open.request(b"stream linked.log from byte 0 ok");
     assert_eq!(read_exact(&mut s, 14), b"ok 0 7\nsecret\n");
 
-    let strict = Proc::start(
-        "tailsrv",
-        &[
-            "-p",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--refuse-hardlinks",
-            &root_arg,
-        ],
-    );
-    let mut s = request(&strict, b"stream linked.log from byte 0 ok");
-    let answer = String::from_utf8(read_to_end(&mut s)).unwrap();
+    let strict = tailsrv(&root).arg("--refuse-hardlinks").start();
+    let mut s = strict.request(b"stream linked.log from byte 0 ok");
+    let answer = read_text(&mut s);
     assert!(
         answer.starts_with("error: not-served: \"linked.log\": the file has 2 hard links"),
         "{answer:?}"
     );
-    let mut s = request(&strict, b"stream plain.log from byte 0 ok");
+    let mut s = strict.request(b"stream plain.log from byte 0 ok");
     assert_eq!(read_exact(&mut s, 13), b"ok 0 6\nplain\n");
-    let mut s = request(&strict, b"list");
+    let mut s = strict.request(b"list");
     assert_eq!(read_to_end(&mut s), b"plain.log\n");
 
     // The indexer applies the same rule.
-    let ix = Proc::start(
-        "tailsrv-indexer",
-        &[
-            "-p",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--refuse-hardlinks",
-            "--index-dir",
-            &dir.path().join("idx").display().to_string(),
-            &root_arg,
-        ],
-    );
-    let mut s = ix.connect();
-    s.write_all(b"count linked.log\ncount plain.log\n").unwrap();
-    let mut answers = String::new();
-    while answers.lines().count() < 2 {
-        let mut buf = [0u8; 512];
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "indexer closed: {answers:?}");
-        answers.push_str(std::str::from_utf8(&buf[..n]).unwrap());
-    }
-    let mut lines = answers.lines();
+    let ix = indexer(&root)
+        .args(["--refuse-hardlinks", "--index-dir"])
+        .arg(dir.path().join("idx"))
+        .start();
+    let answers = LineClient::new(&ix).ask_all(&strings(&["count linked.log", "count plain.log"]));
     assert!(
-        lines
-            .next()
-            .unwrap()
-            .starts_with("error: not-served: \"linked.log\""),
+        answers[0].starts_with("error: not-served: \"linked.log\""),
         "{answers:?}"
     );
-    assert_eq!(lines.next(), Some("1"));
+    assert_eq!(answers[1], "1");
 }

@@ -4,29 +4,19 @@
 //! -9 and restarted with `--state`. The oracle is the input: the file must hold every message
 //! of it once, in order, except exactly the messages tswrite reports as lost.
 
-use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::time::Duration;
 
 use rustix::process::Signal;
 use tests::*;
 
-const BIN: &str = "tailsrv-collator";
-
-fn collator(file: &Path, port: &str, sync: &str) -> Proc {
-    Proc::start(
-        BIN,
-        &[
-            "-p",
-            port,
-            "--bind",
-            "127.0.0.1",
-            "--sync",
-            sync,
-            file.to_str().unwrap(),
-        ],
-    )
+/// A collator writing `file` at `port` (0: a free one) in `--sync sync`.
+fn collator_at(file: &Path, port: &str, sync: &str) -> Proc {
+    collator(file)
+        .port(port.parse().unwrap())
+        .args(["--sync", sync])
+        .start()
 }
 
 fn lines(n: usize, tag: &str) -> Vec<String> {
@@ -42,48 +32,6 @@ fn joined(ls: &[String]) -> Vec<u8> {
         v.push(b'\n');
     }
     v
-}
-
-/// Starts tswrite with `args`, feeding it `input`: the first `fast` bytes at once, the rest
-/// in chunks with a pause between them, so it is mid-stream whenever something is killed.
-/// Returns the child and the feeder.
-fn spawn_fed(
-    args: &[&str],
-    input: Vec<u8>,
-    fast: usize,
-    chunk: usize,
-    pause: Duration,
-) -> (Child, std::thread::JoinHandle<()>) {
-    let mut child = Command::new(bin("tswrite"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut sin = child.stdin.take().unwrap();
-    let feeder = std::thread::spawn(move || {
-        let fast = fast.min(input.len());
-        if sin.write_all(&input[..fast]).is_err() {
-            return;
-        }
-        for c in input[fast..].chunks(chunk) {
-            if sin.write_all(c).is_err() {
-                return;
-            }
-            std::thread::sleep(pause);
-        }
-    });
-    (child, feeder)
-}
-
-fn read_all(r: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<String> {
-    let mut r = r.unwrap();
-    std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = r.read_to_string(&mut s);
-        s
-    })
 }
 
 /// The `rewritten: input messages A..B now start at byte OFFSET, message MSGNO` lines.
@@ -149,29 +97,28 @@ fn power_losses(keep_acked: &str) {
     let dir = tempdir();
     let file = dir.path().join("log");
     let sync = "interval=150";
-    let mut c = collator(&file, "0", sync);
+    let mut c = collator_at(&file, "0", sync);
     let port = c.addr().port().to_string();
     const N: usize = 30_000;
     let input = lines(N, "m");
     let bytes = joined(&input);
-    let server = format!("127.0.0.1:{port}");
-    let (mut child, feeder) = spawn_fed(
-        &[
-            &server,
-            "--id",
-            "pl",
-            "--batch-bytes",
-            "1500",
-            "--keep-acked",
-            keep_acked,
-        ],
+    let server = format!("{LOOPBACK}:{port}");
+    let writer = tswrite([
+        &server,
+        "--id",
+        "pl",
+        "--batch-bytes",
+        "1500",
+        "--keep-acked",
+        keep_acked,
+    ])
+    .paced(
         bytes.clone(),
         0,
         bytes.len() / 300 + 1,
         Duration::from_millis(15),
-    );
-    let out = read_all(child.stdout.take());
-    let err = read_all(child.stderr.take());
+    )
+    .spawn();
     let mut cut_rounds = 0;
     let mut cut_bytes = 0;
     for _ in 0..5 {
@@ -191,19 +138,10 @@ fn power_losses(keep_acked: &str) {
                 .set_len(keep)
                 .unwrap();
         }
-        c = collator(&file, &port, sync);
+        c = collator_at(&file, &port, sync);
     }
-    feeder.join().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "tswrite did not finish");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let out = out.join().unwrap();
-    let err = err.join().unwrap();
+    let (status, out, err) = writer.finish_within(Duration::from_secs(60));
+    let out = String::from_utf8(out).unwrap();
     let lost = lost_ranges(&err);
     let mut is_lost = vec![false; N];
     for &(a, b) in &lost {
@@ -303,10 +241,11 @@ fn restarted_tswrite_writes_exactly_once() {
     let dir = tempdir();
     let file = dir.path().join("log");
     let state = dir.path().join("state");
-    let c = collator(&file, "0", "data");
+    let c = collator_at(&file, "0", "data");
     let server = c.addr().to_string();
-    // As fast as the pipe takes it: requests are always in flight when the kill lands (a
-    // run through all of it takes several seconds).
+    // As fast as the pipe takes it, and killed after a random number of answers (not after a
+    // random time: a run through all of it takes from one second to several, with the
+    // machine's load), so requests are always in flight when the kill lands.
     const N: usize = 200_000;
     let input = lines(N, "r");
     let bytes = joined(&input);
@@ -317,18 +256,9 @@ fn restarted_tswrite_writes_exactly_once() {
         starts.push(at);
         at += m.len() as u64 + 1;
     }
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("seed {seed}");
-    let mut rand = move |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
+    let seed = seed("TSWRITE_SEED");
+    eprintln!("seed {seed} (TSWRITE_SEED={seed} replays it)");
+    let mut rng = Rng::new(seed);
     let args = [
         server.as_str(),
         "--id",
@@ -347,29 +277,28 @@ fn restarted_tswrite_writes_exactly_once() {
         let last = round == 12;
         let base = state_field(&state, "messages") as usize;
         // The part already acknowledged comes at once (the restart reads and checks it).
-        let (mut child, feeder) = spawn_fed(
-            &args,
-            bytes.clone(),
-            state_field(&state, "bytes") as usize,
-            bytes.len() / 200 + 1,
-            Duration::ZERO,
-        );
-        let out = read_all(child.stdout.take());
-        let err = read_all(child.stderr.take());
-        let status = if last {
-            child.wait().unwrap()
-        } else {
-            std::thread::sleep(Duration::from_millis(60 + rand(340)));
-            let done = child.try_wait().unwrap();
-            if done.is_none() {
+        let mut writer = tswrite(args)
+            .paced(
+                bytes.clone(),
+                state_field(&state, "bytes") as usize,
+                bytes.len() / 200 + 1,
+                Duration::ZERO,
+            )
+            .spawn();
+        if !last {
+            // Up to 1/13 of the input per run: the last run still has work to do. 0 kills it
+            // while it reads and checks its state.
+            let answers = rng.below(N as u64 / 13) as usize;
+            writer.out.wait(PATIENCE, |o, closed| {
+                closed || memchr::memchr_iter(b'\n', o).count() >= answers
+            });
+            if writer.wait_exit(Duration::ZERO).is_none() {
                 killed_mid_run += 1;
-                let _ = child.kill(); // SIGKILL, this child only
+                writer.kill(); // SIGKILL, this child only
             }
-            child.wait().unwrap()
-        };
-        feeder.join().unwrap();
-        let out = out.join().unwrap();
-        let err = err.join().unwrap();
+        }
+        let (status, out, err) = writer.finish_within(Duration::from_secs(60));
+        let out = String::from_utf8(out).unwrap();
         progress.insert(state_field(&state, "messages"));
         if last {
             assert!(status.success(), "last run: {status:?}\n{err}");
@@ -418,6 +347,9 @@ fn restarted_tswrite_writes_exactly_once() {
     );
 }
 
+/// What a run of tswrite gave: its status, stdout, stderr.
+type Run = (ExitStatus, Vec<u8>, String);
+
 /// A corrupt state file, one saved for another producer, or an input that is not the one it
 /// was saved for: exit 5 with an error naming the file, nothing sent.
 #[test]
@@ -425,27 +357,21 @@ fn state_file_and_input_are_checked() {
     let dir = tempdir();
     let file = dir.path().join("log");
     let state = dir.path().join("state");
-    let c = collator(&file, "0", "data");
+    let c = collator_at(&file, "0", "data");
     let server = c.addr().to_string();
     let st = state.to_str().unwrap();
+    // A refused run exits without reading all its input.
     let run = |id: &str, input: &[u8]| {
-        let mut child = Command::new(bin("tswrite"))
-            .args([&server, "--id", id, "--state", st])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // A refused run exits without reading it all.
-        let _ = child.stdin.take().unwrap().write_all(input);
-        child.wait_with_output().unwrap()
+        tswrite([&server, "--id", id, "--state", st])
+            .input(input)
+            .run()
     };
     let first = joined(&lines(100, "a"));
-    let out = run("p", &first);
-    assert!(out.status.success());
+    let (status, _, _) = run("p", &first);
+    assert!(status.success());
     let len = std::fs::metadata(&file).unwrap().len();
-    let code = |o: &std::process::Output| o.status.code();
-    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let code = |o: &Run| o.0.code();
+    let stderr = |o: &Run| o.2.clone();
     // Shorter input, different input, another producer's state.
     let o = run("p", &first[..first.len() / 2]);
     assert_eq!(code(&o), Some(5), "{}", stderr(&o));
@@ -459,7 +385,7 @@ fn state_file_and_input_are_checked() {
     assert_eq!(code(&o), Some(5), "{}", stderr(&o));
     // The same input again: nothing to write.
     let o = run("p", &first);
-    assert!(o.status.success() && o.stdout.is_empty(), "{}", stderr(&o));
+    assert!(o.0.success() && o.1.is_empty(), "{}", stderr(&o));
     // Damaged state files.
     let good = std::fs::read(&state).unwrap();
     for bad in [

@@ -10,32 +10,8 @@ use rustix::process::Signal;
 use tests::*;
 
 /// Starts tailsrv on `path` with extra flags, on a free loopback port.
-fn tailsrv(path: &Path, extra: &[&str]) -> Proc {
-    let mut args: Vec<String> = vec!["-p".into(), "0".into(), "--bind".into(), "127.0.0.1".into()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.push(path.display().to_string());
-    Proc::start("tailsrv", &args)
-}
-
-/// Connects and sends `header` (the newline is added here).
-fn client(srv: &Proc, header: &str) -> TcpStream {
-    let mut s = srv.connect();
-    s.write_all(format!("{header}\n").as_bytes()).unwrap();
-    s
-}
-
-/// Leaves for real: closes with a reset (SO_LINGER 0), as a killed process with unread input
-/// does. A plain close (a FIN) looks like a half-close to the server until it next sends, so
-/// while the file is quiet it is released only by keepalive (tests/tests/halfclose.rs).
-fn hang_up(s: TcpStream) {
-    socket2::SockRef::from(&s)
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
-}
-
-/// Reads one line (the server's error answers are one line, then EOF).
-fn read_all_text(s: &mut TcpStream) -> String {
-    String::from_utf8(read_to_end(s)).unwrap()
+fn serve(path: &Path, extra: &[&str]) -> Proc {
+    tailsrv(path).args(extra).start()
 }
 
 #[test]
@@ -44,7 +20,7 @@ fn every_header_form() {
     let path = dir.path().join("log");
     let data = random_bytes(10_000, 1);
     append(&path, &data);
-    let srv = tailsrv(&path, &["-v"]);
+    let srv = serve(&path, &["-v"]);
 
     let cases: &[(&str, usize)] = &[
         ("0", 0),
@@ -60,7 +36,7 @@ fn every_header_form() {
     ];
     let mut clients: Vec<(TcpStream, usize)> = cases
         .iter()
-        .map(|(h, from)| (client(&srv, h), *from))
+        .map(|(h, from)| (srv.request(h), *from))
         .collect();
     // \r\n line endings are accepted too.
     let mut crlf = srv.connect();
@@ -88,8 +64,8 @@ fn waits_for_an_offset_beyond_the_end() {
     let path = dir.path().join("log");
     let mut all = random_bytes(100, 3);
     append(&path, &all);
-    let srv = tailsrv(&path, &[]);
-    let mut s = client(&srv, "250");
+    let srv = serve(&path, &[]);
+    let mut s = srv.request("250");
     // Grow the file past 250 in small steps; the client must get exactly bytes 250.. .
     for i in 0..10 {
         let chunk = random_bytes(30, 10 + i);
@@ -104,8 +80,8 @@ fn growth_is_followed_byte_exact() {
     let dir = tempdir();
     let path = dir.path().join("log");
     std::fs::write(&path, b"").unwrap();
-    let srv = tailsrv(&path, &[]);
-    let mut readers: Vec<TcpStream> = (0..4).map(|_| client(&srv, "0")).collect();
+    let srv = serve(&path, &[]);
+    let mut readers: Vec<TcpStream> = (0..4).map(|_| srv.request("0")).collect();
     let mut expected = Vec::new();
     // Appends of many sizes, from one byte to a couple of MiB, read as they come.
     for (i, size) in [1usize, 7, 4096, 65_537, 1, 2 << 20, 13, 300_000]
@@ -120,7 +96,7 @@ fn growth_is_followed_byte_exact() {
         }
     }
     // A late joiner from 0 gets all of it.
-    let mut late = client(&srv, "0");
+    let mut late = srv.request("0");
     assert_eq!(read_exact(&mut late, expected.len()), expected);
 }
 
@@ -129,7 +105,7 @@ fn bad_headers_get_one_error_line() {
     let dir = tempdir();
     let path = dir.path().join("log");
     append(&path, b"secret data\n");
-    let srv = tailsrv(&path, &["--header-timeout", "0.5"]);
+    let srv = serve(&path, &["--header-timeout", "0.5"]);
 
     for (header, expect) in [
         ("abc", "not an integer"),
@@ -139,8 +115,8 @@ fn bad_headers_get_one_error_line() {
         ("", "not an integer"),
         ("18446744073709551616", "out of range"),
     ] {
-        let mut s = client(&srv, header);
-        let answer = read_all_text(&mut s);
+        let mut s = srv.request(header);
+        let answer = read_text(&mut s);
         assert!(
             answer.starts_with("error: bad-request: "),
             "{header:?} -> {answer:?}"
@@ -154,7 +130,7 @@ fn bad_headers_get_one_error_line() {
     let mut s = srv.connect();
     s.write_all(&[b'1'; 65]).unwrap();
     let _ = s.write_all(&[b'1'; 4000]);
-    let answer = read_all_text(&mut s);
+    let answer = read_text(&mut s);
     assert!(
         answer.starts_with("error: too-long: request longer than 64 bytes"),
         "{answer:?}"
@@ -167,7 +143,7 @@ fn bad_headers_get_one_error_line() {
 
     // Nothing at all: the header timeout answers.
     let mut s = srv.connect();
-    let answer = read_all_text(&mut s);
+    let answer = read_text(&mut s);
     assert!(
         answer.starts_with("error: timeout: no complete request line within 0.5s"),
         "{answer:?}"
@@ -176,7 +152,7 @@ fn bad_headers_get_one_error_line() {
     // Half a header, then silence: same.
     let mut s = srv.connect();
     s.write_all(b"12").unwrap();
-    let answer = read_all_text(&mut s);
+    let answer = read_text(&mut s);
     assert!(
         answer.starts_with("error: timeout: no complete request line"),
         "{answer:?}"
@@ -188,13 +164,13 @@ fn clients_that_reset_are_released_while_the_file_is_quiet() {
     let dir = tempdir();
     let path = dir.path().join("log");
     append(&path, b"x");
-    let srv = tailsrv(&path, &[]);
+    let srv = serve(&path, &[]);
     // Settle: one client served, so the server's own fds are all open.
-    let mut probe = client(&srv, "0");
+    let mut probe = srv.request("0");
     read_exact(&mut probe, 1);
     let base = srv.fd_count();
 
-    let mut clients: Vec<TcpStream> = (0..50).map(|_| client(&srv, "0")).collect();
+    let mut clients: Vec<TcpStream> = (0..50).map(|_| srv.request("0")).collect();
     for c in &mut clients {
         read_exact(c, 1);
     }
@@ -202,9 +178,9 @@ fn clients_that_reset_are_released_while_the_file_is_quiet() {
         srv.fd_count() >= base + 50,
         "server does not hold the 50 clients"
     );
-    // Gone for real: a reset. (A FIN alone is not a hang-up; tests/tests/halfclose.rs covers
+    // Gone for real: a reset. (A FIN alone is not a hang-up; halfclose.rs covers
     // half-closed and cleanly closed clients.)
-    clients.into_iter().for_each(hang_up);
+    clients.into_iter().for_each(reset);
     // Nothing is written to the file: only watching the sockets can notice.
     assert!(
         eventually(PATIENCE, || srv.fd_count() <= base),
@@ -213,7 +189,7 @@ fn clients_that_reset_are_released_while_the_file_is_quiet() {
         base
     );
     // Hang-up (a reset) before the header is complete is released too. (A clean close there
-    // ends the header as a newline would: tests/tests/newcomer.rs.)
+    // ends the header as a newline would: newcomer.rs.)
     let half: Vec<TcpStream> = (0..10)
         .map(|_| {
             let mut s = srv.connect();
@@ -222,7 +198,7 @@ fn clients_that_reset_are_released_while_the_file_is_quiet() {
         })
         .collect();
     assert!(eventually(PATIENCE, || srv.fd_count() >= base + 10));
-    half.into_iter().for_each(hang_up);
+    half.into_iter().for_each(reset);
     assert!(eventually(PATIENCE, || srv.fd_count() <= base));
 }
 
@@ -232,10 +208,10 @@ fn a_stalled_client_does_not_hold_back_the_others() {
     let path = dir.path().join("log");
     let data = random_bytes(32 << 20, 4);
     append(&path, &data);
-    let srv = tailsrv(&path, &[]);
+    let srv = serve(&path, &[]);
     // This one asks for everything and never reads: its socket buffers fill up.
-    let stalled = client(&srv, "0");
-    let mut fast: Vec<TcpStream> = (0..3).map(|_| client(&srv, "0")).collect();
+    let stalled = srv.request("0");
+    let mut fast: Vec<TcpStream> = (0..3).map(|_| srv.request("0")).collect();
     for f in &mut fast {
         assert_eq!(read_exact(f, data.len()), data);
     }
@@ -251,9 +227,9 @@ fn a_stalled_client_does_not_hold_back_the_others() {
 fn absent_file_is_served_once_created() {
     let dir = tempdir();
     let path = dir.path().join("not-yet");
-    let srv = tailsrv(&path, &[]);
-    let mut from_start = client(&srv, "0");
-    let mut from_end = client(&srv, "-3");
+    let srv = serve(&path, &[]);
+    let mut from_start = srv.request("0");
+    let mut from_end = srv.request("-3");
     let data = random_bytes(5000, 6);
     // Create it the way loggers do: open(O_CREAT), write.
     append(&path, &data);
@@ -282,8 +258,8 @@ fn absent_file_is_served_once_created() {
 fn created_by_rename_into_place() {
     let dir = tempdir();
     let path = dir.path().join("log");
-    let srv = tailsrv(&path, &[]);
-    let mut c = client(&srv, "0");
+    let srv = serve(&path, &[]);
+    let mut c = srv.request("0");
     let tmp = dir.path().join("log.tmp");
     append(&tmp, b"renamed in\n");
     std::fs::rename(&tmp, &path).unwrap();
@@ -303,8 +279,8 @@ fn moved_or_deleted_file_stops_the_server_cleanly() {
         let dir = tempdir();
         let path = dir.path().join("log");
         append(&path, b"hello\n");
-        let mut srv = tailsrv(&path, &[]);
-        let mut c = client(&srv, "0");
+        let mut srv = serve(&path, &[]);
+        let mut c = srv.request("0");
         assert_eq!(read_exact(&mut c, 6), b"hello\n");
         remove(&path);
         let status = srv.wait_exit(PATIENCE).expect("server did not exit");
@@ -322,15 +298,15 @@ fn linger_keeps_serving_a_deleted_file() {
     // A writer that keeps the file open across the unlink, like a daemon whose log was removed.
     let mut writer = std::fs::File::create(&path).unwrap();
     writer.write_all(b"before\n").unwrap();
-    let mut srv = tailsrv(&path, &["--linger-after-file-is-gone"]);
-    let mut c = client(&srv, "0");
+    let mut srv = serve(&path, &["--linger-after-file-is-gone"]);
+    let mut c = srv.request("0");
     assert_eq!(read_exact(&mut c, 7), b"before\n");
     std::fs::remove_file(&path).unwrap();
     assert!(srv.log.wait_for("file was deleted", PATIENCE).is_some());
     writer.write_all(b"after\n").unwrap();
     assert_eq!(read_exact(&mut c, 6), b"after\n");
     // New clients still get everything the inode holds.
-    let mut late = client(&srv, "0");
+    let mut late = srv.request("0");
     assert_eq!(read_exact(&mut late, 13), b"before\nafter\n");
     assert!(srv.wait_exit(Duration::ZERO).is_none(), "server exited");
 }
@@ -341,8 +317,8 @@ fn linger_keeps_serving_a_moved_file() {
     let path = dir.path().join("log");
     let mut writer = std::fs::File::create(&path).unwrap();
     writer.write_all(b"one\n").unwrap();
-    let mut srv = tailsrv(&path, &["--linger-after-file-is-gone"]);
-    let mut c = client(&srv, "0");
+    let mut srv = serve(&path, &["--linger-after-file-is-gone"]);
+    let mut c = srv.request("0");
     assert_eq!(read_exact(&mut c, 4), b"one\n");
     std::fs::rename(&path, dir.path().join("log.1")).unwrap();
     assert!(srv.log.wait_for("file was moved", PATIENCE).is_some());
@@ -357,8 +333,8 @@ fn truncation_disconnects_followers_and_never_sends_stale_bytes() {
     let path = dir.path().join("log");
     let old = random_bytes(4096, 7);
     append(&path, &old);
-    let mut srv = tailsrv(&path, &[]);
-    let mut c = client(&srv, "0");
+    let mut srv = serve(&path, &[]);
+    let mut c = srv.request("0");
     assert_eq!(read_exact(&mut c, old.len()), old);
 
     // copytruncate-style rotation: the file drops to zero.
@@ -375,7 +351,7 @@ fn truncation_disconnects_followers_and_never_sends_stale_bytes() {
     // The server goes on and serves the file's new content.
     let new = random_bytes(100, 8);
     append(&path, &new);
-    let mut c2 = client(&srv, "0");
+    let mut c2 = srv.request("0");
     assert_eq!(read_exact(&mut c2, new.len()), new);
     assert!(srv.wait_exit(Duration::ZERO).is_none());
 }
@@ -388,11 +364,11 @@ fn thousand_concurrent_clients_get_identical_bytes() {
     let path = dir.path().join("log");
     let first = random_bytes(20_000, 9);
     append(&path, &first);
-    let srv = tailsrv(&path, &[]);
+    let srv = serve(&path, &[]);
     let mut clients: Vec<(TcpStream, usize)> = (0..CLIENTS)
         .map(|i| {
             let from = (i * 37) % first.len();
-            (client(&srv, &from.to_string()), from)
+            (srv.request(from.to_string()), from)
         })
         .collect();
     let second = random_bytes(30_000, 10);
@@ -428,17 +404,17 @@ fn over_max_clients_is_refused_with_an_error() {
     let dir = tempdir();
     let path = dir.path().join("log");
     append(&path, b"abc");
-    let srv = tailsrv(&path, &["--max-clients", "2"]);
-    let mut a = client(&srv, "0");
-    let mut b = client(&srv, "0");
+    let srv = serve(&path, &["--max-clients", "2"]);
+    let mut a = srv.request("0");
+    let mut b = srv.request("0");
     assert_eq!(read_exact(&mut a, 3), b"abc");
     assert_eq!(read_exact(&mut b, 3), b"abc");
-    let mut c = client(&srv, "0");
-    assert_eq!(read_all_text(&mut c), "error: busy: too many clients\n");
+    let mut c = srv.request("0");
+    assert_eq!(read_text(&mut c), "error: busy: too many clients\n");
     // A slot frees up when a client leaves.
-    hang_up(a);
+    reset(a);
     assert!(eventually(PATIENCE, || {
-        let mut d = client(&srv, "0");
+        let mut d = srv.request("0");
         let mut buf = [0u8; 3];
         d.set_read_timeout(Some(PATIENCE)).unwrap();
         d.read_exact(&mut buf).is_ok() && &buf == b"abc"
@@ -450,10 +426,9 @@ fn out_of_file_descriptors_backs_off_and_recovers() {
     let dir = tempdir();
     let path = dir.path().join("log");
     append(&path, b"fd!");
-    let args = ["-p", "0", "--bind", "127.0.0.1", path.to_str().unwrap()];
-    let srv = Proc::start_with_fd_limit("tailsrv", &args, 40);
+    let srv = tailsrv(&path).fd_limit(40).start();
     // Far more clients than the server has fds for: the excess waits in the listen backlog.
-    let mut clients: Vec<TcpStream> = (0..80).map(|_| client(&srv, "0")).collect();
+    let mut clients: Vec<TcpStream> = (0..80).map(|_| srv.request("0")).collect();
     assert!(
         srv.log.wait_for("cannot accept", PATIENCE).is_some(),
         "{}",
@@ -471,7 +446,7 @@ fn out_of_file_descriptors_backs_off_and_recovers() {
                 Ok(()) => {
                     assert_eq!(&buf, b"fd!");
                     served += 1;
-                    hang_up(c);
+                    reset(c);
                 }
                 Err(_) => waiting.push(c),
             }
@@ -489,8 +464,8 @@ fn sigterm_and_sigint_stop_cleanly() {
         let dir = tempdir();
         let path = dir.path().join("log");
         append(&path, b"x");
-        let mut srv = tailsrv(&path, &[]);
-        let mut c = client(&srv, "0");
+        let mut srv = serve(&path, &[]);
+        let mut c = srv.request("0");
         assert_eq!(read_exact(&mut c, 1), b"x");
         srv.signal(sig);
         let status = srv.wait_exit(PATIENCE).expect("did not exit");
@@ -504,15 +479,15 @@ fn sighup_is_ignored() {
     let dir = tempdir();
     let path = dir.path().join("log");
     append(&path, b"x");
-    let mut srv = tailsrv(&path, &[]);
-    let mut c = client(&srv, "0");
+    let mut srv = serve(&path, &[]);
+    let mut c = srv.request("0");
     assert_eq!(read_exact(&mut c, 1), b"x");
     srv.signal(Signal::HUP);
     assert!(srv.log.wait_for("SIGHUP", PATIENCE).is_some());
     // Still serving, old and new clients alike.
     append(&path, b"y");
     assert_eq!(read_exact(&mut c, 1), b"y");
-    let mut c2 = client(&srv, "0");
+    let mut c2 = srv.request("0");
     assert_eq!(read_exact(&mut c2, 2), b"xy");
     assert!(srv.wait_exit(Duration::from_millis(200)).is_none());
 }
@@ -522,10 +497,9 @@ fn bind_takes_a_host_name() {
     let dir = tempdir();
     let path = dir.path().join("log");
     append(&path, b"by name");
-    let args = ["-p", "0", "--bind", "localhost", path.to_str().unwrap()];
-    let srv = Proc::start("tailsrv", &args);
+    let srv = tailsrv(&path).bind("localhost").start();
     assert!(srv.addr().ip().is_loopback(), "{}", srv.addr());
-    let mut c = client(&srv, "0");
+    let mut c = srv.request("0");
     assert_eq!(read_exact(&mut c, 7), b"by name");
 }
 
@@ -538,21 +512,17 @@ fn ipv6_loopback() {
     let dir = tempdir();
     let path = dir.path().join("log");
     append(&path, b"v6");
-    let args = ["-p", "0", "--bind", "::1", path.to_str().unwrap()];
-    let srv = Proc::start("tailsrv", &args);
+    let srv = tailsrv(&path).bind("::1").start();
     assert!(srv.addr().is_ipv6());
-    let mut c = client(&srv, "0");
+    let mut c = srv.request("0");
     assert_eq!(read_exact(&mut c, 2), b"v6");
 }
 
 #[test]
 fn help_version_and_bad_flags() {
-    let out = std::process::Command::new(bin("tailsrv"))
-        .arg("--help")
-        .output()
-        .unwrap();
-    let help = String::from_utf8(out.stdout).unwrap();
-    assert!(out.status.success());
+    let (status, out, _) = Spawn::bin("tailsrv").arg("--help").run();
+    let help = String::from_utf8(out).unwrap();
+    assert!(status.success());
     for flag in [
         "--port",
         "--bind",
@@ -562,20 +532,11 @@ fn help_version_and_bad_flags() {
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
-    let out = std::process::Command::new(bin("tailsrv"))
-        .arg("--version")
-        .output()
-        .unwrap();
-    assert!(String::from_utf8(out.stdout)
-        .unwrap()
-        .starts_with("tailsrv "));
+    let (_, out, _) = Spawn::bin("tailsrv").arg("--version").run();
+    assert!(String::from_utf8(out).unwrap().starts_with("tailsrv "));
     // A parent directory that does not exist is a clear error, not a hang.
-    let out = std::process::Command::new(bin("tailsrv"))
-        .args(["-p", "0", "--bind", "127.0.0.1", "/nonexistent-dir/x/log"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(out.stdout.is_empty(), "logs go to stderr");
-    let text = String::from_utf8_lossy(&out.stderr);
+    let (status, out, text) = tailsrv("/nonexistent-dir/x/log").run();
+    assert!(!status.success());
+    assert!(out.is_empty(), "logs go to stderr");
     assert!(text.contains("/nonexistent-dir/x"), "{text}");
 }
