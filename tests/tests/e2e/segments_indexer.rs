@@ -116,13 +116,7 @@ impl Written {
 }
 
 fn start_indexer(dir: &Path, extra: &[&str]) -> Proc {
-    let mut args: Vec<String> = ["-p", "0", "--bind", "127.0.0.1", "--stride", "4"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.push(dir.display().to_string());
-    Proc::start(BIN, &args)
+    indexer(dir).args(["--stride", "4"]).args(extra).start()
 }
 
 /// Starts an indexer of `w`, waits until it has caught up and checks every answer.

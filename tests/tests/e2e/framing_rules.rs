@@ -9,7 +9,6 @@
 //! The bridge test needs nats-server (skipped with a note without it, except under CI=true).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use tests::framed::{self, FRAMINGS};
@@ -29,9 +28,7 @@ fn cut_line(log: &str) -> Option<String> {
 
 /// A collator on `file` in `framing`, on a free loopback port.
 fn collator(file: &Path, framing: &str) -> Proc {
-    let listen = ["-p", "0", "--bind", "127.0.0.1"];
-    let what = [&listen[..], &["--framing", framing, file.to_str().unwrap()]].concat();
-    Proc::start("tailsrv-collator", &what)
+    tests::collator(file).args(["--framing", framing]).start()
 }
 
 /// Waits for a spawned binary to exit; its log on failure.
@@ -137,19 +134,11 @@ fn a_zero_filled_bridge_output_is_cut_like_the_collators() {
 /// tswrite with `args` and `input` on stdin (a file, so no feeder is needed): (exit code,
 /// stdout, stderr).
 fn tswrite(args: &[&str], input: &[u8]) -> (i32, String, String) {
-    let dir = tempdir();
-    let stdin = dir.path().join("stdin");
-    std::fs::write(&stdin, input).unwrap();
-    let out = Command::new(bin("tswrite"))
-        .args(args)
-        .stdin(std::fs::File::open(&stdin).unwrap())
-        .output()
-        .unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let (status, out, err) = tests::tswrite(args).input(input).run();
     (
-        out.status.code().unwrap_or(-1),
-        text(&out.stdout),
-        text(&out.stderr),
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out).into_owned(),
+        err,
     )
 }
 

@@ -97,10 +97,7 @@ impl Writer {
 }
 
 fn tailsrv(path: &Path) -> Proc {
-    Proc::start(
-        "tailsrv",
-        &["-p", "0", "--bind", "127.0.0.1", path.to_str().unwrap()],
-    )
+    tests::tailsrv(path).start()
 }
 
 /// Sends `line` and reads the answer line (`ok ...` or a refusal); the stream follows.

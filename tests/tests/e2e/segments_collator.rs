@@ -324,10 +324,7 @@ fn all_acked(producers: &[Producer]) -> Vec<Acked> {
 }
 
 fn collator(log: &Path, extra: &[&str]) -> Proc {
-    let mut args = vec!["-p", "0", "--bind", "127.0.0.1"];
-    args.extend_from_slice(extra);
-    args.push(log.to_str().unwrap());
-    Proc::start(BIN, &args)
+    tests::collator(log).args(extra).start()
 }
 
 /// Eight idempotent producers through the collator with 64 KiB segments, in `--sync write`
