@@ -25,6 +25,13 @@
 //!   following fails with [`Error::Refused`] instead of retrying until the give-up time.
 //! - With a [`Config::path`] the request is directory mode's `stream PATH from byte N`;
 //!   everything else is the same.
+//! - A segmented log whose retention deleted the position answers `gone`. The log start is
+//!   then asked the structured way, `-0 ok` (its `ok N LEN START`), never read out of the
+//!   refusal's prose. Once every server said no and at least one said `gone`,
+//!   [`Config::on_gone`] decides: [`OnGone::Fail`] ends following with [`Error::Gone`]
+//!   (position and log start); [`OnGone::Earliest`] logs the bytes skipped, continues from
+//!   the log start and hands out [`Event::Skipped`] first, so the caller can restart its
+//!   framing there.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -34,7 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proto::request::{Confirmation, StreamRequest};
-use proto::{Refusal, Request, Start};
+use proto::{Code, Refusal, Request, Start};
 use socket2::{SockRef, TcpKeepalive};
 
 /// Longest confirmation or refusal line we wait for; tailsrv's are far shorter.
@@ -106,6 +113,42 @@ pub struct Config {
     pub keepalive_interval: Duration,
     /// Keepalive: unanswered probes before the connection is declared dead.
     pub keepalive_retries: u32,
+    /// What to do when retention deleted the position (the servers answer `gone`).
+    pub on_gone: OnGone,
+}
+
+/// What a consumer does when its position was deleted by retention (`--on-gone`; Kafka's
+/// `auto.offset.reset` `none` and `earliest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnGone {
+    /// Stop with [`Error::Gone`], naming the position and the log start.
+    #[default]
+    Fail,
+    /// Continue from the log start, logging the bytes skipped ([`Event::Skipped`]).
+    Earliest,
+}
+
+impl OnGone {
+    /// The names `--on-gone` takes, in the order of the variants.
+    pub const NAMES: [&'static str; 2] = ["fail", "earliest"];
+}
+
+impl std::str::FromStr for OnGone {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<OnGone, String> {
+        match s {
+            "fail" => Ok(OnGone::Fail),
+            "earliest" => Ok(OnGone::Earliest),
+            _ => Err(format!("{s:?} is not one of: fail, earliest")),
+        }
+    }
+}
+
+impl fmt::Display for OnGone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(Self::NAMES[*self as usize])
+    }
 }
 
 impl Config {
@@ -122,6 +165,7 @@ impl Config {
             keepalive_time: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(5),
             keepalive_retries: 3,
+            on_gone: OnGone::Fail,
         }
     }
 }
@@ -135,6 +179,14 @@ pub enum Event {
     Idle,
     /// The stop flag was raised.
     Stopped,
+    /// Retention deleted bytes `from..to` before they were read and [`OnGone::Earliest`]
+    /// skipped them: the next byte handed out is `to`, the log start (already logged).
+    Skipped {
+        /// The position that was deleted.
+        from: u64,
+        /// The log start, where the stream continues.
+        to: u64,
+    },
 }
 
 /// Why following failed for good.
@@ -155,6 +207,16 @@ pub enum Error {
         offset: u64,
         /// What failed.
         reason: String,
+    },
+    /// Retention deleted the position on every server that has the log (they answered
+    /// `gone`), and [`OnGone::Fail`] was asked for (or the log start could not be learnt).
+    Gone {
+        /// The server that told us where the log starts (the last to answer `gone`).
+        server: String,
+        /// The position asked for: the first byte not read yet (the checkpoint).
+        offset: u64,
+        /// Where the log starts now (its `ok N LEN START`), when a server said.
+        start: Option<u64>,
     },
     /// Every server refused the request for good (the path is not served, or the server is
     /// in the other mode).
@@ -189,6 +251,25 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
+            Error::Gone {
+                server,
+                offset,
+                start: Some(start),
+            } => write!(
+                f,
+                "byte {offset}, the position to resume from, was deleted by retention: {server} \
+                 starts the log at byte {start} (--on-gone earliest continues from there, \
+                 skipping bytes {offset}..{start})"
+            ),
+            Error::Gone {
+                server,
+                offset,
+                start: None,
+            } => write!(
+                f,
+                "byte {offset}, the position to resume from, was deleted by retention \
+                 ({server} answered gone; where the log starts now could not be learnt)"
+            ),
             Error::Lost {
                 server,
                 offset,
@@ -233,6 +314,11 @@ pub struct Follower {
     failures: Vec<Option<String>>,
     /// Servers that refused for good since the last data, with their refusal.
     refusals: Vec<Option<Refusal>>,
+    /// For each server that answered `gone`: where it said the log starts (`None` inside:
+    /// it could not say).
+    log_starts: Vec<Option<Option<u64>>>,
+    /// A skip to hand out before any data (`OnGone::Earliest`).
+    skipped: Option<(u64, u64)>,
     /// Bytes received but not yet handed out (a released probe).
     pending: Vec<u8>,
     /// The file's length as the first confirming server reported it (`ok N LEN`).
@@ -254,6 +340,8 @@ impl Follower {
         Follower {
             failures: vec![None; cfg.servers.len()],
             refusals: vec![None; cfg.servers.len()],
+            log_starts: vec![None; cfg.servers.len()],
+            skipped: None,
             backoff: cfg.backoff_min,
             cfg,
             next: start,
@@ -309,6 +397,9 @@ impl Follower {
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(Event::Stopped);
+            }
+            if let Some((from, to)) = self.skipped.take() {
+                return Ok(Event::Skipped { from, to });
             }
             if !self.pending.is_empty() {
                 let n = self.pending.len().min(buf.len());
@@ -395,6 +486,9 @@ impl Follower {
         if let Some(refusal) = Refusal::parse(&line) {
             let server = conn.server;
             let reason = format!("refused: {refusal}");
+            if refusal.code == Code::Gone {
+                self.log_starts[server] = Some(self.log_start(server));
+            }
             if !refusal.code.is_transient() {
                 self.refused_for_good(server, refusal)?;
             }
@@ -416,6 +510,7 @@ impl Follower {
         self.backoff = self.cfg.backoff_min;
         if self.refusals.iter().any(Option::is_some) {
             self.refusals.fill(None);
+            self.log_starts.fill(None);
         }
         Event::Data(n)
     }
@@ -426,6 +521,9 @@ impl Follower {
         if self.refusals.iter().any(Option::is_none) {
             return Ok(());
         }
+        if let Some(said) = self.log_starts.iter().rposition(Option::is_some) {
+            return self.gone(said);
+        }
         let refusals = self
             .cfg
             .servers
@@ -435,6 +533,66 @@ impl Follower {
             .collect();
         self.conn = None;
         Err(Error::Refused { refusals })
+    }
+
+    /// Every server refused and `said` (one of them) answered `gone`: fail, or with
+    /// [`OnGone::Earliest`] move to the earliest log start any server named.
+    fn gone(&mut self, said: usize) -> Result<(), Error> {
+        let offset = self.position().unwrap_or_default();
+        let start = self.log_starts.iter().flatten().flatten().min().copied();
+        match start {
+            Some(start) if self.cfg.on_gone == OnGone::Earliest && start > offset => {
+                log::warn!(
+                    from = offset, to = start, skipped = start - offset;
+                    "--on-gone earliest: bytes {offset}..{start} were deleted by retention before \
+                     they were read; continuing from the log start, byte {start}"
+                );
+                self.refusals.fill(None);
+                self.log_starts.fill(None);
+                self.next = Start::Byte(start);
+                self.received = 0;
+                self.skipped = Some((offset, start));
+                Ok(())
+            }
+            _ => {
+                self.conn = None;
+                Err(Error::Gone {
+                    server: self.cfg.servers[said].clone(),
+                    offset,
+                    start,
+                })
+            }
+        }
+    }
+
+    /// Where `server`'s log starts, asked the structured way: `-0 ok`, whose answer is
+    /// `ok N LEN START` (`ok N LEN`: 0). `None` (logged) if the server does not say.
+    fn log_start(&self, server: usize) -> Option<u64> {
+        let name = &self.cfg.servers[server];
+        let ask = || -> io::Result<Option<u64>> {
+            let stream = self.open(name, Start::FromEnd(0))?;
+            stream.set_read_timeout(Some(self.cfg.connect_timeout))?;
+            let mut line = Vec::new();
+            let mut byte = [0u8; 1];
+            while line.last() != Some(&b'\n') && line.len() < MAX_ANSWER_LINE {
+                if (&stream).read(&mut byte)? == 0 {
+                    break;
+                }
+                line.push(byte[0]);
+            }
+            Ok(Confirmation::parse(&line).map(|c| c.start))
+        };
+        match ask() {
+            Ok(Some(start)) => Some(start),
+            Ok(None) => {
+                log::warn!(server = name.as_str(); "asking where the log starts (-0 ok): no ok line");
+                None
+            }
+            Err(e) => {
+                log::warn!(server = name.as_str(); "asking where the log starts (-0 ok): {e}");
+                None
+            }
+        }
     }
 
     /// Drops the connection after a failure; errors when the stream cannot be resumed.
@@ -501,7 +659,11 @@ impl Follower {
             }
             let i = self.current;
             let server = &self.cfg.servers[i];
-            match self.open(server) {
+            let start = match self.next {
+                Start::Byte(b) => Start::Byte(b + self.received),
+                relative => relative,
+            };
+            match self.open(server, start) {
                 Ok(stream) => {
                     // A recovery is as worth seeing as the failure that preceded it.
                     let level = if self.failed > 0 {
@@ -528,8 +690,8 @@ impl Follower {
         }
     }
 
-    /// One connection attempt: connect, set options, send the header.
-    fn open(&self, server: &str) -> io::Result<TcpStream> {
+    /// One connection attempt: connect, set options, send the request for `start`.
+    fn open(&self, server: &str, start: Start) -> io::Result<TcpStream> {
         let mut last = io::Error::new(io::ErrorKind::NotFound, "address resolved to nothing");
         let mut stream = None;
         for addr in server.to_socket_addrs()? {
@@ -549,10 +711,6 @@ impl Follower {
         SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
         stream.set_read_timeout(Some(self.cfg.tick))?;
         stream.set_write_timeout(Some(self.cfg.connect_timeout))?;
-        let start = match self.next {
-            Start::Byte(b) => Start::Byte(b + self.received),
-            relative => relative,
-        };
         let request = Request::Stream(StreamRequest {
             path: self.cfg.path.as_ref().map(|p| p.as_bytes().to_vec()),
             start,
