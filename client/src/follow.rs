@@ -257,7 +257,7 @@ impl fmt::Display for Error {
                 start: Some(start),
             } => write!(
                 f,
-                "byte {offset}, the position to resume from, was deleted by retention: {server} \
+                "the checkpoint, byte {offset} (the position to resume from), was deleted by retention: {server} \
                  starts the log at byte {start} (--on-gone earliest continues from there, \
                  skipping bytes {offset}..{start})"
             ),
@@ -267,7 +267,7 @@ impl fmt::Display for Error {
                 start: None,
             } => write!(
                 f,
-                "byte {offset}, the position to resume from, was deleted by retention \
+                "the checkpoint, byte {offset} (the position to resume from), was deleted by retention \
                  ({server} answered gone; where the log starts now could not be learnt)"
             ),
             Error::Lost {
