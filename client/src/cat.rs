@@ -352,7 +352,9 @@ pub fn run(cfg: &Config, out: &mut Output, stop: Arc<AtomicBool>) -> Result<Stop
                             "--on-gone earliest: the messages before message {first} (the first \
                              the log still holds) that start at or after byte {from} were skipped"
                         ),
-                        Err(e) => log::warn!("--on-gone earliest: which messages were skipped is unknown: {e}"),
+                        Err(e) => log::warn!(
+                            "--on-gone earliest: which messages were skipped is unknown: {e}"
+                        ),
                     }
                 }
                 messages = Messages::new(cfg.framing, cfg.max_message, to);

@@ -8,11 +8,15 @@
 //!   still held) and saves the new position.
 //! - tsmirror: `earliest` is refused (exit 2: a replica never skips); a replica whose
 //!   length retention deleted exits 8.
+//! - tsbridge to-jetstream (a one-node JetStream; skipped without nats-server): `fail` exits
+//!   8 and publishes nothing more; `earliest` publishes exactly the log's messages from the
+//!   log start after the ones already in the stream, and logs the skip.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use logfile::segments::{self, Log, Marker, SegmentName};
+use tests::nats::{self, Cluster};
 use tests::*;
 
 /// Lines of this many bytes (newline included), so byte offsets are line numbers × 10.
@@ -34,20 +38,31 @@ impl Segmented {
         };
         for s in 0..segments {
             if s > 0 {
-                let base = log.oracle.len() as u64;
-                let next = SegmentName {
-                    base,
-                    first_message: base / LINE as u64,
-                };
-                segments::roll(dir, next).unwrap();
+                log.roll();
             }
-            let data: Vec<u8> = (0..lines)
-                .flat_map(|i| format!("line {:04}\n", s * lines + i).into_bytes())
-                .collect();
-            append(&Log::open(dir).unwrap().active().path, &data);
-            log.oracle.extend_from_slice(&data);
+            log.lines(lines);
         }
         log
+    }
+
+    /// Appends `n` lines to the active segment.
+    fn lines(&mut self, n: usize) {
+        let first = self.oracle.len() / LINE;
+        let data: Vec<u8> = (first..first + n)
+            .flat_map(|i| format!("line {i:04}\n").into_bytes())
+            .collect();
+        append(&Log::open(&self.dir).unwrap().active().path, &data);
+        self.oracle.extend_from_slice(&data);
+    }
+
+    /// Seals the active segment and starts the next.
+    fn roll(&self) {
+        let base = self.oracle.len() as u64;
+        let next = SegmentName {
+            base,
+            first_message: base / LINE as u64,
+        };
+        segments::roll(&self.dir, next).unwrap();
     }
 
     /// Retention: deletes the oldest segment; returns the new log start.
@@ -80,8 +95,16 @@ fn stopped_past_checkpoint(tmp: &Path) -> (Segmented, Proc, PathBuf) {
     let state = tmp.join("cat.pos");
     let addr = srv.addr().to_string();
     let state_arg = state.to_str().unwrap();
-    let (status, out, err) =
-        tscat(["--state", state_arg, "--framing", "newline", "--count", "5", &addr]).run();
+    let (status, out, err) = tscat([
+        "--state",
+        state_arg,
+        "--framing",
+        "newline",
+        "--count",
+        "5",
+        &addr,
+    ])
+    .run();
     assert!(status.success(), "{status:?}: {err}");
     assert_eq!(out, &log.oracle[..50]);
     assert_eq!(log.delete_oldest(), 100);
@@ -136,7 +159,11 @@ fn tscat_on_gone_earliest_prints_the_oracle_from_the_log_start_and_logs_the_skip
     ])
     .run();
     assert!(status.success(), "{status:?}: {err}");
-    assert_eq!(out, &log.oracle[100..], "exactly the oracle from the log start");
+    assert_eq!(
+        out,
+        &log.oracle[100..],
+        "exactly the oracle from the log start"
+    );
     assert!(
         err.contains("bytes 50..100 were deleted by retention"),
         "the byte range skipped is logged: {err}"
@@ -150,7 +177,10 @@ fn tscat_on_gone_earliest_prints_the_oracle_from_the_log_start_and_logs_the_skip
     let (status, out, err) = tscat(["--state", state_arg, "--exit-at-end", &addr]).run();
     assert!(status.success(), "{status:?}: {err}");
     assert_eq!(out, b"line 0030\n");
-    assert!(!err.contains("retention"), "nothing more was skipped: {err}");
+    assert!(
+        !err.contains("retention"),
+        "nothing more was skipped: {err}"
+    );
 }
 
 #[test]
@@ -174,4 +204,83 @@ fn tsmirror_refuses_earliest_and_exits_8_when_its_length_is_gone() {
         "{err}"
     );
     assert_eq!(std::fs::read(&replica).unwrap(), &log.oracle[..50]);
+}
+
+#[test]
+fn tsbridge_to_jetstream_on_gone_fail_then_earliest() {
+    if !nats::available() {
+        return;
+    }
+    let cluster = Cluster::start(1, "");
+    let urls = cluster.urls();
+    let tmp = tempdir();
+    let mut log = Segmented::new(&tmp.path().join("log"), 1, 5);
+    let srv = tailsrv(&log.dir).start();
+    let addr = srv.addr().to_string();
+    let bridge = |extra: &[&str]| {
+        let mut args = vec![
+            "to-jetstream",
+            "--nats",
+            &urls,
+            "--stream",
+            "GONE",
+            "--subject",
+            "logs.gone",
+            "--log-id",
+            "gone",
+            "--exit-at-end",
+        ];
+        args.extend_from_slice(extra);
+        args.push(&addr);
+        let mut b = tsbridge(args).spawn();
+        let status = b
+            .wait_exit(PATIENCE * 3)
+            .unwrap_or_else(|| panic!("tsbridge {extra:?} did not finish: {}", b.log.text()));
+        (status, b.log.text())
+    };
+    let (status, err) = bridge(&["--create-stream"]);
+    assert!(status.success(), "{err}");
+    // The stream holds the log up to byte 50; retention passes it.
+    log.lines(5);
+    for _ in 0..2 {
+        log.roll();
+        log.lines(10);
+    }
+    assert_eq!(log.delete_oldest(), 100);
+    wait_start(&srv, 100);
+    let (status, err) = bridge(&[]);
+    assert_eq!(status.code(), Some(8), "{err}");
+    assert!(
+        err.contains("the checkpoint, byte 50") && err.contains("log at byte 100"),
+        "{err}"
+    );
+    assert_eq!(
+        nats::read_stream(&urls, "GONE").len(),
+        5,
+        "nothing more published"
+    );
+    let (status, err) = bridge(&["--on-gone", "earliest"]);
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("bytes 50..100 were deleted by retention"),
+        "{err}"
+    );
+    let stored = nats::read_stream(&urls, "GONE");
+    let want: Vec<(u64, Vec<u8>)> = (0..5)
+        .chain(10..30)
+        .map(|i| (i * LINE as u64, format!("line {i:04}").into_bytes()))
+        .collect();
+    let got: Vec<(u64, Vec<u8>)> = stored
+        .iter()
+        .map(|m| {
+            (
+                m.headers["Tailsrv-Offset"].parse().unwrap(),
+                m.payload.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got, want,
+        "the messages before the checkpoint, then the log from its start"
+    );
 }
