@@ -492,7 +492,14 @@ impl Follower {
             if !refusal.code.is_transient() {
                 self.refused_for_good(server, refusal)?;
             }
-            return self.lost(reason, true);
+            self.lost(reason, true)?;
+            if self.skipped.is_some() {
+                // Moving to the log start is progress, not a failed attempt (`Retry::Never`
+                // would give up, and a backoff would wait for nothing).
+                self.failed = 0;
+                self.round = 0;
+            }
+            return Ok(());
         }
         let shown = String::from_utf8_lossy(&line).trim().to_owned();
         self.lost(
@@ -732,5 +739,85 @@ impl Follower {
             };
             std::thread::sleep(left.min(self.cfg.tick));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+
+    /// A fake segmented-log server on 127.0.0.1 whose log starts at byte 100 and ends at 110:
+    /// below 100 it answers `gone`, `-0 ok` answers `ok 110 110 100`, `100 ok` the data.
+    /// It serves `conns` connections and returns the requests.
+    fn server(conns: usize) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let handle = std::thread::spawn(move || {
+            let mut requests = Vec::new();
+            for conn in listener.incoming().take(conns) {
+                let mut conn = conn.unwrap();
+                let mut line = String::new();
+                BufReader::new(&conn).read_line(&mut line).unwrap();
+                let answer: &[u8] = match line.trim_end() {
+                    "-0 ok" => b"ok 110 110 100\n",
+                    "100 ok" => b"ok 100 110 100\n0123456789",
+                    _ => b"error: gone: byte 50 was deleted by retention: prose that may change\n",
+                };
+                conn.write_all(answer).unwrap();
+                requests.push(line.trim_end().to_owned());
+            }
+            requests
+        });
+        (addr, handle)
+    }
+
+    fn follower(addr: String, on_gone: OnGone) -> Follower {
+        let mut cfg = Config::new(vec![addr], Retry::Never);
+        cfg.on_gone = on_gone;
+        cfg.backoff_min = Duration::from_millis(1);
+        Follower::new(cfg, Start::Byte(50), Arc::new(AtomicBool::new(false)))
+    }
+
+    #[test]
+    fn gone_fails_with_the_log_start_from_the_ok_line() {
+        let (addr, server) = server(2);
+        let mut f = follower(addr, OnGone::Fail);
+        let mut buf = [0u8; 64];
+        match f.read(&mut buf) {
+            Err(Error::Gone { offset, start, .. }) => assert_eq!((offset, start), (50, Some(100))),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(server.join().unwrap(), ["50 ok", "-0 ok"]);
+    }
+
+    #[test]
+    fn gone_earliest_skips_to_the_log_start() {
+        let (addr, server) = server(3);
+        let mut f = follower(addr, OnGone::Earliest);
+        let mut buf = [0u8; 64];
+        let first = f.read(&mut buf).unwrap();
+        assert_eq!(first, Event::Skipped { from: 50, to: 100 });
+        let mut got = Vec::new();
+        while got.len() < 10 {
+            match f.read(&mut buf).unwrap() {
+                Event::Data(n) => got.extend_from_slice(&buf[..n]),
+                Event::Idle => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(got, b"0123456789");
+        assert_eq!(f.position(), Some(110));
+        assert_eq!(f.confirmed_len(), Some(110));
+        assert_eq!(server.join().unwrap(), ["50 ok", "-0 ok", "100 ok"]);
+    }
+
+    #[test]
+    fn on_gone_names() {
+        for name in OnGone::NAMES {
+            assert_eq!(name.parse::<OnGone>().unwrap().to_string(), name);
+        }
+        assert!("none".parse::<OnGone>().is_err());
     }
 }
