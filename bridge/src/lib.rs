@@ -51,6 +51,9 @@ pub enum Error {
     Message(String),
     /// The server refused the credentials. Exit 6.
     Auth(String),
+    /// Retention deleted where the stream says the log continues (tailsrv answered `gone`)
+    /// and `--on-gone` is `fail`. Exit 8, as tscat and tsmirror.
+    Gone(String),
 }
 
 impl Error {
@@ -63,6 +66,7 @@ impl Error {
             Error::Stream(_) => 4,
             Error::Message(_) => 5,
             Error::Auth(_) => 6,
+            Error::Gone(_) => client::cat::GONE_EXIT,
         }
     }
 }
@@ -75,7 +79,8 @@ impl fmt::Display for Error {
             | Error::File(s)
             | Error::Stream(s)
             | Error::Message(s)
-            | Error::Auth(s) => f.write_str(s),
+            | Error::Auth(s)
+            | Error::Gone(s) => f.write_str(s),
         }
     }
 }

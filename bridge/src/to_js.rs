@@ -492,8 +492,17 @@ fn follow_log(
                     return;
                 }
             }
+            Ok(Event::Skipped { to, .. }) => {
+                // `--on-gone earliest` (the follower logged the bytes): the stream continues
+                // with the log's first message; a partly read one is gone with the rest.
+                messages = Messages::new(Some(framing), max_message, to);
+            }
             Ok(Event::Idle) => {}
             Ok(Event::Stopped) => return,
+            Err(e @ follow::Error::Gone { .. }) => {
+                let _ = tx.blocking_send(Feed::Failed(Error::Gone(format!("tailsrv: {e}"))));
+                return;
+            }
             Err(e) => {
                 let _ = tx.blocking_send(Feed::Failed(Error::Unreachable(format!("tailsrv: {e}"))));
                 return;

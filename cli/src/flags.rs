@@ -1,11 +1,12 @@
 //! The flags every binary shares, so a flag means the same everywhere: the log flags
 //! ([`LogArgs`]: `-v`/`-q`, `--log-format`, `--journald`, and the level they choose with
-//! `RUST_LOG` as the fallback) and `--framing` ([`framing`]). The listen flags are the servers'
-//! own (`shared::server`).
+//! `RUST_LOG` as the fallback), `--framing` ([`framing`]) and the consumers' `--on-gone`
+//! ([`OnGoneArgs`]). The listen flags are the servers' own (`shared::server`).
 
 use std::io::IsTerminal;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
+use client::follow::OnGone;
 use log::LevelFilter;
 use proto::Framing;
 
@@ -88,6 +89,21 @@ fn parse_rust_log(value: &str) -> Option<LevelFilter> {
 /// `--framing newline|nul|u32be|varint`, with the names listed in `--help`.
 pub fn framing() -> impl TypedValueParser<Value = Framing> {
     PossibleValuesParser::new(Framing::NAMES).try_map(|s| s.parse::<Framing>())
+}
+
+/// `--on-gone fail|earliest`, the flag tscat, tsmirror and tsbridge to-jetstream share.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct OnGoneArgs {
+    /// When retention deleted the position to resume from (the servers answer `gone`):
+    /// `fail` exits 8 naming the position and the log start; `earliest` continues from the
+    /// log start and logs the bytes skipped (Kafka's auto.offset.reset none / earliest).
+    #[arg(
+        long,
+        value_name = "POLICY",
+        default_value = "fail",
+        value_parser = PossibleValuesParser::new(OnGone::NAMES).try_map(|s| s.parse::<OnGone>())
+    )]
+    pub on_gone: OnGone,
 }
 
 #[cfg(test)]

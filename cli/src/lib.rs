@@ -21,6 +21,6 @@ pub mod logger;
 pub mod systemd;
 pub mod time;
 
-pub use flags::{framing, LogArgs, LogFormat};
+pub use flags::{framing, LogArgs, LogFormat, OnGoneArgs};
 pub use logger::ANNOUNCE;
 pub use systemd::notify_ready;

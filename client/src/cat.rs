@@ -52,6 +52,10 @@ use crate::{indexer, resolve, StartAt};
 use proto::framing::{Framing, FramingError};
 use proto::Start;
 
+/// The exit status of a consumer whose position retention deleted (`--on-gone fail`): the
+/// same for tscat, tsmirror and tsbridge to-jetstream.
+pub const GONE_EXIT: u8 = 8;
+
 /// Bytes written since the last save that trigger a checkpoint.
 pub const CHECKPOINT_BYTES: u64 = 256 << 10;
 /// Longest time output stays unsaved while the stream keeps flowing.
@@ -86,6 +90,8 @@ pub struct Config {
     pub max_bytes: Option<u64>,
     /// Stop after this many messages (needs a framing).
     pub max_messages: Option<u64>,
+    /// What to do when retention deleted the saved position (`--on-gone`).
+    pub on_gone: follow::OnGone,
 }
 
 /// Why `tscat` stopped with an error. [`Error::exit_code`] is the documented exit status.
@@ -107,10 +113,12 @@ pub enum Error {
 
 impl Error {
     /// 1 server(s) unreachable or stream lost, 2 usage, 3 state file, 4 indexer,
-    /// 5 malformed message, 6 output error, 7 every server refused the request for good.
+    /// 5 malformed message, 6 output error, 7 every server refused the request for good,
+    /// 8 retention deleted the position ([`follow::Error::Gone`], `--on-gone fail`).
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Follow(follow::Error::Refused { .. }) => 7,
+            Error::Follow(follow::Error::Gone { .. }) => GONE_EXIT,
             Error::Follow(_) => 1,
             Error::Usage(_) => 2,
             Error::State(_) => 3,
@@ -267,6 +275,7 @@ pub fn run(cfg: &Config, out: &mut Output, stop: Arc<AtomicBool>) -> Result<Stop
     };
     let mut follow_cfg = follow::Config::new(cfg.servers.clone(), cfg.retry);
     follow_cfg.path = cfg.path.clone();
+    follow_cfg.on_gone = cfg.on_gone;
     let mut follower = Follower::new(follow_cfg, start, stop.clone());
     // A relative start becomes absolute once a server has confirmed it; nothing is handed
     // out before that, so the origin is known by the first batch.
@@ -331,6 +340,29 @@ pub fn run(cfg: &Config, out: &mut Output, stop: Arc<AtomicBool>) -> Result<Stop
                     if limits.cap(&follower).is_some_and(|cap| origin >= cap) {
                         return finish(&mut checkpoint, out, &stop);
                     }
+                }
+            }
+            Event::Skipped { from, to } => {
+                // `--on-gone earliest`: the follower logged the bytes; the messages are the
+                // indexer's to tell. A partly held message is gone with them.
+                if let (Some(ix), Some(_)) = (&cfg.indexer, cfg.framing) {
+                    match indexer::message_at(ix, cfg.path.as_deref(), to) {
+                        Ok(first) => log::warn!(
+                            from = from, to = to, first_message = first;
+                            "--on-gone earliest: the messages before message {first} (the first \
+                             the log still holds) that start at or after byte {from} were skipped"
+                        ),
+                        Err(e) => log::warn!(
+                            "--on-gone earliest: which messages were skipped is unknown: {e}"
+                        ),
+                    }
+                }
+                messages = Messages::new(cfg.framing, cfg.max_message, to);
+                checkpoint.place(to);
+                checkpoint.ends.clear();
+                // Saved at once: the bytes before `to` cannot be read again anyway.
+                if let Some(state) = &mut checkpoint.state {
+                    state.save(to).map_err(Error::State)?;
                 }
             }
             Event::Idle => {

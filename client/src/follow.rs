@@ -25,6 +25,13 @@
 //!   following fails with [`Error::Refused`] instead of retrying until the give-up time.
 //! - With a [`Config::path`] the request is directory mode's `stream PATH from byte N`;
 //!   everything else is the same.
+//! - A segmented log whose retention deleted the position answers `gone`. The log start is
+//!   then asked the structured way, `-0 ok` (its `ok N LEN START`), never read out of the
+//!   refusal's prose. Once every server said no and at least one said `gone`,
+//!   [`Config::on_gone`] decides: [`OnGone::Fail`] ends following with [`Error::Gone`]
+//!   (position and log start); [`OnGone::Earliest`] logs the bytes skipped, continues from
+//!   the log start and hands out [`Event::Skipped`] first, so the caller can restart its
+//!   framing there.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -34,7 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proto::request::{Confirmation, StreamRequest};
-use proto::{Refusal, Request, Start};
+use proto::{Code, Refusal, Request, Start};
 use socket2::{SockRef, TcpKeepalive};
 
 /// Longest confirmation or refusal line we wait for; tailsrv's are far shorter.
@@ -106,6 +113,42 @@ pub struct Config {
     pub keepalive_interval: Duration,
     /// Keepalive: unanswered probes before the connection is declared dead.
     pub keepalive_retries: u32,
+    /// What to do when retention deleted the position (the servers answer `gone`).
+    pub on_gone: OnGone,
+}
+
+/// What a consumer does when its position was deleted by retention (`--on-gone`; Kafka's
+/// `auto.offset.reset` `none` and `earliest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnGone {
+    /// Stop with [`Error::Gone`], naming the position and the log start.
+    #[default]
+    Fail,
+    /// Continue from the log start, logging the bytes skipped ([`Event::Skipped`]).
+    Earliest,
+}
+
+impl OnGone {
+    /// The names `--on-gone` takes, in the order of the variants.
+    pub const NAMES: [&'static str; 2] = ["fail", "earliest"];
+}
+
+impl std::str::FromStr for OnGone {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<OnGone, String> {
+        match s {
+            "fail" => Ok(OnGone::Fail),
+            "earliest" => Ok(OnGone::Earliest),
+            _ => Err(format!("{s:?} is not one of: fail, earliest")),
+        }
+    }
+}
+
+impl fmt::Display for OnGone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(Self::NAMES[*self as usize])
+    }
 }
 
 impl Config {
@@ -122,6 +165,7 @@ impl Config {
             keepalive_time: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(5),
             keepalive_retries: 3,
+            on_gone: OnGone::Fail,
         }
     }
 }
@@ -135,6 +179,14 @@ pub enum Event {
     Idle,
     /// The stop flag was raised.
     Stopped,
+    /// Retention deleted bytes `from..to` before they were read and [`OnGone::Earliest`]
+    /// skipped them: the next byte handed out is `to`, the log start (already logged).
+    Skipped {
+        /// The position that was deleted.
+        from: u64,
+        /// The log start, where the stream continues.
+        to: u64,
+    },
 }
 
 /// Why following failed for good.
@@ -155,6 +207,16 @@ pub enum Error {
         offset: u64,
         /// What failed.
         reason: String,
+    },
+    /// Retention deleted the position on every server that has the log (they answered
+    /// `gone`), and [`OnGone::Fail`] was asked for (or the log start could not be learnt).
+    Gone {
+        /// The server that told us where the log starts (the last to answer `gone`).
+        server: String,
+        /// The position asked for: the first byte not read yet (the checkpoint).
+        offset: u64,
+        /// Where the log starts now (its `ok N LEN START`), when a server said.
+        start: Option<u64>,
     },
     /// Every server refused the request for good (the path is not served, or the server is
     /// in the other mode).
@@ -189,6 +251,25 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
+            Error::Gone {
+                server,
+                offset,
+                start: Some(start),
+            } => write!(
+                f,
+                "the checkpoint, byte {offset} (the position to resume from), was deleted by retention: {server} \
+                 starts the log at byte {start} (--on-gone earliest continues from there, \
+                 skipping bytes {offset}..{start})"
+            ),
+            Error::Gone {
+                server,
+                offset,
+                start: None,
+            } => write!(
+                f,
+                "the checkpoint, byte {offset} (the position to resume from), was deleted by retention \
+                 ({server} answered gone; where the log starts now could not be learnt)"
+            ),
             Error::Lost {
                 server,
                 offset,
@@ -233,6 +314,11 @@ pub struct Follower {
     failures: Vec<Option<String>>,
     /// Servers that refused for good since the last data, with their refusal.
     refusals: Vec<Option<Refusal>>,
+    /// For each server that answered `gone`: where it said the log starts (`None` inside:
+    /// it could not say).
+    log_starts: Vec<Option<Option<u64>>>,
+    /// A skip to hand out before any data (`OnGone::Earliest`).
+    skipped: Option<(u64, u64)>,
     /// Bytes received but not yet handed out (a released probe).
     pending: Vec<u8>,
     /// The file's length as the first confirming server reported it (`ok N LEN`).
@@ -254,6 +340,8 @@ impl Follower {
         Follower {
             failures: vec![None; cfg.servers.len()],
             refusals: vec![None; cfg.servers.len()],
+            log_starts: vec![None; cfg.servers.len()],
+            skipped: None,
             backoff: cfg.backoff_min,
             cfg,
             next: start,
@@ -309,6 +397,9 @@ impl Follower {
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(Event::Stopped);
+            }
+            if let Some((from, to)) = self.skipped.take() {
+                return Ok(Event::Skipped { from, to });
             }
             if !self.pending.is_empty() {
                 let n = self.pending.len().min(buf.len());
@@ -395,10 +486,20 @@ impl Follower {
         if let Some(refusal) = Refusal::parse(&line) {
             let server = conn.server;
             let reason = format!("refused: {refusal}");
+            if refusal.code == Code::Gone {
+                self.log_starts[server] = Some(self.log_start(server));
+            }
             if !refusal.code.is_transient() {
                 self.refused_for_good(server, refusal)?;
             }
-            return self.lost(reason, true);
+            self.lost(reason, true)?;
+            if self.skipped.is_some() {
+                // Moving to the log start is progress, not a failed attempt (`Retry::Never`
+                // would give up, and a backoff would wait for nothing).
+                self.failed = 0;
+                self.round = 0;
+            }
+            return Ok(());
         }
         let shown = String::from_utf8_lossy(&line).trim().to_owned();
         self.lost(
@@ -416,6 +517,7 @@ impl Follower {
         self.backoff = self.cfg.backoff_min;
         if self.refusals.iter().any(Option::is_some) {
             self.refusals.fill(None);
+            self.log_starts.fill(None);
         }
         Event::Data(n)
     }
@@ -426,6 +528,9 @@ impl Follower {
         if self.refusals.iter().any(Option::is_none) {
             return Ok(());
         }
+        if let Some(said) = self.log_starts.iter().rposition(Option::is_some) {
+            return self.gone(said);
+        }
         let refusals = self
             .cfg
             .servers
@@ -435,6 +540,66 @@ impl Follower {
             .collect();
         self.conn = None;
         Err(Error::Refused { refusals })
+    }
+
+    /// Every server refused and `said` (one of them) answered `gone`: fail, or with
+    /// [`OnGone::Earliest`] move to the earliest log start any server named.
+    fn gone(&mut self, said: usize) -> Result<(), Error> {
+        let offset = self.position().unwrap_or_default();
+        let start = self.log_starts.iter().flatten().flatten().min().copied();
+        match start {
+            Some(start) if self.cfg.on_gone == OnGone::Earliest && start > offset => {
+                log::warn!(
+                    from = offset, to = start, skipped = start - offset;
+                    "--on-gone earliest: bytes {offset}..{start} were deleted by retention before \
+                     they were read; continuing from the log start, byte {start}"
+                );
+                self.refusals.fill(None);
+                self.log_starts.fill(None);
+                self.next = Start::Byte(start);
+                self.received = 0;
+                self.skipped = Some((offset, start));
+                Ok(())
+            }
+            _ => {
+                self.conn = None;
+                Err(Error::Gone {
+                    server: self.cfg.servers[said].clone(),
+                    offset,
+                    start,
+                })
+            }
+        }
+    }
+
+    /// Where `server`'s log starts, asked the structured way: `-0 ok`, whose answer is
+    /// `ok N LEN START` (`ok N LEN`: 0). `None` (logged) if the server does not say.
+    fn log_start(&self, server: usize) -> Option<u64> {
+        let name = &self.cfg.servers[server];
+        let ask = || -> io::Result<Option<u64>> {
+            let stream = self.open(name, Start::FromEnd(0))?;
+            stream.set_read_timeout(Some(self.cfg.connect_timeout))?;
+            let mut line = Vec::new();
+            let mut byte = [0u8; 1];
+            while line.last() != Some(&b'\n') && line.len() < MAX_ANSWER_LINE {
+                if (&stream).read(&mut byte)? == 0 {
+                    break;
+                }
+                line.push(byte[0]);
+            }
+            Ok(Confirmation::parse(&line).map(|c| c.start))
+        };
+        match ask() {
+            Ok(Some(start)) => Some(start),
+            Ok(None) => {
+                log::warn!(server = name.as_str(); "asking where the log starts (-0 ok): no ok line");
+                None
+            }
+            Err(e) => {
+                log::warn!(server = name.as_str(); "asking where the log starts (-0 ok): {e}");
+                None
+            }
+        }
     }
 
     /// Drops the connection after a failure; errors when the stream cannot be resumed.
@@ -501,7 +666,11 @@ impl Follower {
             }
             let i = self.current;
             let server = &self.cfg.servers[i];
-            match self.open(server) {
+            let start = match self.next {
+                Start::Byte(b) => Start::Byte(b + self.received),
+                relative => relative,
+            };
+            match self.open(server, start) {
                 Ok(stream) => {
                     // A recovery is as worth seeing as the failure that preceded it.
                     let level = if self.failed > 0 {
@@ -528,8 +697,8 @@ impl Follower {
         }
     }
 
-    /// One connection attempt: connect, set options, send the header.
-    fn open(&self, server: &str) -> io::Result<TcpStream> {
+    /// One connection attempt: connect, set options, send the request for `start`.
+    fn open(&self, server: &str, start: Start) -> io::Result<TcpStream> {
         let mut last = io::Error::new(io::ErrorKind::NotFound, "address resolved to nothing");
         let mut stream = None;
         for addr in server.to_socket_addrs()? {
@@ -549,10 +718,6 @@ impl Follower {
         SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
         stream.set_read_timeout(Some(self.cfg.tick))?;
         stream.set_write_timeout(Some(self.cfg.connect_timeout))?;
-        let start = match self.next {
-            Start::Byte(b) => Start::Byte(b + self.received),
-            relative => relative,
-        };
         let request = Request::Stream(StreamRequest {
             path: self.cfg.path.as_ref().map(|p| p.as_bytes().to_vec()),
             start,
@@ -574,5 +739,85 @@ impl Follower {
             };
             std::thread::sleep(left.min(self.cfg.tick));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+
+    /// A fake segmented-log server on 127.0.0.1 whose log starts at byte 100 and ends at 110:
+    /// below 100 it answers `gone`, `-0 ok` answers `ok 110 110 100`, `100 ok` the data.
+    /// It serves `conns` connections and returns the requests.
+    fn server(conns: usize) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let handle = std::thread::spawn(move || {
+            let mut requests = Vec::new();
+            for conn in listener.incoming().take(conns) {
+                let mut conn = conn.unwrap();
+                let mut line = String::new();
+                BufReader::new(&conn).read_line(&mut line).unwrap();
+                let answer: &[u8] = match line.trim_end() {
+                    "-0 ok" => b"ok 110 110 100\n",
+                    "100 ok" => b"ok 100 110 100\n0123456789",
+                    _ => b"error: gone: byte 50 was deleted by retention: prose that may change\n",
+                };
+                conn.write_all(answer).unwrap();
+                requests.push(line.trim_end().to_owned());
+            }
+            requests
+        });
+        (addr, handle)
+    }
+
+    fn follower(addr: String, on_gone: OnGone) -> Follower {
+        let mut cfg = Config::new(vec![addr], Retry::Never);
+        cfg.on_gone = on_gone;
+        cfg.backoff_min = Duration::from_millis(1);
+        Follower::new(cfg, Start::Byte(50), Arc::new(AtomicBool::new(false)))
+    }
+
+    #[test]
+    fn gone_fails_with_the_log_start_from_the_ok_line() {
+        let (addr, server) = server(2);
+        let mut f = follower(addr, OnGone::Fail);
+        let mut buf = [0u8; 64];
+        match f.read(&mut buf) {
+            Err(Error::Gone { offset, start, .. }) => assert_eq!((offset, start), (50, Some(100))),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(server.join().unwrap(), ["50 ok", "-0 ok"]);
+    }
+
+    #[test]
+    fn gone_earliest_skips_to_the_log_start() {
+        let (addr, server) = server(3);
+        let mut f = follower(addr, OnGone::Earliest);
+        let mut buf = [0u8; 64];
+        let first = f.read(&mut buf).unwrap();
+        assert_eq!(first, Event::Skipped { from: 50, to: 100 });
+        let mut got = Vec::new();
+        while got.len() < 10 {
+            match f.read(&mut buf).unwrap() {
+                Event::Data(n) => got.extend_from_slice(&buf[..n]),
+                Event::Idle => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(got, b"0123456789");
+        assert_eq!(f.position(), Some(110));
+        assert_eq!(f.confirmed_len(), Some(110));
+        assert_eq!(server.join().unwrap(), ["50 ok", "-0 ok", "100 ok"]);
+    }
+
+    #[test]
+    fn on_gone_names() {
+        for name in OnGone::NAMES {
+            assert_eq!(name.parse::<OnGone>().unwrap().to_string(), name);
+        }
+        assert!("none".parse::<OnGone>().is_err());
     }
 }

@@ -50,11 +50,13 @@ pub enum Error {
 
 impl Error {
     /// 1 local file error, 3 file locked by another mirror, 4 servers unreachable or every
-    /// server refused for good.
+    /// server refused for good, 8 retention deleted the replica's length on the servers
+    /// ([`follow::Error::Gone`]; a replica is a byte-identical prefix, so it never skips).
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::File { .. } => 1,
             Error::Locked { .. } => 3,
+            Error::Follow(follow::Error::Gone { .. }) => crate::cat::GONE_EXIT,
             Error::Follow(_) => 4,
         }
     }
@@ -219,6 +221,7 @@ pub fn run(
                     sync.run(f).map_err(|e| file_err("syncing", e))?;
                 }
             }
+            Event::Skipped { .. } => unreachable!("a mirror follows with OnGone::Fail"),
             Event::Idle => {
                 if let Some(f) = &file {
                     if sync.unsynced > 0 && sync.since.elapsed() >= opts.sync_interval {

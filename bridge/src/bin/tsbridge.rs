@@ -18,7 +18,10 @@ unreachable for --give-up-after, or the tailsrv stream refused or lost for good;
 line; 3 the output file cannot be opened, locked, written or synced; 4 the stream is missing, \
 does not take the subject, or holds what the bridge cannot continue (other subjects, another \
 log, a gap); 5 a message cannot be carried (malformed in the log, over max_payload, a \
-delimiter inside for a delimiter framing); 6 NATS refused the credentials.";
+delimiter inside for a delimiter framing); 6 NATS refused the credentials; 8 (to-jetstream) \
+retention deleted the byte where the stream says the log continues and --on-gone is fail \
+(the message names that byte and the log start; --on-gone earliest publishes from the log \
+start and logs the bytes skipped).";
 
 /// Bridge a tailsrv log and a NATS JetStream stream, exactly once, both ways.
 #[derive(Parser, Debug)]
@@ -135,6 +138,9 @@ struct ToArgs {
     #[arg(long, value_name = "SECS", default_value = "inf")]
     tailsrv_give_up_after: String,
 
+    #[command(flatten)]
+    on_gone: cli::OnGoneArgs,
+
     /// The tailsrv to follow; a comma-separated list fails over at the exact byte.
     #[arg(value_name = "HOST:PORT")]
     server: String,
@@ -220,6 +226,7 @@ fn to_options(a: ToArgs) -> Result<bridge::to_js::Options, String> {
     };
     let mut follow = follow::Config::new(servers, retry);
     follow.path = a.path.clone();
+    follow.on_gone = a.on_gone.on_gone;
     Ok(bridge::to_js::Options {
         nats: nats_options(&a.nats)?,
         follow,

@@ -26,7 +26,12 @@ command line; 3 state file corrupt, unwritable or in use; 4 indexer unreachable 
 refused the request; 5 malformed message in the stream (with --framing); 6 writing the \
 output failed; 7 the server refused the request and asking again cannot help (with --path: \
 the path is not served, e.g. excluded by an .ignore file or outside the directory; or the \
-server is in the other mode: a directory needs --path, a single file takes none).";
+server is in the other mode: a directory needs --path, a single file takes none); 8 \
+retention deleted the position to resume from (a segmented log answered gone) and --on-gone \
+is fail: the message names the position (the state file's checkpoint) and the log start.
+
+--on-gone earliest continues from the log start instead and logs the bytes skipped (with \
+--framing and --indexer, also the first message number still held).";
 
 /// Follow a tailsrv stream and print it to stdout, surviving restarts of the server and of
 /// tscat itself without gaps or duplicates.
@@ -118,6 +123,9 @@ struct Args {
     give_up_after: f64,
 
     #[command(flatten)]
+    on_gone: cli::OnGoneArgs,
+
+    #[command(flatten)]
     log: cli::LogArgs,
 
     /// The tailsrv to follow (put first in the server list).
@@ -194,6 +202,7 @@ fn run(args: Args) -> Result<cat::Stopped, cat::Error> {
         exit_at_end: args.exit_at_end,
         max_bytes: args.bytes,
         max_messages: args.count,
+        on_gone: args.on_gone.on_gone,
     };
 
     let stop = tailsrv_consumers::stop_flag().map_err(cat::Error::Output)?;

@@ -17,8 +17,15 @@ crash can leave is cut: the zero bytes that end FILE, and within the last --sync
 are fetched again). On a terminal, catching up a backlog of 64 MiB or more shows progress.
 
 Exit status: 0 stopped by SIGINT/SIGTERM; 1 FILE cannot be opened, appended to or synced; 2 \
-bad command line; 3 FILE is locked by another tsmirror; 4 every server refused the request \
-for good (e.g. a directory-mode server without --path).";
+bad command line (also --on-gone earliest: see below); 3 FILE is locked by another tsmirror; \
+4 every server refused the request for good (e.g. a directory-mode server without --path); 8 \
+retention deleted FILE's length on the servers (a segmented log; the message names FILE's \
+length and the log start).
+
+--on-gone: a replica is a byte-identical prefix of the log, offsets included, so it can never \
+skip what retention deleted: only `fail` is accepted; `earliest` is refused (exit 2). To start \
+over, move FILE away and mirror into a new one with tscat --on-gone earliest, or catch the \
+replica up from another replica that still holds the bytes (--servers order).";
 
 /// Keep FILE a byte-identical replica of the file a remote tailsrv serves.
 ///
@@ -44,6 +51,9 @@ struct Args {
     path: Option<String>,
 
     #[command(flatten)]
+    on_gone: cli::OnGoneArgs,
+
+    #[command(flatten)]
     log: cli::LogArgs,
 
     /// The tailsrv to mirror; a comma-separated list fails over to the next.
@@ -57,6 +67,13 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     args.log.init();
+    if args.on_gone.on_gone == client::follow::OnGone::Earliest {
+        log::error!(
+            "--on-gone earliest is refused: a replica must stay a byte-identical prefix of the \
+             log and cannot skip what retention deleted (see --help)"
+        );
+        return ExitCode::from(2);
+    }
     let servers = client::parse_servers(&args.server);
     if servers.is_empty() {
         log::error!("no server given");

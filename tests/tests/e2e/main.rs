@@ -21,6 +21,7 @@ mod indexer;
 mod indexer_dir;
 mod logging;
 mod newcomer;
+mod on_gone;
 mod powerloss;
 mod refusals;
 mod segments_collator;
