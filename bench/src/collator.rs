@@ -38,7 +38,8 @@ use logfile::segments::Log;
 use crate::data::DataFile;
 use crate::procs::{sibling, Server};
 use crate::report::{Row, Table};
-use crate::run::{Plan, Result};
+use crate::run::{in_turns, Plan, Result};
+use crate::segments::{most, spread};
 use tests::nats::{self, Cluster as Nats};
 
 const COLLATOR: &str = "tailsrv-collator";
@@ -57,7 +58,7 @@ pub fn collator(plan: &Plan, data: &DataFile, table: &mut Table) -> Result<()> {
         table.push(Row::new("collator", "all figures").value("n/a: collator not built"));
         return Ok(());
     }
-    let window = Duration::from_secs_f64(if plan.reps > 1 { 3.0 } else { 1.5 });
+    let window = window(plan);
     let raw_sync: Vec<f64> = [100, 1000]
         .iter()
         .map(|&size| raw_loop(plan, size, window, true))
@@ -221,6 +222,11 @@ pub fn collator(plan: &Plan, data: &DataFile, table: &mut Table) -> Result<()> {
     Ok(())
 }
 
+/// How long each rate run lasts: 3 s, or 1.5 s with one repetition (`--quick`).
+pub fn window(plan: &Plan) -> Duration {
+    Duration::from_secs_f64(if plan.reps > 1 { 3.0 } else { 1.5 })
+}
+
 /// Appends of `size` bytes for `window`: rate of `write` (+ `fdatasync` if `sync`).
 fn raw_loop(plan: &Plan, size: usize, window: Duration, sync: bool) -> Result<f64> {
     let path = plan.dir.join("raw.log");
@@ -359,7 +365,12 @@ pub fn remove_log(path: &Path) {
 
 /// One connection: `depth` requests in flight until `window` is over; returns the messages
 /// acknowledged and the seconds it took.
-pub fn producer(addr: SocketAddr, size: usize, depth: usize, window: Duration) -> Result<(u64, f64)> {
+pub fn producer(
+    addr: SocketAddr,
+    size: usize,
+    depth: usize,
+    window: Duration,
+) -> Result<(u64, f64)> {
     let ctx = |e: std::io::Error| format!("producer: {e}");
     let s = TcpStream::connect(addr).map_err(ctx)?;
     s.set_nodelay(true).map_err(ctx)?;
@@ -596,7 +607,7 @@ pub fn versus_build(plan: &Plan, table: &mut Table) -> Result<()> {
     if !old.is_file() {
         return Err(format!("{} is not built", old.display()));
     }
-    let window = Duration::from_secs_f64(if plan.reps > 1 { 3.0 } else { 1.5 });
+    let window = window(plan);
     let older = Variant {
         bin: Some(&old),
         tag: "older-",
@@ -610,21 +621,10 @@ pub fn versus_build(plan: &Plan, table: &mut Table) -> Result<()> {
             size: 100,
             depth: 1,
         };
-        let (mut new, mut then) = (0f64, 0f64);
-        let mut ratios = Vec::new();
-        for round in 0..rounds {
-            let run = |v: Variant| collate(plan, v, shape, window);
-            let (a, b) = if round % 2 == 0 {
-                let a = run(Variant::default())?;
-                (a, run(older)?)
-            } else {
-                let b = run(older)?;
-                (run(Variant::default())?, b)
-            };
-            new = new.max(a);
-            then = then.max(b);
-            ratios.push(format!("{:.2}", a / b));
-        }
+        let run = |v: Variant| collate(plan, v, shape, window);
+        let (r_new, r_old) = in_turns(rounds, || run(Variant::default()), || run(older))?;
+        let ratios: Vec<f64> = r_new.iter().zip(&r_old).map(|(a, b)| a / b).collect();
+        let (new, then) = (most(&r_new), most(&r_old));
         table.push(
             Row::new(
                 "collator-vs",
@@ -638,7 +638,7 @@ pub fn versus_build(plan: &Plan, table: &mut Table) -> Result<()> {
             "collator-vs: {conns} conn: best of {rounds} runs of {window:?} each, this build \
              and {} in turns; per-round ratios {}",
             old.display(),
-            ratios.join(", ")
+            spread(&ratios)
         ));
     }
     Ok(())

@@ -231,3 +231,24 @@ fn collator_chart(table: &mut Table) {
         });
     }
 }
+
+/// `a` and `b` measured `rounds` times each, taking turns, who goes first alternating (so
+/// neither always runs on the cache or disk state the other left): every sample of each, in
+/// round order.
+pub fn in_turns(
+    rounds: usize,
+    mut a: impl FnMut() -> Result<f64>,
+    mut b: impl FnMut() -> Result<f64>,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let (mut xs, mut ys) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            xs.push(a()?);
+            ys.push(b()?);
+        } else {
+            ys.push(b()?);
+            xs.push(a()?);
+        }
+    }
+    Ok((xs, ys))
+}

@@ -30,7 +30,7 @@ use crate::data::DataFile;
 use crate::fanout::bulk_read;
 use crate::procs::{sibling, Server};
 use crate::report::{gibps, nanos, quantile, Row, Table};
-use crate::run::{Plan, Result};
+use crate::run::{in_turns, Plan, Result};
 
 const MIB: u64 = 1 << 20;
 
@@ -40,8 +40,11 @@ const SEGMENT: u64 = 64 * MIB;
 /// Sealed segments in the restart figure: with the active one, 128 × 64 MiB = 8 GiB.
 const SEALED: u64 = 127;
 
+/// One figure of the section; an error becomes its row, and the others still run.
+type Part = fn(&Plan, &DataFile, &mut Table) -> Result<()>;
+
 pub fn segments(plan: &Plan, data: &DataFile, table: &mut Table) -> Result<()> {
-    let parts: [(&str, fn(&Plan, &DataFile, &mut Table) -> Result<()>); 4] = [
+    let parts: [(&str, Part); 4] = [
         ("follow", follow),
         ("collate", collate_rolling),
         ("deletion", deletion),
@@ -69,22 +72,10 @@ fn follow(plan: &Plan, data: &DataFile, table: &mut Table) -> Result<()> {
     let one = Server::start(tests::tailsrv(&data.path))?;
     let segmented = Server::start(tests::tailsrv(&dir))?;
     let rounds = plan.reps.max(3);
-    let (mut best_one, mut best_seg) = (f64::MAX, f64::MAX);
-    let mut ratios = Vec::new();
-    for round in 0..rounds {
-        // Who goes first alternates, so neither always reads a cache the other warmed.
-        let read = |s: &Server| bulk_read(s.addr, 1, data.len, 1);
-        let (a, b) = if round % 2 == 0 {
-            let a = read(&one)?;
-            (a, read(&segmented)?)
-        } else {
-            let b = read(&segmented)?;
-            (read(&one)?, b)
-        };
-        best_one = best_one.min(a);
-        best_seg = best_seg.min(b);
-        ratios.push(a / b);
-    }
+    let read = |s: &Server| bulk_read(s.addr, 1, data.len, 1);
+    let (t_one, t_seg) = in_turns(rounds, || read(&one), || read(&segmented))?;
+    let ratios: Vec<f64> = t_one.iter().zip(&t_seg).map(|(a, b)| a / b).collect();
+    let (best_one, best_seg) = (least(&t_one), least(&t_seg));
     drop((one, segmented));
     let _ = std::fs::remove_dir_all(&dir);
     let ratio = best_one / best_seg;
@@ -113,10 +104,7 @@ fn follow(plan: &Plan, data: &DataFile, table: &mut Table) -> Result<()> {
 /// The collator's pipelined 1000 B run into one file and into a segmented log that rolls
 /// every 64 MiB and keeps 128 MiB, in turns.
 fn collate_rolling(plan: &Plan, _data: &DataFile, table: &mut Table) -> Result<()> {
-    if sibling("tailsrv-collator").is_err() {
-        return Err("collator not built".into());
-    }
-    let window = Duration::from_secs_f64(if plan.reps > 1 { 3.0 } else { 1.5 });
+    let window = collator_window(plan)?;
     let shape = Shape {
         sync: "write",
         conns: 1,
@@ -130,21 +118,10 @@ fn collate_rolling(plan: &Plan, _data: &DataFile, table: &mut Table) -> Result<(
         ..Variant::default()
     };
     let rounds = plan.reps.max(3);
-    let (mut best_one, mut best_seg) = (0f64, 0f64);
-    let mut ratios = Vec::new();
-    for round in 0..rounds {
-        let run = |v: Variant| collate(plan, v, shape, window);
-        let (a, b) = if round % 2 == 0 {
-            let a = run(Variant::default())?;
-            (a, run(rolling)?)
-        } else {
-            let b = run(rolling)?;
-            (run(Variant::default())?, b)
-        };
-        best_one = best_one.max(a);
-        best_seg = best_seg.max(b);
-        ratios.push(b / a);
-    }
+    let run = |v: Variant| collate(plan, v, shape, window);
+    let (r_one, r_seg) = in_turns(rounds, || run(Variant::default()), || run(rolling))?;
+    let ratios: Vec<f64> = r_seg.iter().zip(&r_one).map(|(b, a)| b / a).collect();
+    let (best_one, best_seg) = (most(&r_one), most(&r_seg));
     let ratio = best_seg / best_one;
     table.push(
         Row::new(
@@ -170,10 +147,7 @@ fn collate_rolling(plan: &Plan, _data: &DataFile, table: &mut Table) -> Result<(
 /// Ack latency of 1000 B requests while the collator deletes a sealed segment as big as the
 /// data file, beside the same run without retention.
 fn deletion(plan: &Plan, data: &DataFile, table: &mut Table) -> Result<()> {
-    if sibling("tailsrv-collator").is_err() {
-        return Err("collator not built".into());
-    }
-    let window = Duration::from_secs_f64(if plan.reps > 1 { 3.0 } else { 1.5 });
+    let window = collator_window(plan)?;
     // The log holds the big segment and the active one; the second roll (16 MiB each) takes
     // it past this, and retention deletes the big segment, then nothing more.
     let retain = format!("{}K", (data.len >> 10) + 20 * 1024);
@@ -323,9 +297,7 @@ fn probe(addr: SocketAddr, window: Duration, watched: &Path) -> Result<(Vec<u64>
 /// Collator restart on 128 segments (127 sparse sealed, one real active) beside one file
 /// the size of the active segment, in turns.
 fn restart(plan: &Plan, data: &DataFile, table: &mut Table) -> Result<()> {
-    if sibling("tailsrv-collator").is_err() {
-        return Err("collator not built".into());
-    }
+    collator_window(plan)?;
     let ctx = |e: std::io::Error| format!("restart: {e}");
     // The active segment and the one file: the data file's first 64 MiB of whole lines.
     let lines = data.line_starts.partition_point(|&s| s < SEGMENT);
@@ -361,23 +333,14 @@ fn restart(plan: &Plan, data: &DataFile, table: &mut Table) -> Result<()> {
     let (count, total) = (log.segments().len(), log.bytes());
 
     let rounds = plan.reps.max(5);
-    let (mut t_one, mut t_seg) = (Vec::new(), Vec::new());
-    for round in 0..rounds {
-        if round % 2 == 0 {
-            t_one.push(collator::time_restart(&one, &one)?);
-            t_seg.push(collator::time_restart(&dir, &active_path)?);
-        } else {
-            t_seg.push(collator::time_restart(&dir, &active_path)?);
-            t_one.push(collator::time_restart(&one, &one)?);
-        }
-    }
+    let (t_one, t_seg) = in_turns(
+        rounds,
+        || collator::time_restart(&one, &one),
+        || collator::time_restart(&dir, &active_path),
+    )?;
     collator::remove_log(&one);
     collator::remove_log(&dir);
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (one_s, seg_s) = (median(&mut t_one), median(&mut t_seg));
+    let (one_s, seg_s) = (median(&t_one), median(&t_seg));
     let ratio = seg_s / one_s;
     table.push(
         Row::new(
@@ -441,9 +404,36 @@ fn build_segmented(data: &DataFile, dir: &Path, seg: u64) -> Result<usize> {
     Ok(log.segments().len())
 }
 
-/// "min–max (n)" of the per-round ratios.
-fn spread(ratios: &[f64]) -> String {
-    let lo = ratios.iter().copied().fold(f64::MAX, f64::min);
-    let hi = ratios.iter().copied().fold(0f64, f64::max);
-    format!("{lo:.2}–{hi:.2}× ({} rounds)", ratios.len())
+/// How long each collator run lasts, or why the collator parts cannot run.
+fn collator_window(plan: &Plan) -> Result<Duration> {
+    sibling("tailsrv-collator").map_err(|_| "collator not built".to_string())?;
+    Ok(collator::window(plan))
+}
+
+/// The smallest sample (the best time).
+fn least(xs: &[f64]) -> f64 {
+    xs.iter().copied().fold(f64::MAX, f64::min)
+}
+
+/// The largest sample (the best rate).
+pub fn most(xs: &[f64]) -> f64 {
+    xs.iter().copied().fold(0f64, f64::max)
+}
+
+/// The median sample (the upper one of an even count).
+fn median(xs: &[f64]) -> f64 {
+    let mut sorted = xs.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// "min–max, median m (n rounds)" of the per-round ratios.
+pub fn spread(ratios: &[f64]) -> String {
+    format!(
+        "{:.2}–{:.2}×, median {:.2}× ({} rounds)",
+        least(ratios),
+        most(ratios),
+        median(ratios),
+        ratios.len()
+    )
 }
