@@ -26,22 +26,26 @@ use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use std::collections::VecDeque;
 
 use async_nats::jetstream::{self, stream};
 
+use logfile::segments::Log;
+
 use crate::data::DataFile;
 use crate::procs::{sibling, Server};
 use crate::report::{Row, Table};
-use crate::run::{Plan, Result};
+use crate::run::{in_turns, Plan, Result};
+use crate::segments::{most, spread};
 use tests::nats::{self, Cluster as Nats};
 
 const COLLATOR: &str = "tailsrv-collator";
 
 /// Requests in flight on the collator's pipelined run.
-const PIPELINE: usize = 256;
+pub const PIPELINE: usize = 256;
 /// Acks in flight on JetStream's async publish (tsbridge's default `--window`, as the bridge
 /// section's raw publisher).
 const JS_WINDOW: usize = 1024;
@@ -54,7 +58,7 @@ pub fn collator(plan: &Plan, data: &DataFile, table: &mut Table) -> Result<()> {
         table.push(Row::new("collator", "all figures").value("n/a: collator not built"));
         return Ok(());
     }
-    let window = Duration::from_secs_f64(if plan.reps > 1 { 3.0 } else { 1.5 });
+    let window = window(plan);
     let raw_sync: Vec<f64> = [100, 1000]
         .iter()
         .map(|&size| raw_loop(plan, size, window, true))
@@ -185,7 +189,7 @@ pub fn collator(plan: &Plan, data: &DataFile, table: &mut Table) -> Result<()> {
     }
     drop(peer);
     // Restart with a torn tail on the data file, beside `wc -l` on the same file.
-    let secs = restart(plan, data)?;
+    let secs = time_restart(&data.path, &data.path)?;
     let wc = wc_l(data)?;
     let limit = 0.5 * ((data.len as f64) / (1u64 << 30) as f64).max(1.0);
     table.push(
@@ -216,6 +220,11 @@ pub fn collator(plan: &Plan, data: &DataFile, table: &mut Table) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// How long each rate run lasts: 3 s, or 1.5 s with one repetition (`--quick`).
+pub fn window(plan: &Plan) -> Duration {
+    Duration::from_secs_f64(if plan.reps > 1 { 3.0 } else { 1.5 })
 }
 
 /// Appends of `size` bytes for `window`: rate of `write` (+ `fdatasync` if `sync`).
@@ -255,10 +264,57 @@ fn run_collator(
     depth: usize,
     window: Duration,
 ) -> Result<f64> {
-    let path = plan
-        .dir
-        .join(format!("collated-{sync}-{conns}-{size}-{depth}.log"));
-    let server = Server::start(tests::collator(&path).args(["--sync", sync, "-q"]))?;
+    let shape = Shape {
+        sync,
+        conns,
+        size,
+        depth,
+    };
+    collate(plan, Variant::default(), shape, window)
+}
+
+/// Which collator a run starts: another build's binary, and flags beyond `--sync MODE -q`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Variant<'a> {
+    /// Another build of `tailsrv-collator` (None: the one beside the bench).
+    pub bin: Option<&'a Path>,
+    /// More flags (`--segment-bytes 64M`: then the path is a segmented log's directory).
+    pub args: &'a [&'a str],
+    /// Part of the scratch path's name, so variants never share a log.
+    pub tag: &'a str,
+}
+
+/// What the producers send: `conns` connections in `sync` mode, each keeping `depth`
+/// requests of `size` bytes in flight.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape<'a> {
+    pub sync: &'a str,
+    pub conns: usize,
+    pub size: usize,
+    pub depth: usize,
+}
+
+/// Messages per second through the `variant` collator with producers of `shape` for
+/// `window`. Every answer is checked to be `ok` and the log's end (a segmented log's global
+/// end, whatever retention deleted) against the bytes acknowledged; the log is removed.
+pub fn collate(plan: &Plan, variant: Variant, shape: Shape, window: Duration) -> Result<f64> {
+    let Shape {
+        sync,
+        conns,
+        size,
+        depth,
+    } = shape;
+    let path = plan.dir.join(format!(
+        "collated-{}{sync}-{conns}-{size}-{depth}.log",
+        variant.tag
+    ));
+    let mut spawn = tests::collator(&path)
+        .args(["--sync", sync, "-q"])
+        .args(variant.args);
+    if let Some(bin) = variant.bin {
+        spawn = spawn.program(bin);
+    }
+    let server = Server::start(spawn)?;
     let addr = server.addr;
     let threads: Vec<_> = (0..conns)
         .map(|_| std::thread::spawn(move || producer(addr, size, depth, window)))
@@ -273,22 +329,48 @@ fn run_collator(
         longest = longest.max(secs);
     }
     drop(server);
-    let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    let _ = std::fs::remove_file(&path);
-    let mut journal = path.into_os_string();
-    journal.push(".collator");
-    let _ = std::fs::remove_file(journal);
+    let len = log_end(&path);
+    remove_log(&path);
     if len < total * (size as u64 + 1) {
         return Err(format!(
-            "the file holds {len} bytes, {total} messages of {size} B were acknowledged"
+            "the log ends at byte {len}, {total} messages of {size} B were acknowledged"
         ));
     }
     Ok(total as f64 / longest)
 }
 
+/// Where the log at `path` ends: a plain file's length, a segmented log's global end.
+pub fn log_end(path: &Path) -> u64 {
+    if path.is_dir() {
+        Log::open(path).map(|l| l.end()).unwrap_or(0)
+    } else {
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// Removes the log at `path` (a file or a segmented log's directory) and the collator's
+/// files beside it (`PATH.collator`, `PATH.synced`).
+pub fn remove_log(path: &Path) {
+    if path.is_dir() {
+        let _ = std::fs::remove_dir_all(path);
+    } else {
+        let _ = std::fs::remove_file(path);
+    }
+    for suffix in [".collator", ".synced"] {
+        let mut beside = path.as_os_str().to_owned();
+        beside.push(suffix);
+        let _ = std::fs::remove_file(beside);
+    }
+}
+
 /// One connection: `depth` requests in flight until `window` is over; returns the messages
 /// acknowledged and the seconds it took.
-fn producer(addr: SocketAddr, size: usize, depth: usize, window: Duration) -> Result<(u64, f64)> {
+pub fn producer(
+    addr: SocketAddr,
+    size: usize,
+    depth: usize,
+    window: Duration,
+) -> Result<(u64, f64)> {
     let ctx = |e: std::io::Error| format!("producer: {e}");
     let s = TcpStream::connect(addr).map_err(ctx)?;
     s.set_nodelay(true).map_err(ctx)?;
@@ -337,33 +419,35 @@ fn wc_l(data: &DataFile) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// Appends half a line to the data file, starts a collator on it and times it to
-/// `listening on` (it cuts the half line, leaving the file as it was).
-fn restart(plan: &Plan, data: &DataFile) -> Result<f64> {
-    let f = OpenOptions::new()
-        .append(true)
-        .open(&data.path)
-        .map_err(|e| format!("restart: {e}"))?;
-    // The bench wrote the data file moments ago: flush it first, or the collator's sync
-    // after the cut would be timed flushing the bench's writes.
-    f.sync_all().map_err(|e| format!("restart: {e}"))?;
-    (&f).write_all(b"half a li")
-        .map_err(|e| format!("restart: {e}"))?;
+/// Appends half a line to `torn` (the log's file, or a segmented log's active segment),
+/// starts a collator on `log` and times it to `listening on`; checks it cut the half line,
+/// leaving `torn` as it was. The journal beside `log` is removed before and after, so every
+/// run does the same check.
+pub fn time_restart(log: &Path, torn: &Path) -> Result<f64> {
+    let ctx = |e: std::io::Error| format!("restart of {}: {e}", log.display());
+    let len = std::fs::metadata(torn).map_err(ctx)?.len();
+    let f = OpenOptions::new().append(true).open(torn).map_err(ctx)?;
+    // The bench wrote the file moments ago: flush it first, or the collator's sync after
+    // the cut would be timed flushing the bench's writes.
+    f.sync_all().map_err(ctx)?;
+    (&f).write_all(b"half a li").map_err(ctx)?;
     drop(f);
     // Warm the page cache as a restarted machine's collator would not be: the same for
     // every run, and the scan, not the disk, is measured.
-    let _ = std::fs::read(&data.path).map(|v| v.len());
-    let journal = plan.dir.join("data.log.collator");
+    let _ = std::fs::read(torn).map(|v| v.len());
+    let mut journal = log.as_os_str().to_owned();
+    journal.push(".collator");
+    let _ = std::fs::remove_file(&journal);
     let start = Instant::now();
-    let server = Server::start(tests::collator(&data.path).arg("-q"))?;
+    let server = Server::start(tests::collator(log).arg("-q"))?;
     let secs = start.elapsed().as_secs_f64();
     drop(server);
-    let _ = std::fs::remove_file(journal);
-    let len = std::fs::metadata(&data.path).map(|m| m.len()).unwrap_or(0);
-    if len != data.len {
+    let _ = std::fs::remove_file(&journal);
+    let after = std::fs::metadata(torn).map(|m| m.len()).unwrap_or(0);
+    if after != len {
         return Err(format!(
-            "after the restart the data file is {len} bytes, not {}",
-            data.len
+            "after the restart {} is {after} bytes, not {len}",
+            torn.display()
         ));
     }
     Ok(secs)
@@ -509,4 +593,53 @@ async fn publisher(
         acked += 1;
     }
     Ok((acked, start.elapsed().as_secs_f64()))
+}
+
+/// Section `collator-vs`: this build's collator and another build's (`--baseline-bin DIR`)
+/// in `--sync data`, 1 and 16 connections of 100 B one message per request, taking turns;
+/// best of each.
+pub fn versus_build(plan: &Plan, table: &mut Table) -> Result<()> {
+    let Some(dir) = &plan.baseline_bin else {
+        table.push(Row::new("collator-vs", "all figures").value("n/a: no --baseline-bin DIR"));
+        return Ok(());
+    };
+    let old = dir.join(COLLATOR);
+    if !old.is_file() {
+        return Err(format!("{} is not built", old.display()));
+    }
+    let window = window(plan);
+    let older = Variant {
+        bin: Some(&old),
+        tag: "older-",
+        ..Variant::default()
+    };
+    let rounds = plan.reps.max(3);
+    for conns in [1usize, 16] {
+        let shape = Shape {
+            sync: "data",
+            conns,
+            size: 100,
+            depth: 1,
+        };
+        let run = |v: Variant| collate(plan, v, shape, window);
+        let (r_new, r_old) = in_turns(rounds, || run(Variant::default()), || run(older))?;
+        let ratios: Vec<f64> = r_new.iter().zip(&r_old).map(|(a, b)| a / b).collect();
+        let (new, then) = (most(&r_new), most(&r_old));
+        table.push(
+            Row::new(
+                "collator-vs",
+                &format!("data, {conns} conn, 100 B, 1 msg/request"),
+            )
+            .value(format!("{new:.0} msg/s"))
+            .baseline(format!("{then:.0} msg/s {}", dir.display()))
+            .ratio(new / then),
+        );
+        table.note(format!(
+            "collator-vs: {conns} conn: best of {rounds} runs of {window:?} each, this build \
+             and {} in turns; per-round ratios {}",
+            old.display(),
+            spread(&ratios)
+        ));
+    }
+    Ok(())
 }

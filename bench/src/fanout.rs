@@ -96,7 +96,7 @@ fn start_tailsrv(data: &DataFile) -> Result<Server> {
 }
 
 /// `n` clients each read `each` bytes from byte 0; returns the seconds until the last is done.
-fn bulk_read(addr: SocketAddr, n: usize, each: u64, threads: usize) -> Result<f64> {
+pub fn bulk_read(addr: SocketAddr, n: usize, each: u64, threads: usize) -> Result<f64> {
     let start = Instant::now();
     let fleet = Fleet::launch(addr, n, b"0\n", threads, start + RUN_LIMIT, |_| Bulk {
         sink: Sink::new(),

@@ -24,6 +24,7 @@ mod latency;
 mod procs;
 mod report;
 mod run;
+mod segments;
 mod storm;
 
 /// Benchmarks tailsrv and tailsrv-indexer against same-run baselines; prints one table.
@@ -34,11 +35,13 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
 
-    /// Sections to run, comma-separated: fanout,latency,idle,storm,indexer,slow,collator,bridge.
+    /// Sections to run, comma-separated:
+    /// fanout,latency,idle,storm,indexer,slow,collator,bridge,segments,collator-vs.
+    /// `collator-vs` needs --baseline-bin.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "fanout,latency,idle,storm,indexer,slow,collator,bridge"
+        default_value = "fanout,latency,idle,storm,indexer,slow,collator,bridge,segments"
     )]
     sections: Vec<run::Section>,
 
@@ -110,6 +113,11 @@ pub struct Args {
     /// Client threads (each one epoll loop) for many-connection runs.
     #[arg(long, default_value_t = 2)]
     client_threads: usize,
+
+    /// Another build's release directory (`target/release` of an older commit): section
+    /// `collator-vs` runs its `tailsrv-collator` in turns with this build's.
+    #[arg(long, value_name = "DIR")]
+    baseline_bin: Option<std::path::PathBuf>,
 
     /// Where to create the scratch directory (default: the system temp dir).
     #[arg(long, value_name = "DIR")]

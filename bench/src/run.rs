@@ -23,6 +23,8 @@ pub enum Section {
     Slow,
     Collator,
     Bridge,
+    Segments,
+    CollatorVs,
 }
 
 /// The flags with the `--quick` defaults filled in.
@@ -47,6 +49,8 @@ pub struct Plan {
     /// The open-file limit this process (and every server it starts) runs with.
     pub nofile: u64,
     pub dir: PathBuf,
+    /// `--baseline-bin DIR`: another build's binaries, for section `collator-vs`.
+    pub baseline_bin: Option<PathBuf>,
 }
 
 impl Plan {
@@ -102,6 +106,7 @@ pub fn run(args: &Args) -> Result<()> {
         client_threads: args.client_threads.max(1),
         nofile,
         dir: scratch.path().to_owned(),
+        baseline_bin: args.baseline_bin.clone(),
     };
     let mut table = Table::default();
     table.note(format!(
@@ -111,7 +116,11 @@ pub fn run(args: &Args) -> Result<()> {
     let needs_data = args.sections.iter().any(|s| {
         matches!(
             s,
-            Section::Fanout | Section::Indexer | Section::Slow | Section::Collator
+            Section::Fanout
+                | Section::Indexer
+                | Section::Slow
+                | Section::Collator
+                | Section::Segments
         )
     });
     let data = if needs_data {
@@ -140,6 +149,8 @@ pub fn run(args: &Args) -> Result<()> {
             Section::Slow => crate::fanout::slow(&plan, data.expect("data"), &mut table),
             Section::Collator => crate::collator::collator(&plan, data.expect("data"), &mut table),
             Section::Bridge => crate::bridge::bridge(&plan, &mut table),
+            Section::Segments => crate::segments::segments(&plan, data.expect("data"), &mut table),
+            Section::CollatorVs => crate::collator::versus_build(&plan, &mut table),
         };
         if section == Section::Collator && result.is_ok() {
             collator_chart(&mut table);
@@ -219,4 +230,25 @@ fn collator_chart(table: &mut Table) {
             groups,
         });
     }
+}
+
+/// `a` and `b` measured `rounds` times each, taking turns, who goes first alternating (so
+/// neither always runs on the cache or disk state the other left): every sample of each, in
+/// round order.
+pub fn in_turns(
+    rounds: usize,
+    mut a: impl FnMut() -> Result<f64>,
+    mut b: impl FnMut() -> Result<f64>,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let (mut xs, mut ys) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            xs.push(a()?);
+            ys.push(b()?);
+        } else {
+            ys.push(b()?);
+            xs.push(a()?);
+        }
+    }
+    Ok((xs, ys))
 }

@@ -212,6 +212,13 @@ impl Spawn {
         Spawn::new(program, Ok(PathBuf::from(program)))
     }
 
+    /// Runs `program` instead of the binary the starter named (another build of it: the
+    /// bench's side-by-side runs against an older commit's release binaries).
+    pub fn program(mut self, program: impl Into<PathBuf>) -> Spawn {
+        self.program = Ok(program.into());
+        self
+    }
+
     /// One more argument.
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Spawn {
         self.args.push(arg.as_ref().to_owned());
