@@ -6,6 +6,9 @@
 //! message k is stream sequence `origin + k`. That needs dense sequences, which a stream that
 //! holds one log has (one stream per log, as `to-jetstream` requires); a gap (a deleted
 //! message, or another subject's messages) stops the bridge with an error rather than guess.
+//! A gap is first checked by recreating the consumer from the expected sequence (after a
+//! stream leader change a pull consumer can deliver past messages it still owes); only the
+//! same gap seen again stops the bridge.
 //!
 //! On start the file's torn tail (a write cut short by a crash, or the zeros a power loss can
 //! leave) is cut the way the collator cuts its own ([`logfile::cut_torn_tail`]), and its
@@ -112,6 +115,12 @@ impl Output {
 enum Ended {
     Done,
     Retry(String),
+    /// The consumer delivered `seq` where `expected` was next: a deleted message, another
+    /// subject's messages, or a consumer that skipped ahead across a leader change.
+    Gap {
+        expected: u64,
+        seq: u64,
+    },
 }
 
 /// Runs until stopped (or the end with `--exit-at-end`); `stop` is raised by signals.
@@ -130,6 +139,8 @@ pub async fn run(opts: Options, stop: &AtomicBool) -> Result<(), Error> {
     let mut backoff = Backoff::new(opts.nats.give_up_after);
     let mut progress = Progress::new(opts.progress);
     let first = out.count;
+    // The gap the consumer was last recreated for: a second one at the same place is real.
+    let mut gap_retried = None;
     loop {
         if stop.load(Ordering::Relaxed) {
             return Ok(());
@@ -144,6 +155,24 @@ pub async fn run(opts: Options, stop: &AtomicBool) -> Result<(), Error> {
                     out.count
                 );
                 return Ok(());
+            }
+            Ended::Gap { expected, seq } if gap_retried != Some(expected) => {
+                // After a stream leader change a pull consumer can deliver past messages it
+                // still owes (they would come back only after the ack wait). A consumer
+                // recreated from `expected` tells that apart from a real gap: it delivers
+                // `expected`, or the same gap again.
+                gap_retried = Some(expected);
+                log::warn!(
+                    "stream {:?} delivered sequence {seq} where {expected} was expected; \
+                     recreating the consumer from {expected} to tell a skip from a gap",
+                    opts.stream
+                );
+            }
+            Ended::Gap { expected, seq } => {
+                return Err(Error::Stream(format!(
+                    "stream {:?} delivered sequence {seq} where {expected} was expected: a message was deleted, or the stream holds other subjects; the file would get a gap",
+                    opts.stream
+                )));
             }
             Ended::Retry(why) => {
                 log::warn!("{why}; resuming from the file");
@@ -320,10 +349,7 @@ async fn session(
                     pending.acks.push(m);
                 } else if seq > expected {
                     pending.flush(out, opts.sync_data).await?;
-                    return Err(Error::Stream(format!(
-                        "stream {:?} delivered sequence {seq} where {expected} was expected: a message was deleted, or the stream holds other subjects; the file would get a gap",
-                        opts.stream
-                    )));
+                    return Ok(Ended::Gap { expected, seq });
                 } else {
                     if opts.framing.delimiter_in(&m.payload) {
                         pending.flush(out, opts.sync_data).await?;
