@@ -14,10 +14,15 @@
 //!   file would be, and its count is added to the segment's first message number. Sealed
 //!   segments are checked by [`logfile::segments::Log::open`] from their names and lengths.
 //! - **Rolling** is due ([`logfile::segments::Rolling::due`]) before a write group, never
-//!   inside one, so never inside a batch. The active segment is synced first in every mode
-//!   (one `fdatasync` a segment; in `--sync data` it already is), then the next one is
-//!   created and the directory synced: a crash leaves the old segment whole and sealed, and
-//!   either no new segment or an empty one.
+//!   inside one, so never inside a batch. Where acknowledgements or the watermark wait for
+//!   syncs (`--sync data`, `interval`) the active segment is synced first (in `data` it
+//!   already is), then the next one is created and the directory synced: a crash leaves the
+//!   old segment whole and sealed, and either no new segment or an empty one. In `none` and
+//!   `write`, which never wait for a sync, the sealed segment is synced by a thread of its
+//!   own (the [`Sealer`]), so the roll costs the writer no `fdatasync`; a power loss before
+//!   that sync ends can leave a sealed segment short, and the restart cuts the log at its
+//!   end ([`Log::open_cutting_short`]) — the unsynced tail a plain file loses in a power
+//!   loss in those modes, here at most the segments the sealer had not synced yet.
 //! - **Retention** ([`logfile::segments::Retention::expired`]) runs on its own thread: at
 //!   start, after every roll, and on a timer when `--retain-ms` is set. It deletes whole
 //!   segments, oldest first and never the active one, so a crash between deletions leaves a
@@ -43,6 +48,10 @@ use crate::writer::{FileWriter, Settings};
 /// is reached; the first by default), at which the collator kills itself with SIGKILL. For
 /// the crash tests only; the steps are [`FAULT_STEPS`].
 pub const FAULT_VAR: &str = "TAILSRV_COLLATOR_FAULT";
+
+/// The environment variable holding a delay in milliseconds before each sync of the
+/// [`Sealer`], so that a power-loss test finds sealed segments not synced yet (tests only).
+pub const SEALER_DELAY_VAR: &str = "TAILSRV_COLLATOR_SEALER_DELAY_MS";
 
 /// The fault points, in the order a roll and a deletion reach them.
 pub const FAULT_STEPS: [&str; 5] = [
@@ -164,6 +173,8 @@ pub struct Active {
     retention: Option<mpsc::Sender<()>>,
     /// Rolled since the last write (for the `roll-after-write` fault point).
     rolled: bool,
+    /// Syncs sealed segments off the writer's path (`--sync none|write`).
+    sealer: Option<Sealer>,
     /// The directory's lock, held for the collator's life.
     _lock: File,
 }
@@ -209,6 +220,14 @@ impl Active {
         Ok(file)
     }
 
+    /// The segment rolled away from, `dirty` if it holds bytes not synced yet: synced by
+    /// the sealer, if there is one (else the writer synced it before the roll).
+    pub fn sealed(&mut self, file: File, dirty: bool) {
+        if let (true, Some(sealer)) = (dirty, &self.sealer) {
+            sealer.sync(file, self.dir.clone());
+        }
+    }
+
     /// A group was written to the segment.
     pub fn written(&mut self) {
         if std::mem::take(&mut self.rolled) {
@@ -249,8 +268,23 @@ pub fn open(
     let lock = File::open(&dir).map_err(|e| logfile::context(&dir, "opening", e))?;
     logfile::lock_exclusive(&lock, &dir, "collator")?;
     let framing = settings.framing.to_string();
+    let off_path = settings.sync.seals_off_path();
     let log = if segments::is_segmented(&dir) {
-        Log::open(&dir)?
+        if off_path {
+            let (log, cut) = Log::open_cutting_short(&dir)?;
+            if let Some(c) = cut {
+                log::warn!(
+                    path:% = c.segment.display(), offset = c.at;
+                    "the sealed segment {} ends at byte {}, not {}: its unsynced tail was \
+                     lost (a power loss before its sync); the log ends there now ({} later \
+                     segments, to byte {}, deleted), and the restart check goes on from it",
+                    c.segment.display(), c.at, c.was, c.removed, c.lost_to
+                );
+            }
+            log
+        } else {
+            Log::open(&dir)?
+        }
     } else {
         let listed = fs::read_dir(&dir).map_err(|e| logfile::context(&dir, "listing", e))?;
         if listed.count() > 0 {
@@ -305,6 +339,7 @@ pub fn open(
         rolling,
         retention,
         rolled: false,
+        sealer: off_path.then(Sealer::start).transpose()?,
         _lock: lock,
     };
     crate::recover::open_writer(
@@ -316,6 +351,69 @@ pub fn open(
         |_| Ok(()),
         Some(segment),
     )
+}
+
+/// The thread that syncs sealed segments for a writer that does not wait for syncs
+/// (`--sync none|write`): a roll hands it the segment's file and goes on writing, so the
+/// `fdatasync` of up to a segment of dirty pages (tens to hundreds of milliseconds) is not
+/// on the writer's path. At most [`SEALER_QUEUE`] segments wait; a writer that rolls faster
+/// than the disk syncs waits for room (the disk's pace). Dropped, it finishes the queue.
+/// A power loss before a sealed segment's sync ends leaves it short; the restart cuts the
+/// log there ([`Log::open_cutting_short`]), as a plain file loses its unsynced tail.
+#[derive(Debug)]
+struct Sealer {
+    queue: Option<mpsc::SyncSender<(File, PathBuf)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Sealed segments waiting for their sync, at most.
+const SEALER_QUEUE: usize = 2;
+
+impl Sealer {
+    fn start() -> io::Result<Sealer> {
+        let (tx, rx) = mpsc::sync_channel::<(File, PathBuf)>(SEALER_QUEUE);
+        let delay = std::env::var(SEALER_DELAY_VAR)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis);
+        let thread = std::thread::Builder::new()
+            .name("collator-sealer".into())
+            .spawn(move || {
+                for (file, dir) in rx {
+                    if let Some(d) = delay {
+                        std::thread::sleep(d);
+                    }
+                    if let Err(e) = file.sync_data() {
+                        // Not retried (the kernel may have dropped the pages): the restart
+                        // after a power loss cuts what is missing; until then readers have
+                        // the page cache's bytes.
+                        log::error!(
+                            path:% = dir.display();
+                            "fdatasync of a sealed segment of {} failed: {e}", dir.display()
+                        );
+                    }
+                }
+            })?;
+        Ok(Sealer {
+            queue: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn sync(&self, file: File, dir: PathBuf) {
+        if let Some(q) = &self.queue {
+            let _ = q.send((file, dir));
+        }
+    }
+}
+
+impl Drop for Sealer {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Starts the retention thread of the log at `dir`: a pass at once, then one each time it

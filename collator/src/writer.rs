@@ -87,6 +87,14 @@ impl SyncMode {
         }
     }
 
+    /// Whether a segment that is rolled away from may be synced off the writer's path
+    /// ([`crate::segmented`]): where nothing waits for a sync (`none`, `write`). Where the
+    /// synced length is published, the sealed segment is synced before the next one exists,
+    /// so the watermark never counts a byte that is not on disk.
+    pub fn seals_off_path(self) -> bool {
+        !self.publishes_watermark()
+    }
+
     /// Whether the synced length is worth publishing (`FILE.synced`): only where syncs happen
     /// as writes go (`data`, `interval=MS`).
     pub fn publishes_watermark(self) -> bool {
@@ -588,9 +596,12 @@ fn write_loop(inner: &Inner, mut disk: Disk) -> io::Result<()> {
             .as_ref()
             .is_some_and(|s| s.due(disk.pos(), bytes))
         {
-            // Sealed on disk before the next segment exists, in every mode: a crash never
-            // leaves a sealed segment shorter than the names say.
-            if disk.dirty {
+            // Sealed on disk before the next segment exists where syncs are awaited (`data`,
+            // `interval`): a crash never leaves a sealed segment shorter than the names say.
+            // In `none` and `write` its sync is the sealer's, off this path; a power loss
+            // before it ends is cut back at the restart ([`crate::segmented`]).
+            let off_path = inner.settings.sync.seals_off_path();
+            if disk.dirty && !off_path {
                 sync(inner, &mut disk, &jobs)?;
             }
             if let Err(e) = roll(&mut disk) {
@@ -674,7 +685,9 @@ fn roll(disk: &mut Disk) -> io::Result<()> {
         return Ok(());
     };
     disk.file.set_len(pos)?;
-    disk.file = segment.roll(disk.end, disk.count)?;
+    let sealed = std::mem::replace(&mut disk.file, segment.roll(disk.end, disk.count)?);
+    // Still dirty only where the sync was left to the sealer (`seals_off_path`).
+    segment.sealed(sealed, std::mem::take(&mut disk.dirty));
     disk.base = disk.end;
     disk.reserved_to = disk.end;
     Ok(())

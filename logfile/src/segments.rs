@@ -150,6 +150,21 @@ impl Segment {
     }
 }
 
+/// What [`Log::open_cutting_short`] cut: the log now ends at `at`, inside what was sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShortCut {
+    /// The short segment, now the active one.
+    pub segment: PathBuf,
+    /// Where the log ends now (the short segment's end).
+    pub at: u64,
+    /// Where the short segment should have ended (its successor's base).
+    pub was: u64,
+    /// How many later segments were deleted.
+    pub removed: usize,
+    /// Where the log ended before the cut.
+    pub lost_to: u64,
+}
+
 /// A segmented log's directory as it is on disk: its marker and its segments, oldest first,
 /// checked to be contiguous. A snapshot: the caller lists again to see rolls and deletions.
 #[derive(Debug, Clone)]
@@ -194,6 +209,49 @@ impl Log {
     /// message numbers that never go back, and every sealed segment exactly as long as the
     /// names say (next base minus its base). An error names the file and what is wrong.
     pub fn open(dir: &Path) -> io::Result<Log> {
+        let log = Log::list(dir)?;
+        log.check()?;
+        Ok(log)
+    }
+
+    /// Opens the log for its writer after a crash that may have lost unsynced bytes: as
+    /// [`Log::open`], but a sealed segment shorter than its successor's name says (its last
+    /// bytes were never synced: a writer that syncs sealed segments off its write path,
+    /// then lost power) ends the log. Every later segment is deleted, newest first, and the
+    /// directory synced; the short one is the active segment again, for the writer's own
+    /// restart check to cut. Returns the log and what was cut, if anything. A sealed segment
+    /// *longer* than its name says is not a lost tail: refused as [`Log::open`] does.
+    pub fn open_cutting_short(dir: &Path) -> io::Result<(Log, Option<ShortCut>)> {
+        let mut log = Log::list(dir)?;
+        let short = log
+            .segments
+            .windows(2)
+            .position(|w| w[0].end() < w[1].name.base);
+        let cut = match short {
+            None => None,
+            Some(i) => {
+                let cut = ShortCut {
+                    segment: log.segments[i].path.clone(),
+                    at: log.segments[i].end(),
+                    was: log.segments[i + 1].name.base,
+                    removed: log.segments.len() - i - 1,
+                    lost_to: log.active().end(),
+                };
+                // Newest first: a crash half way leaves the same short segment, found again.
+                for s in log.segments[i + 1..].iter().rev() {
+                    remove(s)?;
+                }
+                crate::sync_dir(&log.segments[i].path)?;
+                log.segments.truncate(i + 1);
+                Some(cut)
+            }
+        };
+        log.check()?;
+        Ok((log, cut))
+    }
+
+    /// The marker and the segments, sorted, not checked.
+    fn list(dir: &Path) -> io::Result<Log> {
         let marker_path = dir.join(MARKER);
         let text = fs::read_to_string(&marker_path)
             .map_err(|e| context(&marker_path, "reading the marker", e))?;
@@ -232,7 +290,6 @@ impl Log {
             marker,
             segments,
         };
-        log.check()?;
         Ok(log)
     }
 

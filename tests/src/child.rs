@@ -178,6 +178,7 @@ pub struct Spawn {
     nofile: Option<u64>,
     stdin: Input,
     raw_stdout: bool,
+    env: Vec<(OsString, OsString)>,
 }
 
 impl Spawn {
@@ -192,7 +193,15 @@ impl Spawn {
             nofile: None,
             stdin: Input::Null,
             raw_stdout: false,
+            env: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable for the child.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Spawn {
+        self.env
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
     }
 
     /// Our binary `name`, built next to the running program ([`bin_path`]).
@@ -337,6 +346,7 @@ impl Spawn {
     fn try_command(&self) -> Result<Command, String> {
         let mut cmd = Command::new(self.program.clone()?);
         cmd.args(self.argv()).env_remove("RUST_LOG");
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(dir) = &self.dir {
             cmd.current_dir(dir);
         }
