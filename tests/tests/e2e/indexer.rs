@@ -375,7 +375,7 @@ fn corrupt_index_is_repaired_or_refused() {
     let f = OpenOptions::new().write(true).open(&idx).unwrap();
     f.write_all_at(&random_bytes(100, 3), 64 + 12 * 10).unwrap();
     drop(f);
-    let p = start(&path, Framing::Newline, &["--stride", "4"]);
+    let mut p = start(&path, Framing::Newline, &["--stride", "4"]);
     assert!(p.log.wait_for("torn or corrupt tail", PATIENCE).is_some());
     check_all(
         &mut Client::new(&p),
@@ -383,13 +383,17 @@ fn corrupt_index_is_repaired_or_refused() {
         &path,
         &mut Rng::new(2),
     );
-    drop(p);
+    // Stopped as a service is (SIGTERM, waited for), so the index is whole before the next
+    // damage: a SIGKILL could land in the middle of the rebuild's write, and the next
+    // phase would find other damage than its own.
+    p.signal(Signal::TERM);
+    assert!(p.wait_exit(PATIENCE).is_some_and(|s| s.success()));
 
     // A damaged header (our magic, bad checksum): rebuilt.
     let f = OpenOptions::new().write(true).open(&idx).unwrap();
     f.write_all_at(b"\xff\xff", 20).unwrap();
     drop(f);
-    let p = start(&path, Framing::Newline, &["--stride", "4"]);
+    let mut p = start(&path, Framing::Newline, &["--stride", "4"]);
     assert!(p.log.wait_for("header is corrupt", PATIENCE).is_some());
     check_all(
         &mut Client::new(&p),
@@ -397,7 +401,11 @@ fn corrupt_index_is_repaired_or_refused() {
         &path,
         &mut Rng::new(3),
     );
-    drop(p);
+    // Stopped as a service is (SIGTERM, waited for), so the index is whole before the next
+    // damage: a SIGKILL could land in the middle of the rebuild's write, and the next
+    // phase would find other damage than its own.
+    p.signal(Signal::TERM);
+    assert!(p.wait_exit(PATIENCE).is_some_and(|s| s.success()));
 
     // Not an index at all: refused with a clear error, and left untouched.
     let garbage = random_bytes(500, 4);
