@@ -385,21 +385,29 @@ async fn place<'a>(
     }
     // Epoch before length: if a truncation lands in between, the first wait notices it.
     let epoch = watch.epoch();
-    // What may be served: the file's length, or up to the synced length when asked.
-    let len = synced.map_or(watch.len(), |s| s.cap(watch));
     match watch.file() {
-        Some(file) => Placed::At(Placement {
-            file,
-            // `last N lines` reads back from the end (bounded: proto's MAX_LINES_SCAN); a
-            // failed read starts at the end, as `-0` would.
-            offset: start
-                .resolve_in(len, |buf, at| {
-                    std::os::unix::fs::FileExt::read_at(file, buf, at)
-                })
-                .unwrap_or(len),
-            len,
-            epoch,
-        }),
+        Some(file) => {
+            // What may be served: the file's length, or up to the synced length when asked.
+            // The watcher's length lags an append by as long as its inotify event waits to
+            // be read; a client that asks after an append finished must be placed against
+            // it (`-N`, ` ok` and `--exit-at-end` read LEN as "what is there now"), so the
+            // file's own length counts where it is longer (one fstat a new client). Shorter
+            // is a truncation the watcher has not seen yet: its epoch closes the client.
+            let now = file.metadata().map_or(0, |m| m.len());
+            let len = synced.map_or(watch.len().max(now), |s| s.cap(watch));
+            Placed::At(Placement {
+                file,
+                // `last N lines` reads back from the end (bounded: proto's MAX_LINES_SCAN); a
+                // failed read starts at the end, as `-0` would.
+                offset: start
+                    .resolve_in(len, |buf, at| {
+                        std::os::unix::fs::FileExt::read_at(file, buf, at)
+                    })
+                    .unwrap_or(len),
+                len,
+                epoch,
+            })
+        }
         None => Placed::HungUp,
     }
 }
