@@ -636,7 +636,7 @@ fn assert_only_unsynced_lost(test: &str, r: &Rounds) {
             stderr.lines().take(3).collect::<Vec<_>>().join("\n")
         );
     }
-    assert_stalled_none(test, &r);
+    assert_stalled_none(test, r);
     eprintln!(
         "{test}: acknowledged but lost (past the synced length) per power loss: {lost:?}; \
          synced lengths then {:?}; unsynced bytes dropped {:?}; {refused} handed back; \

@@ -720,7 +720,7 @@ fn short_sealed_segment_is_cut_in_write_mode_and_refused_in_data_mode() {
     let all: Vec<u8> = segs.iter().flat_map(|s| s.data.clone()).collect();
     let kept = all.len() - more.len();
     assert!(
-        kept as u64 <= cut_at && cut_at - (kept as u64) < 200 * 28 && kept % 28 == 0,
+        kept as u64 <= cut_at && cut_at - (kept as u64) < 200 * 28 && kept.is_multiple_of(28),
         "kept {kept} bytes of the first run, cut at {cut_at}; segments {:?}",
         segs.iter()
             .map(|s| (s.base, s.data.len()))
